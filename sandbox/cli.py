@@ -1,0 +1,149 @@
+"""``tv-sandbox`` / ``python -m sandbox``: the only module that prints and exits.
+
+``main(argv) -> int`` maps every error class to its exit status (see :mod:`sandbox.errors`) and
+prints it as one line on stderr, prefixed ``tv-sandbox:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from sandbox.errors import EXIT_INTERNAL, EXIT_USAGE, SandboxError, UsageError
+
+PROG = "tv-sandbox"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2 like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Run legacy pipeline steps in a filesystem sandbox.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="run one command as one sandboxed step and export its run folder",
+        description=(
+            "Run CMD in a fresh workspace of HOST (cwd), with the lakehouse and scanner exports "
+            "read-only and every output redirected into $TV_RUN_DIR, then export the run folder "
+            "atomically to HOST/<runs>/<RUN_ID>. Exit status: CMD's; 2 for an error before CMD ran; "
+            "3 when the export failed."
+        ),
+    )
+    run.add_argument("--root", required=True, metavar="HOST", help="the host's top folder")
+    run.add_argument("--run-id", required=True, metavar="ID", help="RUN_ID: [A-Za-z0-9_-]+")
+    run.add_argument(
+        "--profile",
+        help="production or development (default: TV_PROFILE, production unless 'development')",
+    )
+    run.add_argument(
+        "--policy", metavar="FILE", help="a policy file (default: the built-in one of the profile)"
+    )
+    run.add_argument(
+        "--mode",
+        default="enforce",
+        help="enforce (deny) or audit (capture protected writes into the run folder)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing export of this RUN_ID atomically",
+    )
+    run.add_argument(
+        "--keep-workspace", action="store_true", help="keep the workspace folder and print its path"
+    )
+    run.add_argument(
+        "--workspace-dir",
+        metavar="DIR",
+        help="where workspaces are made (default: the system temp dir)",
+    )
+    run.add_argument(
+        "--kernel",
+        default="auto",
+        help="auto (use the kernel layer when supported), off, or require",
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    sub.add_parser("doctor", help="which enforcement layers this machine supports, and what each covers")
+    demo = sub.add_parser("demo", help="show `run` on a generated sample host (what `make demo` runs)")
+    demo.add_argument("--dir", help="where to generate the sample host (default: a new temp folder)")
+    demo.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
+    return p
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from sandbox.loader import resolve_profile
+    from sandbox.runner import RunRequest, execute, preflight
+
+    cmd = list(ns.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    req = RunRequest(
+        host=ns.root,
+        run_id=ns.run_id,
+        argv=cmd,
+        profile=resolve_profile(ns.profile),
+        policy_file=ns.policy,
+        mode=ns.mode,
+        overwrite=ns.overwrite,
+        keep_workspace=ns.keep_workspace,
+        workspace_base=ns.workspace_dir,
+        kernel=ns.kernel,
+    )
+    prep = preflight(req)
+    for w in prep.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    outcome = execute(prep)
+    rep = outcome.report
+    ev = rep.get("events", {}).get("by_action", {})
+    print(
+        f"{PROG}: run {req.run_id} {rep['status']} (exit {outcome.exit_code}); "
+        f"{ev.get('deny', 0)} denied, {ev.get('redirect', 0)} redirected; exported to {outcome.destination}",
+        file=sys.stderr,
+    )
+    for line in rep.get("explanations", []):
+        print(f"{PROG}: {line}", file=sys.stderr)
+    if outcome.workspace:
+        print(f"{PROG}: workspace kept at {outcome.workspace}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _doctor() -> int:
+    from sandbox.kernel import describe, probe
+
+    print(describe(probe()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ns = _parser().parse_args(args)
+        if ns.command == "run":
+            return _run(ns)
+        if ns.command == "doctor":
+            return _doctor()
+        if ns.command == "demo":
+            from sandbox.demo import main as demo
+
+            return demo(ns.dir, kernel=ns.kernel)
+        _parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    except SandboxError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: say so in one line, keep the traceback available
+        if os.environ.get("TV_SANDBOX_DEBUG"):
+            raise
+        print(
+            f"{PROG}: internal error: {type(e).__name__}: {e} (set TV_SANDBOX_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,229 @@
+"""Load and validate policy files; resolve the profile. A policy is applied whole or not at all.
+
+Every error names the file, the key and the allowed values (:class:`sandbox.errors.PolicyError`).
+The schema is documented in ``policies/README.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import PolicyError, UsageError
+from sandbox.policy import (
+    KERNEL_SETTINGS,
+    OP_GROUPS,
+    PROFILES,
+    Action,
+    Layout,
+    Op,
+    PolicySpec,
+    Rule,
+)
+
+_TOP_KEYS = {"policy", "layout", "rule"}
+_POLICY_KEYS = {"name", "profile", "description", "kernel"}
+_LAYOUT_KEYS = {"lakehouse", "exports", "runs", "run_folders"}
+_RULE_KEYS = {"name", "paths", "ops", "action", "reason", "hint"}
+_PLACEHOLDERS = {"lakehouse", "exports", "runs", "run_id", "run_dir", "scan_dir"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def policies_dir() -> Path:
+    """The built-in policies: packaged in the wheel, or the repository's ``policies/``."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "policies"
+    return packaged if packaged.is_dir() else here.parent / "policies"
+
+
+def resolve_profile(cli_profile: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--profile``, else ``TV_PROFILE``; anything but ``development`` -- unset included -- is
+    production. An explicit ``--profile`` must name a known profile."""
+    if cli_profile is not None:
+        if cli_profile not in PROFILES:
+            raise UsageError(
+                f"unknown profile {cli_profile!r}: use one of {', '.join(PROFILES)} "
+                "(or leave it out: TV_PROFILE decides, production unless 'development')"
+            )
+        return cli_profile
+    env = os.environ if environ is None else environ
+    return "development" if env.get("TV_PROFILE") == "development" else "production"
+
+
+def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "production") -> PolicySpec:
+    """Load ``path``, or the built-in policy of ``profile``, and validate all of it."""
+    if path is None:
+        path = policies_dir() / f"{profile}.toml"
+    src = os.fspath(path)
+    try:
+        with open(src, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise PolicyError(src, "", "no such policy file; pass --policy FILE with an existing file") from None
+    except IsADirectoryError:
+        raise PolicyError(src, "", "is a folder, not a policy file") from None
+    except OSError as e:
+        raise PolicyError(src, "", f"cannot be read ({e.strerror}); check its permissions") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(src, "", "is not UTF-8 text; a policy file is TOML") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(src, "", f"TOML syntax error: {e}") from None
+    spec = spec_from_mapping(data, src)
+    if spec.profile != profile:
+        raise PolicyError(
+            src,
+            "policy.profile",
+            f"this policy is for profile {spec.profile!r} but the run's profile is {profile!r}; "
+            f"pass --profile {spec.profile} or a policy written for {profile}",
+        )
+    return spec
+
+
+def _need(table: Mapping[str, Any], key: str, kind: type, src: str, where: str) -> Any:
+    if key not in table:
+        raise PolicyError(src, f"{where}.{key}", "is required")
+    return _typed(table[key], kind, src, f"{where}.{key}")
+
+
+def _typed(value: Any, kind: type, src: str, key: str) -> Any:
+    if not isinstance(value, kind) or (kind is str and not value):
+        what = {str: "a non-empty string", list: "a list", dict: "a table"}.get(kind, kind.__name__)
+        raise PolicyError(src, key, f"must be {what}, not {value!r}")
+    return value
+
+
+def _unknown(table: Mapping[str, Any], allowed: set[str], src: str, where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise PolicyError(
+            src,
+            f"{where}.{extra[0]}" if where else extra[0],
+            f"unknown key; allowed: {', '.join(sorted(allowed))}",
+        )
+
+
+def _rel_path(value: Any, src: str, key: str, *, pattern: bool = False) -> str:
+    s = _typed(value, str, src, key)
+    comps = s.split("/")
+    if s.startswith("/") or s.startswith("~"):
+        raise PolicyError(src, key, f"{s!r} must be relative to the workspace, not absolute")
+    if ".." in comps:
+        raise PolicyError(src, key, f"{s!r} escapes the workspace with '..'")
+    if not pattern and any(ch in s for ch in "*?[{"):
+        raise PolicyError(src, key, f"{s!r} must be a plain path, without wildcards")
+    if pattern:
+        for name in re.findall(r"\{([^}]*)\}", s):
+            if name not in _PLACEHOLDERS:
+                raise PolicyError(
+                    src,
+                    key,
+                    f"unknown placeholder {{{name}}}; allowed: "
+                    + ", ".join("{" + p + "}" for p in sorted(_PLACEHOLDERS)),
+                )
+    return s.strip("/")
+
+
+def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicySpec:
+    """Validate a parsed policy file (a TOML document as a dict) into a :class:`PolicySpec`."""
+    _typed(data, dict, src, "")
+    _unknown(data, _TOP_KEYS, src, "")
+    pol = _typed(data.get("policy", None) or _missing(src, "policy"), dict, src, "policy")
+    _unknown(pol, _POLICY_KEYS, src, "policy")
+    name = _need(pol, "name", str, src, "policy")
+    profile = _need(pol, "profile", str, src, "policy")
+    if profile not in PROFILES:
+        raise PolicyError(
+            src, "policy.profile", f"{profile!r} is not a profile; allowed: {', '.join(PROFILES)}"
+        )
+    kernel = pol.get("kernel", "warn")
+    if kernel not in KERNEL_SETTINGS:
+        raise PolicyError(
+            src,
+            "policy.kernel",
+            f"{kernel!r} is not allowed; allowed: {', '.join(KERNEL_SETTINGS)}",
+        )
+    description = pol.get("description", "")
+    _typed(description, str, src, "policy.description") if description else None
+
+    lay = _typed(data.get("layout", None) or _missing(src, "layout"), dict, src, "layout")
+    _unknown(lay, _LAYOUT_KEYS, src, "layout")
+    dirs = {
+        k: _rel_path(_need(lay, k, str, src, "layout"), src, f"layout.{k}")
+        for k in ("lakehouse", "exports", "runs")
+    }
+    for a in dirs:
+        for b in dirs:
+            pa, pb = dirs[a].split("/"), dirs[b].split("/")
+            if a != b and pa[: len(pb)] == pb:
+                raise PolicyError(
+                    src,
+                    f"layout.{a}",
+                    f"{dirs[a]!r} lies inside layout.{b} ({dirs[b]!r}); they must be separate folders",
+                )
+    folders = lay.get("run_folders", ["data", "reports", "config", "logs"])
+    _typed(folders, list, src, "layout.run_folders")
+    for i, f in enumerate(folders):
+        if not isinstance(f, str) or not _NAME_RE.match(f) or f in (".", ".."):
+            raise PolicyError(
+                src,
+                f"layout.run_folders[{i}]",
+                f"{f!r} must be a single folder name ([A-Za-z0-9_.-])",
+            )
+    layout = Layout(dirs["lakehouse"], dirs["exports"], dirs["runs"], tuple(folders))
+
+    rules_raw = data.get("rule", [])
+    _typed(rules_raw, list, src, "rule")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rules_raw):
+        where = f"rule[{i}]"
+        _typed(r, dict, src, where)
+        _unknown(r, _RULE_KEYS, src, where)
+        rname = _need(r, "name", str, src, where)
+        if not _NAME_RE.match(rname):
+            raise PolicyError(src, f"{where}.name", f"{rname!r} may only use letters, digits, '_', '.', '-'")
+        if rname in seen:
+            raise PolicyError(
+                src, f"{where}.name", f"duplicate rule name {rname!r}; rule names must be unique"
+            )
+        seen.add(rname)
+        paths = _need(r, "paths", list, src, where)
+        if not paths:
+            raise PolicyError(src, f"{where}.paths", "must list at least one path pattern")
+        pats = tuple(_rel_path(p, src, f"{where}.paths[{j}]", pattern=True) for j, p in enumerate(paths))
+        ops_raw = _need(r, "ops", list, src, where)
+        ops: set[Op] = set()
+        for j, o in enumerate(ops_raw):
+            if o not in OP_GROUPS:
+                raise PolicyError(
+                    src,
+                    f"{where}.ops[{j}]",
+                    f"unknown operation {o!r}; allowed: {', '.join(OP_GROUPS)}",
+                )
+            ops |= OP_GROUPS[o]
+        if not ops:
+            raise PolicyError(src, f"{where}.ops", "must list at least one operation")
+        action = _need(r, "action", str, src, where)
+        if action not in {a.value for a in Action}:
+            raise PolicyError(
+                src, f"{where}.action", f"unknown action {action!r}; allowed: allow, deny, redirect"
+            )
+        reason = r.get("reason", "")
+        hint = r.get("hint", "")
+        if action == "deny" and not reason:
+            raise PolicyError(src, f"{where}.reason", "a deny rule must say why (the user sees it)")
+        for k, v in (("reason", reason), ("hint", hint)):
+            if not isinstance(v, str):
+                raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
+        rules.append(Rule(rname, pats, frozenset(ops), Action(action), reason, hint))
+    return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data)
+
+
+def _missing(src: str, table: str) -> Any:
+    raise PolicyError(src, table, f"the [{table}] table is required")

@@ -1,0 +1,440 @@
+"""The policy model: data plus one pure function, ``Policy.decide(path, op) -> Decision``.
+
+A :class:`PolicySpec` is a validated policy file (layout + rules), independent of any run.
+:meth:`PolicySpec.bind` places it on one run -- host root, workspace, run folder, temp dirs, mode --
+and gives the :class:`Policy` every enforcer asks. ``decide`` does no I/O, no logging and no
+patching: callers pass the *resolved* absolute path (see :mod:`sandbox._paths`); the policy compares
+it component by component, never by string prefix, and caches the answer.
+
+How a path is decided (first match wins):
+
+1. The path is placed in a *zone* by its longest matching root: a mount's real host target, the run
+   folder's storage, the workspace, the host root (every host path is an alias of the same path in
+   the workspace, so a mount's real target is exactly as protected as its workspace path), a temp
+   dir, or *outside* everything. Inside the first four it gets a workspace-relative path ``rel``.
+2. The policy file's rules, in order, are matched against ``rel``.
+3. Built-in rules: reads are allowed (a read of the workspace looks in the run folder first:
+   read-your-writes); a mutation inside the run folder or a temp dir is allowed; a mutation of the
+   workspace elsewhere is redirected to ``$TV_RUN_DIR/<rel>``; a mutation of a mount with no rule is
+   denied; a mutation outside everything is denied.
+4. In audit mode, a denial inside the workspace (the mounts included) becomes a copy-on-write
+   redirect into ``$TV_RUN_DIR/audit/<rel>``, marked ``captured``: the host is never touched.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox._paths import is_within, parts
+from sandbox.errors import AccessDenied
+
+
+class Op(enum.StrEnum):
+    """The operation families the policy tells apart."""
+
+    READ = "read"  # open for reading, stat, list, readlink
+    WRITE = "write"  # create, truncate, append, open for update
+    DELETE = "delete"  # unlink / remove
+    RENAME = "rename"  # both ends of a rename / replace / move
+    MKDIR = "mkdir"
+    RMDIR = "rmdir"
+    LINK = "link"  # the new name of a hard link or symlink
+    METADATA = "metadata"  # chmod, chown, utime, xattrs
+
+
+MUTATING: frozenset[Op] = frozenset(op for op in Op if op is not Op.READ)
+
+#: Names a policy file may use in a rule's ``ops``: every single op plus these groups.
+OP_GROUPS: dict[str, frozenset[Op]] = {
+    **{op.value: frozenset({op}) for op in Op},
+    "mutate": MUTATING,
+    "all": frozenset(Op),
+}
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REDIRECT = "redirect"
+
+
+MODES = ("enforce", "audit")
+PROFILES = ("production", "development")
+KERNEL_SETTINGS = ("warn", "require", "off")
+AUDIT_DIR = "audit"  # $TV_RUN_DIR/audit/<rel>: audit-mode copies of protected paths
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one (resolved path, operation).
+
+    ``REDIRECT`` means: execute a mutation on ``target`` instead of ``path``; for a read, look at
+    ``target`` first and fall back to ``path`` when it does not exist (read-your-writes, an overlay's
+    upper layer). ``captured`` marks an audit-mode redirect of a write the enforce mode would deny.
+    """
+
+    action: Action
+    rule: str
+    path: str
+    target: str | None = None
+    reason: str = ""
+    hint: str = ""
+    captured: bool = False
+
+    @property
+    def denied(self) -> bool:
+        return self.action is Action.DENY
+
+    def error(self, filename: Any, op: Op | str, *, profile: str = "", layer: str = "python") -> AccessDenied:
+        """The :class:`AccessDenied` an enforcer raises for this (denying) decision."""
+        return AccessDenied(
+            filename,
+            op=str(op),
+            rule=self.rule,
+            reason=self.reason,
+            hint=self.hint,
+            profile=profile,
+            layer=layer,
+            resolved=self.path,
+        )
+
+
+# -- rules --------------------------------------------------------------------------------------
+
+
+def _match(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool:
+    """Glob match by components: ``*``/``?``/``[..]`` within one component, ``**`` across any."""
+    if not pattern:
+        return not rel
+    head = pattern[0]
+    if head == "**":
+        return any(_match(pattern[1:], rel[i:]) for i in range(len(rel) + 1))
+    return bool(rel) and fnmatch.fnmatchcase(rel[0], head) and _match(pattern[1:], rel[1:])
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of a policy file: paths (relative to the workspace) x operations -> action."""
+
+    name: str
+    paths: tuple[str, ...]
+    ops: frozenset[Op]
+    action: Action
+    reason: str = ""
+    hint: str = ""
+
+    def compile(self, placeholders: Mapping[str, str]) -> _CompiledRule:
+        pats = tuple(tuple(c for c in p.format_map(placeholders).split("/") if c) for p in self.paths)
+        return _CompiledRule(self, pats)
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    rule: Rule
+    patterns: tuple[tuple[str, ...], ...]
+
+    def matches(self, rel: tuple[str, ...], op: Op) -> bool:
+        return op in self.rule.ops and any(_match(p, rel) for p in self.patterns)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live, relative to the host root (and, identically, to the workspace)."""
+
+    lakehouse: str = "data/lakehouse"
+    exports: str = "export"
+    runs: str = "artifacts/summaries/runs"
+    run_folders: tuple[str, ...] = ("data", "reports", "config", "logs")
+
+    def placeholders(self, run_id: str) -> dict[str, str]:
+        return {
+            "lakehouse": self.lakehouse,
+            "exports": self.exports,
+            "runs": self.runs,
+            "run_id": run_id,
+            "run_dir": f"{self.runs}/{run_id}",
+            "scan_dir": f"{self.exports}/{run_id}",
+        }
+
+    def mounts(self) -> dict[str, str]:
+        """The read-only mounts of the host every workspace links in, by name."""
+        return {"lakehouse": self.lakehouse, "exports": self.exports}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A validated policy file. Build it with :func:`sandbox.loader.load_policy`."""
+
+    name: str
+    profile: str
+    layout: Layout
+    rules: tuple[Rule, ...]
+    description: str = ""
+    kernel: str = "warn"
+    source: str = "<memory>"
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the policy's content (not its file name): recorded in every manifest."""
+        blob = json.dumps(self.data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def bind(
+        self,
+        *,
+        host: str,
+        workspace: str,
+        run_id: str,
+        mode: str = "enforce",
+        temp_dirs: Sequence[str] = (),
+        run_storage: str | None = None,
+        mount_targets: Mapping[str, str] | None = None,
+        profile: str | None = None,
+    ) -> Policy:
+        """Place this policy on one run. All paths must be absolute and already real (realpath)."""
+        return Policy(
+            self,
+            RunContext(
+                host=host,
+                workspace=workspace,
+                run_id=run_id,
+                mode=mode,
+                profile=profile or self.profile,
+                temp_dirs=tuple(temp_dirs),
+                run_storage=run_storage,
+                mount_targets=dict(mount_targets or {}),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run a policy is bound to. Serialisable, so child interpreters rebuild the same policy."""
+
+    host: str
+    workspace: str
+    run_id: str
+    mode: str = "enforce"
+    profile: str = "production"
+    temp_dirs: tuple[str, ...] = ()
+    run_storage: str | None = None  # where the run folder really lives, when not in the workspace
+    mount_targets: dict[str, str] = field(default_factory=dict)  # mount name -> real host path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "workspace": self.workspace,
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "profile": self.profile,
+            "temp_dirs": list(self.temp_dirs),
+            "run_storage": self.run_storage,
+            "mount_targets": dict(self.mount_targets),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunContext:
+        return cls(
+            host=d["host"],
+            workspace=d["workspace"],
+            run_id=d["run_id"],
+            mode=d.get("mode", "enforce"),
+            profile=d.get("profile", "production"),
+            temp_dirs=tuple(d.get("temp_dirs", ())),
+            run_storage=d.get("run_storage"),
+            mount_targets=dict(d.get("mount_targets", {})),
+        )
+
+
+#: Character devices every process may write to (the kernel layer keeps them writable too).
+_DEVICES = frozenset(
+    ("dev", n) for n in ("null", "zero", "full", "tty", "random", "urandom", "stdout", "stderr")
+)
+
+
+def _is_device(p: tuple[str, ...], op: Op) -> bool:
+    """Writing to a terminal, /dev/null or an already-open descriptor changes no file of anyone."""
+    if op is not Op.WRITE:
+        return False
+    if p in _DEVICES or (len(p) == 3 and p[:2] == ("dev", "pts")):
+        return True
+    # /proc/<pid>/fd/N and /dev/fd/N resolve to "pipe:[..]" / "socket:[..]" when not a file.
+    return len(p) >= 3 and p[0] in ("proc", "dev") and ":[" in p[-1]
+
+
+# Zones a resolved path can fall in; see the module docstring.
+_MOUNT, _RUNSTORE, _WORKSPACE, _HOST, _TEMP, _OUTSIDE = range(6)
+
+
+class Policy:
+    """A policy bound to one run. ``decide`` is pure and cached; everything else is derived data."""
+
+    _CACHE_MAX = 8192
+
+    def __init__(self, spec: PolicySpec, ctx: RunContext) -> None:
+        if ctx.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {ctx.mode!r}")
+        self.spec, self.ctx = spec, ctx
+        lay = spec.layout
+        ph = lay.placeholders(ctx.run_id)
+        self._rules = tuple(r.compile(ph) for r in spec.rules)
+        self.workspace = ctx.workspace
+        self.run_rel: tuple[str, ...] = tuple(c for c in ph["run_dir"].split("/") if c)
+        self.run_dir = posixpath.join(ctx.workspace, *self.run_rel)
+        self._mount_rels = {n: tuple(c for c in p.split("/") if c) for n, p in lay.mounts().items()}
+        roots: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = []
+        for name, target in ctx.mount_targets.items():
+            roots.append((parts(target), _MOUNT, self._mount_rels[name]))
+        if ctx.run_storage:
+            roots.append((parts(ctx.run_storage), _RUNSTORE, self.run_rel))
+        roots.append((parts(ctx.workspace), _WORKSPACE, ()))
+        roots.append((parts(ctx.host), _HOST, ()))
+        roots.extend((parts(t), _TEMP, ()) for t in ctx.temp_dirs)
+        # Longest root first: the workspace may sit in /tmp, the host may sit in /tmp (tests do).
+        self._roots = sorted(roots, key=lambda r: len(r[0]), reverse=True)
+        self._cache: dict[tuple[str, Op], Decision] = {}
+
+    # -- derived paths ----------------------------------------------------------------------------
+
+    def workspace_path(self, rel: Iterable[str]) -> str:
+        return posixpath.join(self.ctx.workspace, *rel)
+
+    def run_path(self, rel: Iterable[str]) -> str:
+        """``$TV_RUN_DIR/<rel>``: where a redirected workspace path lands."""
+        return posixpath.join(self.run_dir, *rel)
+
+    @property
+    def profile(self) -> str:
+        return self.ctx.profile
+
+    @property
+    def mode(self) -> str:
+        return self.ctx.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved policy: what a child interpreter needs to rebuild it (see ``from_dict``)."""
+        return {"spec": dict(self.spec.data), "source": self.spec.source, "run": self.ctx.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Policy:
+        from sandbox.loader import spec_from_mapping  # the loader validates; it imports us
+
+        return cls(
+            spec_from_mapping(d["spec"], d.get("source", "<resolved>")),
+            RunContext.from_dict(d["run"]),
+        )
+
+    def __repr__(self) -> str:
+        c = self.ctx
+        return (
+            f"Policy({self.spec.name!r}, profile={c.profile!r}, mode={c.mode!r}, "
+            f"workspace={c.workspace!r}, run_dir={self.run_dir!r}, host={c.host!r})"
+        )
+
+    # -- the decision -----------------------------------------------------------------------------
+
+    def decide(self, path: str, op: Op) -> Decision:
+        """Decide ``op`` on ``path``, an absolute, normalised and *resolved* path."""
+        key = (path, op)
+        d = self._cache.get(key)
+        if d is None:
+            if len(self._cache) >= self._CACHE_MAX:
+                self._cache.clear()
+            d = self._cache[key] = self._decide(path, op)
+        return d
+
+    def _locate(self, p: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+        for root, zone, prefix in self._roots:
+            if is_within(p, root):
+                return zone, prefix + p[len(root) :]
+        return _OUTSIDE, ()
+
+    def _decide(self, path: str, op: Op) -> Decision:
+        p = parts(path)
+        zone, rel = self._locate(p)
+        if zone == _OUTSIDE:
+            if op is Op.READ:
+                return Decision(Action.ALLOW, "read", path)
+            if _is_device(p, op):
+                return Decision(Action.ALLOW, "device", path)
+            return Decision(
+                Action.DENY,
+                "outside-writable-roots",
+                path,
+                reason="only the run folder and the temp dir are writable",
+                hint=f"write under $TV_RUN_DIR ({self.run_dir}) or use a relative path",
+            )
+        if zone == _TEMP:
+            return Decision(Action.ALLOW, "temp-dir", path)
+        d = self._decide_rel(path, rel, op, zone)
+        if d.action is Action.DENY and self.ctx.mode == "audit" and op is not Op.READ:
+            return Decision(
+                Action.REDIRECT,
+                d.rule,
+                path,
+                target=self.run_path((AUDIT_DIR, *rel)),
+                reason=d.reason,
+                hint=d.hint,
+                captured=True,
+            )
+        return d
+
+    def _mount_of(self, rel: tuple[str, ...]) -> str | None:
+        for name, mrel in self._mount_rels.items():
+            if is_within(rel, mrel):
+                return name
+        return None
+
+    def _decide_rel(self, path: str, rel: tuple[str, ...], op: Op, zone: int) -> Decision:
+        in_run = is_within(rel, self.run_rel)
+        # What an ALLOW executes on: a host alias of a non-mount path is the workspace copy of it
+        # (the host's own run-export folder must not be written before the atomic export).
+        alias_target = self.workspace_path(rel) if zone == _HOST else None
+        mount = self._mount_of(rel)
+        if zone == _MOUNT or mount is not None:
+            alias_target = None  # a mount is the host's own data: allowed means allowed there
+        for cr in self._rules:
+            if cr.matches(rel, op):
+                r = cr.rule
+                if r.action is Action.REDIRECT:
+                    return Decision(Action.REDIRECT, r.name, path, self.run_path(rel), r.reason, r.hint)
+                if r.action is Action.ALLOW and alias_target is not None:
+                    return Decision(Action.REDIRECT, r.name, path, alias_target, r.reason, r.hint)
+                return Decision(r.action, r.name, path, None, r.reason, r.hint)
+        if op is Op.READ:
+            if self.ctx.mode == "audit" and mount is not None:
+                return Decision(Action.REDIRECT, "audit-read-through", path, self.run_path((AUDIT_DIR, *rel)))
+            if mount is not None:
+                return Decision(Action.ALLOW, "read", path)
+            if in_run:
+                if alias_target is not None:
+                    return Decision(Action.REDIRECT, "read-through", path, alias_target)
+                return Decision(Action.ALLOW, "read", path)
+            return Decision(Action.REDIRECT, "read-through", path, self.run_path(rel))
+        if in_run:
+            if alias_target is not None:
+                return Decision(Action.REDIRECT, "run-folder", path, alias_target)
+            return Decision(Action.ALLOW, "run-folder", path)
+        if mount is not None:
+            return Decision(
+                Action.DENY,
+                f"{mount}-read-only",
+                path,
+                reason=f"the {mount} mount is read-only",
+                hint=f"write under $TV_RUN_DIR/data/ ({self.run_path(('data',))}) instead",
+            )
+        return Decision(
+            Action.REDIRECT,
+            "workspace-redirect",
+            path,
+            self.run_path(rel),
+            reason="outputs of a run land in its run folder",
+        )

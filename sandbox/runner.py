@@ -1,0 +1,301 @@
+"""One sandboxed step, start to export: the piece ``tv-sandbox run`` and the orchestrator reuse.
+
+``preflight`` checks everything that can be checked before anything is written (RUN_ID, host
+layout, policy, existing export, kernel support when required) and raises one explained error.
+``execute`` builds the workspace, launches the command through the kernel layer (when available)
+with the Python guard bootstrapped from its environment, writes the report and exports the run
+folder atomically -- failed runs too, marked failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from sandbox import report as report_mod
+from sandbox import workspace as workspace_mod
+from sandbox.errors import KernelUnavailable, PreflightError, UsageError
+from sandbox.loader import load_policy
+from sandbox.policy import AUDIT_DIR, MODES, PolicySpec
+from sandbox.workspace import Workspace
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+KERNEL_CHOICES = ("auto", "off", "require")
+_STDERR_TAIL = 8192
+
+
+@dataclass
+class RunRequest:
+    """What ``tv-sandbox run`` was asked to do."""
+
+    host: str
+    run_id: str
+    argv: Sequence[str]
+    profile: str = "production"
+    policy_file: str | None = None
+    mode: str = "enforce"
+    overwrite: bool = False
+    keep_workspace: bool = False
+    workspace_base: str | None = None
+    kernel: str = "auto"  # auto: use it when the machine supports it; off; require: fail closed
+    env: Mapping[str, str] | None = None
+
+
+@dataclass
+class Prepared:
+    """A request that passed preflight."""
+
+    request: RunRequest
+    host: str
+    spec: PolicySpec
+    destination: str
+    kernel: str  # the effective setting, after the policy's own
+    warnings: list[str] = field(default_factory=list)
+    support: Any = None  # sandbox.kernel.KernelSupport when the kernel layer is used
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    destination: str
+    report: dict[str, Any]
+    workspace: str | None  # kept workspace, if asked
+
+
+def _dir_problem(path: str) -> str | None:
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"is a dangling symlink (-> {os.readlink(path)})"
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isdir(path):
+        return "is not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "is not readable"
+    return None
+
+
+def preflight(req: RunRequest) -> Prepared:
+    """Check a request without writing anything; raise a one-line error naming what to fix."""
+    if not RUN_ID_RE.match(req.run_id):
+        raise UsageError(
+            f"invalid RUN_ID {req.run_id!r}: use letters, digits, '_' and '-' only "
+            "(it names a folder of the host)"
+        )
+    if req.mode not in MODES:
+        raise UsageError(f"unknown mode {req.mode!r}: use one of {', '.join(MODES)}")
+    if req.kernel not in KERNEL_CHOICES:
+        raise UsageError(f"unknown kernel setting {req.kernel!r}: use one of {', '.join(KERNEL_CHOICES)}")
+    if not req.argv:
+        raise UsageError("no command to run: put it after '--', e.g. tv-sandbox run ... -- python step.py")
+    problem = _dir_problem(req.host)
+    if problem:
+        raise PreflightError(f"host root {req.host} {problem}: pass --root with the pipeline's top folder")
+    host = os.path.realpath(req.host)
+    spec = load_policy(req.policy_file, profile=req.profile)
+    lay = spec.layout
+    for key, rel in (("lakehouse", lay.lakehouse), ("exports", lay.exports)):
+        problem = _dir_problem(os.path.join(host, rel))
+        if problem:
+            raise PreflightError(
+                f"layout folder {key} = {os.path.join(host, rel)} {problem}: "
+                f"create it, or use a policy whose [layout] {key} matches this host ({spec.source})"
+            )
+    dest = os.path.join(host, lay.runs, req.run_id)
+    if os.path.lexists(dest) and not req.overwrite:
+        raise PreflightError(
+            f"run {req.run_id} was already exported to {dest}: pass --overwrite to replace it "
+            "atomically, or use another --run-id"
+        )
+    existing = os.path.join(host, lay.runs)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise PreflightError(f"{existing} is not a folder, so runs cannot be exported under {lay.runs}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PreflightError(
+            f"the host is read-only at {existing}: the run could not be exported; "
+            "make it writable or export elsewhere with --root"
+        )
+    if req.workspace_base is not None:
+        base = os.path.realpath(req.workspace_base)
+        if _dir_problem(base):
+            raise PreflightError(f"--workspace-dir {req.workspace_base} {_dir_problem(base)}")
+        if base == host or base.startswith(host + os.sep):
+            raise PreflightError(f"--workspace-dir {base} lies inside the host; choose a folder outside it")
+    kernel = req.kernel
+    if spec.kernel == "require" and kernel == "auto":
+        kernel = "require"
+    elif spec.kernel == "off" and kernel == "auto":
+        kernel = "off"
+    prepared = Prepared(req, host, spec, dest, kernel)
+    if kernel != "off":
+        from sandbox.kernel import probe  # only when used: keeps `--kernel off` starts lean
+
+        support = probe()
+        prepared.support = support
+        if not (support.landlock_abi > 0 or support.mount_namespace):
+            why = "; ".join(f"{k}: {v}" for k, v in support.reasons.items()) or "unknown"
+            if kernel == "require":
+                raise KernelUnavailable(
+                    f"the kernel layer is required (policy {spec.name}) but unavailable ({why}); "
+                    'run `tv-sandbox doctor`, or use a policy with kernel = "warn"'
+                )
+            prepared.warnings.append(f"kernel layer unavailable ({why}); only the Python guard is active")
+            prepared.kernel = "off"
+    return prepared
+
+
+def kernel_plan(ws: Workspace, mode: str, support: Any) -> Any:
+    """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
+
+    The workspace becomes an overlay of the host whose upper layer is the run folder, the run
+    folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
+    audit mode: overlays whose upper layer is $TV_RUN_DIR/audit/<mount>), and the whole view is
+    bound over the host's own path too, so a host-absolute path behaves as its workspace path.
+    Everything else is remounted read-only and Landlock allows writes only below the roots.
+
+    With Landlock alone (no mount namespace), the workspace stays the symlink skeleton: writes
+    are allowed below it, the run folder and the temp dir only, and the host is out of reach.
+    """
+    from sandbox.kernel import Bind, KernelPlan, Overlay
+
+    if not (support.mount_namespace and support.overlay):
+        return KernelPlan(
+            writable=(ws.root, ws.run_storage, ws.tmp, "/dev/shm"),
+            overlays=(),
+            binds=(),
+            readonly_root=False,
+            landlock=support.landlock_abi > 0,
+            namespace=False,
+        )
+
+    overlays = [Overlay(lower=(ws.host,), upper=ws.run_storage, work=ws.overlay_work, target=ws.root)]
+    binds = [Bind(ws.run_storage, ws.run_dir, readonly=False)]
+    for name, rel in ws.layout.mounts().items():
+        target = os.path.join(ws.root, rel)
+        real = ws.mount_targets[name]
+        if mode == "audit":
+            upper = os.path.join(ws.run_storage, AUDIT_DIR, rel)
+            work = os.path.join(ws.base, f".ovl-work-{name}")
+            os.makedirs(upper, exist_ok=True)
+            os.makedirs(work, exist_ok=True)
+            overlays.append(Overlay(lower=(real,), upper=upper, work=work, target=target))
+        else:
+            binds.append(Bind(real, target, readonly=True))
+    binds.append(Bind(ws.root, ws.host, readonly=False))
+    return KernelPlan(
+        writable=(ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm"),
+        overlays=tuple(overlays),
+        binds=tuple(binds),
+        readonly_root=True,
+        landlock=True,
+        namespace=True,
+    )
+
+
+def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray) -> None:
+    """Copy a step's stderr to ours and to its log file, keeping the tail for the report."""
+    while chunk := os.read(src, 65536):
+        dst.write(chunk)
+        dst.flush()
+        log.write(chunk)
+        tail.extend(chunk)
+        del tail[:-_STDERR_TAIL]
+    os.close(src)
+
+
+def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
+    """Run a prepared request: workspace, step, report, export. Returns the command's status."""
+    from sandbox.events import read_events, summarise
+    from sandbox.export import export_run
+    from sandbox.guard import child_env
+    from sandbox.kernel import spawn
+
+    req = prep.request
+    ws = workspace_mod.create(prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base)
+    try:
+        policy = ws.bind(prep.spec, mode=req.mode, profile=req.profile)
+        config = os.path.join(ws.run_storage, "config")
+        os.makedirs(config, exist_ok=True)
+        logs = os.path.join(ws.run_storage, "logs")
+        os.makedirs(logs, exist_ok=True)
+        policy_file = os.path.join(config, "policy.json")
+        with open(policy_file, "w", encoding="utf-8") as fh:
+            json.dump(policy.to_dict(), fh, indent=1)
+        events_file = os.path.join(logs, report_mod.EVENTS_NAME)
+        base_env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
+        base_env.update(ws.env(req.profile))
+        plan = kernel_plan(ws, req.mode, prep.support) if prep.kernel != "off" else None
+        overlay = plan is not None and bool(plan.overlays)
+        env = child_env(base_env, policy_file=policy_file, events_file=events_file, overlay=overlay)
+        rfd, wfd = os.pipe()
+        tail = bytearray()
+        out = stderr or sys.stderr.buffer
+        with open(os.path.join(logs, "step.stderr.log"), "wb") as log:
+            pump = threading.Thread(target=_tee, args=(rfd, out, log, tail), daemon=True)
+            pump.start()
+            try:
+                child = spawn(list(req.argv), env=env, cwd=ws.root, plan=plan, stderr=wfd)
+            except BaseException:
+                os.close(wfd)
+                pump.join()
+                raise
+            os.close(wfd)
+            result = child.wait()
+            pump.join()
+        applied = getattr(child, "applied", None)
+        layers = report_mod.Layers(
+            python_guard=True,
+            landlock_abi=getattr(applied, "landlock_abi", 0) if applied else 0,
+            mount_namespace=bool(getattr(applied, "namespace", False)) if applied else False,
+            overlay=bool(getattr(applied, "overlay", False)) if applied else False,
+            readonly_mounts=bool(getattr(applied, "readonly_root", False)) if applied else False,
+            missing={} if plan is not None else {"kernel": "; ".join(prep.warnings) or "turned off"},
+        )
+        step = report_mod.StepRecord(
+            argv=list(req.argv),
+            exit_code=result.exit_code,
+            signal=result.signal,
+            duration_s=round(result.duration_s, 6),
+            peak_rss_bytes=result.peak_rss_bytes,
+            stderr_tail=tail.decode("utf-8", "replace")[-4000:],
+        )
+        events = read_events(events_file) if os.path.exists(events_file) else []
+        protected = {name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()}
+        rep = report_mod.build(
+            run_id=req.run_id,
+            profile=req.profile,
+            mode=req.mode,
+            policy_name=prep.spec.name,
+            policy_sha256=prep.spec.sha256,
+            policy_source=prep.spec.source,
+            layers=layers,
+            steps=[step],
+            events=events,
+            event_summary=summarise(events),
+            scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
+            protected=protected,
+            warnings=prep.warnings,
+        )
+        report_mod.write(ws.run_storage, rep)
+        export_run(
+            ws.run_storage,
+            prep.destination,
+            run_id=req.run_id,
+            status=rep["status"],
+            exit_code=result.exit_code,
+            policy_name=prep.spec.name,
+            policy_sha256=prep.spec.sha256,
+            overwrite=req.overwrite,
+            extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+        )
+        return RunOutcome(result.exit_code, prep.destination, rep, ws.base if req.keep_workspace else None)
+    finally:
+        if not req.keep_workspace:
+            ws.remove()

@@ -1,0 +1,163 @@
+"""A run's private workspace: a folder whose top level mirrors the host, built in O(1) of the data.
+
+Layout of one workspace (``base`` is a fresh private folder, by default in the system temp dir)::
+
+    base/ws/                    the workspace: cwd of every step; mirrors HOST
+        <lakehouse>  -> HOST/<lakehouse>      a mount (made truly read-only by the kernel layer)
+        <exports>    -> HOST/<exports>        a mount
+        <runs>/<ID>  -> base/run               $TV_RUN_DIR (a bind mount under the kernel layer)
+        everything else -> HOST/...           code and configs, read through; writes are redirected
+    base/run/                   the run folder's storage: data/ reports/ config/ logs/ ...; exported at the end
+    base/tmp/                   $TMPDIR of the steps
+    base/.ovl-work/             overlayfs work dir (kernel layer)
+
+Only the folders on the way to a mount or to the run folder are real; every other entry at those
+levels is a symlink to the host, so building it costs a few directory listings, however large the
+lakehouse is. Under the kernel layer the workspace is instead an overlay of HOST with ``base/run`` as
+its upper layer, so a write of any process to ``ws/<rel>`` lands at ``run/<rel>`` -- the same mapping
+the Python guard applies to ``$TV_RUN_DIR/<rel>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sandbox.policy import Layout, Policy, PolicySpec
+
+ENV_NAMES = (
+    "TV_RUN_DIR",
+    "TV_RUN_ID",
+    "TV_PROFILE",
+    "CANDIDATES_RAW",
+    "CANDIDATES_SELECTED",
+    "SELECTION_AUDIT",
+    "TV_SCAN_DIR",
+)
+
+
+@dataclass
+class Workspace:
+    """One run's workspace. Never shared between concurrent steps of different runs or sleeves."""
+
+    host: str
+    run_id: str
+    layout: Layout
+    base: str
+    mount_targets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.base, "ws")
+
+    @property
+    def run_storage(self) -> str:
+        """Where the run folder's files really are (the overlay's upper layer; what is exported)."""
+        return os.path.join(self.base, "run")
+
+    @property
+    def run_dir(self) -> str:
+        """``$TV_RUN_DIR`` as the steps see it: ``<workspace>/<runs>/<RUN_ID>``."""
+        return os.path.join(self.root, self.layout.runs, self.run_id)
+
+    @property
+    def scan_dir(self) -> str:
+        return os.path.join(self.root, self.layout.exports, self.run_id)
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.base, "tmp")
+
+    @property
+    def overlay_work(self) -> str:
+        return os.path.join(self.base, ".ovl-work")
+
+    def env(self, profile: str) -> dict[str, str]:
+        """The run environment of ARCHITECTURE.md, for the steps."""
+        data = os.path.join(self.run_dir, "data")
+        return {
+            "TV_RUN_DIR": self.run_dir,
+            "TV_RUN_ID": self.run_id,
+            "TV_PROFILE": profile,
+            "CANDIDATES_RAW": os.path.join(data, "portfolio_candidates_raw.json"),
+            "CANDIDATES_SELECTED": os.path.join(data, "portfolio_candidates.json"),
+            "SELECTION_AUDIT": os.path.join(data, "selection_audit.json"),
+            "TV_SCAN_DIR": self.scan_dir,
+            "TMPDIR": self.tmp,
+        }
+
+    def bind(self, spec: PolicySpec, *, mode: str = "enforce", profile: str | None = None) -> Policy:
+        """The policy placed on this workspace."""
+        return spec.bind(
+            host=self.host,
+            workspace=self.root,
+            run_id=self.run_id,
+            mode=mode,
+            temp_dirs=(self.tmp,),
+            run_storage=self.run_storage,
+            mount_targets=self.mount_targets,
+            profile=profile,
+        )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def mount_targets(host: str, layout: Layout) -> dict[str, str]:
+    """The real host path behind each mount (a lakehouse may itself be a symlink to a big disk)."""
+    return {name: os.path.realpath(os.path.join(host, rel)) for name, rel in layout.mounts().items()}
+
+
+def create(
+    host: str | os.PathLike[str],
+    run_id: str,
+    layout: Layout,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    targets: Mapping[str, str] | None = None,
+) -> Workspace:
+    """Build a fresh workspace for ``run_id`` of ``host`` (which the caller has validated)."""
+    host_s = os.path.realpath(host)
+    base = os.path.realpath(tempfile.mkdtemp(prefix=f"tv-sandbox-{run_id}-", dir=base_dir))
+    ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
+    try:
+        for sub in (ws.root, ws.tmp, ws.overlay_work, ws.run_storage):
+            os.mkdir(sub, 0o700 if sub == ws.tmp else 0o755)
+        for folder in layout.run_folders:
+            os.mkdir(os.path.join(ws.run_storage, folder))
+        special = {rel: ws.mount_targets[name] for name, rel in layout.mounts().items()}
+        special[f"{layout.runs}/{run_id}"] = ws.run_storage
+        _mirror(host_s, ws.root, special)
+    except BaseException:
+        ws.remove()
+        raise
+    return ws
+
+
+def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
+    """Make ``root`` mirror ``host``: real folders on the way to each special path, which becomes a
+    symlink to its target; every other entry at those levels a symlink to the host's entry."""
+    real_dirs: set[str] = {""}
+    for rel in special:
+        comps = rel.split("/")
+        real_dirs.update("/".join(comps[:i]) for i in range(1, len(comps)))
+    for rel_dir in sorted(real_dirs, key=lambda r: r.count("/") if r else -1):
+        here = os.path.join(root, rel_dir) if rel_dir else root
+        os.makedirs(here, exist_ok=True)
+        host_dir = os.path.join(host, rel_dir) if rel_dir else host
+        try:
+            names = os.listdir(host_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel in real_dirs or rel in special:
+                continue
+            os.symlink(os.path.join(host_dir, name), os.path.join(here, name))
+    for rel, target in special.items():
+        link = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(target, link)

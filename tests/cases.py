@@ -1,0 +1,152 @@
+"""The one table of cases every enforcer is held against (Python guard, fsspec filesystem, kernel).
+
+A case is (verb, path, expected outcome) in a production run with the sample host of
+``sandbox.samples``. Paths are relative to the workspace (the steps' cwd) or start with a token:
+``{host}`` the host root, ``{run}`` $TV_RUN_DIR, ``{tmp}`` the steps' $TMPDIR, ``{outside}`` a folder
+outside everything. The run fixture also makes, unguarded: ``{run}/data/existing.txt``,
+``{run}/data/to_lake`` -> the host lakehouse, ``{run}/data/to_lake_file`` -> a lakehouse file,
+``{run}/data/to_outside`` -> the outside folder, ``{host}/data/lakehouse/empty_dir``,
+``{outside}/file.txt`` and ``{outside}/empty_dir``.
+
+Outcomes:
+- ``deny``: the operation raises an OSError (EACCES from the guard or Landlock, EROFS from a read-only
+  mount) and the host is byte-identical.
+- ``redirect``: the operation succeeds, its effect is at ``$TV_RUN_DIR/<workspace-relative path>``
+  and the host is byte-identical.
+- ``allow``: the operation succeeds where it was aimed (inside the run folder or the temp dir, or a
+  read).
+In audit mode every ``deny`` inside the workspace (the mounts included) becomes ``captured``: it
+succeeds, its effect is at ``$TV_RUN_DIR/audit/<rel>``, the host is byte-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LAKE_FILE = "data/lakehouse/BINANCE_BTCUSDT_1d.csv"
+SCAN_FILE = "export/R1/strategy_alpha_spot_rating_ma_long_20260101-120000.json"
+
+VERBS = (
+    "write",
+    "append",
+    "truncate",
+    "delete",
+    "mkdir",
+    "rmdir",
+    "rename_from",
+    "rename_to",
+    "symlink",
+    "hardlink",
+    "hardlink_from",
+    "chmod",
+    "utime",
+    "read",
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    verb: str
+    path: str
+    expect: str  # deny | redirect | allow
+    rule: str | None = None  # the policy rule expected to decide (checked where an enforcer names it)
+
+    @property
+    def outside(self) -> bool:
+        return self.path.startswith("{outside}") or self.rule == "outside-writable-roots"
+
+    def expect_in(self, mode: str) -> str:
+        if mode == "audit" and self.expect == "deny" and not self.outside:
+            return "captured"
+        return self.expect
+
+
+LR = "lakehouse-read-only"
+CASES: tuple[Case, ...] = (
+    # -- the lakehouse mount, through the workspace path ------------------------------------------
+    Case("lake-create", "write", "data/lakehouse/new.csv", "deny", LR),
+    Case(
+        "lake-seed-bug",
+        "write",
+        "data/lakehouse/selection_audit.json",
+        "deny",
+        "selection-audit-in-lakehouse",
+    ),
+    Case("lake-append", "append", LAKE_FILE, "deny", LR),
+    Case("lake-truncate", "truncate", LAKE_FILE, "deny", LR),
+    Case("lake-delete", "delete", LAKE_FILE, "deny", LR),
+    Case("lake-rename-from", "rename_from", LAKE_FILE, "deny", LR),
+    Case("lake-rename-to", "rename_to", "data/lakehouse/moved.csv", "deny", LR),
+    Case("lake-mkdir", "mkdir", "data/lakehouse/newdir", "deny", LR),
+    Case("lake-rmdir", "rmdir", "data/lakehouse/empty_dir", "deny", LR),
+    Case("lake-symlink", "symlink", "data/lakehouse/link.csv", "deny", LR),
+    Case("lake-hardlink-into", "hardlink", "data/lakehouse/hard.csv", "deny", LR),
+    Case("lake-hardlink-out", "hardlink_from", LAKE_FILE, "deny", LR),
+    Case("lake-chmod", "chmod", LAKE_FILE, "deny", LR),
+    Case("lake-utime", "utime", LAKE_FILE, "deny", LR),
+    # -- the same, through the mount's real host target, `..`, symlinks and /proc aliases ----------
+    Case("lake-host-create", "write", "{host}/data/lakehouse/new.csv", "deny", LR),
+    Case("lake-host-chmod", "chmod", "{host}/" + LAKE_FILE, "deny", LR),
+    Case("lake-host-delete", "delete", "{host}/" + LAKE_FILE, "deny", LR),
+    Case("lake-dotdot", "write", "reports/../data/lakehouse/dotdot.csv", "deny", LR),
+    Case("lake-slashes", "write", "data//lakehouse/./slashes.csv", "deny", LR),
+    Case("lake-via-run-dirlink", "write", "{run}/data/to_lake/via_link.csv", "deny", LR),
+    Case("lake-via-run-filelink", "append", "{run}/data/to_lake_file", "deny", LR),
+    Case("lake-chmod-via-link", "chmod", "{run}/data/to_lake_file", "deny", LR),
+    Case("lake-proc-cwd", "write", "/proc/self/cwd/data/lakehouse/proc.csv", "deny", LR),
+    Case("lake-run-dotdot", "write", "{run}/../../../../data/lakehouse/up.csv", "deny", LR),
+    # -- the scanner exports -------------------------------------------------------------------
+    Case("export-create", "write", "export/R1/new.json", "deny", "exports-read-only"),
+    Case("export-delete", "delete", SCAN_FILE, "deny", "exports-read-only"),
+    Case("export-chmod", "chmod", SCAN_FILE, "deny", "exports-read-only"),
+    Case("export-host-append", "append", "{host}/" + SCAN_FILE, "deny", "exports-read-only"),
+    # -- outside everything ----------------------------------------------------------------------
+    Case("outside-create", "write", "{outside}/new.txt", "deny", "outside-writable-roots"),
+    Case("outside-append", "append", "{outside}/file.txt", "deny", "outside-writable-roots"),
+    Case("outside-chmod", "chmod", "{outside}/file.txt", "deny", "outside-writable-roots"),
+    Case("outside-utime", "utime", "{outside}/file.txt", "deny", "outside-writable-roots"),
+    Case("outside-delete", "delete", "{outside}/file.txt", "deny", "outside-writable-roots"),
+    Case("outside-mkdir", "mkdir", "{outside}/newdir", "deny", "outside-writable-roots"),
+    Case("outside-rmdir", "rmdir", "{outside}/empty_dir", "deny", "outside-writable-roots"),
+    Case(
+        "outside-via-link",
+        "write",
+        "{run}/data/to_outside/new.txt",
+        "deny",
+        "outside-writable-roots",
+    ),
+    Case("outside-rename-to", "rename_to", "{outside}/moved.txt", "deny", "outside-writable-roots"),
+    # -- relative (and host-absolute) writes land in the run folder -------------------------------
+    Case("rel-create", "write", "reports/out.csv", "redirect", "workspace-redirect"),
+    Case("rel-top-level", "write", "out.txt", "redirect", "workspace-redirect"),
+    Case("rel-data", "write", "data/intermediate.pkl", "redirect", "workspace-redirect"),
+    Case("rel-mkdir", "mkdir", "newdir", "redirect", "workspace-redirect"),
+    Case("rel-append-code", "append", "scripts/legacy_step.py", "redirect", "workspace-redirect"),
+    Case("rel-chmod-code", "chmod", "scripts/legacy_step.py", "redirect", "workspace-redirect"),
+    Case("rel-rename-to", "rename_to", "reports/renamed.txt", "redirect", "workspace-redirect"),
+    Case("rel-symlink", "symlink", "reports/link.txt", "redirect", "workspace-redirect"),
+    Case("rel-prefix-sibling", "write", "data/lakehouseX.csv", "redirect", "workspace-redirect"),
+    Case("host-root-create", "write", "{host}/new_at_host_root.txt", "redirect", "workspace-redirect"),
+    Case("host-code-create", "write", "{host}/scripts/new.py", "redirect", "workspace-redirect"),
+    Case(
+        "host-run-export",
+        "write",
+        "{host}/artifacts/summaries/runs/R1/early.txt",
+        "redirect",
+        "run-folder",
+    ),
+    # -- allowed as aimed --------------------------------------------------------------------------
+    Case("run-create", "write", "{run}/data/out.csv", "allow", "run-folder"),
+    Case("run-delete", "delete", "{run}/data/existing.txt", "allow", "run-folder"),
+    Case("run-chmod", "chmod", "{run}/data/existing.txt", "allow", "run-folder"),
+    Case("run-unlink-lake-link", "delete", "{run}/data/to_lake_file", "allow", "run-folder"),
+    Case("run-rename-lake-link", "rename_from", "{run}/data/to_lake_file", "allow", "run-folder"),
+    Case("tmp-create", "write", "{tmp}/scratch.txt", "allow", "temp-dir"),
+    Case("read-lake", "read", LAKE_FILE, "allow"),
+    Case("read-code", "read", "scripts/legacy_step.py", "allow"),
+    Case("read-scan", "read", SCAN_FILE, "allow"),
+)
+
+assert len({c.id for c in CASES}) == len(CASES)
+assert all(c.verb in VERBS for c in CASES)

@@ -1,0 +1,132 @@
+"""Shared fixtures: a sample host, a bound production run, the tree snapshot used to prove that
+the host is byte-identical (content, mode, mtime, link targets) after an attempt."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # `import cases` from any test folder
+
+from sandbox import workspace as workspace_mod
+from sandbox.loader import load_policy
+from sandbox.policy import Policy
+from sandbox.samples import make_host
+from sandbox.workspace import Workspace
+
+RUN_ID = "R1"
+
+
+def tree_snapshot(root: str | os.PathLike[str]) -> dict[str, tuple[object, ...]]:
+    """Every entry below ``root`` (root included): kind, content hash, mode, mtime, link target.
+    Never follows a symlink, so a changed link target shows and a link out of the tree is not read."""
+    root = os.fspath(root)
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            p = dirpath if name == "." else os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p), st.st_mtime_ns)
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as fh:
+                    digest = hashlib.sha256(fh.read()).hexdigest()
+                out[rel] = ("file", digest, st.st_mode, st.st_mtime_ns, st.st_nlink)
+            else:
+                out[rel] = (
+                    "dir" if stat.S_ISDIR(st.st_mode) else "other",
+                    st.st_mode,
+                    st.st_mtime_ns,
+                )
+    return out
+
+
+@dataclass
+class RunEnv:
+    """A production (or audit/development) run of the sample host, bound but not started."""
+
+    tmp_path: Path
+    host: Path
+    outside: Path
+    ws: Workspace
+    policy: Policy
+    mode: str
+
+    def path(self, p: str) -> str:
+        """A case path with its tokens replaced; relative paths stay relative (to the workspace)."""
+        return (
+            p.replace("{host}", str(self.host))
+            .replace("{run}", self.ws.run_dir)
+            .replace("{tmp}", self.ws.tmp)
+            .replace("{outside}", str(self.outside))
+        )
+
+    def abspath(self, p: str) -> str:
+        return posixpath.join(self.ws.root, self.path(p))
+
+    def redirected(self, p: str) -> str:
+        """Where a redirected write of case path ``p`` must land (in the run folder's storage)."""
+        if p.startswith("{host}/"):
+            rel = p[len("{host}/") :]
+        elif p.startswith("{run}/"):
+            rel = posixpath.join(self.ws.layout.runs, RUN_ID, p[len("{run}/") :])
+        else:
+            rel = p
+        rel = posixpath.normpath(rel)
+        run_rel = posixpath.join(self.ws.layout.runs, RUN_ID)
+        if rel == run_rel or rel.startswith(run_rel + "/"):
+            rel = posixpath.relpath(rel, run_rel)
+        return posixpath.join(self.ws.run_storage, rel)
+
+    def protected_snapshot(self) -> dict[str, object]:
+        return {"host": tree_snapshot(self.host), "outside": tree_snapshot(self.outside)}
+
+
+def _prepare(tmp_path: Path, mode: str, profile: str) -> RunEnv:
+    host = make_host(tmp_path / "host", run_id=RUN_ID)
+    (host / "data" / "lakehouse" / "empty_dir").mkdir()
+    outside = tmp_path / "outside"
+    (outside / "empty_dir").mkdir(parents=True)
+    (outside / "file.txt").write_text("outside\n")
+    spec = load_policy(profile=profile)
+    base = tmp_path / "wsbase"
+    base.mkdir()
+    ws = workspace_mod.create(host, RUN_ID, spec.layout, base_dir=base)
+    data = Path(ws.run_storage) / "data"
+    (data / "existing.txt").write_text("existing\n")
+    os.symlink(ws.mount_targets["lakehouse"], data / "to_lake")
+    os.symlink(os.path.join(ws.mount_targets["lakehouse"], "BINANCE_BTCUSDT_1d.csv"), data / "to_lake_file")
+    os.symlink(outside, data / "to_outside")
+    return RunEnv(tmp_path, host, outside, ws, ws.bind(spec, mode=mode, profile=profile), mode)
+
+
+@pytest.fixture
+def make_run_env(tmp_path: Path) -> Iterator[Callable[..., RunEnv]]:
+    """Factory: ``make_run_env(mode="enforce", profile="production")`` (one per test)."""
+    made: list[RunEnv] = []
+
+    def make(mode: str = "enforce", profile: str = "production") -> RunEnv:
+        sub = tmp_path / f"env{len(made)}"
+        sub.mkdir()
+        env = _prepare(sub, mode, profile)
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.ws.remove()
+
+
+@pytest.fixture
+def run_env(make_run_env: Callable[..., RunEnv]) -> RunEnv:
+    """A production, enforce-mode run of the sample host."""
+    return make_run_env()

@@ -1,0 +1,182 @@
+"""The pure policy model and the loader: decisions, component comparison, caching, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox.errors import PolicyError
+from sandbox.loader import load_policy, policies_dir, resolve_profile, spec_from_mapping
+from sandbox.policy import Action, Op, Policy
+
+H, W, T = "/h", "/w/ws", "/w/tmp"
+RUN = "/w/ws/artifacts/summaries/runs/R1"
+
+
+@pytest.fixture
+def prod() -> Policy:
+    return load_policy(profile="production").bind(
+        host=H,
+        workspace=W,
+        run_id="R1",
+        temp_dirs=(T,),
+        run_storage="/w/run",
+        mount_targets={"lakehouse": "/big/lake", "exports": "/h/export"},
+    )
+
+
+def test_builtin_policies_load() -> None:
+    names = sorted(p.stem for p in policies_dir().glob("*.toml"))
+    assert names == ["development", "production", "source-layout"]
+    assert load_policy(profile="development").profile == "development"
+    assert load_policy(policies_dir() / "source-layout.toml").layout.exports == "data/export"
+
+
+@pytest.mark.parametrize(
+    ("path", "op", "action", "rule"),
+    [
+        (f"{W}/data/lakehouse/x.parquet", Op.WRITE, Action.DENY, "lakehouse-read-only"),
+        ("/big/lake/x.parquet", Op.WRITE, Action.DENY, "lakehouse-read-only"),  # the real target
+        ("/big/lake", Op.METADATA, Action.DENY, "lakehouse-read-only"),
+        ("/big/lake/selection_audit.json", Op.WRITE, Action.DENY, "selection-audit-in-lakehouse"),
+        (f"{W}/data/lakehouseX/x", Op.WRITE, Action.REDIRECT, "workspace-redirect"),
+        (f"{W}/reports/r.csv", Op.WRITE, Action.REDIRECT, "workspace-redirect"),
+        (f"{H}/reports/r.csv", Op.WRITE, Action.REDIRECT, "workspace-redirect"),
+        (f"{H}/artifacts/summaries/runs/R1/x", Op.WRITE, Action.REDIRECT, "run-folder"),
+        (f"{RUN}/data/x", Op.WRITE, Action.ALLOW, "run-folder"),
+        ("/w/run/data/x", Op.DELETE, Action.ALLOW, "run-folder"),  # the run folder's storage
+        (f"{T}/x", Op.WRITE, Action.ALLOW, "temp-dir"),
+        ("/w/tmpfoo/x", Op.WRITE, Action.DENY, "outside-writable-roots"),  # not a prefix match
+        ("/etc/passwd", Op.METADATA, Action.DENY, "outside-writable-roots"),
+        ("/etc/passwd", Op.READ, Action.ALLOW, "read"),
+        ("/dev/null", Op.WRITE, Action.ALLOW, "device"),
+        ("/dev/sda", Op.WRITE, Action.DENY, "outside-writable-roots"),
+        (f"{H}/export/R1/scan.json", Op.DELETE, Action.DENY, "exports-read-only"),
+        (f"{W}/export", Op.RENAME, Action.DENY, "exports-read-only"),
+        (f"{W}/scripts/a.py", Op.READ, Action.REDIRECT, "read-through"),
+        (f"{W}/data/lakehouse/a", Op.READ, Action.ALLOW, "read"),
+    ],
+)
+def test_decisions(prod: Policy, path: str, op: Op, action: Action, rule: str) -> None:
+    d = prod.decide(path, op)
+    assert (d.action, d.rule) == (action, rule), d
+
+
+def test_redirect_targets(prod: Policy) -> None:
+    assert prod.decide(f"{W}/reports/r.csv", Op.WRITE).target == f"{RUN}/reports/r.csv"
+    assert prod.decide(f"{H}/scripts/a.py", Op.WRITE).target == f"{RUN}/scripts/a.py"
+    assert prod.decide(f"{H}/artifacts/summaries/runs/R1/x", Op.WRITE).target == f"{RUN}/x"
+
+
+def test_audit_mode_captures_protected_writes_but_not_outside() -> None:
+    p = load_policy(profile="production").bind(host=H, workspace=W, run_id="R1", mode="audit")
+    d = p.decide(f"{H}/data/lakehouse/selection_audit.json", Op.WRITE)
+    assert d.action is Action.REDIRECT and d.captured
+    assert d.target == f"{RUN}/audit/data/lakehouse/selection_audit.json"
+    assert p.decide("/etc/x", Op.WRITE).denied
+    assert p.decide(f"{H}/data/lakehouse/a", Op.READ).target == f"{RUN}/audit/data/lakehouse/a"
+
+
+def test_development_lakehouse_writable() -> None:
+    p = load_policy(profile="development").bind(host=H, workspace=W, run_id="R1")
+    d = p.decide(f"{H}/data/lakehouse/selection_audit.json", Op.WRITE)
+    assert d.action is Action.ALLOW and d.target is None  # on the real lakehouse, by design
+    assert p.decide(f"{H}/export/R1/x", Op.WRITE).denied
+
+
+def test_deny_explains(prod: Policy) -> None:
+    err = prod.decide("/big/lake/selection_audit.json", Op.WRITE).error(
+        "data/lakehouse/selection_audit.json", Op.WRITE, profile="production"
+    )
+    assert isinstance(err, PermissionError) and err.errno == 13
+    assert err.filename == "data/lakehouse/selection_audit.json"
+    assert "SELECTION_AUDIT" in str(err) and "selection-audit-in-lakehouse" in str(err)
+
+
+def test_decisions_are_cached_and_pure(prod: Policy) -> None:
+    a = prod.decide(f"{W}/reports/r.csv", Op.WRITE)
+    assert prod.decide(f"{W}/reports/r.csv", Op.WRITE) is a
+
+
+def test_round_trip_to_child(prod: Policy) -> None:
+    again = Policy.from_dict(prod.to_dict())
+    for path in (f"{W}/reports/x", "/big/lake/x", "/etc/x", f"{T}/x"):
+        assert again.decide(path, Op.WRITE) == prod.decide(path, Op.WRITE)
+    assert again.spec.sha256 == prod.spec.sha256
+
+
+def test_profile_resolution() -> None:
+    assert resolve_profile(None, {}) == "production"
+    assert resolve_profile(None, {"TV_PROFILE": "staging"}) == "production"
+    assert resolve_profile(None, {"TV_PROFILE": "development"}) == "development"
+    assert resolve_profile("development", {"TV_PROFILE": "production"}) == "development"
+
+
+GOOD = {
+    "policy": {"name": "p", "profile": "production"},
+    "layout": {"lakehouse": "data/lakehouse", "exports": "export", "runs": "artifacts/runs"},
+    "rule": [
+        {
+            "name": "r",
+            "paths": ["{lakehouse}/**"],
+            "ops": ["mutate"],
+            "action": "deny",
+            "reason": "x",
+        }
+    ],
+}
+
+
+def _with(path: tuple[str, ...], value: object) -> dict[str, object]:
+    import copy
+
+    d = copy.deepcopy(GOOD)
+    node: object = d
+    for k in path[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]  # type: ignore[index]
+    if value is KeyError:
+        del node[path[-1]]  # type: ignore[index,union-attr]
+    else:
+        node[path[-1]] = value  # type: ignore[index]
+    return d
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "key", "says"),
+    [
+        (("extra",), 1, "extra", "unknown key"),
+        (("policy", "profile"), "staging", "policy.profile", "allowed: production, development"),
+        (("policy", "kernel"), "maybe", "policy.kernel", "allowed: warn, require, off"),
+        (("policy", "name"), KeyError, "policy.name", "required"),
+        (("layout", "lakehouse"), "/abs/lake", "layout.lakehouse", "relative"),
+        (("layout", "exports"), "../export", "layout.exports", "escapes"),
+        (("layout", "runs"), KeyError, "layout.runs", "required"),
+        (("layout", "runs"), "data/lakehouse/runs", "layout.runs", "inside"),
+        (("layout", "run_folders"), ["a/b"], "layout.run_folders[0]", "single folder"),
+        (("rule", "0", "action"), "permit", "rule[0].action", "allowed: allow, deny, redirect"),
+        (("rule", "0", "ops"), ["write", "chmod"], "rule[0].ops[1]", "unknown operation"),
+        (("rule", "0", "paths"), ["../../etc/**"], "rule[0].paths[0]", "escapes"),
+        (("rule", "0", "paths"), ["/etc/**"], "rule[0].paths[0]", "relative"),
+        (("rule", "0", "paths"), ["{lake}/**"], "rule[0].paths[0]", "unknown placeholder"),
+        (("rule", "0", "paths"), [], "rule[0].paths", "at least one"),
+        (("rule", "0", "reason"), KeyError, "rule[0].reason", "must say why"),
+        (("rule", "0", "colour"), "red", "rule[0].colour", "unknown key"),
+    ],
+)
+def test_validation_names_key_and_allowed(where: tuple[str, ...], value: object, key: str, says: str) -> None:
+    with pytest.raises(PolicyError) as ei:
+        spec_from_mapping(_with(where, value), "x.toml")
+    assert ei.value.key == key and says in str(ei.value) and str(ei.value).startswith("x.toml: ")
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[policy\nname=")
+    with pytest.raises(PolicyError, match="TOML syntax error"):
+        load_policy(bad)
+    with pytest.raises(PolicyError, match="no such policy file"):
+        load_policy(tmp_path / "missing.toml")
+    dev = policies_dir() / "development.toml"
+    with pytest.raises(PolicyError, match="for profile 'development'"):
+        load_policy(dev, profile="production")
