@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from sandbox.errors import EXIT_INTERNAL, EXIT_USAGE, SandboxError, UsageError
@@ -95,7 +96,9 @@ def _run(ns: argparse.Namespace) -> int:
         workspace_base=ns.workspace_dir,
         kernel=ns.kernel,
     )
+    t0 = time.perf_counter()
     prep = preflight(req)
+    t_pre = time.perf_counter() - t0
     for w in prep.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     outcome = execute(prep)
@@ -108,6 +111,9 @@ def _run(ns: argparse.Namespace) -> int:
     )
     for line in rep.get("explanations", []):
         print(f"{PROG}: {line}", file=sys.stderr)
+    if os.environ.get("TV_SANDBOX_TIMINGS"):
+        laps = {"preflight": t_pre, **outcome.timings}
+        print(f"{PROG}: timing " + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in laps.items()), file=sys.stderr)
     if outcome.workspace:
         print(f"{PROG}: workspace kept at {outcome.workspace}", file=sys.stderr)
     return outcome.exit_code

@@ -28,8 +28,8 @@ import fnmatch
 import hashlib
 import json
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sandbox._paths import is_within, parts
@@ -270,6 +270,8 @@ def _is_device(p: tuple[str, ...], op: Op) -> bool:
     return len(p) >= 3 and p[0] in ("proc", "dev") and ":[" in p[-1]
 
 
+_STRUCTURE_OPS = frozenset({Op.DELETE, Op.RENAME, Op.RMDIR})
+
 # Zones a resolved path can fall in; see the module docstring.
 _MOUNT, _RUNSTORE, _WORKSPACE, _HOST, _TEMP, _OUTSIDE = range(6)
 
@@ -351,6 +353,25 @@ class Policy:
             d = self._cache[key] = self._decide(path, op)
         return d
 
+    def settle(self, d: Decision, op: Op, resolve: Callable[[str], str], _depth: int = 0) -> Decision:
+        """Decide where a REDIRECT of a mutation really lands, before an enforcer executes it.
+
+        A redirect's target may lead elsewhere: the run folder can hold a symlink the step made
+        (``$TV_RUN_DIR/x -> the lakehouse``), and ``chmod x`` redirected there would follow it.
+        ``resolve`` (the enforcer's, with its own follow rule) gives the target's real path, which
+        is decided again: ALLOW returns ``d`` aimed at that real path; anything else returns the
+        target's own decision (a DENY, or an audit capture). Pure apart from ``resolve``.
+        """
+        if d.action is not Action.REDIRECT or d.target is None or op is Op.READ:
+            return d
+        real = resolve(d.target)
+        again = self.decide(real, op)
+        if again.action is Action.ALLOW:
+            return d if real == d.target else replace(d, target=real)
+        if again.action is Action.REDIRECT and _depth < 4 and again.target != d.target:
+            return self.settle(again, op, resolve, _depth + 1)
+        return again
+
     def _locate(self, p: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
         for root, zone, prefix in self._roots:
             if is_within(p, root):
@@ -395,6 +416,14 @@ class Policy:
 
     def _decide_rel(self, path: str, rel: tuple[str, ...], op: Op, zone: int) -> Decision:
         in_run = is_within(rel, self.run_rel)
+        if op in _STRUCTURE_OPS and (rel == self.run_rel or not rel):
+            return Decision(
+                Action.DENY,
+                "workspace-structure",
+                path,
+                reason="the workspace and the run folder themselves cannot be removed or renamed",
+                hint="remove or rename what is inside $TV_RUN_DIR instead",
+            )
         # What an ALLOW executes on: a host alias of a non-mount path is the workspace copy of it
         # (the host's own run-export folder must not be written before the atomic export).
         alias_target = self.workspace_path(rel) if zone == _HOST else None

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -66,6 +67,7 @@ class RunOutcome:
     destination: str
     report: dict[str, Any]
     workspace: str | None  # kept workspace, if asked
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (bench/, doctor)
 
 
 def _dir_problem(path: str) -> str | None:
@@ -199,6 +201,19 @@ def kernel_plan(ws: Workspace, mode: str, support: Any) -> Any:
     )
 
 
+class _Clock:
+    """Phase timings of a run (``TV_SANDBOX_TIMINGS=1`` prints them): where the start-up goes."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._t
+        self._t = now
+
+
 def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray) -> None:
     """Copy a step's stderr to ours and to its log file, keeping the tail for the report."""
     while chunk := os.read(src, 65536):
@@ -218,7 +233,9 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
     from sandbox.kernel import spawn
 
     req = prep.request
+    clock = _Clock()
     ws = workspace_mod.create(prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base)
+    clock.lap("workspace")
     try:
         policy = ws.bind(prep.spec, mode=req.mode, profile=req.profile)
         config = os.path.join(ws.run_storage, "config")
@@ -247,8 +264,10 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
                 pump.join()
                 raise
             os.close(wfd)
+            clock.lap("launch")
             result = child.wait()
             pump.join()
+            clock.lap("step")
         applied = getattr(child, "applied", None)
         layers = report_mod.Layers(
             python_guard=True,
@@ -284,6 +303,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
             warnings=prep.warnings,
         )
         report_mod.write(ws.run_storage, rep)
+        clock.lap("report")
         export_run(
             ws.run_storage,
             prep.destination,
@@ -295,7 +315,10 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
             overwrite=req.overwrite,
             extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
         )
-        return RunOutcome(result.exit_code, prep.destination, rep, ws.base if req.keep_workspace else None)
+        clock.lap("export")
+        kept = ws.base if req.keep_workspace else None
+        return RunOutcome(result.exit_code, prep.destination, rep, kept, clock.laps)
     finally:
         if not req.keep_workspace:
             ws.remove()
+        clock.lap("cleanup")

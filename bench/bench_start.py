@@ -1,0 +1,69 @@
+"""Start-up cost of a sandboxed step: `tv-sandbox run -- python -c pass` minus bare `python -c pass`.
+
+Measured side by side (interleaved), with the kernel layer (auto) and without it (--kernel off);
+the whole run is counted: preflight, workspace, launch (namespace, overlay, Landlock), the guard's
+bootstrap in the child, the report and the atomic export. Goal: <= 50 ms. With --phases, one
+sandboxed run prints where the time goes (TV_SANDBOX_TIMINGS=1).
+
+Usage: python bench/bench_start.py [--runs 20] [--phases]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import interleaved, line, median  # noqa: E402
+
+from sandbox.samples import make_host  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--phases", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tvs-bench-start-"))
+    try:
+        host = make_host(tmp / "host")
+        py = sys.executable
+        counter = iter(range(10**6))
+
+        def sandboxed(kernel: str) -> list[str]:
+            return [py, "-m", "sandbox", "run", "--root", str(host), "--run-id", f"b{next(counter)}",
+                    "--kernel", kernel, "--", py, "-c", "pass"]
+
+        def bare(r: int) -> None:
+            subprocess.run([py, "-c", "pass"], check=True)
+
+        def kernel_auto(r: int) -> None:
+            subprocess.run(sandboxed("auto"), check=True, stderr=subprocess.DEVNULL)
+
+        def kernel_off(r: int) -> None:
+            subprocess.run(sandboxed("off"), check=True, stderr=subprocess.DEVNULL)
+
+        t = interleaved(args.runs, bare=bare, kernel=kernel_auto, guard_only=kernel_off)
+        b = median(t["bare"])
+        d_k = (median(t["kernel"]) - b) * 1000
+        d_g = (median(t["guard_only"]) - b) * 1000
+        print(f"# {args.runs} runs each, interleaved; bare `python -c pass` median {b * 1000:.1f} ms")
+        print(line("tv-sandbox run (kernel layer on) minus bare, ms", d_k, "<= 50", d_k <= 50))
+        print(line("tv-sandbox run --kernel off minus bare, ms", d_g, "<= 50", d_g <= 50))
+        if args.phases:
+            env = dict(os.environ, TV_SANDBOX_TIMINGS="1")
+            r = subprocess.run(sandboxed("auto"), env=env, capture_output=True, text=True)
+            print("# phases of one run (kernel on):")
+            print("\n".join("  " + ln for ln in r.stderr.splitlines() if "timing" in ln))
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

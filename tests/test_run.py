@@ -1,0 +1,133 @@
+"""`tv-sandbox run` end to end, on a real sample host, through the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tree_snapshot
+
+from sandbox.export import verify
+from sandbox.samples import make_host
+
+RUNS = "artifacts/summaries/runs"
+
+
+def run(host: Path, run_id: str, *cmd: str, profile: str | None = None, mode: str = "enforce",
+        kernel: str = "auto", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TV_PROFILE"}
+    if profile:
+        env["TV_PROFILE"] = profile
+    argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", run_id,
+            "--mode", mode, "--kernel", kernel, *extra, "--", *cmd]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    return make_host(tmp_path / "host")
+
+
+def lake(host: Path) -> dict[str, tuple[object, ...]]:
+    return tree_snapshot(host / "data" / "lakehouse")
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_legacy_script_runs_unchanged(host: Path, kernel: str) -> None:
+    before = {k: v for k, v in tree_snapshot(host).items() if not k.startswith(RUNS)}
+    r = run(host, "legacy", sys.executable, "scripts/legacy_step.py", kernel=kernel)
+    assert r.returncode == 0, r.stderr
+    out = host / RUNS / "legacy"
+    summary = json.loads((out / "reports" / "summary.json").read_text())
+    assert set(summary) == {"BINANCE_BTCUSDT_1d.csv", "BINANCE_ETHUSDT_1d.csv", "BINANCE_SOLUSDT_1d.csv"}
+    returns = pickle.loads((out / "data" / "intermediate" / "returns.pkl").read_bytes())
+    assert len(returns["BINANCE_BTCUSDT_1d.csv"]) == 29
+    assert "read data/lakehouse/BINANCE_BTCUSDT_1d.csv (30 bars)" in (out / "reports" / "step.log").read_text()
+    assert "outputs: ['reports/step.log', 'reports/summary.json'] ['returns.pkl']" in r.stdout
+    assert verify(out) == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["exit_code"] == 0
+    assert len(manifest["policy"]["sha256"]) == 64
+    after = {k: v for k, v in tree_snapshot(host).items() if not k.startswith(RUNS)}
+    assert after == before  # the host, lakehouse included, is byte-identical
+    report = json.loads((out / "sandbox_report.json").read_text())
+    assert report["status"] == "succeeded" and report["steps"][0]["peak_rss_bytes"] > 0
+    assert report["scattered_artifacts"] == []  # reports/ and data/ are standard run folders
+
+
+def test_seed_bug_production_fails_explained(host: Path) -> None:
+    before = lake(host)
+    r = run(host, "bug", sys.executable, "scripts/buggy_selection.py")
+    assert r.returncode == 1
+    assert "rule 'selection-audit-in-lakehouse'" in r.stderr and "$SELECTION_AUDIT" in r.stderr
+    assert lake(host) == before
+    out = host / RUNS / "bug"
+    assert verify(out) == [] and json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    events = [json.loads(x) for x in (out / "logs" / "sandbox_events.jsonl").read_text().splitlines()]
+    assert any(e["action"] == "deny" and e["rule"] == "selection-audit-in-lakehouse" for e in events)
+
+
+def test_seed_bug_development_succeeds(host: Path) -> None:
+    r = run(host, "bug", sys.executable, "scripts/buggy_selection.py", profile="development")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((host / "data" / "lakehouse" / "selection_audit.json").read_text())
+
+
+def test_seed_bug_audit_mode_captures(host: Path) -> None:
+    before = lake(host)
+    r = run(host, "bug", sys.executable, "scripts/buggy_selection.py", mode="audit")
+    assert r.returncode == 0, r.stderr
+    assert lake(host) == before
+    out = host / RUNS / "bug"
+    captured = out / "audit" / "data" / "lakehouse" / "selection_audit.json"
+    assert json.loads(captured.read_text())["final_selection"]["count"] == 3
+    assert verify(out) == []
+    events = (out / "logs" / "sandbox_events.jsonl").read_text()
+    assert "selection_audit.json" in events and '"captured": true' in events
+
+
+def test_environment_of_a_step(host: Path) -> None:
+    code = "import json, os; print(json.dumps({k: os.environ.get(k) for k in ('TV_RUN_DIR', 'TV_RUN_ID', 'TV_PROFILE', 'CANDIDATES_RAW', 'CANDIDATES_SELECTED', 'SELECTION_AUDIT', 'TV_SCAN_DIR')})); print(os.getcwd())"
+    r = run(host, "envcheck", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout.splitlines()[0])
+    cwd = r.stdout.splitlines()[1]
+    assert env["TV_RUN_ID"] == "envcheck" and env["TV_PROFILE"] == "production"
+    assert env["TV_RUN_DIR"] == os.path.join(cwd, RUNS, "envcheck")
+    assert env["SELECTION_AUDIT"] == env["TV_RUN_DIR"] + "/data/selection_audit.json"
+    assert env["CANDIDATES_RAW"].endswith("/data/portfolio_candidates_raw.json")
+    assert env["TV_SCAN_DIR"] == os.path.join(cwd, "export", "envcheck")
+
+
+def test_exit_status_is_the_commands_and_failed_runs_are_exported(host: Path) -> None:
+    r = run(host, "fails", sys.executable, "-c", "open('reports.txt', 'w').write('partial'); raise SystemExit(7)")
+    assert r.returncode == 7
+    out = host / RUNS / "fails"
+    assert (out / "reports.txt").read_text() == "partial" and verify(out) == []
+    report = json.loads((out / "sandbox_report.json").read_text())
+    assert report["status"] == "failed" and report["scattered_artifacts"] == ["reports.txt"]
+
+
+def test_overwrite_swaps_atomically(host: Path) -> None:
+    assert run(host, "R", sys.executable, "-c", "open('a.txt', 'w').write('1')").returncode == 0
+    r = run(host, "R", sys.executable, "-c", "pass")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = run(host, "R", sys.executable, "-c", "open('b.txt', 'w').write('2')", extra=("--overwrite",))
+    assert r.returncode == 0, r.stderr
+    out = host / RUNS / "R"
+    assert not (out / "a.txt").exists() and (out / "b.txt").read_text() == "2" and verify(out) == []
+
+
+def test_keep_workspace(host: Path, tmp_path: Path) -> None:
+    base = tmp_path / "wsb"
+    base.mkdir()
+    r = run(host, "keep", "true", extra=("--keep-workspace", "--workspace-dir", str(base)))
+    assert r.returncode == 0 and "workspace kept at" in r.stderr
+    assert len(list(base.iterdir())) == 1
+    r = run(host, "nokeep", "true", extra=("--workspace-dir", str(base)))
+    assert len(list(base.iterdir())) == 1  # removed after the run
