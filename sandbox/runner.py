@@ -234,6 +234,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
 
     req = prep.request
     clock = _Clock()
+    workspace_mod.sweep(req.workspace_base)  # what launchers killed before us left behind
     ws = workspace_mod.create(prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base)
     clock.lap("workspace")
     try:

@@ -106,6 +106,45 @@ class Workspace:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+_PREFIX = "tv-sandbox-"
+_OWNER = "owner"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks: a pid plus this names one process, never a reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat.rsplit(b")", 1)[1].split()[19].decode()
+
+
+def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """Remove workspaces left behind by launchers that died (SIGKILL, power loss) in ``base_dir``.
+
+    A workspace records its launcher (pid and start time); one whose launcher is gone is removed.
+    Never touches a folder without that record. Returns the removed paths.
+    """
+    base = os.fspath(base_dir) if base_dir is not None else tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            with open(os.path.join(path, _OWNER)) as fh:
+                pid_s, start = fh.read().split()
+        except (OSError, ValueError):
+            continue
+        if _start_time(int(pid_s)) != start:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def mount_targets(host: str, layout: Layout) -> dict[str, str]:
     """The real host path behind each mount (a lakehouse may itself be a symlink to a big disk)."""
     return {name: os.path.realpath(os.path.join(host, rel)) for name, rel in layout.mounts().items()}
@@ -121,9 +160,11 @@ def create(
 ) -> Workspace:
     """Build a fresh workspace for ``run_id`` of ``host`` (which the caller has validated)."""
     host_s = os.path.realpath(host)
-    base = os.path.realpath(tempfile.mkdtemp(prefix=f"tv-sandbox-{run_id}-", dir=base_dir))
+    base = os.path.realpath(tempfile.mkdtemp(prefix=f"{_PREFIX}{run_id}-", dir=base_dir))
     ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
     try:
+        with open(os.path.join(base, _OWNER), "w") as fh:
+            fh.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
         for sub in (ws.root, ws.tmp, ws.overlay_work, ws.run_storage):
             os.mkdir(sub, 0o700 if sub == ws.tmp else 0o755)
         for folder in layout.run_folders:
