@@ -19,11 +19,8 @@ partial folder. How:
    two renames ``dest`` is absent** (the previous export is intact under the ``tvs-old`` name, and
    ``recover()`` -- run by every export, or by hand -- renames it back).
 
-Leftovers and ``recover(parent)``: a ``.<name>.tvs-stage-*`` is an unfinished stage (or, after an
-exchange, the replaced tree) and is removed; a ``.<name>.tvs-old-*`` is the previous export moved
-aside by the fallback: renamed back when ``<name>`` is missing, else removed. A running export holds
-``flock`` on its stage and on the tree it replaces, so a concurrent export's ``recover`` in the same
-parent never touches a live stage; the kernel drops the locks when an exporter dies.
+Leftovers, their names and locks, and ``recover(parent)``: :mod:`sandbox._recovery`. The manifest
+schema, ``read_manifest`` and ``verify``: :mod:`sandbox.manifest`. Both are re-exported here.
 
 ``_fault(point)`` is a test hook, called at: ``"recovered"``, ``"staged-file"`` (after each file),
 ``"staged-dir"`` (after each directory), ``"before-manifest"``, ``"before-rename"``, then
@@ -34,36 +31,34 @@ parent never touches a live stage; the kernel drops the locks when an exporter d
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from sandbox import manifest as manifest_mod
+from sandbox._recovery import DIR_FLAGS as _DIR_FLAGS
+from sandbox._recovery import lock_dest as _lock_dest
+from sandbox._recovery import make_stage as _make_stage
+from sandbox._recovery import old_name as _old_name
+from sandbox._recovery import recover, recover_at
+from sandbox._recovery import remove as _remove
 from sandbox.errors import ExportError, PreflightError
+from sandbox.manifest import MANIFEST_NAME, STATUSES, read_manifest, verify
+from sandbox.manifest import SCHEMA as SCHEMA  # public names of this module before the split
+from sandbox.manifest import SCHEMA_VERSION as SCHEMA_VERSION
 
 __all__ = ["MANIFEST_NAME", "ExportResult", "export_run", "read_manifest", "recover", "verify"]
 
-MANIFEST_NAME = "manifest.json"
-SCHEMA = "tv-sandbox-manifest"
-SCHEMA_VERSION = 1
-STATUSES = ("succeeded", "failed")
-
-_STAGE_TAG = ".tvs-stage-"
-_OLD_TAG = ".tvs-old-"
 _CHUNK = 1 << 18
 _COMMIT_TRIES = 50  # rounds of "dest changed under us" with concurrent --overwrite exports
 _MAX_PENDING = 128  # open staged files and folders awaiting their fsync
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _RENAME_EXCHANGE = 2
 _RENAMEAT2_SYSCALL = {"x86_64": 316, "aarch64": 276}
-_HEX = frozenset("0123456789abcdef")
 
 _Renameat2 = Callable[[int, bytes, int, bytes, int], int]  # (olddirfd, old, newdirfd, new, flags) -> errno
 _renameat2_cache: list[_Renameat2 | None] = []
@@ -139,7 +134,7 @@ def export_run(
         raise ExportError(_failure_message(run_id, dest_s, failed, False, False)) from exc
     try:
         try:
-            recovered = tuple(_recover_at(pfd, parent))
+            recovered = tuple(recover_at(pfd, parent))
             existed = os.path.lexists(dest_s)
             if existed and not overwrite:  # recover() put back a previous export moved aside by a crash
                 raise PreflightError(_exists_message(run_id, dest_s))
@@ -149,15 +144,13 @@ def export_run(
             raise ExportError(
                 _failure_message(run_id, dest_s, failed, os.path.lexists(dest_s), False)
             ) from exc
-        header = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "run_id": run_id,
-            "status": status,
-            "exit_code": exit_code,
-            "policy": {"name": policy_name, "sha256": policy_sha256},
-            "created": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        }
+        header = manifest_mod.header(
+            run_id=run_id,
+            status=status,
+            exit_code=exit_code,
+            policy_name=policy_name,
+            policy_sha256=policy_sha256,
+        )
         manifest, replaced = _stage_and_commit(pfd, src_s, dest_s, existed, overwrite, header, run, fault)
     finally:
         os.close(pfd)
@@ -183,7 +176,7 @@ def _stage_and_commit(
         failed = _Failed("creating a stage beside", dest, exc)
         raise ExportError(_failure_message(run_id, dest, failed, existed, False)) from exc
     stage = os.path.join(parent, stage_name)
-    old_name = f".{name}{_OLD_TAG}{tag}"
+    old_name = _old_name(name, tag)
     moved_old = committed = replaced = False
     dfd: int | None = None
     stager = _Stager(fault)
@@ -195,18 +188,17 @@ def _stage_and_commit(
         stager.tree(src, stage, "")
         stager.flush()
         fault("before-manifest")
-        manifest = {
-            **header,
-            "files": sorted(stager.files, key=_by_path),
-            "symlinks": sorted(stager.symlinks, key=_by_path),
-            "dirs": sorted(stager.dirs, key=_by_path),
-            "deleted": sorted(stager.deleted),
-            "skipped": sorted(stager.skipped, key=_by_path),
-            "totals": {"files": len(stager.files), "bytes": stager.bytes},
-            "run": run,
-        }
-        # compact: json's C encoder; indent= falls back to the Python one, 10x slower
-        data = json.dumps(manifest, separators=(",", ":")).encode() + b"\n"
+        manifest = manifest_mod.build(
+            header,
+            files=stager.files,
+            symlinks=stager.symlinks,
+            dirs=stager.dirs,
+            deleted=stager.deleted,
+            skipped=stager.skipped,
+            total_bytes=stager.bytes,
+            run=run,
+        )
+        data = manifest_mod.encode(manifest)
         where = os.path.join(stage, MANIFEST_NAME)
         try:
             mfd = os.open(MANIFEST_NAME, _NEW_FILE, 0o644, dir_fd=sfd)
@@ -449,10 +441,6 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _by_path(item: dict[str, Any]) -> str:
-    return str(item["path"])
-
-
 def _kind(mode: int) -> str:
     for test, kind in (
         (stat.S_ISFIFO, "fifo"),
@@ -507,43 +495,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _make_stage(pfd: int, name: str) -> tuple[str, str, int]:
-    """A new, locked, empty stage beside ``dest``: (tag, its name, an fd on it)."""
-    for _ in range(8):
-        tag = os.urandom(6).hex()
-        stage_name = f".{name}{_STAGE_TAG}{tag}"
-        os.mkdir(stage_name, 0o700, dir_fd=pfd)
-        try:  # a concurrent export's recover() may remove it before we hold the lock: try again
-            sfd = os.open(stage_name, _DIR_FLAGS, dir_fd=pfd)
-        except FileNotFoundError:
-            continue
-        fcntl.flock(sfd, fcntl.LOCK_EX)
-        if os.fstat(sfd).st_nlink:  # not removed by a concurrent recover() before we locked it
-            return tag, stage_name, sfd
-        os.close(sfd)
-    raise OSError(errno.EAGAIN, "stages keep disappearing (a concurrent cleanup?)", name)
-
-
-def _lock_dest(pfd: int, name: str) -> int | None:
-    """Lock the tree about to be replaced: waits for a concurrent export replacing it, and keeps a
-    concurrent recover() off it once it is moved aside. -1: not a folder (nothing to lock); None:
-    it was replaced while we waited -- look again."""
-    try:
-        fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=pfd)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return -1  # a file or a symlink
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        if os.lstat(name, dir_fd=pfd).st_ino == os.fstat(fd).st_ino:
-            return fd
-    except FileNotFoundError:
-        pass
-    os.close(fd)
-    return None
 
 
 def _raced_message(run_id: str, dest: str) -> str:
@@ -609,17 +560,6 @@ def _load_renameat2() -> _Renameat2 | None:
     return fn
 
 
-def _remove(pfd: int, name: str) -> None:
-    """Remove ``name`` (a tree, file or link) below ``pfd``; best effort -- recover() finishes it."""
-    try:
-        if stat.S_ISDIR(os.lstat(name, dir_fd=pfd).st_mode):
-            shutil.rmtree(name, dir_fd=pfd)
-        else:
-            os.unlink(name, dir_fd=pfd)
-    except OSError:
-        pass
-
-
 def _failure_message(run_id: str, dest: str, failed: _Failed, existed: bool, committed: bool) -> str:
     err = failed.err
     code = err.errno
@@ -641,219 +581,3 @@ def _failure_message(run_id: str, dest: str, failed: _Failed, existed: bool, com
         state = "nothing was exported"
     line = f"export of run {run_id} to {dest} failed: {what} {failed.doing} {failed.path}: {todo}; {state}"
     return " ".join(line.splitlines())
-
-
-# -- recovery -------------------------------------------------------------------------------------
-
-
-def _leftover(entry: str) -> tuple[str, str] | None:
-    """("stage" | "old", <name>) for a name this module leaves behind, else None."""
-    if not entry.startswith("."):
-        return None
-    for kind, tag in (("stage", _STAGE_TAG), ("old", _OLD_TAG)):
-        head, sep, rand = entry.rpartition(tag)
-        if sep and len(head) > 1 and rand and set(rand) <= _HEX:
-            return kind, head[1:]
-    return None
-
-
-def recover(parent_dir: str | os.PathLike[str]) -> list[str]:
-    """Clean up after crashed exports in ``parent_dir``; one line per action taken.
-
-    Removes unfinished stages; renames a previous export moved aside by an interrupted
-    ``--overwrite`` back into place when its name is free, else removes it. Leaves alone what a
-    running export holds locked.
-    """
-    parent = os.path.abspath(os.fspath(parent_dir))
-    try:
-        pfd = os.open(parent, _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    try:
-        return _recover_at(pfd, parent)
-    finally:
-        os.close(pfd)
-
-
-def _recover_at(pfd: int, parent: str) -> list[str]:
-    actions: list[str] = []
-    olds: dict[str, list[str]] = {}
-    for entry in os.listdir(pfd):
-        found = _leftover(entry)
-        if found is None:
-            continue
-        kind, name = found
-        if kind == "old":
-            olds.setdefault(name, []).append(entry)
-        else:
-            _remove_leftover(pfd, parent, entry, "an unfinished export stage", actions)
-    restored = False
-    for name, entries in olds.items():
-        if not os.path.lexists(os.path.join(parent, name)):
-            entries.sort(key=lambda e: _ctime(pfd, e))  # the one moved aside last wins
-            newest = entries.pop()
-            with _Locked(pfd, newest) as ok:
-                if ok:
-                    try:
-                        os.rename(newest, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-                    except OSError as exc:  # e.g. a concurrent export took the name: leave it be
-                        actions.append(f"could not restore {os.path.join(parent, name)}: {exc.strerror}")
-                    else:
-                        restored = True
-                        actions.append(
-                            f"restored {os.path.join(parent, name)} from {newest} "
-                            "(an interrupted --overwrite had moved it aside)"
-                        )
-        for entry in entries:
-            _remove_leftover(pfd, parent, entry, "a previous export already replaced", actions)
-    if restored:
-        os.fsync(pfd)
-    return actions
-
-
-def _ctime(pfd: int, name: str) -> int:
-    try:
-        return os.lstat(name, dir_fd=pfd).st_ctime_ns
-    except OSError:
-        return 0
-
-
-def _remove_leftover(pfd: int, parent: str, entry: str, what: str, actions: list[str]) -> None:
-    with _Locked(pfd, entry) as ok:
-        if ok:
-            try:
-                _remove_strict(pfd, entry)
-                actions.append(f"removed {os.path.join(parent, entry)} ({what})")
-            except OSError as exc:
-                actions.append(f"could not remove {os.path.join(parent, entry)} ({what}): {exc.strerror}")
-
-
-def _remove_strict(pfd: int, name: str) -> None:
-    if stat.S_ISDIR(os.lstat(name, dir_fd=pfd).st_mode):
-        shutil.rmtree(name, dir_fd=pfd)
-    else:
-        os.unlink(name, dir_fd=pfd)
-
-
-class _Locked:
-    """``with _Locked(pfd, name) as ok``: ok when ``name`` is not locked by a running export."""
-
-    def __init__(self, pfd: int, name: str) -> None:
-        self.pfd, self.name, self.fd = pfd, name, -1
-
-    def __enter__(self) -> bool:
-        try:
-            self.fd = os.open(self.name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self.pfd)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True  # not a directory: nobody locks it
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        try:  # still the entry we locked (not replaced between open and lock)
-            return os.lstat(self.name, dir_fd=self.pfd).st_ino == os.fstat(self.fd).st_ino
-        except FileNotFoundError:
-            return False
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-
-
-# -- reading and verifying an export --------------------------------------------------------------
-
-
-def read_manifest(dest: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of the export at ``dest``. OSError when unreadable, ValueError when not ours."""
-    path = os.path.join(os.fspath(dest), MANIFEST_NAME)
-    with open(path, "rb") as fh:
-        try:
-            manifest = json.load(fh)
-        except ValueError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise ValueError(f'{path} is not a tv-sandbox manifest (no "schema": "{SCHEMA}")')
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path} has schema_version {manifest.get('schema_version')!r}; "
-            f"this tv-sandbox reads version {SCHEMA_VERSION}"
-        )
-    return manifest
-
-
-def verify(dest: str | os.PathLike[str]) -> list[str]:
-    """[] when ``dest`` matches its manifest exactly, else one line per problem.
-
-    Every listed file must be present with its size, sha256 and mode; every listed symlink with its
-    target; every listed directory present; nothing unlisted except the manifest itself.
-    """
-    root = os.fspath(dest)
-    try:
-        manifest = read_manifest(root)
-    except (OSError, ValueError) as exc:
-        return [f"{root}: cannot read the manifest: {exc}"]
-    files = {f["path"]: f for f in manifest.get("files", [])}
-    links = {s["path"]: s["target"] for s in manifest.get("symlinks", [])}
-    dirs = {d["path"] for d in manifest.get("dirs", [])}
-    for p in [*files, *links, *dirs]:  # a listed path's folders are implied
-        while "/" in p:
-            p = p.rpartition("/")[0]
-            dirs.add(p)
-    problems: list[str] = []
-    seen: set[str] = set()
-    buf = memoryview(bytearray(_CHUNK))
-    for rel, path, st in _walk(root, dirs):
-        seen.add(rel)
-        mode = st.st_mode
-        if rel in files:
-            want = files[rel]
-            if not stat.S_ISREG(mode):
-                problems.append(f"not a regular file: {rel}")
-            elif st.st_size != want["size"]:
-                problems.append(f"size differs: {rel}: manifest {want['size']}, on disk {st.st_size}")
-            elif _sha256(path, buf) != want["sha256"]:
-                problems.append(f"content differs (sha256): {rel}")
-            elif "mode" in want and stat.S_IMODE(mode) != want["mode"]:
-                problems.append(f"mode differs: {rel}: manifest {want['mode']:o}, on disk {mode & 0o7777:o}")
-        elif rel in links:
-            if not stat.S_ISLNK(mode):
-                problems.append(f"not a symlink: {rel}")
-            elif (target := os.readlink(path)) != links[rel]:
-                problems.append(f"symlink target differs: {rel}: manifest {links[rel]}, on disk {target}")
-        elif rel in dirs:
-            if not stat.S_ISDIR(mode):
-                problems.append(f"not a directory: {rel}")
-        elif rel != MANIFEST_NAME:
-            problems.append(f"unlisted {'directory' if stat.S_ISDIR(mode) else 'file'}: {rel}")
-    problems += [f"missing file: {p}" for p in files if p not in seen]
-    problems += [f"missing symlink: {p}" for p in links if p not in seen]
-    problems += [f"missing directory: {p}" for p in dirs if p not in seen]
-    totals = manifest.get("totals", {})
-    if totals != {"files": len(files), "bytes": sum(f["size"] for f in files.values())}:
-        problems.append(f"manifest totals {totals} do not match its file list")
-    return problems
-
-
-def _walk(root: str, dirs: set[str], rel: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
-    """(relative path, path, lstat) of everything below ``root``; descends only into listed dirs."""
-    with os.scandir(os.path.join(root, rel) if rel else root) as it:
-        entries = list(it)
-    for entry in entries:
-        r = rel + entry.name
-        st = entry.stat(follow_symlinks=False)
-        yield r, entry.path, st
-        if stat.S_ISDIR(st.st_mode) and r in dirs:
-            yield from _walk(root, dirs, r + "/")
-
-
-def _sha256(path: str, buf: memoryview) -> str:
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while n := os.readv(fd, [buf]):
-            digest.update(buf[:n])
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
