@@ -9,13 +9,62 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from typing import Any
 
-_realpath = os.path.realpath
 _fspath = os.fspath
 _getcwd = os.getcwd
+_lstat = os.lstat
 _readlink = os.readlink
 _fsdecode = os.fsdecode
+
+
+def _realpath(path: str) -> str:
+    """``os.path.realpath(path)`` (non-strict) for a ``str``, with ``lstat``/``readlink`` bound here.
+
+    The Python guard patches ``os.lstat`` and ``os.readlink`` (read-your-writes), and
+    ``posixpath.realpath`` looks them up on the ``os`` module at every call: resolving through it
+    would re-enter the guard. This is CPython 3.11's algorithm with the functions bound at import.
+    """
+    resolved, _ok = _join_real("", path, {})
+    return posixpath.normpath(resolved if resolved.startswith("/") else posixpath.join(_getcwd(), resolved))
+
+
+def _join_real(path: str, rest: str, seen: dict[str, str | None]) -> tuple[str, bool]:
+    if rest.startswith("/"):
+        rest, path = rest[1:], "/"
+    while rest:
+        name, _, rest = rest.partition("/")
+        if not name or name == ".":
+            continue
+        if name == "..":
+            if path:
+                path, name = posixpath.split(path)
+                if name == "..":
+                    path = posixpath.join(path, "..", "..")
+            else:
+                path = ".."
+            continue
+        newpath = posixpath.join(path, name)
+        try:
+            is_link = stat.S_ISLNK(_lstat(newpath).st_mode)
+        except OSError:
+            is_link = False
+        if not is_link:
+            path = newpath
+            continue
+        if newpath in seen:  # a link met before: its value, or a loop
+            cached = seen[newpath]
+            if cached is not None:
+                path = cached
+                continue
+            return posixpath.join(newpath, rest), False
+        seen[newpath] = None
+        path, ok = _join_real(path, _readlink(newpath), seen)
+        if not ok:
+            return posixpath.join(path, rest), False
+        seen[newpath] = path
+    return path, True
 
 
 def to_str(path: Any) -> str:

@@ -119,6 +119,23 @@ def _match(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool:
     return bool(rel) and fnmatch.fnmatchcase(rel[0], head) and _match(pattern[1:], rel[1:])
 
 
+def _match_child(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool | None:
+    """Does ``pattern`` match ``rel + (name,)``, for *every* name (True), for none (False), or does
+    it depend on the name (None)? ``_match`` with the last component unknown."""
+    if not pattern:
+        return False  # rel + (name,) is never empty
+    head = pattern[0]
+    if head == "**":
+        seen = {_match_child(pattern[1:], rel[i:]) for i in range(len(rel) + 1)}
+        seen.add(_match(pattern[1:], ()))  # the ** also takes the name
+        return True if True in seen else (None if None in seen else False)
+    if rel:
+        return _match_child(pattern[1:], rel[1:]) if fnmatch.fnmatchcase(rel[0], head) else False
+    if len(pattern) > 1 and not all(c == "**" for c in pattern[1:]):
+        return False  # more components than the name: no child matches
+    return True if head == "*" else None
+
+
 @dataclass(frozen=True)
 class Rule:
     """One rule of a policy file: paths (relative to the workspace) x operations -> action."""
@@ -142,6 +159,13 @@ class _CompiledRule:
 
     def matches(self, rel: tuple[str, ...], op: Op) -> bool:
         return op in self.rule.ops and any(_match(p, rel) for p in self.patterns)
+
+    def matches_child(self, rel: tuple[str, ...], op: Op) -> bool | None:
+        """``matches(rel + (name,), op)`` for every name / for none / None: it depends on the name."""
+        if op not in self.rule.ops:
+            return False
+        seen = {_match_child(p, rel) for p in self.patterns}
+        return True if True in seen else (None if None in seen else False)
 
 
 @dataclass(frozen=True)
@@ -303,6 +327,7 @@ class Policy:
         # Longest root first: the workspace may sit in /tmp, the host may sit in /tmp (tests do).
         self._roots = sorted(roots, key=lambda r: len(r[0]), reverse=True)
         self._cache: dict[tuple[str, Op], Decision] = {}
+        self._family_cache: dict[tuple[str, Op], Decision | None] = {}
 
     # -- derived paths ----------------------------------------------------------------------------
 
@@ -352,6 +377,42 @@ class Policy:
                 self._cache.clear()
             d = self._cache[key] = self._decide(path, op)
         return d
+
+    def decide_children(self, folder: str, op: Op) -> Decision | None:
+        """What ``decide(folder + "/" + name, op)`` is for *every* name, when the name does not matter.
+
+        An enforcer that meets many new files in one folder (a write loop) decides once per folder:
+        the answer's ``path`` is ``folder`` and its ``target`` the folder's target, each entry
+        ``name`` getting ``path/name`` and ``target/name``. ``None`` when names matter: a rule
+        names some entries (``{lakehouse}/selection_audit.json``), a root, a mount or the run folder
+        is an entry of the folder, or devices live there. ``folder`` is resolved, like ``decide``'s
+        path; pure and cached.
+        """
+        key = (folder, op)
+        if key in self._family_cache:
+            return self._family_cache[key]
+        if len(self._family_cache) >= self._CACHE_MAX:
+            self._family_cache.clear()
+        d = self._family_cache[key] = self._decide_children(folder, op)
+        return d
+
+    def _decide_children(self, folder: str, op: Op) -> Decision | None:
+        p = parts(folder)
+        if any(len(root) == len(p) + 1 and root[:-1] == p for root, _z, _r in self._roots):
+            return None  # an entry is a root of its own (the workspace, the run storage, a mount)
+        zone, rel = self._locate(p)
+        if zone == _OUTSIDE and p[:1] in (("dev",), ("proc",)):
+            return None  # devices and /proc/<pid>/fd links are told apart by name
+        if zone not in (_OUTSIDE, _TEMP):
+            specials = [self.run_rel, *self._mount_rels.values()]
+            if any(len(s) == len(rel) + 1 and s[:-1] == rel for s in specials):
+                return None  # the run folder or a mount is an entry of this folder
+            if any(cr.matches_child(rel, op) is None for cr in self._rules):
+                return None  # a rule names some entries and not others
+        probe = "\x00"  # no entry has this name; every name is decided alike (checked above)
+        d = self._decide(posixpath.join(folder, probe), op)
+        target = posixpath.dirname(d.target) if d.target is not None else None
+        return replace(d, path=folder, target=target)
 
     def settle(self, d: Decision, op: Op, resolve: Callable[[str], str], _depth: int = 0) -> Decision:
         """Decide where a REDIRECT of a mutation really lands, before an enforcer executes it.

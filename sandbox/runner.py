@@ -177,7 +177,12 @@ def kernel_plan(ws: Workspace, mode: str, support: Any) -> Any:
             namespace=False,
         )
 
-    overlays = [Overlay(lower=(ws.host,), upper=ws.run_storage, work=ws.overlay_work, target=ws.root)]
+    # A top lower layer of empty folders gives every mount point a folder in the merged view
+    # without writing it into the upper layer (the run folder).
+    points = os.path.join(ws.base, ".mountpoints")
+    for rel in (os.path.join(ws.layout.runs, ws.run_id), *ws.layout.mounts().values()):
+        os.makedirs(os.path.join(points, rel), exist_ok=True)
+    overlays = [Overlay(lower=(points, ws.host), upper=ws.run_storage, work=ws.overlay_work, target=ws.root)]
     binds = [Bind(ws.run_storage, ws.run_dir, readonly=False)]
     for name, rel in ws.layout.mounts().items():
         target = os.path.join(ws.root, rel)

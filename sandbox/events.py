@@ -1,0 +1,225 @@
+"""The run's record: every deny and redirect as one JSON line, from every layer and every process.
+
+``$TV_RUN_DIR/logs/sandbox_events.jsonl`` is appended to by the Python guard of every sandboxed
+interpreter of a run (and by whoever else holds an :class:`EventLog`). A line is one object::
+
+    {"time": 1767225600.123456, "pid": 4242, "layer": "python", "op": "write", "action": "deny",
+     "rule": "lakehouse-read-only", "path": "data/lakehouse/x.csv", "resolved": "/host/data/...",
+     "target": null, "captured": false, "profile": "production", "reason": "..."}
+
+``path`` is the path as the program gave it, ``resolved`` what the policy decided on, ``target``
+where a redirect acted.
+
+Atomic across processes: the file is opened ``O_APPEND`` and lines reach it only in whole ``write()``
+calls, each holding complete lines, so writers never interleave inside a line. The functions are the
+``posix`` module's, bound at import: the guard patches ``os.*``, and its own record must not pass
+through it.
+
+Cheap enough for a hot loop: a redirected write costs one formatted line, and lines are written in
+batches -- at once for a denial (the program is likely to die of it), otherwise when 256 lines are
+waiting or the oldest waited 0.25 s, before a ``fork``, at ``close()``/exit, and when the guard sees
+``os._exit`` (multiprocessing's children end that way). A ``SIGKILL`` can lose the last redirects of
+a process, never a denial.
+
+Stdlib only: every sandboxed interpreter imports this module at start-up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import posix
+from collections.abc import Iterable, Mapping
+from time import time
+from typing import Any
+
+_enc = json.encoder.encode_basestring_ascii  # the C string encoder
+_p_open, _p_write, _p_close, _getpid = posix.open, posix.write, posix.close, posix.getpid
+
+FIELDS = (
+    "time",
+    "pid",
+    "layer",
+    "op",
+    "action",
+    "rule",
+    "path",
+    "resolved",
+    "target",
+    "captured",
+    "profile",
+    "reason",
+)
+TRIM = 200  # denials / redirects kept in a summary
+
+_OPEN: list[EventLog] = []
+
+
+def _s(v: str | None) -> str:
+    return "null" if v is None else _enc(v)
+
+
+class EventLog:
+    """Appends events to a JSON-lines file (see the module docstring). Opened at construction."""
+
+    def __init__(self, path: str | os.PathLike[str], *, batch: int = 256, max_delay: float = 0.25) -> None:
+        self.path = os.fspath(path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd: int | None = _p_open(self.path, flags, 0o644)
+        self._buf: list[str] = []
+        self._first = 0.0
+        self._batch, self._delay = batch, max_delay
+        self._pid = _getpid()
+        _OPEN.append(self)
+
+    def emit(
+        self,
+        layer: str,
+        op: str,
+        action: str,
+        rule: str,
+        path: str,
+        resolved: str | None,
+        target: str | None = None,
+        captured: bool = False,
+        profile: str = "",
+        reason: str = "",
+    ) -> None:
+        """Record one event (positional for the guard's hot path; see :data:`FIELDS`)."""
+        now = time()
+        line = (
+            f'{{"time": {now!r}, "pid": {self._pid}, "layer": {_enc(layer)}, "op": {_enc(op)}, '
+            f'"action": {_enc(action)}, "rule": {_enc(rule)}, "path": {_enc(path)}, '
+            f'"resolved": {_s(resolved)}, "target": {_s(target)}, '
+            f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
+            f'"reason": {_enc(reason)}}}\n'
+        )
+        buf = self._buf
+        if not buf:
+            self._first = now
+        buf.append(line)
+        if action == "deny" or len(buf) >= self._batch or now - self._first >= self._delay:
+            self.flush()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Record an event given as a mapping (another layer's record, e.g. the fsspec filesystem's)."""
+        self.emit(
+            str(record.get("layer", "")),
+            str(record.get("op", "")),
+            str(record.get("action", "")),
+            str(record.get("rule", "")),
+            str(record.get("path", "")),
+            record.get("resolved"),
+            record.get("target"),
+            bool(record.get("captured", False)),
+            str(record.get("profile", "")),
+            str(record.get("reason", "")),
+        )
+
+    def flush(self) -> None:
+        buf = self._buf
+        if not buf or self._fd is None:
+            return
+        data = "".join(buf).encode()
+        buf.clear()
+        view = memoryview(data)
+        while view:  # a regular file takes it whole; a short write (a full disk) keeps the rest
+            n = _p_write(self._fd, view)
+            view = view[n:]
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.flush()
+        finally:
+            _p_close(self._fd)
+            self._fd = None
+            if self in _OPEN:
+                _OPEN.remove(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._buf.clear()  # flushed by the parent before the fork: the child must not repeat them
+        self._pid = _getpid()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventLog({self.path!r})"
+
+
+def flush_all() -> None:
+    """Flush every open log of this process (the guard calls it before ``os._exit``)."""
+    for log in list(_OPEN):
+        with contextlib.suppress(OSError):  # a full disk must not turn an exit into a crash
+            log.flush()
+
+
+def _close_all() -> None:
+    for log in list(_OPEN):
+        with contextlib.suppress(OSError):
+            log.close()
+
+
+def _child_after_fork() -> None:
+    for log in _OPEN:
+        log._after_fork_in_child()
+
+
+atexit.register(_close_all)
+os.register_at_fork(before=flush_all, after_in_child=_child_after_fork)
+
+
+def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All events of a log, in file order. A line that does not parse (a torn write of a process
+    killed mid-line, which single-write appends make very unlikely) is skipped."""
+    out: list[dict[str, Any]] = []
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(ev, dict):
+                out.append(ev)
+    return out
+
+
+def summarise(events: Iterable[Mapping[str, Any]], *, trim: int = TRIM) -> dict[str, Any]:
+    """The run report's view of a log: counts by action, rule, layer and op, how many were audit
+    captures, and the denials and redirects themselves (the first ``trim`` of each)."""
+    by_action: dict[str, int] = {}
+    by_rule: dict[str, int] = {}
+    by_layer: dict[str, int] = {}
+    by_op: dict[str, int] = {}
+    denials: list[dict[str, Any]] = []
+    redirects: list[dict[str, Any]] = []
+    captured = total = 0
+    for ev in events:
+        total += 1
+        action = str(ev.get("action", ""))
+        for counts, key in ((by_action, action), (by_rule, ev.get("rule")), (by_layer, ev.get("layer")),
+                            (by_op, ev.get("op"))):
+            counts[str(key)] = counts.get(str(key), 0) + 1
+        captured += bool(ev.get("captured"))
+        if action == "deny" and len(denials) < trim:
+            denials.append(dict(ev))
+        elif action == "redirect" and len(redirects) < trim:
+            redirects.append(dict(ev))
+    return {
+        "count": total,
+        "by_action": by_action,
+        "by_rule": by_rule,
+        "by_layer": by_layer,
+        "by_op": by_op,
+        "captured": captured,
+        "denials": denials,
+        "redirects": redirects,
+        "truncated": by_action.get("deny", 0) > len(denials) or by_action.get("redirect", 0) > len(redirects),
+    }

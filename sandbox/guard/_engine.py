@@ -1,0 +1,452 @@
+"""The guard's executor: resolve what a call names, ask the policy, carry out its answer.
+
+The guard never decides: :class:`Engine` turns a path argument into the resolved path the kernel
+would reach (:func:`sandbox._paths.resolve`), asks ``Policy.decide`` and executes the decision --
+
+* ALLOW: the caller's own arguments go to the original function, unchanged.
+* DENY: :class:`~sandbox.errors.AccessDenied`, logged.
+* REDIRECT of a mutation: the target's real path (``Policy.settle``: a target must itself be
+  allowed), its parent folders made where the workspace has them, a copy-up of the original when
+  the operation keeps content, the operation done there, logged. A removal of what exists only at
+  the original (the host's mirror) is refused: the guard cannot record a deletion (an overlay would
+  write a whiteout); an audit capture of one is a no-op.
+* REDIRECT of a read: the target first, then the original (read-your-writes). Not logged.
+
+With ``overlay=True`` (the kernel layer made the workspace an overlay whose upper layer is the run
+folder, and overlaid the mounts in audit mode) workspace redirects and audit captures execute on the
+*original* path and the overlay maps them; they are still logged as redirects. Writing the upper
+layer directly while the overlay caches lookups would leave stale negative dentries.
+
+Speed: a write loop creates thousands of new names, and both resolving (``realpath``: an ``lstat``
+per component) and deciding cost more than the write. So the engine works per *folder*: the real
+path of a call's folder is cached by the folder string as written (relative ones per current
+directory), and ``Policy.decide_children`` answers once for every entry of a folder whose entries
+are all decided alike.
+
+The last component needs care: it may be a symlink, and an op that follows it acts where it leads.
+An ``lstat`` per call would cost as much as the rest of the guard (a failed one raises), and an
+``O_NOFOLLOW`` opener nearly as much. So when a folder's family is built, the folder (and a
+redirect's target folder) is scanned once for symlinks: where there are none, a followed last
+component cannot be one and needs nothing; where there are (or the folder is too big to scan), it
+is ``lstat``-ed and, when it is a link, the call takes the slow, exact path (``realpath`` + decide
++ settle). Ops on the link itself (unlink, rename, lstat, symlink's name) need nothing.
+
+The caches hold only what this process has seen, so they are dropped whenever that changes: every
+symlink, hard link and rmdir, and every remove or rename of a folder or a link (a regular file
+changes no resolution) -- from the wrappers, and from the audit hook for calls that went around
+them -- and the relative ones on ``chdir``. A link or folder swapped by *another* process after a
+scan is not seen: stopping that (and native code) is the kernel layer's part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from _thread import _local
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from sandbox import _paths
+from sandbox.errors import AccessDenied
+from sandbox.guard._files import (
+    copy_up_path,
+    has_links,
+    isdir,
+    lexists,
+    makedirs,
+    o_lstat,
+    o_readlink,
+)
+from sandbox.policy import Action, Decision, Op, Policy
+
+if TYPE_CHECKING:
+    from sandbox.events import EventLog
+
+ALLOW, DENY, REDIRECT = Action.ALLOW, Action.DENY, Action.REDIRECT
+READ, WRITE = Op.READ, Op.WRITE
+LAYER = "python"
+AUDIT_LAYER = "python-audit"
+#: Redirects the kernel's overlay performs by itself (captures too, see ``Engine._on_original``).
+OVERLAY_RULES = frozenset({"workspace-redirect", "read-through", "audit-read-through"})
+
+
+
+class _Token(_local):
+    """Per thread: the path object a wrapper is handing to an original function right now. The audit
+    hook lets exactly that object through (it was decided already); anything else it checks."""
+
+    obj: object = None
+
+
+TOKEN = _Token()
+
+#: The innermost active engine (None: no guard, or paused); the stack of installs.
+CURRENT: Engine | None = None
+STACK: list[Engine | None] = []
+
+_CACHE_MAX = 4096
+_to_str = _paths.to_str
+_fsencode = os.fsencode
+_S_ISLNK = stat.S_ISLNK
+_UNSTABLE = ("/proc/", "/dev/fd/")  # what these name changes with the open descriptors
+NOOP = "\x00noop"  # ``removable``: an audit capture of a host original, nothing to do
+_MISS: Any = object()
+
+
+class Fam:
+    """What every entry of one folder gets for one op: the folder's real path, where entries go
+    (a redirect's settled real target folder; None: execute on the caller's path), the policy's
+    answer for the folder (its ``path``/``target`` are the folder's; an entry appends its name),
+    and whether the folder / the target folder held a symlink when scanned (then a followed last
+    component is ``lstat``-ed; otherwise it cannot be a link: see the module docstring)."""
+
+    __slots__ = ("action", "d", "dest", "links_dst", "links_src", "real")
+
+    def __init__(self, action: Action, real: str, dest: str | None, d: Decision,
+                 links_src: bool = True, links_dst: bool = True) -> None:
+        self.action, self.real, self.dest, self.d = action, real, dest, d
+        self.links_src, self.links_dst = links_src, links_dst
+
+
+def shown(arg: Any) -> str:
+    """A path argument as the event log and messages show it."""
+    if type(arg) is str:
+        return arg
+    if isinstance(arg, int):
+        return f"<fd {arg}>"
+    try:
+        return _to_str(arg)
+    except TypeError:
+        return repr(arg)
+
+
+def like(arg: Any, path: str) -> Any:
+    """``path`` in the type of ``arg``: a bytes call gets bytes back (``listdir(b'.')``)."""
+    return _fsencode(path) if isinstance(arg, bytes) else path
+
+
+def invalidate_all(cwd: bool = False) -> None:
+    """Forget cached resolutions in every engine (a folder, link or the current directory changed)."""
+    for eng in STACK:
+        if eng is not None:
+            eng.invalidate(cwd)
+
+
+class Engine:
+    """One installed guard: a policy, where its events go, and its caches."""
+
+    def __init__(self, policy: Policy, events: EventLog | None = None, overlay: bool = False) -> None:
+        self.policy = policy
+        self.decide = policy.decide
+        self.events = events
+        self.overlay = overlay
+        self.profile = policy.profile
+        # A policy may deny or redirect some reads: then reads resolve their last component too.
+        self.read_rules = any(Op.READ in r.ops and r.action is not ALLOW for r in policy.spec.rules)
+        self._fams: dict[Op, dict[str, Fam | None]] = {op: {} for op in Op}
+        self._rfams = self._fams[READ]
+        self._heads: dict[str, str] = {}
+        self._rel_heads: dict[str, str] = {}
+        self._dirs: set[str] = set()  # target folders known to exist
+
+    def __repr__(self) -> str:
+        return f"Engine({self.policy!r}, overlay={self.overlay})"
+
+    # -- caches -----------------------------------------------------------------------------------
+
+    def invalidate(self, cwd: bool = False) -> None:
+        for fams in self._fams.values():
+            fams.clear()  # keyed by the folder as written: relative ones too
+        self._rel_heads.clear()
+        if not cwd:
+            self._heads.clear()
+            self._dirs.clear()
+
+    def head_real(self, head: str) -> str:
+        """The real path of a folder as written (``""``: the current one), cached."""
+        rel = not head.startswith("/")
+        cache = self._rel_heads if rel else self._heads
+        real = cache.get(head)
+        if real is None:
+            real = _paths.resolve(head or ".")
+            if rel or not head.startswith(_UNSTABLE):  # /proc/self/fd/N: never the same twice
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[head] = real
+        return real
+
+    def family(self, head: str, sep: str, op: Op) -> Fam | None:
+        """The :class:`Fam` of the folder ``head`` (``sep`` empty: the current folder), or None
+        when its entries are not all alike (the slow path decides each one)."""
+        fams = self._fams[op]
+        key = head + sep  # "a/" for "a/x", "" for "x" (the current folder), "/" for "/x"
+        try:
+            return fams[key]
+        except KeyError:
+            pass
+        fam = self._family(head if sep and head else ("/" if sep else ""), op)
+        if len(fams) >= _CACHE_MAX:
+            fams.clear()
+        fams[key] = fam
+        return fam
+
+    def _family(self, head: str, op: Op) -> Fam | None:
+        if head.startswith(_UNSTABLE) and not head.startswith("/proc/self/cwd"):
+            return None
+        real = self.head_real(head)
+        d = self.policy.decide_children(real, op)
+        if d is None:
+            return None
+        reads = op is READ
+        if d.action is not REDIRECT or d.target is None or self._on_original(d):
+            return Fam(d.action, real, None, d, not reads and d.action is ALLOW and has_links(real))
+        dest = self.head_real(d.target)
+        if reads:
+            return Fam(d.action, real, dest, d, False, False)
+        again = self.policy.decide_children(dest, op)  # settle: every entry there must be allowed
+        if again is None or again.action is not ALLOW:
+            return None
+        return Fam(d.action, real, dest, d, has_links(real), has_links(dest))
+
+    def _on_original(self, d: Decision) -> bool:
+        """Under the kernel overlay, workspace redirects and captures are the overlay's to map."""
+        return self.overlay and (d.captured or d.rule in OVERLAY_RULES)
+
+    # -- events and errors --------------------------------------------------------------------------
+
+    def log(self, d: Decision, op: Op, arg: Any, resolved: str | None, target: str | None,
+            action: str | None = None, layer: str = LAYER) -> None:
+        ev = self.events
+        if ev is not None:
+            ev.emit(layer, op, action or d.action, d.rule, shown(arg), resolved, target, d.captured,
+                    self.profile, d.reason)
+
+    def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
+        """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
+        self.log(d, op, arg, d.path, None, "deny", layer)
+        return d.error(arg, op, profile=self.profile, layer=layer)
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def read_target(self, arg: Any, dir_fd: int | None = None, follow: bool = True) -> Any:
+        """Where a read of ``arg`` looks first: a redirect's target (in ``arg``'s type), or None for
+        the path as given. Raises AccessDenied when the policy denies the read."""
+        p = arg if type(arg) is str else _to_str(arg)
+        if dir_fd is None and (not follow or not self.read_rules):
+            head, sep, tail = p.rpartition("/")
+            fam = self._rfams.get(head + sep, _MISS)  # family(), inlined: this is the hot path
+            if fam is _MISS:
+                fam = self.family(head, sep, READ)
+            if tail and tail != "." and tail != ".." and fam is not None:
+                if fam.action is ALLOW:
+                    return None
+                if fam.action is REDIRECT:
+                    if fam.dest is None:
+                        return None
+                    t = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
+                    return t if type(arg) is str else like(arg, t)
+        real = self._resolve_exact(p, dir_fd, follow)
+        d = self.decide(real, READ)
+        if d.action is ALLOW:
+            return None
+        if d.action is DENY:
+            raise self.deny(d, arg, READ)
+        if d.target is None or self._on_original(d):
+            return None
+        return like(arg, d.target)
+
+    def _resolve_exact(self, p: str, dir_fd: int | None, follow: bool) -> str:
+        if dir_fd is None:
+            head, sep, tail = p.rpartition("/")
+            if tail in ("", "."):  # the folder itself: "." and "dir/" are common, and cached
+                return self.head_real(p.rstrip("/") or ("/" if p.startswith("/") else ""))
+            if tail != ".." and not head.startswith(_UNSTABLE):
+                real_head = self.head_real(head if sep else "") if head or not sep else "/"
+                full = real_head + "/" + tail if real_head != "/" else "/" + tail
+                if not follow or not self._is_link(full):
+                    return full
+                return _paths.resolve(full)
+        return _paths.resolve(p, dir_fd=dir_fd, follow=follow)
+
+    @staticmethod
+    def _is_link(path: str) -> bool:
+        try:
+            return _S_ISLNK(o_lstat(path).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    # -- mutations ----------------------------------------------------------------------------------
+
+    def write_target(
+        self,
+        arg: Any,
+        op: Op,
+        *,
+        dir_fd: int | None = None,
+        follow: bool = True,
+        copy_up: bool = False,
+        excl: bool = False,
+    ) -> str | None:
+        """Carry out the decision for mutation ``op`` on ``arg``, up to the call itself.
+
+        Returns None to call the original function with the caller's arguments, or the real target
+        to call it on instead. ``follow``: the op follows a link at the last component.
+        ``copy_up``: the op keeps the content (append, r+, chmod); ``excl``: it must create the name.
+        """
+        p = arg if type(arg) is str else _to_str(arg)
+        if dir_fd is None:
+            head, sep, tail = p.rpartition("/")
+            fam = self._fams[op].get(head + sep, _MISS)  # family(), inlined: this is the hot path
+            if fam is _MISS:
+                fam = self.family(head, sep, op)
+            if fam is not None and tail and tail != "." and tail != "..":
+                action = fam.action
+                if action is ALLOW and not (follow and fam.links_src):
+                    return None
+                real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
+                if action is not DENY and not (follow and fam.links_src and self._is_link(real)):
+                    if action is ALLOW:
+                        return None
+                    if fam.dest is None:  # the overlay maps it
+                        self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
+                        return None
+                    target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
+                    if not (follow and fam.links_dst and self._is_link(target)):
+                        return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl)
+        real = _paths.resolve(p, dir_fd=dir_fd, follow=follow)
+        d = self.decide(real, op)
+        if d.action is ALLOW:
+            return None
+        if d.action is DENY:
+            raise self.deny(d, arg, op)
+        if self._on_original(d):
+            self.log(d, op, arg, real, d.target)
+            return None
+        d, target = self.settle(d, arg, op, follow)
+        return self._redirect(d, arg, op, real, target, follow, copy_up, excl)
+
+    def settle(self, d: Decision, arg: Any, op: Op, follow: bool) -> tuple[Decision, str]:
+        """(decision, real target) of a mutation's redirect, decided again where it lands."""
+
+        def resolve(path: str) -> str:
+            return _paths.resolve(path, follow=follow)
+
+        s = self.policy.settle(d, op, resolve)
+        if s.action is REDIRECT and s.target is not None:
+            target = resolve(s.target)
+            if s is d or self.decide(target, op).action is ALLOW:
+                return s, target
+            s = replace(s, action=DENY, reason="the redirect does not settle in the run folder")
+        raise self.deny(s, arg, op)
+
+    def _redirect(self, d: Decision, arg: Any, op: Op, real: str, target: str, follow: bool,
+                  copy_up: bool, excl: bool) -> str:
+        if excl and lexists(real) and not lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), arg)
+        self.make_parent(target, real)
+        if copy_up:
+            copy_up_path(real, target, follow)
+        self.log(d, op, arg, real, target)
+        return target
+
+    def removable(self, arg: Any, op: Op, dir_fd: int | None = None, *, keep: bool = False) -> str | None:
+        """Like :meth:`write_target` for what removes a name (unlink, rmdir, the source of a
+        rename): None -- as given; a path -- the run's own copy; ``NOOP`` -- an audit capture of a
+        host original (nothing to do: the host is never touched). ``keep``: the op moves the
+        content on (rename), so a captured original is copied up first instead of skipped."""
+        p = arg if type(arg) is str else _to_str(arg)
+        fam = None
+        if dir_fd is None:
+            head, sep, tail = p.rpartition("/")
+            if tail and tail != "." and tail != "..":
+                fam = self.family(head, sep, op)
+        if fam is not None and fam.action is not DENY:
+            if fam.action is ALLOW:
+                return None
+            real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
+            if fam.dest is None:
+                self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
+                return None
+            d = fam.d
+            target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
+        else:
+            real = _paths.resolve(p, dir_fd=dir_fd, follow=False)
+            d = self.decide(real, op)
+            if d.action is ALLOW:
+                return None
+            if d.action is DENY:
+                raise self.deny(d, arg, op)
+            if self._on_original(d):
+                self.log(d, op, arg, real, d.target)
+                return None
+            d, target = self.settle(d, arg, op, False)
+        if lexists(target) or not lexists(real):
+            self.log(d, op, arg, real, target)  # the run's own copy, or nothing anywhere (ENOENT)
+            return target
+        if d.captured:
+            self.make_parent(target, real)
+            if keep:
+                copy_up_path(real, target, False, tree=True)
+                self.log(d, op, arg, real, target)
+                return target
+            self.log(d, op, arg, real, target)
+            return NOOP
+        refusal = replace(
+            d,
+            action=DENY,
+            path=real,
+            reason="it exists only in the host's mirror: host files are read-only, and the guard "
+            "cannot record a deletion in the run folder",
+            hint=f"only what this run wrote (under {self.policy.run_dir}) can be removed or moved",
+        )
+        raise self.deny(refusal, arg, op)
+
+    def check_fd(self, fd: int, op: Op, layer: str = LAYER) -> None:
+        """An operation on an open descriptor (fchmod, ftruncate, a writable mmap): allowed only
+        where the file it names is. A descriptor cannot be redirected: one opened around the guard
+        on a redirected path is refused."""
+        try:
+            real = o_readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return  # not an open descriptor: the call fails by itself
+        if not real.startswith("/"):
+            return  # a pipe, socket or anonymous inode
+        d = self.decide(real, op)
+        if d.action is ALLOW or self._on_original(d):
+            return
+        if d.action is REDIRECT:
+            d = replace(
+                d,
+                action=DENY,
+                reason="an open file of a redirected place was opened around the guard and cannot be "
+                "redirected now",
+                hint="open it again through open()/os.open: writes then land in $TV_RUN_DIR",
+            )
+        raise self.deny(d, fd, op, layer)
+
+    def make_parent(self, target: str, real: str) -> None:
+        """Make the target's folder where the original's folder exists: the run folder mirrors the
+        workspace. Where neither exists, nothing is made and the operation fails as it would."""
+        parent = target.rpartition("/")[0] or "/"
+        if parent in self._dirs:
+            return
+        if not isdir(parent):
+            if not isdir(real.rpartition("/")[0] or "/"):
+                return
+            makedirs(parent)
+        if len(self._dirs) >= _CACHE_MAX:
+            self._dirs.clear()
+        self._dirs.add(parent)
+
+
+def flush_events() -> None:
+    """Write out every engine's buffered events (before ``os._exit``, which skips ``atexit``)."""
+    for eng in STACK:
+        if eng is not None and eng.events is not None:
+            with contextlib.suppress(OSError):  # a full disk must not turn an exit into a crash
+                eng.events.flush()
+
+
+__all__ = ["CURRENT", "NOOP", "STACK", "TOKEN", "Engine", "Fam", "invalidate_all", "like", "shown"]

@@ -1,0 +1,130 @@
+"""The guard's own file operations, on the functions it patches as they were before: copy-up,
+parent folders, the symlink scan and the "does this change resolution?" test of ``_engine``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posix
+import stat
+from typing import Any
+
+from sandbox.errors import AccessDenied
+
+# The real functions, bound before any install: what the guard itself calls.
+o_open = io.open
+o_FileIO = io.FileIO
+o_os_open = os.open
+o_close = os.close
+o_read = os.read
+o_write = os.write
+o_stat = os.stat
+o_lstat = os.lstat
+o_mkdir = os.mkdir
+o_symlink = os.symlink
+o_readlink = os.readlink
+o_scandir = os.scandir
+o_utime = os.utime
+o_fchmod = os.fchmod
+o_exit = posix._exit
+
+_S_ISLNK, _S_ISDIR, _S_ISREG, _S_IMODE = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE
+
+_SCAN_MAX = 4096  # a bigger folder is taken to hold links: its followed names are lstat-ed
+
+
+
+def lexists(path: str) -> bool:
+    try:
+        o_lstat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def has_links(folder: str) -> bool:
+    """Does ``folder`` hold a symlink (or too many entries to tell cheaply)? Missing: no."""
+    try:
+        with o_scandir(folder) as it:
+            for n, e in enumerate(it):
+                if n >= _SCAN_MAX or e.is_symlink():
+                    return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def structural(path: Any, dir_fd: int | None = None) -> bool:
+    """Would removing or moving ``path`` change how other paths resolve (a folder, a link)?"""
+    try:
+        mode = o_lstat(path, dir_fd=dir_fd).st_mode
+    except (OSError, TypeError, ValueError):
+        return False
+    return not _S_ISREG(mode)
+
+
+def isdir(path: str) -> bool:
+    try:
+        return _S_ISDIR(o_stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def makedirs(path: str) -> None:
+    try:
+        o_mkdir(path, 0o777)
+    except FileNotFoundError:
+        head = path.rpartition("/")[0]
+        if not head or head == path:
+            raise
+        makedirs(head)
+        o_mkdir(path, 0o777)
+    except FileExistsError:
+        pass
+
+
+def copy_up_path(src: str, dst: str, follow: bool, *, tree: bool = False) -> None:
+    """Copy ``src`` to ``dst`` as an overlay's copy-up does (content, mode, times; a folder without
+    its entries unless ``tree``; a link as a link) unless ``dst`` exists; the original functions
+    only."""
+    if lexists(dst):
+        return
+    try:
+        st = o_stat(src) if follow else o_lstat(src)
+    except FileNotFoundError:
+        return
+    mode = st.st_mode
+    if _S_ISLNK(mode):
+        o_symlink(o_readlink(src), dst)
+        return
+    if _S_ISDIR(mode):
+        o_mkdir(dst, _S_IMODE(mode))
+        if tree:
+            with o_scandir(src) as it:
+                for e in it:
+                    copy_up_path(e.path, dst + "/" + e.name, False, tree=True)
+    elif _S_ISREG(mode):
+        _copy_file(src, dst, _S_IMODE(mode))
+    else:
+        raise AccessDenied(src, op="copy-up", rule="copy-up", reason="only files, folders and links can be "
+                           "copied into the run folder", resolved=src)
+    o_utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_file(src: str, dst: str, mode: int) -> None:
+    fin = o_os_open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fout = o_os_open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while chunk := o_read(fin, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[o_write(fout, view):]
+            o_fchmod(fout, mode)
+        finally:
+            o_close(fout)
+    finally:
+        o_close(fin)

@@ -1,0 +1,79 @@
+"""The guard in child interpreters: the environment that carries it, and the start-up that reads it.
+
+:func:`child_env` gives a step's environment the three variables below and puts the ``boot``
+folder first on ``PYTHONPATH``; the ``sitecustomize`` there calls :func:`boot` when any Python
+child starts (``subprocess``, ``os.system("python ...")``, multiprocessing's ``spawn`` and
+``forkserver``; a ``fork`` inherits the patches as they are).
+
+- ``TV_SANDBOX_POLICY``: path of the resolved policy, the JSON of ``Policy.to_dict()``.
+- ``TV_SANDBOX_EVENTS``: the event log (JSON lines) every deny and redirect is appended to.
+- ``TV_SANDBOX_OVERLAY``: ``1`` when the kernel layer's overlay maps the workspace (see _engine).
+
+Fails closed: when the guard cannot be installed the child prints one line and exits 1 before any
+user code runs -- a step never runs unguarded by accident. Interpreters started with ``-I``, ``-E``
+or ``-S`` skip ``sitecustomize``/``PYTHONPATH``; they, and non-Python programs, are the kernel
+layer's part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from sandbox.guard._install import Guard, install
+from sandbox.policy import Policy
+
+ENV_POLICY = "TV_SANDBOX_POLICY"
+ENV_EVENTS = "TV_SANDBOX_EVENTS"
+ENV_OVERLAY = "TV_SANDBOX_OVERLAY"
+BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
+
+
+class BootError(RuntimeError):
+    """The environment does not describe a guard that can be installed."""
+
+
+def child_env(
+    env: Mapping[str, str], *, policy_file: str, events_file: str | None, overlay: bool
+) -> dict[str, str]:
+    """``env`` plus what a child interpreter needs to install the same guard."""
+    out = dict(env)
+    rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR]
+    out["PYTHONPATH"] = os.pathsep.join([BOOT_DIR, *rest])
+    out[ENV_POLICY] = os.fspath(policy_file)
+    if events_file:
+        out[ENV_EVENTS] = os.fspath(events_file)
+    else:
+        out.pop(ENV_EVENTS, None)
+    out[ENV_OVERLAY] = "1" if overlay else "0"
+    return out
+
+
+def boot(environ: Mapping[str, str] | None = None) -> Guard:
+    """Install the guard the environment describes (what ``sitecustomize`` runs). Raises
+    :class:`BootError` with a one-line explanation when it cannot."""
+    env = os.environ if environ is None else environ
+    src = env.get(ENV_POLICY, "")
+    if not src:
+        raise BootError(f"{ENV_POLICY} is not set, but the sandbox's sitecustomize is on PYTHONPATH")
+    try:
+        with open(src, encoding="utf-8") as fh:
+            data = json.load(fh)
+        policy = Policy.from_dict(data)
+    except OSError as e:
+        raise BootError(f"cannot read the policy {src} ({e.strerror})") from None
+    except (ValueError, KeyError, TypeError) as e:  # PolicyError is an Exception, not these
+        raise BootError(f"{src} is not a resolved policy: {type(e).__name__}: {e}") from None
+    except Exception as e:
+        raise BootError(f"{src}: {e}") from None
+    events = None
+    events_file = env.get(ENV_EVENTS)
+    if events_file:
+        from sandbox.events import EventLog
+
+        try:
+            events = EventLog(events_file)
+        except OSError as e:
+            raise BootError(f"cannot open the event log {events_file} ({e.strerror})") from None
+    return install(policy, events=events, overlay=env.get(ENV_OVERLAY) == "1")

@@ -1,0 +1,59 @@
+"""The kernel layer: Landlock and a private mount namespace, applied to a step process before exec.
+
+Re-exports only. Names load on first use (``ctypes`` is not imported until something needs it),
+so ``import sandbox.kernel`` stays cheap for the CLI. The modules are ``probing`` and ``spawning``,
+not ``probe`` and ``spawn``: importing a submodule sets the package attribute of its name, which
+would make ``sandbox.kernel.probe`` the module or the function depending on import order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox.kernel.landlock import abi_version, restrict_writes
+    from sandbox.kernel.plan import AppliedLayers, Bind, KernelPlan, Overlay, apply
+    from sandbox.kernel.probing import KernelSupport, describe, probe
+    from sandbox.kernel.spawning import Child, ChildResult, spawn
+
+_WHERE = {
+    "abi_version": "landlock",
+    "restrict_writes": "landlock",
+    "AppliedLayers": "plan",
+    "Bind": "plan",
+    "KernelPlan": "plan",
+    "Overlay": "plan",
+    "apply": "plan",
+    "KernelSupport": "probing",
+    "describe": "probing",
+    "probe": "probing",
+    "Child": "spawning",
+    "ChildResult": "spawning",
+    "spawn": "spawning",
+}
+
+__all__ = [
+    "AppliedLayers",
+    "Bind",
+    "Child",
+    "ChildResult",
+    "KernelPlan",
+    "KernelSupport",
+    "Overlay",
+    "abi_version",
+    "apply",
+    "describe",
+    "probe",
+    "restrict_writes",
+    "spawn",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandbox.kernel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sandbox.kernel.{module}"), name)
+    globals()[name] = value
+    return value

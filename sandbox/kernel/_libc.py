@@ -1,0 +1,58 @@
+"""The few libc entry points the kernel layer needs, through ctypes (Python 3.11 has no
+``os.unshare`` or ``os.mount``). Loaded on first use: ``ctypes`` costs a few milliseconds to import,
+and only a process that applies or probes the kernel layer pays it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+# Syscall numbers from the generic table: Landlock and mount_setattr were added after the
+# architectures were unified, so x86_64 and aarch64 share them.
+SYS_MOUNT_SETATTR = 442
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+
+PR_SET_NO_NEW_PRIVS = 38
+
+_lib: Any = None
+
+
+def libc() -> Any:
+    """The process's C library with ``errno`` captured after every call (``use_errno``)."""
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(None, use_errno=True)  # the libc Python itself is linked against
+        lib.syscall.restype = ctypes.c_long
+        lib.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+        lib.mount.restype = ctypes.c_int
+        lib.unshare.argtypes = [ctypes.c_int]
+        lib.unshare.restype = ctypes.c_int
+        lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        lib.prctl.restype = ctypes.c_int
+        _lib = lib
+    return _lib
+
+
+def syscall(nr: int, *args: Any) -> int:
+    """``syscall(nr, ...)`` with integer arguments widened to ``long``: the call is variadic, so
+    ctypes would otherwise pass a Python int as a 32-bit ``int`` and leave the register's top half
+    undefined."""
+    conv = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    return int(libc().syscall(ctypes.c_long(nr), *conv))
+
+
+def check(result: int, what: str, filename: str | None = None) -> int:
+    """Raise ``OSError(errno, "<what>: <strerror>", filename)`` when a libc call returned -1."""
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", filename)
+    return result

@@ -1,0 +1,155 @@
+"""Landlock: deny filesystem writes outside a set of writable roots, for a process and all its children.
+
+What a ruleset from :func:`restrict_writes` covers, once the process is restricted: opening a file
+for writing, truncating it (ABI >= 3), creating, removing and renaming entries (files, folders,
+symlinks, fifos, sockets, device nodes), and linking or moving entries between folders (ABI >= 2)
+-- anywhere outside the writable roots, whatever the program (a shell, a native library, ``python
+-I``). Reads, execution and device ioctls are *not* handled, so they stay unrestricted.
+
+What it does not cover, by the kernel's design: ``chmod``, ``chown``, ``utime`` and extended
+attributes (the read-only mounts of :mod:`sandbox.kernel.mounts` give EROFS for those); files that
+were already open before the restriction; and other threads of the process (see
+:func:`restrict_writes`). A restriction can never be lifted, only narrowed further.
+
+With ABI 1 (Linux 5.13-5.18) REFER cannot be handled, so the kernel refuses *every* link or
+rename into another folder, even inside the writable roots; with ABI < 3 ``truncate(2)`` on an
+existing file outside the roots is not checked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from collections.abc import Sequence
+
+from sandbox.kernel import _libc
+
+CREATE_RULESET_VERSION = 1 << 0
+RULE_PATH_BENEATH = 1
+
+ACCESS_FS_WRITE_FILE = 1 << 1
+ACCESS_FS_REMOVE_DIR = 1 << 4
+ACCESS_FS_REMOVE_FILE = 1 << 5
+ACCESS_FS_MAKE_CHAR = 1 << 6
+ACCESS_FS_MAKE_DIR = 1 << 7
+ACCESS_FS_MAKE_REG = 1 << 8
+ACCESS_FS_MAKE_SOCK = 1 << 9
+ACCESS_FS_MAKE_FIFO = 1 << 10
+ACCESS_FS_MAKE_BLOCK = 1 << 11
+ACCESS_FS_MAKE_SYM = 1 << 12
+ACCESS_FS_REFER = 1 << 13  # ABI 2
+ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
+
+_WRITE_ABI1 = (
+    ACCESS_FS_WRITE_FILE
+    | ACCESS_FS_REMOVE_DIR
+    | ACCESS_FS_REMOVE_FILE
+    | ACCESS_FS_MAKE_CHAR
+    | ACCESS_FS_MAKE_DIR
+    | ACCESS_FS_MAKE_REG
+    | ACCESS_FS_MAKE_SOCK
+    | ACCESS_FS_MAKE_FIFO
+    | ACCESS_FS_MAKE_BLOCK
+    | ACCESS_FS_MAKE_SYM
+)
+#: The rights a rule on a non-directory may carry; the others only make sense on a folder.
+_FILE_RIGHTS = ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE
+
+
+class _RulesetAttr(ctypes.Structure):
+    # Only the first field of struct landlock_ruleset_attr: the kernel takes a shorter struct and
+    # treats the later fields (handled_access_net, ABI 4; scoped, ABI 6) as 0 -- not handled,
+    # which is what we want: networking and IPC scoping stay unrestricted.
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)) in the uapi header: 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def abi_version() -> int:
+    """The Landlock ABI the running kernel offers: 0 when it has none or Landlock is disabled.
+
+    Never raises: ENOSYS (old kernel, or a seccomp filter), EOPNOTSUPP (built but not enabled
+    with ``lsm=``) and anything else mean "unavailable".
+    """
+    return query_abi()[0]
+
+
+def query_abi() -> tuple[int, int]:
+    """``(abi, errno)``: the ABI, or 0 and why not (0 when the reason is unknown). Never raises."""
+    try:
+        v = _libc.syscall(_libc.SYS_LANDLOCK_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION)
+        return (v, 0) if v > 0 else (0, ctypes.get_errno())
+    except Exception:
+        return 0, 0
+
+
+def handled_rights(abi: int) -> int:
+    """The write-class rights a ruleset handles under ``abi`` (0 when ``abi`` < 1)."""
+    if abi < 1:
+        return 0
+    rights = _WRITE_ABI1
+    if abi >= 2:
+        rights |= ACCESS_FS_REFER
+    if abi >= 3:
+        rights |= ACCESS_FS_TRUNCATE
+    return rights
+
+
+def restrict_writes(writable: Sequence[str], *, abi: int | None = None) -> None:
+    """Restrict the calling thread, and every process it starts later, to writing below ``writable``.
+
+    Each path gets a rule granting every handled right beneath it (a folder), or only
+    WRITE_FILE|TRUNCATE (a file or device such as ``/dev/null``). Paths are resolved now: a rule
+    binds to the inode found, so mounts made later at those paths are not covered -- call this
+    after the mount namespace is set up. Sets ``PR_SET_NO_NEW_PRIVS`` (required, and it keeps a
+    setuid program from shedding the restriction).
+
+    Call it in a single-threaded process, in practice a forked child before ``exec``: Landlock
+    restricts only the calling thread and its future children; threads that already exist keep
+    writing freely. A running Ray worker therefore never restricts itself; its step processes do.
+
+    ``abi`` defaults to :func:`abi_version`. Raises ``OSError`` naming the step that failed;
+    when Landlock is unavailable, ``OSError(ENOSYS)``.
+    """
+    if abi is None:
+        abi = abi_version()
+    if abi < 1:
+        raise OSError(errno.ENOSYS, "landlock: not supported by this kernel (ABI 0)")
+    handled = handled_rights(abi)
+    lib = _libc.libc()
+    attr = _RulesetAttr(handled_access_fs=handled)
+    ruleset = _libc.check(
+        _libc.syscall(_libc.SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0),
+        "landlock_create_ruleset",
+    )
+    try:
+        for path in dict.fromkeys(writable):  # keep order, drop repeats
+            _add_rule(ruleset, path, handled)
+        _libc.check(lib.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+        _libc.check(_libc.syscall(_libc.SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+
+
+def _add_rule(ruleset: int, path: str, handled: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(
+            e.errno, f"landlock: writable root {path} cannot be opened: {e.strerror}", path
+        ) from None
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        rule = _PathBeneathAttr(allowed_access=handled if is_dir else handled & _FILE_RIGHTS, parent_fd=fd)
+        _libc.check(
+            _libc.syscall(_libc.SYS_LANDLOCK_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0),
+            f"landlock_add_rule({path})",
+            path,
+        )
+    finally:
+        os.close(fd)

@@ -1,0 +1,274 @@
+"""Mount-namespace mechanics: a private mount table, bind mounts, overlays, a read-only view.
+
+Every function here changes the mount table of the *calling process's* mount namespace, so call
+them only after :func:`unshare_mount_namespace` (in practice in a forked child before ``exec``):
+in the host namespace they would change what every process on the machine sees.
+
+Read-only mounts give EROFS for every mutation -- writes, creates, deletes, renames, and also
+chmod, chown, utime and xattrs, which Landlock does not cover.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Iterator, Sequence
+
+from sandbox.kernel import _libc
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+
+PR_CAPBSET_DROP = 24
+CAP_SYS_ADMIN = 21
+
+MOUNT_ATTR_RDONLY = 0x1
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+
+#: Per-mount options a remount must repeat: inside a user namespace the kernel locks them on
+#: mounts inherited from the parent namespace, and a remount that drops one fails with EPERM.
+_KEEP_FLAGS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+}
+
+#: Kernel interfaces that stay writable: /dev/shm holds multiprocessing semaphores, /dev/pts the
+#: terminals, /proc/self the process's own knobs. Landlock still limits what may be created there.
+ALWAYS_WRITABLE = ("/proc", "/sys", "/dev")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _mount(
+    src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None, *, what: str = ""
+) -> None:
+    enc = [None if x is None else os.fsencode(x) for x in (src, dst, fstype, data)]
+    what = what or f"mount {src} on {dst}"
+    _libc.check(_libc.libc().mount(enc[0], enc[1], enc[2], flags, enc[3]), what, dst)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the initial one (full uid map)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as fh:
+            return fh.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def unshare_mount_namespace(*, user_namespace: bool | None = None) -> bool:
+    """Move the calling process into a new, private mount namespace.
+
+    Real root needs only CLONE_NEWNS. Anyone else (``user_namespace`` None and euid != 0, or
+    ``user_namespace=True``) also gets a new user namespace in which it is root: uid and gid map
+    ``0 <uid> 1``, ``setgroups`` denied (the kernel requires that before an unprivileged gid_map).
+    The process must be single-threaded (the kernel refuses CLONE_NEWUSER otherwise).
+    Returns whether a user namespace was created.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    userns = uid != 0 if user_namespace is None else user_namespace
+    lib = _libc.libc()
+    rc = lib.unshare(CLONE_NEWNS | (CLONE_NEWUSER if userns else 0))
+    if rc == -1 and not userns and user_namespace is None and ctypes.get_errno() == errno.EPERM:
+        userns = True  # root without CAP_SYS_ADMIN (e.g. inside another sandbox): as anyone else
+        rc = lib.unshare(CLONE_NEWNS | CLONE_NEWUSER)
+    _libc.check(rc, "unshare a mount namespace" + (" in a new user namespace" if userns else ""))
+    if userns:
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"0 {uid} 1")
+        _write("/proc/self/gid_map", f"0 {gid} 1")
+    return userns
+
+
+def lock_mounts() -> None:
+    """Keep the command from changing the mount table it will run in.
+
+    Root (real, or in the user namespace made above) could otherwise ``mount -o remount,rw`` the
+    read-only view or unmount a bind to reveal what it covers: the mounts made here are owned by
+    the process's own namespace, so the kernel does not lock them. Dropping CAP_SYS_ADMIN from the
+    capability bounding set takes it away from every program ``exec``'d from now on (Landlock also
+    refuses mount calls, but it may be unavailable). The caller keeps it until it execs.
+    """
+    _libc.check(_libc.libc().prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0), "drop CAP_SYS_ADMIN")
+
+
+def make_private() -> None:
+    """``mount --make-rprivate /``: nothing we mount propagates back to the host, nor theirs to us."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, what="make / private")
+
+
+def _decode(field: str) -> str:
+    r"""mountinfo escapes space, tab, newline and backslash as ``\ooo`` octal."""
+    if "\\" not in field:
+        return field
+    out, i = bytearray(), 0
+    raw = field.encode()
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mount_table() -> list[tuple[str, frozenset[str]]]:
+    """``(mount point, per-mount options)`` of every mount of this namespace, in mount order."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+        rows = [line.split(" ", 6) for line in fh]
+    return [(_decode(r[4]), frozenset(r[5].split(","))) for r in rows if len(r) > 5]
+
+
+def _set_readonly(path: str, *, recursive: bool) -> None:
+    """Make the mount at ``path`` (and, if ``recursive``, every mount below it) read-only."""
+    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+    flags = AT_RECURSIVE if recursive else 0
+    # mount_setattr (5.12+) changes only the read-only bit, so locked flags need no care.
+    rc = _libc.syscall(_libc.SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), 32)
+    if rc == 0:
+        return
+    if ctypes.get_errno() != errno.ENOSYS:
+        _libc.check(rc, f"make {path} read-only", path)
+    for point, opts in _topmost(mount_table()):
+        if point == path or (recursive and _below(point, path)):
+            _remount_readonly(point, opts)
+
+
+def _remount_readonly(path: str, options: frozenset[str]) -> None:
+    """The pre-5.12 way: a bind remount that repeats the mount's locked flags."""
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+    for name, bit in _KEEP_FLAGS.items():
+        if name in options:
+            flags |= bit
+    _mount(None, path, None, flags, what=f"remount {path} read-only")
+
+
+def _below(path: str, root: str) -> bool:
+    """``path`` is ``root`` or inside it, compared by components (``/a/bc`` is not below ``/a/b``)."""
+    return path == root or root == "/" or path.startswith(root.rstrip("/") + "/")
+
+
+def bind(src: str, dst: str, *, readonly: bool, recursive: bool = True) -> None:
+    """Bind ``src`` onto ``dst`` (both must exist, of the same kind: folder or file).
+
+    ``recursive`` brings the mounts below ``src`` along (required in a user namespace whenever
+    ``src`` has locked submounts: hiding them would reveal what they cover). ``readonly`` makes
+    the new mount, and every mount below it, read-only.
+    """
+    try:
+        _mount(src, dst, None, MS_BIND | (MS_REC if recursive else 0))
+    except OSError as e:
+        missing = [p for p in (src, dst) if not os.path.lexists(p)]
+        if e.errno == errno.ENOENT and missing:
+            raise OSError(e.errno, f"{e.strerror} ({', '.join(missing)}: does not exist)", dst) from None
+        raise
+    if readonly:
+        _set_readonly(os.path.realpath(dst), recursive=True)
+
+
+def _escape(path: str) -> str:
+    # overlayfs splits its options on ',' and lowerdir on ':'; a backslash escapes either.
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def overlay(lower: Sequence[str], upper: str, work: str, target: str) -> None:
+    """Mount an overlay on ``target``: reads see ``upper`` over ``lower`` (first = topmost), every
+    write, create or delete lands in ``upper`` (deletes as whiteouts: char devices 0/0).
+
+    ``work`` must be an empty folder on the same filesystem as ``upper``. As real root the
+    overlay keeps its metadata in ``trusted.*`` xattrs; in a user namespace those are forbidden
+    and it needs ``userxattr`` (``user.overlay.*``, Linux 5.11+). The other variant is tried when
+    the first fails, so either way the first error is the one reported.
+    """
+    if not lower:
+        raise ValueError("overlay needs at least one lower folder")
+    base = f"lowerdir={':'.join(_escape(p) for p in lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
+    variants = [base, base + ",userxattr"]
+    if in_user_namespace():
+        variants.reverse()
+    try:
+        _mount("overlay", target, "overlay", 0, variants[0], what=f"overlay on {target}")
+    except OSError as first:
+        try:
+            _mount("overlay", target, "overlay", 0, variants[1], what=f"overlay on {target}")
+        except OSError:
+            missing = [p for p in (*lower, upper, work, target) if not os.path.isdir(p)]
+            why = f" ({', '.join(missing)}: no such folder)" if missing else ""
+            raise OSError(first.errno, f"{first.strerror}{why}", target) from None
+
+
+def _is_mount_point(path: str, table: Sequence[tuple[str, frozenset[str]]]) -> bool:
+    return any(point == path for point, _ in table)
+
+
+def remount_all_readonly(keep_writable: Sequence[str]) -> None:
+    """Make every mount of this namespace read-only, except the ``keep_writable`` paths (and the
+    mounts below them) and the kernel interfaces below /proc, /sys and /dev.
+
+    A writable path that is not a mount point is first bound onto itself, so that its read-only
+    flag is its own and not its parent's. Mounts already read-only stay so, wherever they are.
+    Mounts hidden under another mount (their path now shows something else) are left alone: no
+    path reaches them. Raises ``OSError`` naming the mount that could not be made read-only.
+    """
+    keep = [os.path.realpath(p) for p in dict.fromkeys(keep_writable)]
+    table = mount_table()
+    for path in keep:
+        if any(_below(path, k) for k in ALWAYS_WRITABLE):
+            continue
+        if not _is_mount_point(path, table):
+            _mount(path, path, None, MS_BIND | MS_REC, what=f"keep {path} writable (bind it onto itself)")
+    table = mount_table()
+    for point, opts in _topmost(table):
+        if "ro" in opts or any(_below(point, k) for k in (*ALWAYS_WRITABLE, *keep)):
+            continue
+        try:
+            _set_readonly(point, recursive=False)
+        except OSError as e:
+            # Gone, or no longer the root of a mount: covered by a later mount, which is
+            # handled on its own; nothing reaches the covered one by path.
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL):
+                continue
+            raise
+
+
+def _topmost(table: Sequence[tuple[str, frozenset[str]]]) -> Iterator[tuple[str, frozenset[str]]]:
+    """One entry per mount point: the last mounted, which is the one a path reaches."""
+    last: dict[str, frozenset[str]] = {}
+    for point, opts in table:
+        last.pop(point, None)
+        last[point] = opts
+    return iter(last.items())

@@ -1,0 +1,156 @@
+"""spawn(): exit codes and signals as a shell reports them, resources, descriptors, and failures
+before exec turned into one explained line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kernel_helpers import py, run, sh
+
+from sandbox.errors import KernelUnavailable, UsageError
+from sandbox.kernel import KernelPlan, KernelSupport, Overlay, spawn
+
+
+def _zombies() -> list[int]:
+    """Our children that exited and were never reaped."""
+    me, out = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == me:
+                out.append(int(entry))
+    return out
+
+
+def test_exit_code_passes_through() -> None:
+    r = sh("echo out; echo err >&2; exit 3", None)
+    assert (r.code, r.result.signal, r.out, r.err) == (3, None, "out\n", "err\n")
+
+
+def test_signal_follows_the_shell_convention() -> None:
+    r = sh("kill -TERM $$", None)
+    assert (r.code, r.result.signal) == (128 + signal.SIGTERM, signal.SIGTERM)
+
+
+def test_kill_poll_and_wait() -> None:
+    child = spawn(["sleep", "30"], env=dict(os.environ), cwd="/", plan=None)
+    assert child.poll() is None and child.applied is None
+    child.kill()
+    res = child.wait()
+    assert (res.exit_code, res.signal) == (128 + signal.SIGKILL, signal.SIGKILL)
+    assert child.wait() is res and child.poll() is res
+    child.kill()  # reaped: a no-op, never a signal to a reused pid
+
+
+def test_duration_and_peak_memory() -> None:
+    r = py("b = bytearray(64 * 1024 * 1024); import time; time.sleep(0.05)", None)
+    assert r.code == 0
+    assert r.result.duration_s >= 0.05
+    assert r.result.peak_rss_bytes >= 64 * 1024 * 1024
+    assert r.result.launcher_rss_bytes > 0
+    assert r.result.command_peak_rss_bytes == r.result.peak_rss_bytes
+
+
+def test_env_and_cwd(tmp_path: Path) -> None:
+    r = run(
+        ["sh", "-c", 'echo "$FOO"; pwd'], None, cwd=tmp_path, env={"FOO": "bar", "PATH": os.environ["PATH"]}
+    )
+    assert r.out == f"bar\n{tmp_path}\n"
+
+
+def test_inherited_descriptors_are_closed_unless_passed(tmp_path: Path) -> None:
+    """An inherited descriptor open on a host file would bypass every kernel layer."""
+    fd = os.open(tmp_path / "host-file", os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(fd, True)
+    write = [sys.executable, "-I", "-S", "-c", f"import os; os.write({fd}, b'x')"]
+    try:
+        r = run(write, None)
+        assert r.code == 1 and "Bad file descriptor" in r.err
+        child = spawn(write, env=dict(os.environ), cwd="/", plan=None, pass_fds=[fd])
+        assert child.wait().exit_code == 0
+    finally:
+        os.close(fd)
+    assert (tmp_path / "host-file").read_text() == "x"
+
+
+def test_sigpipe_is_restored() -> None:
+    """Python ignores SIGPIPE; an ignored signal survives exec, so `yes | head` would complain."""
+    r = sh("yes | head -n 1", None)
+    assert (r.code, r.out, r.err) == (0, "y\n", "")
+
+
+def test_a_missing_command_is_a_usage_error() -> None:
+    before = _zombies()
+    with pytest.raises(UsageError) as e:
+        sh_missing = ["tv-sandbox-no-such-command"]
+        spawn(sh_missing, env=dict(os.environ), cwd="/", plan=None)
+    assert str(e.value) == "cannot execute 'tv-sandbox-no-such-command': No such file or directory"
+    assert isinstance(e.value.__cause__, OSError) and e.value.__cause__.errno == 2
+    assert _zombies() == before
+
+
+def test_a_missing_cwd_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"cannot enter the working folder .*missing"):
+        spawn(["true"], env=dict(os.environ), cwd=str(tmp_path / "missing"), plan=None)
+
+
+def test_a_bad_descriptor_is_the_callers_oserror() -> None:
+    with pytest.raises(OSError) as e:
+        spawn(["true"], env=dict(os.environ), cwd="/", plan=None, stdout=987)
+    assert e.value.errno == 9 and not isinstance(e.value, (UsageError, KernelUnavailable))
+
+
+@pytest.mark.kernel("mount_namespace", "overlay")
+def test_a_plan_that_cannot_be_applied_is_kernel_unavailable(kernel_support: object, tree) -> None:  # type: ignore[no-untyped-def]
+    run_dir, work, ws = tree("run"), tree("work"), tree("ws")
+    missing = str(run_dir.parent / "no-such-lower")
+    plan = KernelPlan(overlays=(Overlay((missing,), str(run_dir), str(work), str(ws)),), namespace=True)
+    before = _zombies()
+    with pytest.raises(KernelUnavailable) as e:
+        spawn(["true"], env=dict(os.environ), cwd=str(ws), plan=plan)
+    msg = str(e.value)
+    assert msg.startswith("kernel layer could not be applied: overlay on ") and missing in msg
+    assert "\n" not in msg
+    assert _zombies() == before
+
+
+@pytest.mark.kernel("landlock", "mount_namespace", "overlay", "readonly_bind")
+def test_applied_layers_and_start_time(kernel_support: KernelSupport, tree) -> None:  # type: ignore[no-untyped-def]
+    host, run_dir, work, ws, tmp = tree("host"), tree("run"), tree("work"), tree("ws"), tree("tmp")
+    plan = KernelPlan(
+        writable=(str(tmp), "/dev/shm"),
+        overlays=(Overlay((str(host),), str(run_dir), str(work), str(ws)),),
+        readonly_root=True,
+        landlock=True,
+        namespace=True,
+    )
+    t0 = time.perf_counter()
+    child = spawn(["true"], env=dict(os.environ), cwd=str(ws), plan=plan)
+    started = time.perf_counter() - t0
+    assert child.wait().exit_code == 0
+    a = child.applied
+    assert a is not None
+    assert (a.landlock_abi, a.namespace, a.overlay, a.readonly_root) == (
+        kernel_support.landlock_abi,
+        True,
+        True,
+        True,
+    )
+    assert a.user_namespace is (os.geteuid() != 0)
+    # The budget of a sandboxed start is 50 ms; leave room for a loaded CI machine.
+    assert a.seconds < 0.05 and started < 0.25, (a.seconds, started)
+
+
+def test_python_is_found_on_the_given_path(tmp_path: Path) -> None:
+    env = {"PATH": os.path.dirname(sys.executable)}
+    r = run([os.path.basename(sys.executable), "-c", "print(1)"], None, env=env)
+    assert r.out == "1\n"

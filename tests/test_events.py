@@ -1,0 +1,114 @@
+"""The event log: JSON lines appended atomically by many processes, and its summary."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+from sandbox.events import FIELDS, EventLog, read_events, summarise
+
+
+def _emit(log: EventLog, action: str = "redirect", path: str = "reports/x.csv", **kw: object) -> None:
+    log.emit("python", "write", action, str(kw.get("rule", "workspace-redirect")), path,
+             "/ws/" + path, kw.get("target", "/run/" + path), bool(kw.get("captured", False)),  # type: ignore[arg-type]
+             "production", "why")
+
+
+def test_lines_have_every_field_and_parse(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    with EventLog(p) as log:
+        _emit(log, path='odd "name"\n\u00e9.csv', captured=True)
+        _emit(log, "deny", target=None, rule="lakehouse-read-only")
+    lines = p.read_text().splitlines()
+    assert len(lines) == 2 and '"captured": true' in lines[0]
+    ev = [json.loads(x) for x in lines]
+    assert tuple(ev[0]) == FIELDS
+    assert ev[0]["path"] == 'odd "name"\n\u00e9.csv' and ev[0]["pid"] == os.getpid()
+    assert ev[1]["target"] is None and ev[1]["action"] == "deny"
+    assert isinstance(ev[0]["time"], float) and read_events(p) == ev
+
+
+def test_a_denial_is_written_at_once_redirects_in_batches(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    log = EventLog(p, batch=3, max_delay=3600)
+    _emit(log)
+    _emit(log)
+    assert p.read_text() == ""  # waiting for the batch
+    _emit(log, "deny")
+    assert len(read_events(p)) == 3  # a denial flushes what waits with it
+    _emit(log)
+    _emit(log)
+    _emit(log)
+    assert len(read_events(p)) == 6  # a full batch goes out
+    _emit(log)
+    log.close()
+    assert len(read_events(p)) == 7
+    log.close()  # idempotent
+
+
+def test_write_takes_another_layers_record(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    with EventLog(p) as log:
+        log.write({"layer": "fsspec", "action": "deny", "op": "delete", "rule": "r", "path": "a",
+                   "resolved": "/a", "captured": False, "reason": "no"})
+    (ev,) = read_events(p)
+    assert ev["layer"] == "fsspec" and ev["target"] is None and ev["profile"] == ""
+
+
+def _writer(path: str, n: int) -> None:
+    log = EventLog(path, batch=7)
+    for i in range(n):
+        _emit(log, path=f"reports/{os.getpid()}/{i}" + "x" * 300)
+    log.close()
+
+
+def test_many_processes_append_whole_lines(tmp_path: Path) -> None:
+    p = str(tmp_path / "e.jsonl")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(p, 500)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+        assert proc.exitcode == 0
+    raw = Path(p).read_text().splitlines()
+    assert len(raw) == 2000 and len(read_events(p)) == 2000  # no torn or merged line
+
+
+def test_a_fork_does_not_repeat_what_the_parent_had_waiting(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    log = EventLog(p, batch=100, max_delay=3600)
+    _emit(log, path="before-fork")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        _emit(log, path="child")
+        log.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    log.close()
+    paths = sorted(e["path"] for e in read_events(p))
+    assert paths == ["before-fork", "child"]
+
+
+def test_read_events_skips_a_torn_line(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    with EventLog(p) as log:
+        _emit(log, "deny")
+    with open(p, "a") as fh:
+        fh.write('{"time": 1, "pid"')
+    assert len(read_events(p)) == 1
+
+
+def test_summarise_counts_and_trims() -> None:
+    events = [
+        {"action": "deny", "rule": "lakehouse-read-only", "layer": "python", "op": "write", "captured": False}
+        for _ in range(250)
+    ] + [{"action": "redirect", "rule": "workspace-redirect", "layer": "fsspec", "op": "mkdir", "captured": True}]
+    s = summarise(events)
+    assert s["count"] == 251 and s["by_action"] == {"deny": 250, "redirect": 1}
+    assert s["by_rule"]["lakehouse-read-only"] == 250 and s["by_layer"] == {"python": 250, "fsspec": 1}
+    assert s["by_op"] == {"write": 250, "mkdir": 1} and s["captured"] == 1
+    assert len(s["denials"]) == 200 and len(s["redirects"]) == 1 and s["truncated"]
+    assert summarise([])["count"] == 0 and not summarise([])["truncated"]
