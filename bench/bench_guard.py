@@ -19,12 +19,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import interleaved, line, median  # noqa: E402
+from _common import interleaved, line, median
 
-from sandbox import workspace  # noqa: E402
-from sandbox.guard import guarded  # noqa: E402
-from sandbox.loader import load_policy  # noqa: E402
-from sandbox.samples import make_host  # noqa: E402
+from sandbox import workspace
+from sandbox.guard import guarded
+from sandbox.loader import load_policy
+from sandbox.samples import make_host
 
 PAYLOAD = "x" * 64
 
@@ -74,8 +74,13 @@ def main() -> int:
             with guarded(policy):
                 write_loop(f"outputs{r}", n)  # relative: redirected into the run folder
 
-        w = interleaved(args.rounds, bare=bare_run, guarded=guarded_run,
-                        bare_redirect=bare_redirect, guarded_redirect=guarded_redirect)
+        w = interleaved(
+            args.rounds,
+            bare=bare_run,
+            guarded=guarded_run,
+            bare_redirect=bare_redirect,
+            guarded_redirect=guarded_redirect,
+        )
         r_run = median(w["guarded"]) / median(w["bare"])
         r_red = median(w["guarded_redirect"]) / median(w["bare_redirect"])
 
@@ -97,10 +102,18 @@ def main() -> int:
         rd = interleaved(args.rounds * 2, bare=bare_read, guarded=guarded_read)
         r_read = median(rd["guarded"]) / median(rd["bare"])
         per_file = median(w["bare"]) / n * 1e6
-        print(f"# python {sys.version.split()[0]}, {n} files x {args.rounds} rounds, bare write {per_file:.1f} us/file")
+        print(
+            f"# python {sys.version.split()[0]}, {n} files x {args.rounds} rounds, bare write {per_file:.1f} us/file"
+        )
         print(line("write loop into $TV_RUN_DIR, guarded / bare", r_run, "<= 1.05", r_run <= 1.05))
-        print(line("write loop, relative (redirected) / bare to $TV_RUN_DIR", r_red, "<= 1.05", r_red <= 1.05))
-        print(line("read/stat loop, mounts + redirected files, guarded / bare", r_read, "<= 1.10", r_read <= 1.10))
+        print(
+            line("write loop, relative (redirected) / bare to $TV_RUN_DIR", r_red, "<= 1.05", r_red <= 1.05)
+        )
+        print(
+            line(
+                "read/stat loop, mounts + redirected files, guarded / bare", r_read, "<= 1.10", r_read <= 1.10
+            )
+        )
         return 0
     finally:
         os.chdir("/")

@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import interleaved, line, median  # noqa: E402
+from _common import interleaved, line, median
 
-from sandbox.samples import make_host  # noqa: E402
+from sandbox.samples import make_host
 
 
 def main() -> int:
@@ -36,8 +36,22 @@ def main() -> int:
         counter = iter(range(10**6))
 
         def sandboxed(kernel: str) -> list[str]:
-            return [py, "-m", "sandbox", "run", "--root", str(host), "--run-id", f"b{next(counter)}",
-                    "--kernel", kernel, "--", py, "-c", "pass"]
+            return [
+                py,
+                "-m",
+                "sandbox",
+                "run",
+                "--root",
+                str(host),
+                "--run-id",
+                f"b{next(counter)}",
+                "--kernel",
+                kernel,
+                "--",
+                py,
+                "-c",
+                "pass",
+            ]
 
         def bare(r: int) -> None:
             subprocess.run([py, "-c", "pass"], check=True)

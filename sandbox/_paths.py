@@ -69,7 +69,7 @@ def _join_real(path: str, rest: str, seen: dict[str, str | None]) -> tuple[str, 
 
 def to_str(path: Any) -> str:
     """``str`` form of a path argument (``str``, ``bytes`` or ``os.PathLike``); raises TypeError."""
-    p = _fspath(path)
+    p: str | bytes = _fspath(path)
     if isinstance(p, bytes):
         return _fsdecode(p)
     return p

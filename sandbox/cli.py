@@ -113,7 +113,9 @@ def _run(ns: argparse.Namespace) -> int:
         print(f"{PROG}: {line}", file=sys.stderr)
     if os.environ.get("TV_SANDBOX_TIMINGS"):
         laps = {"preflight": t_pre, **outcome.timings}
-        print(f"{PROG}: timing " + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in laps.items()), file=sys.stderr)
+        print(
+            f"{PROG}: timing " + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in laps.items()), file=sys.stderr
+        )
     if outcome.workspace:
         print(f"{PROG}: workspace kept at {outcome.workspace}", file=sys.stderr)
     return outcome.exit_code

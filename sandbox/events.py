@@ -204,8 +204,12 @@ def summarise(events: Iterable[Mapping[str, Any]], *, trim: int = TRIM) -> dict[
     for ev in events:
         total += 1
         action = str(ev.get("action", ""))
-        for counts, key in ((by_action, action), (by_rule, ev.get("rule")), (by_layer, ev.get("layer")),
-                            (by_op, ev.get("op"))):
+        for counts, key in (
+            (by_action, action),
+            (by_rule, ev.get("rule")),
+            (by_layer, ev.get("layer")),
+            (by_op, ev.get("op")),
+        ):
             counts[str(key)] = counts.get(str(key), 0) + 1
         captured += bool(ev.get("captured"))
         if action == "deny" and len(denials) < trim:

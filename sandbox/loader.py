@@ -93,7 +93,8 @@ def _need(table: Mapping[str, Any], key: str, kind: type, src: str, where: str) 
 
 def _typed(value: Any, kind: type, src: str, key: str) -> Any:
     if not isinstance(value, kind) or (kind is str and not value):
-        what = {str: "a non-empty string", list: "a list", dict: "a table"}.get(kind, kind.__name__)
+        names: dict[type, str] = {str: "a non-empty string", list: "a list", dict: "a table"}
+        what = names.get(kind, kind.__name__)
         raise PolicyError(src, key, f"must be {what}, not {value!r}")
     return value
 
@@ -126,7 +127,7 @@ def _rel_path(value: Any, src: str, key: str, *, pattern: bool = False) -> str:
                     f"unknown placeholder {{{name}}}; allowed: "
                     + ", ".join("{" + p + "}" for p in sorted(_PLACEHOLDERS)),
                 )
-    return s.strip("/")
+    return str(s).strip("/")
 
 
 def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicySpec:

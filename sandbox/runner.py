@@ -23,7 +23,7 @@ from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
 from sandbox.errors import KernelUnavailable, PreflightError, UsageError
 from sandbox.loader import load_policy
-from sandbox.policy import AUDIT_DIR, MODES, PolicySpec
+from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec
 from sandbox.workspace import Workspace
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -153,7 +153,7 @@ def preflight(req: RunRequest) -> Prepared:
     return prepared
 
 
-def kernel_plan(ws: Workspace, mode: str, support: Any) -> Any:
+def kernel_plan(ws: Workspace, mode: str, support: Any, policy: Policy | None = None) -> Any:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
     The workspace becomes an overlay of the host whose upper layer is the run folder, the run
@@ -184,6 +184,7 @@ def kernel_plan(ws: Workspace, mode: str, support: Any) -> Any:
         os.makedirs(os.path.join(points, rel), exist_ok=True)
     overlays = [Overlay(lower=(points, ws.host), upper=ws.run_storage, work=ws.overlay_work, target=ws.root)]
     binds = [Bind(ws.run_storage, ws.run_dir, readonly=False)]
+    extra_writable: list[str] = []
     for name, rel in ws.layout.mounts().items():
         target = os.path.join(ws.root, rel)
         real = ws.mount_targets[name]
@@ -194,10 +195,15 @@ def kernel_plan(ws: Workspace, mode: str, support: Any) -> Any:
             os.makedirs(work, exist_ok=True)
             overlays.append(Overlay(lower=(real,), upper=upper, work=work, target=target))
         else:
-            binds.append(Bind(real, target, readonly=True))
+            # The policy decides whether a mount is writable (development: the lakehouse is);
+            # the kernel layer only executes that decision.
+            open_ = policy is not None and not policy.decide(os.path.join(real, "x"), Op.WRITE).denied
+            binds.append(Bind(real, target, readonly=not open_))
+            if open_:
+                extra_writable.append(target)
     binds.append(Bind(ws.root, ws.host, readonly=False))
     return KernelPlan(
-        writable=(ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm"),
+        writable=(ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm", *extra_writable),
         overlays=tuple(overlays),
         binds=tuple(binds),
         readonly_root=True,
@@ -254,7 +260,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
         events_file = os.path.join(logs, report_mod.EVENTS_NAME)
         base_env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
         base_env.update(ws.env(req.profile))
-        plan = kernel_plan(ws, req.mode, prep.support) if prep.kernel != "off" else None
+        plan = kernel_plan(ws, req.mode, prep.support, policy) if prep.kernel != "off" else None
         overlay = plan is not None and bool(plan.overlays)
         env = child_env(base_env, policy_file=policy_file, events_file=events_file, overlay=overlay)
         rfd, wfd = os.pipe()
@@ -323,6 +329,8 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
         )
         clock.lap("export")
         kept = ws.base if req.keep_workspace else None
+        if kept:  # a kept workspace is the user's now: never swept as a dead launcher's leftover
+            os.unlink(os.path.join(ws.base, workspace_mod.OWNER_FILE))
         return RunOutcome(result.exit_code, prep.destination, rep, kept, clock.laps)
     finally:
         if not req.keep_workspace:

@@ -7,7 +7,7 @@ Layout of one workspace (``base`` is a fresh private folder, by default in the s
         <exports>    -> HOST/<exports>        a mount
         <runs>/<ID>  -> base/run               $TV_RUN_DIR (a bind mount under the kernel layer)
         everything else -> HOST/...           code and configs, read through; writes are redirected
-    base/run/                   the run folder's storage: data/ reports/ config/ logs/ ...; exported at the end
+    base/run/                   the run folder's storage (data/ reports/ config/ logs/ ...); exported
     base/tmp/                   $TMPDIR of the steps
     base/.ovl-work/             overlayfs work dir (kernel layer)
 
@@ -107,7 +107,7 @@ class Workspace:
 
 
 _PREFIX = "tv-sandbox-"
-_OWNER = "owner"
+OWNER_FILE = "owner"
 
 
 def _start_time(pid: int) -> str | None:
@@ -135,7 +135,7 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
     for name in names:
         path = os.path.join(base, name)
         try:
-            with open(os.path.join(path, _OWNER)) as fh:
+            with open(os.path.join(path, OWNER_FILE)) as fh:
                 pid_s, start = fh.read().split()
         except (OSError, ValueError):
             continue
@@ -163,7 +163,7 @@ def create(
     base = os.path.realpath(tempfile.mkdtemp(prefix=f"{_PREFIX}{run_id}-", dir=base_dir))
     ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
     try:
-        with open(os.path.join(base, _OWNER), "w") as fh:
+        with open(os.path.join(base, OWNER_FILE), "w") as fh:
             fh.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
         for sub in (ws.root, ws.tmp, ws.overlay_work, ws.run_storage):
             os.mkdir(sub, 0o700 if sub == ws.tmp else 0o755)

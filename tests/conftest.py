@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # `import cases` from any test folder
 
 from sandbox import workspace as workspace_mod
+from sandbox.kernel import KernelSupport, probe
 from sandbox.loader import load_policy
 from sandbox.policy import Policy
 from sandbox.samples import make_host
@@ -130,3 +131,50 @@ def make_run_env(tmp_path: Path) -> Iterator[Callable[..., RunEnv]]:
 def run_env(make_run_env: Callable[..., RunEnv]) -> RunEnv:
     """A production, enforce-mode run of the sample host."""
     return make_run_env()
+
+
+# -- the kernel layer's support (CI requires it: a missing feature fails there) ----------------
+
+DEFAULT_FEATURES = ("landlock", "mount_namespace")
+
+
+@pytest.fixture(scope="session")
+def _probed() -> KernelSupport:
+    return probe()
+
+
+def require_kernel(support: KernelSupport, *features: str) -> None:
+    """Skip (or, with TV_SANDBOX_REQUIRE_KERNEL=1, fail) unless every feature is supported."""
+    missing = {f: support.reasons.get(f, "unsupported") for f in features if not support.has(f)}
+    if not missing:
+        return
+    why = "; ".join(f"{f}: {r}" for f, r in missing.items())
+    if os.environ.get("TV_SANDBOX_REQUIRE_KERNEL") == "1":
+        pytest.fail(f"TV_SANDBOX_REQUIRE_KERNEL=1 but the kernel layer is incomplete: {why}")
+    pytest.skip(reason=f"kernel feature unavailable here: {why}")
+
+
+@pytest.fixture
+def kernel_support(request: pytest.FixtureRequest, _probed: KernelSupport) -> KernelSupport:
+    """The probed :class:`KernelSupport`, after checking the features the test's ``kernel`` marker
+    names (default: Landlock and a mount namespace)."""
+    marker = request.node.get_closest_marker("kernel")
+    features = tuple(marker.args) if marker is not None and marker.args else DEFAULT_FEATURES
+    require_kernel(_probed, *features)
+    return _probed
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Callable[..., Path]:
+    """``tree("name", {"a.txt": "text", "sub/b.txt": "more"})``: a folder of files under tmp_path."""
+
+    def make(name: str, files: dict[str, str] | None = None) -> Path:
+        root = tmp_path / name
+        root.mkdir(parents=True)
+        for rel, text in (files or {}).items():
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+        return root
+
+    return make

@@ -11,9 +11,18 @@ from sandbox.events import FIELDS, EventLog, read_events, summarise
 
 
 def _emit(log: EventLog, action: str = "redirect", path: str = "reports/x.csv", **kw: object) -> None:
-    log.emit("python", "write", action, str(kw.get("rule", "workspace-redirect")), path,
-             "/ws/" + path, kw.get("target", "/run/" + path), bool(kw.get("captured", False)),  # type: ignore[arg-type]
-             "production", "why")
+    log.emit(
+        "python",
+        "write",
+        action,
+        str(kw.get("rule", "workspace-redirect")),
+        path,
+        "/ws/" + path,
+        kw.get("target", "/run/" + path),
+        bool(kw.get("captured", False)),  # type: ignore[arg-type]
+        "production",
+        "why",
+    )
 
 
 def test_lines_have_every_field_and_parse(tmp_path: Path) -> None:
@@ -51,8 +60,18 @@ def test_a_denial_is_written_at_once_redirects_in_batches(tmp_path: Path) -> Non
 def test_write_takes_another_layers_record(tmp_path: Path) -> None:
     p = tmp_path / "e.jsonl"
     with EventLog(p) as log:
-        log.write({"layer": "fsspec", "action": "deny", "op": "delete", "rule": "r", "path": "a",
-                   "resolved": "/a", "captured": False, "reason": "no"})
+        log.write(
+            {
+                "layer": "fsspec",
+                "action": "deny",
+                "op": "delete",
+                "rule": "r",
+                "path": "a",
+                "resolved": "/a",
+                "captured": False,
+                "reason": "no",
+            }
+        )
     (ev,) = read_events(p)
     assert ev["layer"] == "fsspec" and ev["target"] is None and ev["profile"] == ""
 
@@ -105,7 +124,15 @@ def test_summarise_counts_and_trims() -> None:
     events = [
         {"action": "deny", "rule": "lakehouse-read-only", "layer": "python", "op": "write", "captured": False}
         for _ in range(250)
-    ] + [{"action": "redirect", "rule": "workspace-redirect", "layer": "fsspec", "op": "mkdir", "captured": True}]
+    ] + [
+        {
+            "action": "redirect",
+            "rule": "workspace-redirect",
+            "layer": "fsspec",
+            "op": "mkdir",
+            "captured": True,
+        }
+    ]
     s = summarise(events)
     assert s["count"] == 251 and s["by_action"] == {"deny": 250, "redirect": 1}
     assert s["by_rule"]["lakehouse-read-only"] == 250 and s["by_layer"] == {"python": 250, "fsspec": 1}

@@ -20,7 +20,6 @@ from sandbox.fs import SandboxFileSystem
 FOLLOW_NOT = {"delete", "rmdir", "rename_from", "rename_to", "symlink", "hardlink"}
 
 
-
 def _resolved(env: RunEnv, case: Case) -> str:
     p = env.abspath(case.path)
     if case.verb in FOLLOW_NOT:

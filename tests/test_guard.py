@@ -481,9 +481,21 @@ def test_family_decisions_agree_with_decide(make_run_env: Any) -> None:
     for mode, profile in itertools.product(("enforce", "audit"), ("production", "development")):
         env = make_run_env(mode, profile)
         pol, ws = env.policy, env.ws
-        folders = [ws.root, f"{ws.root}/data", f"{ws.root}/data/lakehouse", str(env.host),
-                   f"{env.host}/data/lakehouse", f"{ws.root}/artifacts/summaries/runs", ws.run_dir,
-                   f"{ws.run_storage}/data", ws.tmp, "/", "/dev", "/proc/self/fd", f"{ws.root}/export/R1"]
+        folders = [
+            ws.root,
+            f"{ws.root}/data",
+            f"{ws.root}/data/lakehouse",
+            str(env.host),
+            f"{env.host}/data/lakehouse",
+            f"{ws.root}/artifacts/summaries/runs",
+            ws.run_dir,
+            f"{ws.run_storage}/data",
+            ws.tmp,
+            "/",
+            "/dev",
+            "/proc/self/fd",
+            f"{ws.root}/export/R1",
+        ]
         names = ["a", "selection_audit.json", "portfolio_candidates.json", "lakehouse", "R1", "null", "x:[1]"]
         for folder, op, name in itertools.product(folders, list(Op), names):
             fam = pol.decide_children(folder, op)
@@ -494,8 +506,13 @@ def test_family_decisions_agree_with_decide(make_run_env: Any) -> None:
 
 def test_denied_calls_leave_nothing(g: G) -> None:
     before = tree_snapshot(g.run)
-    for call in (lambda: open(LAKE, "w"), lambda: os.chmod(LAKE, 0o600), lambda: os.utime(LAKE),
-                 lambda: os.truncate(LAKE, 0), lambda: os.symlink("x", "data/lakehouse/l")):
+    for call in (
+        lambda: open(LAKE, "w"),
+        lambda: os.chmod(LAKE, 0o600),
+        lambda: os.utime(LAKE),
+        lambda: os.truncate(LAKE, 0),
+        lambda: os.symlink("x", "data/lakehouse/l"),
+    ):
         with denied():
             call()
     assert tree_snapshot(g.run) == before

@@ -48,8 +48,9 @@ def _audit_location(env: RunEnv, case: Case) -> str:
     return posixpath.join(env.ws.run_storage, "audit", rel)
 
 
-def _check_effect(env: RunEnv, case: Case, props: Props, where: str, outcome: str, got: Any,
-                  before: bytes | None) -> None:
+def _check_effect(
+    env: RunEnv, case: Case, props: Props, where: str, outcome: str, got: Any, before: bytes | None
+) -> None:
     v = case.verb
     if v == "write":
         assert Path(where).read_bytes() == CONTENT
@@ -86,8 +87,9 @@ def _check_effect(env: RunEnv, case: Case, props: Props, where: str, outcome: st
 
 @pytest.mark.parametrize("mode", ["enforce", "audit"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_case(make_run_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: Case,
-              mode: str) -> None:
+def test_case(
+    make_run_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: Case, mode: str
+) -> None:
     env = make_run_env(mode)
     monkeypatch.chdir(env.ws.root)  # the steps' cwd (and what /proc/self/cwd resolves to)
     props = prepare(env, case)

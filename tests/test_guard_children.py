@@ -45,8 +45,14 @@ def _env(env: RunEnv, *, overlay: bool = False) -> dict[str, str]:
 def _run(env: RunEnv, code: str, child: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     script = Path(env.ws.tmp, "child_main.py")
     script.write_text(STEP + textwrap.dedent(code))
-    return subprocess.run([sys.executable, str(script)], env=child or _env(env), cwd=env.ws.root,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env=child or _env(env),
+        cwd=env.ws.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _landed(env: RunEnv, *tags: str) -> None:
@@ -57,12 +63,18 @@ def _landed(env: RunEnv, *tags: str) -> None:
 
 
 def test_child_env_sets_the_three_variables_and_pythonpath() -> None:
-    out = child_env({"PYTHONPATH": f"/a{os.pathsep}{BOOT_DIR}", "X": "1"}, policy_file="/p.json",
-                    events_file=None, overlay=True)
+    out = child_env(
+        {"PYTHONPATH": f"/a{os.pathsep}{BOOT_DIR}", "X": "1"},
+        policy_file="/p.json",
+        events_file=None,
+        overlay=True,
+    )
     assert out["PYTHONPATH"] == f"{BOOT_DIR}{os.pathsep}/a" and out["X"] == "1"
     assert out[ENV_POLICY] == "/p.json" and ENV_EVENTS not in out and out[ENV_OVERLAY] == "1"
     assert os.listdir(BOOT_DIR) == ["sitecustomize.py"] or set(os.listdir(BOOT_DIR)) == {
-        "sitecustomize.py", "__pycache__"}
+        "sitecustomize.py",
+        "__pycache__",
+    }
 
 
 def test_subprocess_child(run_env: RunEnv) -> None:
@@ -76,11 +88,14 @@ def test_subprocess_child(run_env: RunEnv) -> None:
 def test_os_system_grandchild(run_env: RunEnv) -> None:
     inner = Path(run_env.ws.tmp, "inner.py")
     inner.write_text(STEP + "step('system')\n")
-    r = _run(run_env, f"""
+    r = _run(
+        run_env,
+        f"""
         import os, sys
         status = os.system(f"{{sys.executable}} {inner}")
         raise SystemExit(os.waitstatus_to_exitcode(status))
-    """)
+    """,
+    )
     assert r.returncode == 0, r.stderr
     _landed(run_env, "system")
 
@@ -94,7 +109,9 @@ def test_multiprocessing_children(run_env: RunEnv, method: str) -> None:
     os.symlink(run_env.ws.tmp, short)
     env = {**_env(run_env), "TMPDIR": short}
     try:
-        r = _run(run_env, f"""
+        r = _run(
+            run_env,
+            f"""
         import multiprocessing as mp
         if __name__ == "__main__":
             ctx = mp.get_context("{method}")
@@ -102,7 +119,9 @@ def test_multiprocessing_children(run_env: RunEnv, method: str) -> None:
             p.start()
             p.join()
             raise SystemExit(p.exitcode)
-        """, env)
+        """,
+            env,
+        )
     finally:
         os.unlink(short)
     assert r.returncode == 0, r.stderr
@@ -115,14 +134,18 @@ def test_a_user_sitecustomize_still_runs(run_env: RunEnv, tmp_path: Path) -> Non
     (user / "sitecustomize.py").write_text("import builtins\nbuiltins.USER_SITECUSTOMIZE = True\n")
     env = _env(run_env)
     env["PYTHONPATH"] += os.pathsep + str(user)
-    r = _run(run_env, """
+    r = _run(
+        run_env,
+        """
         import builtins, sys
         import sandbox.guard
         assert getattr(builtins, "USER_SITECUSTOMIZE", False), "the user's sitecustomize did not run"
         assert sandbox.guard.active() is not None, "the guard is not active"
         assert sys.modules["sitecustomize"].__file__.startswith(USER_DIR)
         step("composed")
-    """.replace("USER_DIR", repr(str(user))), env)
+    """.replace("USER_DIR", repr(str(user))),
+        env,
+    )
     assert r.returncode == 0, r.stderr
     _landed(run_env, "composed")
 
@@ -130,8 +153,14 @@ def test_a_user_sitecustomize_still_runs(run_env: RunEnv, tmp_path: Path) -> Non
 def test_a_broken_policy_fails_closed_with_one_line(run_env: RunEnv) -> None:
     env = _env(run_env)
     Path(env[ENV_POLICY]).write_text("{not json")
-    r = subprocess.run([sys.executable, "-c", "print('user code ran')"], env=env, cwd=run_env.ws.root,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "print('user code ran')"],
+        env=env,
+        cwd=run_env.ws.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stdout == ""
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("tv-sandbox: the Python guard could not start")
@@ -141,14 +170,19 @@ def test_a_broken_policy_fails_closed_with_one_line(run_env: RunEnv) -> None:
 def test_a_missing_policy_variable_fails_closed(run_env: RunEnv) -> None:
     env = _env(run_env)
     del env[ENV_POLICY]
-    r = subprocess.run([sys.executable, "-c", "print('user code ran')"], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "print('user code ran')"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1 and r.stdout == "" and ENV_POLICY in r.stderr
 
 
 def test_overlay_flag_reaches_the_child(run_env: RunEnv) -> None:
-    r = _run(run_env, """
+    r = _run(
+        run_env,
+        """
         import sandbox.guard
         assert sandbox.guard.active().engine.overlay
-    """, _env(run_env, overlay=True))
+    """,
+        _env(run_env, overlay=True),
+    )
     assert r.returncode == 0, r.stderr

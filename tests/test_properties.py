@@ -16,8 +16,24 @@ from sandbox.policy import MUTATING, Action, Op
 from sandbox.samples import make_host
 from sandbox.workspace import create
 
-COMPONENTS = ["..", ".", "", "data", "lakehouse", "export", "R1", "reports", "x.csv",
-              "to_lake", "to_outside", "to_host", "artifacts", "summaries", "runs", "BINANCE_BTCUSDT_1d.csv"]
+COMPONENTS = [
+    "..",
+    ".",
+    "",
+    "data",
+    "lakehouse",
+    "export",
+    "R1",
+    "reports",
+    "x.csv",
+    "to_lake",
+    "to_outside",
+    "to_host",
+    "artifacts",
+    "summaries",
+    "runs",
+    "BINANCE_BTCUSDT_1d.csv",
+]
 NO_FOLLOW = {Op.DELETE, Op.RENAME, Op.LINK, Op.RMDIR}
 PREFIXES = ["", "{ws}/", "{host}/", "{run}/", "/proc/self/cwd/", "{outside}/", "//"]
 
@@ -34,8 +50,11 @@ class World:
         self.ws = create(self.host, "R1", spec.layout, base_dir=root / "b")
         self.policy = self.ws.bind(spec)
         run = Path(self.ws.run_storage)
-        for name, target in (("to_lake", self.ws.mount_targets["lakehouse"]), ("to_outside", self.outside),
-                             ("to_host", self.host)):
+        for name, target in (
+            ("to_lake", self.ws.mount_targets["lakehouse"]),
+            ("to_outside", self.outside),
+            ("to_host", self.host),
+        ):
             os.symlink(target, run / name)
             os.symlink(target, run / "data" / name)
         self.allowed = [parts(self.ws.run_storage), parts(self.ws.run_dir), parts(self.ws.tmp)]
@@ -62,8 +81,9 @@ paths = st.tuples(st.sampled_from(PREFIXES), st.lists(st.sampled_from(COMPONENTS
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(p=paths, op=st.sampled_from(sorted(MUTATING)), as_bytes=st.booleans())
-def test_no_write_reaches_outside_the_writable_roots(tmp_path_factory: object, p: tuple[str, list[str]],
-                                                     op: Op, as_bytes: bool) -> None:
+def test_no_write_reaches_outside_the_writable_roots(
+    tmp_path_factory: object, p: tuple[str, list[str]], op: Op, as_bytes: bool
+) -> None:
     w = world(tmp_path_factory)
     raw = w.expand(*p)
     if not raw:

@@ -18,13 +18,35 @@ from sandbox.samples import make_host
 RUNS = "artifacts/summaries/runs"
 
 
-def run(host: Path, run_id: str, *cmd: str, profile: str | None = None, mode: str = "enforce",
-        kernel: str = "auto", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run(
+    host: Path,
+    run_id: str,
+    *cmd: str,
+    profile: str | None = None,
+    mode: str = "enforce",
+    kernel: str = "auto",
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "TV_PROFILE"}
     if profile:
         env["TV_PROFILE"] = profile
-    argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", run_id,
-            "--mode", mode, "--kernel", kernel, *extra, "--", *cmd]
+    argv = [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "run",
+        "--root",
+        str(host),
+        "--run-id",
+        run_id,
+        "--mode",
+        mode,
+        "--kernel",
+        kernel,
+        *extra,
+        "--",
+        *cmd,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -47,7 +69,9 @@ def test_legacy_script_runs_unchanged(host: Path, kernel: str) -> None:
     assert set(summary) == {"BINANCE_BTCUSDT_1d.csv", "BINANCE_ETHUSDT_1d.csv", "BINANCE_SOLUSDT_1d.csv"}
     returns = pickle.loads((out / "data" / "intermediate" / "returns.pkl").read_bytes())
     assert len(returns["BINANCE_BTCUSDT_1d.csv"]) == 29
-    assert "read data/lakehouse/BINANCE_BTCUSDT_1d.csv (30 bars)" in (out / "reports" / "step.log").read_text()
+    assert (
+        "read data/lakehouse/BINANCE_BTCUSDT_1d.csv (30 bars)" in (out / "reports" / "step.log").read_text()
+    )
     assert "outputs: ['reports/step.log', 'reports/summary.json'] ['returns.pkl']" in r.stdout
     assert verify(out) == []
     manifest = json.loads((out / "manifest.json").read_text())
@@ -105,7 +129,9 @@ def test_environment_of_a_step(host: Path) -> None:
 
 
 def test_exit_status_is_the_commands_and_failed_runs_are_exported(host: Path) -> None:
-    r = run(host, "fails", sys.executable, "-c", "open('reports.txt', 'w').write('partial'); raise SystemExit(7)")
+    r = run(
+        host, "fails", sys.executable, "-c", "open('reports.txt', 'w').write('partial'); raise SystemExit(7)"
+    )
     assert r.returncode == 7
     out = host / RUNS / "fails"
     assert (out / "reports.txt").read_text() == "partial" and verify(out) == []

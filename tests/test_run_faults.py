@@ -36,8 +36,24 @@ STEP = (
 
 
 def _cmd(host: Path, run_id: str, base: Path, *extra: str, files: int = 40) -> list[str]:
-    return [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", run_id,
-            "--workspace-dir", str(base), *extra, "--", sys.executable, "-c", STEP, str(files)]
+    return [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "run",
+        "--root",
+        str(host),
+        "--run-id",
+        run_id,
+        "--workspace-dir",
+        str(base),
+        *extra,
+        "--",
+        sys.executable,
+        "-c",
+        STEP,
+        str(files),
+    ]
 
 
 def _export_state(dest: Path) -> str:
@@ -95,7 +111,9 @@ def test_eight_concurrent_runs(tmp_path: Path) -> None:
     base.mkdir()
     lake = tree_snapshot(host / "data" / "lakehouse")
     ids = ["c0", "c1", "c2", "c3", "c4", "dup", "dup", "dup"]
-    procs = [subprocess.Popen(_cmd(host, rid, base, files=20), stderr=subprocess.PIPE, text=True) for rid in ids]
+    procs = [
+        subprocess.Popen(_cmd(host, rid, base, files=20), stderr=subprocess.PIPE, text=True) for rid in ids
+    ]
     codes = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
     for rid, (code, err) in zip(ids[:5], codes[:5], strict=True):
         assert code == 0, err
@@ -115,8 +133,10 @@ def test_concurrent_overwrites_swap_atomically(tmp_path: Path) -> None:
     host = make_host(tmp_path / "host")
     base = tmp_path / "ws"
     base.mkdir()
-    procs = [subprocess.Popen(_cmd(host, "same", base, "--overwrite", files=10), stderr=subprocess.PIPE)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen(_cmd(host, "same", base, "--overwrite", files=10), stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert verify(host / RUNS / "same") == []
     assert not [p for p in (host / RUNS).iterdir() if p.name != "same"]  # no stage left behind

@@ -72,7 +72,6 @@ AUDIT_LAYER = "python-audit"
 OVERLAY_RULES = frozenset({"workspace-redirect", "read-through", "audit-read-through"})
 
 
-
 class _Token(_local):
     """Per thread: the path object a wrapper is handing to an original function right now. The audit
     hook lets exactly that object through (it was decided already); anything else it checks."""
@@ -104,8 +103,15 @@ class Fam:
 
     __slots__ = ("action", "d", "dest", "links_dst", "links_src", "real")
 
-    def __init__(self, action: Action, real: str, dest: str | None, d: Decision,
-                 links_src: bool = True, links_dst: bool = True) -> None:
+    def __init__(
+        self,
+        action: Action,
+        real: str,
+        dest: str | None,
+        d: Decision,
+        links_src: bool = True,
+        links_dst: bool = True,
+    ) -> None:
         self.action, self.real, self.dest, self.d = action, real, dest, d
         self.links_src, self.links_dst = links_src, links_dst
 
@@ -216,12 +222,30 @@ class Engine:
 
     # -- events and errors --------------------------------------------------------------------------
 
-    def log(self, d: Decision, op: Op, arg: Any, resolved: str | None, target: str | None,
-            action: str | None = None, layer: str = LAYER) -> None:
+    def log(
+        self,
+        d: Decision,
+        op: Op,
+        arg: Any,
+        resolved: str | None,
+        target: str | None,
+        action: str | None = None,
+        layer: str = LAYER,
+    ) -> None:
         ev = self.events
         if ev is not None:
-            ev.emit(layer, op, action or d.action, d.rule, shown(arg), resolved, target, d.captured,
-                    self.profile, d.reason)
+            ev.emit(
+                layer,
+                op,
+                action or d.action,
+                d.rule,
+                shown(arg),
+                resolved,
+                target,
+                d.captured,
+                self.profile,
+                d.reason,
+            )
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
@@ -341,8 +365,9 @@ class Engine:
             s = replace(s, action=DENY, reason="the redirect does not settle in the run folder")
         raise self.deny(s, arg, op)
 
-    def _redirect(self, d: Decision, arg: Any, op: Op, real: str, target: str, follow: bool,
-                  copy_up: bool, excl: bool) -> str:
+    def _redirect(
+        self, d: Decision, arg: Any, op: Op, real: str, target: str, follow: bool, copy_up: bool, excl: bool
+    ) -> str:
         if excl and lexists(real) and not lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), arg)
         self.make_parent(target, real)

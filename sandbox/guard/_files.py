@@ -34,7 +34,6 @@ _S_ISLNK, _S_ISDIR, _S_ISREG, _S_IMODE = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISRE
 _SCAN_MAX = 4096  # a bigger folder is taken to hold links: its followed names are lstat-ed
 
 
-
 def lexists(path: str) -> bool:
     try:
         o_lstat(path)
@@ -109,8 +108,13 @@ def copy_up_path(src: str, dst: str, follow: bool, *, tree: bool = False) -> Non
     elif _S_ISREG(mode):
         _copy_file(src, dst, _S_IMODE(mode))
     else:
-        raise AccessDenied(src, op="copy-up", rule="copy-up", reason="only files, folders and links can be "
-                           "copied into the run folder", resolved=src)
+        raise AccessDenied(
+            src,
+            op="copy-up",
+            rule="copy-up",
+            reason="only files, folders and links can be copied into the run folder",
+            resolved=src,
+        )
     o_utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
@@ -122,7 +126,7 @@ def _copy_file(src: str, dst: str, mode: int) -> None:
             while chunk := o_read(fin, 1 << 20):
                 view = memoryview(chunk)
                 while view:
-                    view = view[o_write(fout, view):]
+                    view = view[o_write(fout, view) :]
             o_fchmod(fout, mode)
         finally:
             o_close(fout)

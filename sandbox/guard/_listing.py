@@ -49,12 +49,19 @@ def lstat(path: Any, *, dir_fd: int | None = None) -> os.stat_result:
     return o_lstat(path, dir_fd=dir_fd)
 
 
-def access(path: Any, mode: int, *, dir_fd: int | None = None, effective_ids: bool = False,
-           follow_symlinks: bool = True) -> bool:
+def access(
+    path: Any,
+    mode: int,
+    *,
+    dir_fd: int | None = None,
+    effective_ids: bool = False,
+    follow_symlinks: bool = True,
+) -> bool:
     g = _engine.CURRENT
     if g is None or isinstance(path, int):
-        return o_access(path, mode, dir_fd=dir_fd, effective_ids=effective_ids,
-                        follow_symlinks=follow_symlinks)
+        return o_access(
+            path, mode, dir_fd=dir_fd, effective_ids=effective_ids, follow_symlinks=follow_symlinks
+        )
     t = g.read_target(path, dir_fd, follow_symlinks)
     ok = False
     if t is not None:

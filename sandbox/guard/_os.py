@@ -103,8 +103,13 @@ class _FileIOType(ABCMeta):
 class GuardedFileIO(o_FileIO, metaclass=_FileIOType):
     """``io.FileIO`` under the guard: the check happens in ``__init__``."""
 
-    def __init__(self, file: Any, mode: str = "r", closefd: bool = True,
-                 opener: Callable[[str, int], int] | None = None) -> None:
+    def __init__(
+        self,
+        file: Any,
+        mode: str = "r",
+        closefd: bool = True,
+        opener: Callable[[str, int], int] | None = None,
+    ) -> None:
         g = _engine.CURRENT
         if g is None or isinstance(file, int):
             super().__init__(file, mode, closefd, opener)
@@ -172,8 +177,9 @@ def _call(orig: Callable[..., Any], path: Any, target: str | None, *args: Any, *
         TOKEN.obj = None
 
 
-def _metadata(orig: Callable[..., Any], op: Op = Op.METADATA, *, copy_up: bool = True,
-              follow_default: bool = True) -> Callable[..., Any]:
+def _metadata(
+    orig: Callable[..., Any], op: Op = Op.METADATA, *, copy_up: bool = True, follow_default: bool = True
+) -> Callable[..., Any]:
     """A wrapper for ``orig(path, *args, [dir_fd=], [follow_symlinks=])``; an int path is a
     descriptor (fchmod, ftruncate...), checked where it points."""
 
@@ -231,9 +237,7 @@ def _remover(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
         if target == NOOP:
             return None
         # a folder or a link going away changes how paths resolve; a file does not
-        changes = op is Op.RMDIR or (
-            structural(path, dir_fd) if target is None else structural(target)
-        )
+        changes = op is Op.RMDIR or (structural(path, dir_fd) if target is None else structural(target))
         try:
             _call(orig, path, target, dir_fd=dir_fd)
         finally:
@@ -272,20 +276,32 @@ def _mover(orig: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _link(src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None,
-          follow_symlinks: bool = True) -> None:
+def _link(
+    src: Any,
+    dst: Any,
+    *,
+    src_dir_fd: int | None = None,
+    dst_dir_fd: int | None = None,
+    follow_symlinks: bool = True,
+) -> None:
     """``os.link``: the new name is decided, and so is the source (Op.LINK): a hard link shares the
     inode, so a link to a protected file would let later writes reach it."""
     g = _engine.CURRENT
     if g is None:
-        return _o_link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
-                       follow_symlinks=follow_symlinks)
+        return _o_link(
+            src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=follow_symlinks
+        )
     d = g.write_target(dst, Op.LINK, dir_fd=dst_dir_fd, follow=False)
     s = g.write_target(src, Op.LINK, dir_fd=src_dir_fd, follow=follow_symlinks, copy_up=True)
     TOKEN.obj = s_arg = src if s is None else s
     try:
-        _o_link(s_arg, dst if d is None else d, src_dir_fd=src_dir_fd if s is None else None,
-                dst_dir_fd=dst_dir_fd if d is None else None, follow_symlinks=follow_symlinks)
+        _o_link(
+            s_arg,
+            dst if d is None else d,
+            src_dir_fd=src_dir_fd if s is None else None,
+            dst_dir_fd=dst_dir_fd if d is None else None,
+            follow_symlinks=follow_symlinks,
+        )
     finally:
         TOKEN.obj = None
         _engine.invalidate_all()  # linking a symlink makes a symlink: folders' link scans are stale

@@ -38,7 +38,7 @@ class Host:
         self.n = 0
 
     def snapshot(self) -> dict[str, object]:
-        snap = {k: v for k, v in tree_snapshot(self.host).items() if not k.startswith(RUNS + "/")}
+        snap = {k: v for k, v in tree_snapshot(self.host).items() if k != RUNS and not k.startswith(RUNS + "/")}
         home_probe = sorted(p.name for p in self.home.glob("tvs_escape*"))
         return {"host": snap, "outside": tree_snapshot(self.outside), "home": home_probe}
 
@@ -100,7 +100,7 @@ def _check(host: Host, a: Attempt, mode: str) -> None:
     after = host.snapshot()
     for p in host.home.glob("tvs_escape*"):  # never leave an escape behind
         p.unlink()
-    assert r.returncode != 2, f"tv-sandbox refused to start: {r.stderr}"
+    assert "tv-sandbox: error:" not in r.stderr, f"tv-sandbox refused to start: {r.stderr}"
     assert (export / "manifest.json").is_file(), f"no export: {r.stderr}"
     if not _kernel_active(export) and (a.kind != "py" or a.family == "native"):
         if REQUIRE:
