@@ -331,6 +331,8 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
         kept = ws.base if req.keep_workspace else None
         if kept:  # a kept workspace is the user's now: never swept as a dead launcher's leftover
             os.unlink(os.path.join(ws.base, workspace_mod.OWNER_FILE))
+            with open(os.path.join(ws.base, workspace_mod.KEPT_FILE), "w"):
+                pass
         return RunOutcome(result.exit_code, prep.destination, rep, kept, clock.laps)
     finally:
         if not req.keep_workspace:

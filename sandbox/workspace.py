@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -120,6 +121,17 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(b")", 1)[1].split()[19].decode()
 
 
+KEPT_FILE = "kept"
+
+
+def _stale_unowned(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return not os.path.exists(os.path.join(path, KEPT_FILE)) and time.time() - st.st_mtime > 2.0
+
+
 def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Remove workspaces left behind by launchers that died (SIGKILL, power loss) in ``base_dir``.
 
@@ -138,6 +150,12 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
             with open(os.path.join(path, OWNER_FILE)) as fh:
                 pid_s, start = fh.read().split()
         except (OSError, ValueError):
+            # no record: a launcher killed between creating the folder and recording itself
+            # (microseconds); anything older than a few seconds without one is such a leftover
+            # -- unless it was kept on purpose (--keep-workspace leaves a "kept" marker)
+            if _stale_unowned(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
             continue
         if _start_time(int(pid_s)) != start:
             shutil.rmtree(path, ignore_errors=True)
