@@ -131,7 +131,7 @@ def test_whiteouts_are_listed_as_deleted_not_copied(tmp_path: Path) -> None:
         os.mknod(src / "audit" / "data" / "lakehouse" / "prices.csv", stat.S_IFCHR | 0o000, os.makedev(0, 0))
         os.mknod(src / "gone.txt", stat.S_IFCHR | 0o000, os.makedev(0, 0))
     except PermissionError:
-        pytest.skip("creating a whiteout (char device 0/0) needs CAP_MKNOD")
+        pytest.skip(reason="creating a whiteout (char device 0/0) needs CAP_MKNOD")
     dest = tmp_path / "out" / "R1"
     m = do_export(src, dest).manifest
     assert m["deleted"] == ["audit/data/lakehouse/prices.csv", "gone.txt"]

@@ -218,7 +218,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         reason = f"cannot mount a 1 MiB tmpfs to fill up: {problem}"
         if os.environ.get("TV_SANDBOX_REQUIRE_KERNEL") == "1":
             pytest.fail(reason)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     try:
         yield mnt
     finally:
