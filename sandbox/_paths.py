@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _fspath = os.fspath
 _getcwd = os.getcwd
@@ -108,3 +111,65 @@ def resolve(path: Any, *, dir_fd: int | None = None, follow: bool = True) -> str
     if tail in ("", ".", ".."):
         return _realpath(p)
     return posixpath.join(_realpath(head), tail)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_into(folder: str, rel: str, data: bytes) -> str:
+    """Write ``data`` as ``folder/rel`` in a folder a sandboxed step has had in its hands.
+
+    For the launcher, which runs outside the sandbox, writing its own files (the report, the
+    policy record, the lakehouse diff) into a run folder after the step: whatever the step left
+    there is never followed. A symlink or file where a folder of ``rel`` should be becomes a real
+    folder; the entry itself -- a symlink to the lakehouse, a file, a folder -- is replaced by a
+    new regular file, atomically (written beside it, then renamed over it). Returns the path.
+    """
+    *dirs, name = [c for c in rel.split("/") if c]
+    fd = os.open(folder, _DIR_FLAGS)
+    try:
+        for comp in dirs:
+            try:
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(comp, 0o755, dir_fd=fd)
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError:  # ELOOP / ENOTDIR: the step put a link or a file there
+                _remove_entry(comp, fd)
+                os.mkdir(comp, 0o755, dir_fd=fd)
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        tmp = f".{name}.tv-sandbox-{os.getpid()}"
+        _remove_entry(tmp, fd)
+        out = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+        try:
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError:  # EISDIR / ENOTEMPTY: a folder of the step's under our name
+            _remove_entry(name, fd)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return os.path.join(folder, *dirs, name)
+
+
+def _remove_entry(name: str, dir_fd: int) -> None:
+    """Remove ``name`` in ``dir_fd``, whatever it is, without following links; absent is fine."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)

@@ -6,7 +6,10 @@ Stdlib only: the guard imports this module in every sandboxed interpreter.
 from __future__ import annotations
 
 import errno
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Exit statuses of ``tv-sandbox``. A command's own status passes through unchanged;
 #: these are the ones the sandbox itself returns before (or instead of) running it.

@@ -27,15 +27,19 @@ Stdlib only: every sandboxed interpreter imports this module at start-up.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import json
 import os
 import posix
-from collections.abc import Iterable, Mapping
 from time import time
-from typing import Any
 
-_enc = json.encoder.encode_basestring_ascii  # the C string encoder
+try:  # the C string encoder of ``json``, without importing ``json`` (and ``re``) at start-up
+    from _json import encode_basestring_ascii as _enc
+except ImportError:  # pragma: no cover - an interpreter without the accelerator
+    from json.encoder import py_encode_basestring_ascii as _enc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 _p_open, _p_write, _p_close, _getpid = posix.open, posix.write, posix.close, posix.getpid
 
 FIELDS = (
@@ -157,14 +161,18 @@ class EventLog:
 def flush_all() -> None:
     """Flush every open log of this process (the guard calls it before ``os._exit``)."""
     for log in list(_OPEN):
-        with contextlib.suppress(OSError):  # a full disk must not turn an exit into a crash
+        try:
             log.flush()
+        except OSError:  # a full disk must not turn an exit into a crash
+            pass
 
 
 def _close_all() -> None:
     for log in list(_OPEN):
-        with contextlib.suppress(OSError):
+        try:
             log.close()
+        except OSError:
+            pass
 
 
 def _child_after_fork() -> None:
@@ -179,6 +187,8 @@ os.register_at_fork(before=flush_all, after_in_child=_child_after_fork)
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All events of a log, in file order. A line that does not parse (a torn write of a process
     killed mid-line, which single-write appends make very unlikely) is skipped."""
+    import json
+
     out: list[dict[str, Any]] = []
     with open(path, "rb") as fh:
         for raw in fh:

@@ -35,11 +35,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from sandbox import manifest as manifest_mod
+from sandbox._record import field, record
 from sandbox._recovery import DIR_FLAGS as _DIR_FLAGS
 from sandbox._recovery import lock_dest as _lock_dest
 from sandbox._recovery import make_stage as _make_stage
@@ -51,6 +49,11 @@ from sandbox.manifest import MANIFEST_NAME, STATUSES, read_manifest, verify
 from sandbox.manifest import SCHEMA as SCHEMA  # public names of this module before the split
 from sandbox.manifest import SCHEMA_VERSION as SCHEMA_VERSION
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
 __all__ = ["MANIFEST_NAME", "ExportResult", "export_run", "read_manifest", "recover", "verify"]
 
 _CHUNK = 1 << 18
@@ -60,11 +63,13 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _RENAME_EXCHANGE = 2
 _RENAMEAT2_SYSCALL = {"x86_64": 316, "aarch64": 276}
 
-_Renameat2 = Callable[[int, bytes, int, bytes, int], int]  # (olddirfd, old, newdirfd, new, flags) -> errno
+if TYPE_CHECKING:
+    # (olddirfd, old, newdirfd, new, flags) -> errno
+    _Renameat2 = Callable[[int, bytes, int, bytes, int], int]
 _renameat2_cache: list[_Renameat2 | None] = []
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExportResult:
     """What :func:`export_run` did. ``recovered``: what ``recover()`` cleaned up first."""
 

@@ -27,7 +27,8 @@ A redirect target is resolved and decided again (``Policy.settle``): a symlink a
 own folder cannot carry a redirected write out of it.
 
 The policy comes from ``policy=`` (a :class:`~sandbox.policy.Policy`, its ``to_dict()``, or the
-path of that dict as JSON), else from ``$TV_SANDBOX_POLICY`` (set in every sandboxed step). With a
+path of that dict as a ``.json`` file), else from ``$TV_SANDBOX_POLICY`` (set in every sandboxed
+step; see :func:`sandbox.policy.load_resolved`). With a
 local backend the local side of ``get``/``put`` is the same filesystem and is checked too; with a
 remote backend the local side is the caller's business (the Python guard covers it in a step).
 Synchronous backends only (an async one is used through its sync API).
@@ -36,12 +37,10 @@ Synchronous backends only (an async one is used through its sync API).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import posixpath
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from functools import partial
 from glob import has_magic
 from typing import Any, NamedTuple
@@ -53,8 +52,9 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike, stringify_path, tokenize
 
 from sandbox import _paths
+from sandbox._record import replace
 from sandbox.errors import AccessDenied
-from sandbox.policy import Action, Decision, Op, Policy
+from sandbox.policy import Action, Decision, Op, Policy, load_resolved
 
 ENV_POLICY = "TV_SANDBOX_POLICY"
 LAYER = "fsspec"
@@ -84,13 +84,13 @@ def load_policy(policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | No
             f"${ENV_POLICY} names the run's resolved policy"
         )
     try:
-        with open(src, encoding="utf-8") as fh:
-            data = json.load(fh)
-        return Policy.from_dict(data)
+        return load_resolved(src)
     except OSError as e:
         raise ValueError(f"cannot read the policy file {src} ({e.strerror})") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{src} is not a resolved policy (the JSON of Policy.to_dict()): {e!r}") from None
+        raise ValueError(
+            f"{src} is not a resolved policy (see sandbox.policy.save_resolved): {e!r}"
+        ) from None
 
 
 class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is untyped

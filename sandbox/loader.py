@@ -7,11 +7,6 @@ The schema is documented in ``policies/README.md``.
 from __future__ import annotations
 
 import os
-import re
-import tomllib
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from sandbox.errors import PolicyError, UsageError
 from sandbox.policy import (
@@ -25,19 +20,29 @@ from sandbox.policy import (
     Rule,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 _TOP_KEYS = {"policy", "layout", "rule"}
 _POLICY_KEYS = {"name", "profile", "description", "kernel"}
 _LAYOUT_KEYS = {"lakehouse", "exports", "runs", "run_folders"}
 _RULE_KEYS = {"name", "paths", "ops", "action", "reason", "hint"}
 _PLACEHOLDERS = {"lakehouse", "exports", "runs", "run_id", "run_dir", "scan_dir"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
-def policies_dir() -> Path:
+def _is_name(s: str) -> bool:
+    """``^[A-Za-z0-9_.-]+$`` (without importing ``re``: this module is on every start-up path)."""
+    return bool(s) and _NAME_CHARS.issuperset(s)
+
+
+def policies_dir() -> str:
     """The built-in policies: packaged in the wheel, or the repository's ``policies/``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "policies"
-    return packaged if packaged.is_dir() else here.parent / "policies"
+    here = os.path.dirname(os.path.realpath(__file__))
+    packaged = os.path.join(here, "policies")
+    return packaged if os.path.isdir(packaged) else os.path.join(os.path.dirname(here), "policies")
 
 
 def resolve_profile(cli_profile: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -57,7 +62,7 @@ def resolve_profile(cli_profile: str | None, environ: Mapping[str, str] | None =
 def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "production") -> PolicySpec:
     """Load ``path``, or the built-in policy of ``profile``, and validate all of it."""
     if path is None:
-        path = policies_dir() / f"{profile}.toml"
+        path = os.path.join(policies_dir(), f"{profile}.toml")
     src = os.fspath(path)
     try:
         with open(src, "rb") as fh:
@@ -68,13 +73,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "p
         raise PolicyError(src, "", "is a folder, not a policy file") from None
     except OSError as e:
         raise PolicyError(src, "", f"cannot be read ({e.strerror}); check its permissions") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise PolicyError(src, "", "is not UTF-8 text; a policy file is TOML") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(src, "", f"TOML syntax error: {e}") from None
-    spec = spec_from_mapping(data, src)
+    spec = spec_from_mapping(_parse_toml(raw, src), src)
     if spec.profile != profile:
         raise PolicyError(
             src,
@@ -83,6 +82,42 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "p
             f"pass --profile {spec.profile} or a policy written for {profile}",
         )
     return spec
+
+
+def _placeholders(s: str) -> list[str]:
+    """The names of the ``{name}`` placeholders in ``s`` (``re.findall(r"\\{([^}]*)\\}", s)``)."""
+    out: list[str] = []
+    start = s.find("{")
+    while start != -1:
+        end = s.find("}", start + 1)
+        if end == -1:
+            break
+        out.append(s[start + 1 : end])
+        start = s.find("{", end + 1)
+    return out
+
+
+def _parse_toml(raw: bytes, src: str) -> dict[str, Any]:
+    """The TOML document ``raw``, through the parse cache when it holds these exact bytes.
+
+    ``tomllib`` costs ~10 ms to import on a small machine -- a fifth of a sandboxed start-up -- so a
+    successful parse is kept (see :mod:`sandbox._cache`); the validation below always runs.
+    """
+    from sandbox import _cache
+
+    hit = _cache.lookup("toml", raw)
+    if hit is not None:
+        return hit  # type: ignore[no-any-return]
+    import tomllib
+
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(src, "", "is not UTF-8 text; a policy file is TOML") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(src, "", f"TOML syntax error: {e}") from None
+    _cache.store("toml", raw, data)
+    return data
 
 
 def _need(table: Mapping[str, Any], key: str, kind: type, src: str, where: str) -> Any:
@@ -119,7 +154,7 @@ def _rel_path(value: Any, src: str, key: str, *, pattern: bool = False) -> str:
     if not pattern and any(ch in s for ch in "*?[{"):
         raise PolicyError(src, key, f"{s!r} must be a plain path, without wildcards")
     if pattern:
-        for name in re.findall(r"\{([^}]*)\}", s):
+        for name in _placeholders(s):
             if name not in _PLACEHOLDERS:
                 raise PolicyError(
                     src,
@@ -170,7 +205,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
     folders = lay.get("run_folders", ["data", "reports", "config", "logs"])
     _typed(folders, list, src, "layout.run_folders")
     for i, f in enumerate(folders):
-        if not isinstance(f, str) or not _NAME_RE.match(f) or f in (".", ".."):
+        if not isinstance(f, str) or not _is_name(f) or f in (".", ".."):
             raise PolicyError(
                 src,
                 f"layout.run_folders[{i}]",
@@ -187,7 +222,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
         _typed(r, dict, src, where)
         _unknown(r, _RULE_KEYS, src, where)
         rname = _need(r, "name", str, src, where)
-        if not _NAME_RE.match(rname):
+        if not _is_name(rname):
             raise PolicyError(src, f"{where}.name", f"{rname!r} may only use letters, digits, '_', '.', '-'")
         if rname in seen:
             raise PolicyError(
@@ -211,7 +246,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
         if not ops:
             raise PolicyError(src, f"{where}.ops", "must list at least one operation")
         action = _need(r, "action", str, src, where)
-        if action not in {a.value for a in Action}:
+        if action not in set(Action):
             raise PolicyError(
                 src, f"{where}.action", f"unknown action {action!r}; allowed: allow, deny, redirect"
             )
@@ -222,7 +257,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
         for k, v in (("reason", reason), ("hint", hint)):
             if not isinstance(v, str):
                 raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
-        rules.append(Rule(rname, pats, frozenset(ops), Action(action), reason, hint))
+        rules.append(Rule(rname, pats, frozenset(ops), Action.named(action), reason, hint))
     return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data)
 
 

@@ -26,9 +26,12 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = [
     "MANIFEST_NAME",

@@ -23,31 +23,84 @@ How a path is decided (first match wins):
 
 from __future__ import annotations
 
-import enum
-import fnmatch
-import hashlib
-import json
 import posixpath
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from sandbox._paths import is_within, parts
+from sandbox._record import field, record, replace
 from sandbox.errors import AccessDenied
 
+# Every sandboxed interpreter imports this module at start-up: it imports nothing beyond what the
+# interpreter has already loaded (no enum, dataclasses, typing, json, hashlib or fnmatch at import).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from typing import Any, ClassVar
 
-class Op(enum.StrEnum):
-    """The operation families the policy tells apart."""
 
-    READ = "read"  # open for reading, stat, list, readlink
-    WRITE = "write"  # create, truncate, append, open for update
-    DELETE = "delete"  # unlink / remove
-    RENAME = "rename"  # both ends of a rename / replace / move
-    MKDIR = "mkdir"
-    RMDIR = "rmdir"
-    LINK = "link"  # the new name of a hard link or symlink
-    METADATA = "metadata"  # chmod, chown, utime, xattrs
+class _Names(type):
+    """Metaclass of :class:`Op` and :class:`Action`: iterable over their members, like an enum."""
 
+    _members: tuple[Any, ...]
+
+    def __iter__(cls) -> Iterator[Any]:
+        return iter(cls._members)
+
+
+class _Name(str):
+    """A member of a closed set of names: a ``str`` (so it compares, hashes, prints and serialises as
+    its value) that is also a singleton, so enforcers may test it with ``is``. Not an ``enum.Enum``:
+    importing :mod:`enum` costs milliseconds in every sandboxed interpreter's start-up."""
+
+    __slots__ = ()
+    _members: ClassVar[tuple[Any, ...]] = ()
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.upper()}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # unpickles as the same singleton
+        return (getattr, (type(self), self.upper()))
+
+    @classmethod
+    def _define(cls, *values: str) -> None:
+        members = tuple(str.__new__(cls, v) for v in values)
+        for m in members:
+            setattr(cls, m.upper(), m)
+        cls._members = members
+
+    @classmethod
+    def named(cls, value: str) -> Any:
+        """The member whose value is ``value``; ``ValueError`` if there is none."""
+        for m in cls._members:
+            if m == value:
+                return m
+        raise ValueError(f"{value!r} is not a valid {cls.__name__}")
+
+
+class Op(_Name, metaclass=_Names):
+    """The operation families the policy tells apart.
+
+    ``READ`` open for reading, stat, list, readlink; ``WRITE`` create, truncate, append, open for
+    update; ``DELETE`` unlink/remove; ``RENAME`` both ends of a rename/replace/move; ``MKDIR``;
+    ``RMDIR``; ``LINK`` the new name of a hard link or symlink; ``METADATA`` chmod, chown, utime,
+    xattrs.
+    """
+
+    __slots__ = ()
+    READ: ClassVar[Op]
+    WRITE: ClassVar[Op]
+    DELETE: ClassVar[Op]
+    RENAME: ClassVar[Op]
+    MKDIR: ClassVar[Op]
+    RMDIR: ClassVar[Op]
+    LINK: ClassVar[Op]
+    METADATA: ClassVar[Op]
+
+
+Op._define("read", "write", "delete", "rename", "mkdir", "rmdir", "link", "metadata")
 
 MUTATING: frozenset[Op] = frozenset(op for op in Op if op is not Op.READ)
 
@@ -59,10 +112,16 @@ OP_GROUPS: dict[str, frozenset[Op]] = {
 }
 
 
-class Action(enum.StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-    REDIRECT = "redirect"
+class Action(_Name, metaclass=_Names):
+    """What a decision tells the enforcer to do."""
+
+    __slots__ = ()
+    ALLOW: ClassVar[Action]
+    DENY: ClassVar[Action]
+    REDIRECT: ClassVar[Action]
+
+
+Action._define("allow", "deny", "redirect")
 
 
 MODES = ("enforce", "audit")
@@ -71,7 +130,7 @@ KERNEL_SETTINGS = ("warn", "require", "off")
 AUDIT_DIR = "audit"  # $TV_RUN_DIR/audit/<rel>: audit-mode copies of protected paths
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class Decision:
     """The answer for one (resolved path, operation).
 
@@ -109,6 +168,23 @@ class Decision:
 # -- rules --------------------------------------------------------------------------------------
 
 
+def _fnmatch(name: str, pattern: str) -> bool:
+    """``fnmatch.fnmatchcase(name, pattern)``. ``fnmatch`` loads ``re`` (milliseconds of a start-up),
+    so it is imported only when the literal text around the wildcards cannot settle the answer."""
+    first = min((i for i in (pattern.find("*"), pattern.find("?"), pattern.find("[")) if i >= 0), default=-1)
+    if first < 0:
+        return name == pattern
+    # What precedes the first wildcard and follows the last one is literal: a name without that
+    # prefix and suffix cannot match (e.g. "x" and "portfolio_candidates*.json").
+    last = max(first, pattern.rfind("*"), pattern.rfind("?"), pattern.rfind("]"))
+    head, tail = pattern[:first], pattern[last + 1 :]
+    if len(name) < len(head) + len(tail) or not (name.startswith(head) and name.endswith(tail)):
+        return False
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def _match(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool:
     """Glob match by components: ``*``/``?``/``[..]`` within one component, ``**`` across any."""
     if not pattern:
@@ -116,7 +192,7 @@ def _match(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool:
     head = pattern[0]
     if head == "**":
         return any(_match(pattern[1:], rel[i:]) for i in range(len(rel) + 1))
-    return bool(rel) and fnmatch.fnmatchcase(rel[0], head) and _match(pattern[1:], rel[1:])
+    return bool(rel) and _fnmatch(rel[0], head) and _match(pattern[1:], rel[1:])
 
 
 def _match_child(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool | None:
@@ -130,13 +206,13 @@ def _match_child(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool | None:
         seen.add(_match(pattern[1:], ()))  # the ** also takes the name
         return True if True in seen else (None if None in seen else False)
     if rel:
-        return _match_child(pattern[1:], rel[1:]) if fnmatch.fnmatchcase(rel[0], head) else False
+        return _match_child(pattern[1:], rel[1:]) if _fnmatch(rel[0], head) else False
     if len(pattern) > 1 and not all(c == "**" for c in pattern[1:]):
         return False  # more components than the name: no child matches
     return True if head == "*" else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     """One rule of a policy file: paths (relative to the workspace) x operations -> action."""
 
@@ -152,7 +228,7 @@ class Rule:
         return _CompiledRule(self, pats)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _CompiledRule:
     rule: Rule
     patterns: tuple[tuple[str, ...], ...]
@@ -168,7 +244,7 @@ class _CompiledRule:
         return True if True in seen else (None if None in seen else False)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layout:
     """Where things live, relative to the host root (and, identically, to the workspace)."""
 
@@ -192,7 +268,7 @@ class Layout:
         return {"lakehouse": self.lakehouse, "exports": self.exports}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicySpec:
     """A validated policy file. Build it with :func:`sandbox.loader.load_policy`."""
 
@@ -208,6 +284,9 @@ class PolicySpec:
     @property
     def sha256(self) -> str:
         """Hash of the policy's content (not its file name): recorded in every manifest."""
+        import hashlib
+        import json
+
         blob = json.dumps(self.data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -239,7 +318,7 @@ class PolicySpec:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RunContext:
     """The run a policy is bound to. Serialisable, so child interpreters rebuild the same policy."""
 
@@ -528,3 +607,42 @@ class Policy:
             self.run_path(rel),
             reason="outputs of a run land in its run folder",
         )
+
+
+def save_resolved(policy: Policy, path: str) -> None:
+    """Write ``policy.to_dict()`` where :func:`load_resolved` reads it: the form in which a launcher
+    hands a run's policy to the interpreters of its step. ``marshal``, because reading it must not
+    import anything (``json`` costs milliseconds in every sandboxed interpreter's start-up); a
+    ``.json`` path gets JSON (for people and other tools)."""
+    data = policy.to_dict()
+    if path.endswith(".json"):
+        import json
+
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+        return
+    import marshal
+
+    with open(path, "wb") as fh:
+        marshal.dump(data, fh)
+
+
+def load_resolved(path: str) -> Policy:
+    """The policy :func:`save_resolved` wrote (validated again). ``OSError`` when unreadable,
+    ``ValueError`` when it is not a resolved policy."""
+    if path.endswith(".json"):
+        import json
+
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    else:
+        import marshal
+
+        with open(path, "rb") as fh:
+            try:
+                data = marshal.load(fh)
+            except (EOFError, TypeError) as e:
+                raise ValueError(f"not a resolved policy ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a resolved policy (not a mapping)")
+    return Policy.from_dict(data)

@@ -4,24 +4,31 @@ It gathers what each layer recorded -- every deny and redirect (from the event l
 (exit code, time, peak memory), which layers were active, the files a run wrote outside its
 standard folders (scattered artifacts, now in the run folder), and, when a step failed on a
 read-only or denied path under the kernel layer, an explanation with the tail of its stderr.
+In audit mode it also summarises the lakehouse diff (:mod:`sandbox.lakediff`): how many files the
+run created, modified and deleted in the mounts, and where the diff itself is.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from sandbox._paths import write_into
+from sandbox._record import asdict, field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 REPORT_NAME = "sandbox_report.json"
 EVENTS_NAME = "sandbox_events.jsonl"  # in $TV_RUN_DIR/logs/
+LAKEHOUSE_DIFF = "reports/lakehouse_diff.json"  # audit mode: written by sandbox.lakediff
 
 # Fragments of the messages libc/Python print for EROFS and EACCES (strerror), for explanations.
 _KERNEL_DENIAL_MARKERS = ("Read-only file system", "Permission denied", "Operation not permitted")
 
 
-@dataclass
+@record
 class StepRecord:
     """One sandboxed command."""
 
@@ -33,7 +40,7 @@ class StepRecord:
     stderr_tail: str = ""
 
 
-@dataclass
+@record
 class Layers:
     """Which enforcement layers were active for a run, and why one was not."""
 
@@ -53,6 +60,7 @@ def scattered_artifacts(run_storage: str, run_folders: Sequence[str]) -> list[st
     """Files a run wrote outside its standard folders (relative outputs redirected to the run
     folder's top level, e.g. ``reports/x.csv`` when ``reports`` is not a run folder)."""
     known = set(run_folders) | {"audit", REPORT_NAME}
+    ours = {LAKEHOUSE_DIFF}  # the sandbox's, wherever its folder is: not a step's stray output
     out: list[str] = []
     for name in sorted(os.listdir(run_storage)):
         if name in known:
@@ -63,7 +71,7 @@ def scattered_artifacts(run_storage: str, run_folders: Sequence[str]) -> list[st
                 out.extend(os.path.relpath(os.path.join(dirpath, f), run_storage) for f in files)
         else:
             out.append(name)
-    return sorted(out)
+    return sorted(p for p in out if p not in ours)
 
 
 def explain_failure(step: StepRecord, layers: Layers, protected: Mapping[str, str]) -> str | None:
@@ -98,7 +106,10 @@ def build(
     scattered: Sequence[str],
     protected: Mapping[str, str],
     warnings: Sequence[str] = (),
+    lakehouse_diff: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The report. ``lakehouse_diff``: the summary :func:`sandbox.lakediff.write` returns (audit
+    mode; None -- shown as null -- in enforce mode, which makes no diff)."""
     explanations = [e for s in steps if (e := explain_failure(s, layers, protected))]
     status = "succeeded" if steps and all(s.exit_code == 0 for s in steps) else "failed"
     return {
@@ -117,12 +128,13 @@ def build(
         "protected_mounts": dict(protected),
         "explanations": explanations,
         "warnings": list(warnings),
+        "lakehouse_diff": dict(lakehouse_diff) if lakehouse_diff is not None else None,
     }
 
 
 def write(run_storage: str, report: Mapping[str, Any]) -> str:
-    path = os.path.join(run_storage, REPORT_NAME)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=1, sort_keys=False)
-        fh.write("\n")
-    return path
+    """Write the report at the top of the run folder -- replacing, never following, whatever
+    the step left under that name (a symlink to the lakehouse, say)."""
+    import json
+
+    return write_into(run_storage, REPORT_NAME, (json.dumps(report, indent=1) + "\n").encode())

@@ -1,37 +1,53 @@
 """One sandboxed step, start to export: the piece ``tv-sandbox run`` and the orchestrator reuse.
 
 ``preflight`` checks everything that can be checked before anything is written (RUN_ID, host
-layout, policy, existing export, kernel support when required) and raises one explained error.
-``execute`` builds the workspace, launches the command through the kernel layer (when available)
-with the Python guard bootstrapped from its environment, writes the report and exports the run
-folder atomically -- failed runs too, marked failed.
+layout, policy, existing export) and raises one explained error. ``execute`` builds the workspace,
+launches the command through the kernel layer (when available) with the Python guard bootstrapped
+from its environment, writes the report and exports the run folder atomically -- failed runs too,
+marked failed.
+
+Start-up cost is part of the contract (<= 50 ms over a bare interpreter), so the path up to the
+step's ``exec`` imports only what it uses: no ``json``, ``re``, ``dataclasses``, ``threading`` or
+``shutil`` here. What the run needs afterwards (the exporter, hashing, JSON) is imported while the
+step runs (:func:`_meanwhile`), and the kernel layer is not probed in advance: the launch tries the
+full plan and falls back, only when the kernel refuses, to Landlock alone, then to the guard alone
+(or, when the kernel layer is required, refuses to run).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
-import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import IO, Any
 
 from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
+from sandbox._record import field, record
 from sandbox.errors import KernelUnavailable, PreflightError, UsageError
 from sandbox.loader import load_policy
-from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec
+from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec, save_resolved
 from sandbox.workspace import Workspace
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import IO, Any
+
+    from sandbox.kernel import Child, KernelPlan
+
 KERNEL_CHOICES = ("auto", "off", "require")
+_RUN_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _STDERR_TAIL = 8192
+POLICY_FILE = "policy.marshal"  # in the workspace's base folder: read by the step's interpreters
+POLICY_RECORD = "config/policy.json"  # in the run folder: the exported record of the policy
 
 
-@dataclass
+def valid_run_id(run_id: str) -> bool:
+    """``^[A-Za-z0-9_-]+$``: a RUN_ID names a folder of the host."""
+    return bool(run_id) and _RUN_ID_CHARS.issuperset(run_id)
+
+
+@record
 class RunRequest:
     """What ``tv-sandbox run`` was asked to do."""
 
@@ -48,7 +64,7 @@ class RunRequest:
     env: Mapping[str, str] | None = None
 
 
-@dataclass
+@record
 class Prepared:
     """A request that passed preflight."""
 
@@ -58,10 +74,9 @@ class Prepared:
     destination: str
     kernel: str  # the effective setting, after the policy's own
     warnings: list[str] = field(default_factory=list)
-    support: Any = None  # sandbox.kernel.KernelSupport when the kernel layer is used
 
 
-@dataclass
+@record
 class RunOutcome:
     exit_code: int
     destination: str
@@ -84,7 +99,7 @@ def _dir_problem(path: str) -> str | None:
 
 def preflight(req: RunRequest) -> Prepared:
     """Check a request without writing anything; raise a one-line error naming what to fix."""
-    if not RUN_ID_RE.match(req.run_id):
+    if not valid_run_id(req.run_id):
         raise UsageError(
             f"invalid RUN_ID {req.run_id!r}: use letters, digits, '_' and '-' only "
             "(it names a folder of the host)"
@@ -135,25 +150,12 @@ def preflight(req: RunRequest) -> Prepared:
         kernel = "require"
     elif spec.kernel == "off" and kernel == "auto":
         kernel = "off"
-    prepared = Prepared(req, host, spec, dest, kernel)
-    if kernel != "off":
-        from sandbox.kernel import probe  # only when used: keeps `--kernel off` starts lean
-
-        support = probe()
-        prepared.support = support
-        if not (support.landlock_abi > 0 or support.mount_namespace):
-            why = "; ".join(f"{k}: {v}" for k, v in support.reasons.items()) or "unknown"
-            if kernel == "require":
-                raise KernelUnavailable(
-                    f"the kernel layer is required (policy {spec.name}) but unavailable ({why}); "
-                    'run `tv-sandbox doctor`, or use a policy with kernel = "warn"'
-                )
-            prepared.warnings.append(f"kernel layer unavailable ({why}); only the Python guard is active")
-            prepared.kernel = "off"
-    return prepared
+    return Prepared(req, host, spec, dest, kernel)
 
 
-def kernel_plan(ws: Workspace, mode: str, support: Any, policy: Policy | None = None) -> Any:
+def kernel_plan(
+    ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True
+) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
     The workspace becomes an overlay of the host whose upper layer is the run folder, the run
@@ -162,18 +164,19 @@ def kernel_plan(ws: Workspace, mode: str, support: Any, policy: Policy | None = 
     bound over the host's own path too, so a host-absolute path behaves as its workspace path.
     Everything else is remounted read-only and Landlock allows writes only below the roots.
 
-    With Landlock alone (no mount namespace), the workspace stays the symlink skeleton: writes
-    are allowed below it, the run folder and the temp dir only, and the host is out of reach.
+    ``namespace=False`` (a kernel without usable mount namespaces or overlayfs): Landlock alone.
+    The workspace stays the symlink skeleton: writes are allowed below it, the run folder and the
+    temp dir only, and the host is out of reach.
     """
     from sandbox.kernel import Bind, KernelPlan, Overlay
 
-    if not (support.mount_namespace and support.overlay):
+    if not namespace:
         return KernelPlan(
             writable=(ws.root, ws.run_storage, ws.tmp, "/dev/shm"),
             overlays=(),
             binds=(),
             readonly_root=False,
-            landlock=support.landlock_abi > 0,
+            landlock=True,
             namespace=False,
         )
 
@@ -225,61 +228,128 @@ class _Clock:
         self._t = now
 
 
-def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray) -> None:
+def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray, done: Any) -> None:
     """Copy a step's stderr to ours and to its log file, keeping the tail for the report."""
-    while chunk := os.read(src, 65536):
-        dst.write(chunk)
-        dst.flush()
-        log.write(chunk)
-        tail.extend(chunk)
-        del tail[:-_STDERR_TAIL]
-    os.close(src)
+    try:
+        while chunk := os.read(src, 65536):
+            dst.write(chunk)
+            dst.flush()
+            log.write(chunk)
+            tail.extend(chunk)
+            del tail[:-_STDERR_TAIL]
+    finally:
+        os.close(src)
+        done.release()
+
+
+def _launch(
+    prep: Prepared, ws: Workspace, policy: Policy, base_env: dict[str, str], stderr: int
+) -> tuple[Child, KernelPlan | None]:
+    """Start the step with the strongest kernel layer this machine accepts.
+
+    Tried in order, each only when the one before was refused by the kernel (``KernelUnavailable``
+    from the forked child, before ``exec``): mount namespace + overlay + read-only binds +
+    Landlock; Landlock alone; the Python guard alone -- the last with a warning in the report,
+    or not at all when the kernel layer is required (exit 2, before the command ran).
+    """
+    from sandbox.guard.bootstrap import child_env
+    from sandbox.kernel import spawn
+
+    req = prep.request
+    policy_file = os.path.join(ws.base, POLICY_FILE)
+    events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
+
+    def start(plan: KernelPlan | None) -> Child:
+        env = child_env(
+            base_env, policy_file=policy_file, events_file=events_file, overlay=bool(plan and plan.overlays)
+        )
+        return spawn(list(req.argv), env=env, cwd=ws.root, plan=plan, stderr=stderr)
+
+    if prep.kernel == "off":
+        return start(None), None
+    from sandbox.kernel import landlock
+
+    refusals: list[str] = []
+    for namespace in (True, False):
+        if not namespace:
+            abi, err = landlock.query_abi()
+            if abi == 0:
+                refusals.append(landlock.unavailable_reason(err))
+                break
+        plan = kernel_plan(ws, req.mode, policy, namespace=namespace)
+        try:
+            return start(plan), plan
+        except KernelUnavailable as e:
+            refusals.append(str(e))
+    why = "; ".join(refusals)
+    if prep.kernel == "require":
+        raise KernelUnavailable(
+            f"the kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
+            'run `tv-sandbox doctor`, or use a policy with kernel = "warn"'
+        )
+    prep.warnings.append(f"kernel layer unavailable ({why}); only the Python guard is active")
+    return start(None), None
+
+
+def _meanwhile(req: RunRequest) -> None:
+    """What the launcher does while its step runs: load what the end of the run needs (off the
+    start-up path, on the other core) and sweep what launchers killed before us left behind."""
+    import hashlib  # noqa: F401
+    import json  # noqa: F401
+
+    from sandbox import export, report  # noqa: F401
+    from sandbox.events import read_events  # noqa: F401
+
+    workspace_mod.sweep(req.workspace_base)
 
 
 def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
     """Run a prepared request: workspace, step, report, export. Returns the command's status."""
-    from sandbox.events import read_events, summarise
-    from sandbox.export import export_run
-    from sandbox.guard import child_env
-    from sandbox.kernel import spawn
+    from _thread import allocate_lock, start_new_thread
 
     req = prep.request
     clock = _Clock()
-    workspace_mod.sweep(req.workspace_base)  # what launchers killed before us left behind
     ws = workspace_mod.create(prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base)
     clock.lap("workspace")
     try:
         policy = ws.bind(prep.spec, mode=req.mode, profile=req.profile)
-        config = os.path.join(ws.run_storage, "config")
-        os.makedirs(config, exist_ok=True)
         logs = os.path.join(ws.run_storage, "logs")
         os.makedirs(logs, exist_ok=True)
-        policy_file = os.path.join(config, "policy.json")
-        with open(policy_file, "w", encoding="utf-8") as fh:
-            json.dump(policy.to_dict(), fh, indent=1)
+        save_resolved(policy, os.path.join(ws.base, POLICY_FILE))
         events_file = os.path.join(logs, report_mod.EVENTS_NAME)
         base_env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
         base_env.update(ws.env(req.profile))
-        plan = kernel_plan(ws, req.mode, prep.support, policy) if prep.kernel != "off" else None
-        overlay = plan is not None and bool(plan.overlays)
-        env = child_env(base_env, policy_file=policy_file, events_file=events_file, overlay=overlay)
         rfd, wfd = os.pipe()
         tail = bytearray()
         out = stderr or sys.stderr.buffer
         with open(os.path.join(logs, "step.stderr.log"), "wb") as log:
-            pump = threading.Thread(target=_tee, args=(rfd, out, log, tail), daemon=True)
-            pump.start()
             try:
-                child = spawn(list(req.argv), env=env, cwd=ws.root, plan=plan, stderr=wfd)
+                child, plan = _launch(prep, ws, policy, base_env, wfd)
             except BaseException:
-                os.close(wfd)
-                pump.join()
+                os.close(rfd)
                 raise
-            os.close(wfd)
+            finally:
+                os.close(wfd)
+            # A bare thread: ``threading`` costs an import on the start-up path, and this one
+            # needs no more than a lock to be joined.
+            pumped = allocate_lock()
+            pumped.acquire()
+            start_new_thread(_tee, (rfd, out, log, tail, pumped))
             clock.lap("launch")
-            result = child.wait()
-            pump.join()
+            try:
+                _meanwhile(req)
+            finally:
+                result = child.wait()
+                pumped.acquire()
             clock.lap("step")
+        import json
+
+        from sandbox._paths import write_into
+        from sandbox.events import read_events, summarise
+        from sandbox.export import export_run
+
+        # After the step, and never through what the step left there: the record is the launcher's.
+        write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
         applied = getattr(child, "applied", None)
         layers = report_mod.Layers(
             python_guard=True,
@@ -299,6 +369,19 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
         )
         events = read_events(events_file) if os.path.exists(events_file) else []
         protected = {name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()}
+        lake_diff = None
+        if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
+            from sandbox import lakediff
+
+            mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
+            lake_diff = lakediff.write(
+                ws.run_storage,
+                report_mod.LAKEHOUSE_DIFF,
+                mounts,
+                events,
+                run_id=req.run_id,
+                run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
+            )
         rep = report_mod.build(
             run_id=req.run_id,
             profile=req.profile,
@@ -313,6 +396,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
             scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
             protected=protected,
             warnings=prep.warnings,
+            lakehouse_diff=lake_diff,
         )
         report_mod.write(ws.run_storage, rep)
         clock.lap("report")

@@ -21,13 +21,14 @@ the Python guard applies to ``$TV_RUN_DIR/<rel>``.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
+from sandbox._record import field, record
 from sandbox.policy import Layout, Policy, PolicySpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 ENV_NAMES = (
     "TV_RUN_DIR",
@@ -40,7 +41,7 @@ ENV_NAMES = (
 )
 
 
-@dataclass
+@record
 class Workspace:
     """One run's workspace. Never shared between concurrent steps of different runs or sleeves."""
 
@@ -104,10 +105,44 @@ class Workspace:
         )
 
     def remove(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
+        _rmtree(self.base)
 
 
 _PREFIX = "tv-sandbox-"
+
+
+def _rmtree(path: str) -> None:
+    import shutil  # not on the start-up path: a run removes its workspace after its step
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def temp_root() -> str:
+    """The system temp dir, as :func:`tempfile.gettempdir` finds it (``TMPDIR``, ``TEMP``,
+    ``TMP``, then ``/tmp``...), without importing ``tempfile`` on the start-up path."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        d = os.environ.get(name)
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return os.path.abspath(d)
+    for d in ("/tmp", "/var/tmp", "/usr/tmp"):
+        if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return os.getcwd()
+
+
+def _make_base(run_id: str, base_dir: str | None) -> str:
+    """A new private folder ``tv-sandbox-<ID>-<random>`` (what ``tempfile.mkdtemp`` does)."""
+    parent = base_dir if base_dir is not None else temp_root()
+    for _ in range(100):
+        path = os.path.join(parent, f"{_PREFIX}{run_id}-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return os.path.realpath(path)
+    raise FileExistsError(f"no free workspace name in {parent}")
+
+
 OWNER_FILE = "owner"
 
 
@@ -138,7 +173,7 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
     A workspace records its launcher (pid and start time); one whose launcher is gone is removed.
     Never touches a folder without that record. Returns the removed paths.
     """
-    base = os.fspath(base_dir) if base_dir is not None else tempfile.gettempdir()
+    base = os.fspath(base_dir) if base_dir is not None else temp_root()
     removed: list[str] = []
     try:
         names = [n for n in os.listdir(base) if n.startswith(_PREFIX)]
@@ -154,11 +189,11 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
             # (microseconds); anything older than a few seconds without one is such a leftover
             # -- unless it was kept on purpose (--keep-workspace leaves a "kept" marker)
             if _stale_unowned(path):
-                shutil.rmtree(path, ignore_errors=True)
+                _rmtree(path)
                 removed.append(path)
             continue
         if _start_time(int(pid_s)) != start:
-            shutil.rmtree(path, ignore_errors=True)
+            _rmtree(path)
             removed.append(path)
     return removed
 
@@ -178,7 +213,7 @@ def create(
 ) -> Workspace:
     """Build a fresh workspace for ``run_id`` of ``host`` (which the caller has validated)."""
     host_s = os.path.realpath(host)
-    base = os.path.realpath(tempfile.mkdtemp(prefix=f"{_PREFIX}{run_id}-", dir=base_dir))
+    base = _make_base(run_id, os.fspath(base_dir) if base_dir is not None else None)
     ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
     try:
         with open(os.path.join(base, OWNER_FILE), "w") as fh:

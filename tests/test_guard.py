@@ -22,13 +22,13 @@ import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RunEnv, tree_snapshot
 
+from sandbox._record import replace
 from sandbox.events import EventLog, read_events
 from sandbox.guard import _engine, _install, guarded, install
 from sandbox.policy import Op

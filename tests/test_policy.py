@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import fnmatch
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sandbox._record import replace
 from sandbox.errors import PolicyError
 from sandbox.loader import load_policy, policies_dir, resolve_profile, spec_from_mapping
-from sandbox.policy import Action, Op, Policy
+from sandbox.policy import Action, Decision, Op, Policy, _fnmatch
 
 H, W, T = "/h", "/w/ws", "/w/tmp"
 RUN = "/w/ws/artifacts/summaries/runs/R1"
@@ -27,10 +34,10 @@ def prod() -> Policy:
 
 
 def test_builtin_policies_load() -> None:
-    names = sorted(p.stem for p in policies_dir().glob("*.toml"))
+    names = sorted(p.stem for p in Path(policies_dir()).glob("*.toml"))
     assert names == ["development", "production", "source-layout"]
     assert load_policy(profile="development").profile == "development"
-    assert load_policy(policies_dir() / "source-layout.toml").layout.exports == "data/export"
+    assert load_policy(Path(policies_dir()) / "source-layout.toml").layout.exports == "data/export"
 
 
 @pytest.mark.parametrize(
@@ -177,6 +184,49 @@ def test_load_errors(tmp_path: Path) -> None:
         load_policy(bad)
     with pytest.raises(PolicyError, match="no such policy file"):
         load_policy(tmp_path / "missing.toml")
-    dev = policies_dir() / "development.toml"
+    dev = Path(policies_dir()) / "development.toml"
     with pytest.raises(PolicyError, match="for profile 'development'"):
         load_policy(dev, profile="production")
+
+
+# -- the policy model's import-free pieces agree with the stdlib they stand in for ----------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab.*?[]!-", max_size=8), st.text(alphabet="ab.[]!-", max_size=8))
+def test_fnmatch_agrees_with_stdlib(pattern: str, name: str) -> None:
+    assert _fnmatch(name, pattern) == fnmatch.fnmatchcase(name, pattern)
+
+
+def test_ops_and_actions_behave_as_string_enums() -> None:
+    assert list(Op) == ["read", "write", "delete", "rename", "mkdir", "rmdir", "link", "metadata"]
+    assert Op.named("write") is Op.WRITE and Action.named("deny") is Action.DENY
+    assert pickle.loads(pickle.dumps(Op.RENAME)) is Op.RENAME
+    assert f"{Op.READ}" == "read" and Op.READ.value == "read" and repr(Op.READ) == "Op.READ"
+    with pytest.raises(ValueError, match="'copy' is not a valid Op"):
+        Op.named("copy")
+
+
+def test_records_compare_copy_and_refuse_assignment() -> None:
+    d = Decision(Action.ALLOW, "read", "/x")
+    assert d == Decision(Action.ALLOW, "read", "/x") and hash(d) == hash(Decision(Action.ALLOW, "read", "/x"))
+    e = replace(d, target="/y")
+    assert e.target == "/y" and d.target is None and e != d
+    with pytest.raises(AttributeError):
+        d.rule = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unexpected argument 'nope'"):
+        Decision(Action.ALLOW, "read", "/x", nope=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="missing required argument 'path'"):
+        Decision(Action.ALLOW, "read")  # type: ignore[call-arg]
+
+
+def test_the_policy_model_imports_nothing_heavy() -> None:
+    """Every sandboxed interpreter imports it at start-up: no enum, re, json, typing, dataclasses."""
+    code = (
+        "import sys; before = set(sys.modules); import sandbox.guard._install, sandbox.loader; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(out.split())
+    heavy = {"enum", "re", "json", "typing", "dataclasses", "fnmatch", "tomllib", "hashlib", "pathlib"}
+    assert not loaded & heavy, sorted(loaded & heavy)

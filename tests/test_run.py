@@ -157,3 +157,35 @@ def test_keep_workspace(host: Path, tmp_path: Path) -> None:
     assert len(list(base.iterdir())) == 1
     r = run(host, "nokeep", "true", extra=("--workspace-dir", str(base)))
     assert len(list(base.iterdir())) == 1  # removed after the run
+
+
+ATOMIC_WRITES = """
+import os, tempfile
+run = os.environ["TV_RUN_DIR"]
+os.makedirs("reports", exist_ok=True)
+open("reports/a.csv", "w").write("a")
+os.rename("reports/a.csv", os.path.join(run, "reports", "b.csv"))  # workspace overlay -> $TV_RUN_DIR
+fd, tmp = tempfile.mkstemp()  # in $TMPDIR, a folder of its own
+os.write(fd, b"c"); os.close(fd)
+os.replace(tmp, "reports/c.csv")  # the atomic-write idiom: temp file, then rename into place
+os.link(os.path.join(run, "reports", "b.csv"), "reports/d.csv")
+print(sorted(os.listdir("reports")))
+"""
+
+
+@pytest.mark.kernel("mount_namespace", "overlay")
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_renames_across_the_kernel_layers_mounts_work(host: Path, kernel_support: object, mode: str) -> None:
+    """The workspace overlay, $TV_RUN_DIR's bind mount and the temp dir are separate mounts: a
+    rename(2)/link(2) between them is EXDEV, which one shared disk never gave the script. The
+    guard moves (copies) across instead, as `mv` does."""
+    before = tree_snapshot(host / "data")
+    r = run(host, f"xdev-{mode}", sys.executable, "-c", ATOMIC_WRITES, mode=mode)
+    assert r.returncode == 0, r.stderr
+    assert "['b.csv', 'c.csv', 'd.csv']" in r.stdout
+    out = host / RUNS / f"xdev-{mode}" / "reports"
+    assert sorted(p.name for p in out.glob("*.csv")) == ["b.csv", "c.csv", "d.csv"]
+    assert (out / "c.csv").read_text() == "c" and (out / "d.csv").read_text() == "a"
+    report = json.loads((host / RUNS / f"xdev-{mode}" / "sandbox_report.json").read_text())
+    assert report["layers"]["overlay"] is True
+    assert tree_snapshot(host / "data") == before

@@ -3,6 +3,7 @@
 SIGKILL of the step and of the launcher (`tv-sandbox run`) at seeded random moments: the host's
 export folder is absent, or complete with a manifest that verifies -- never partial -- and the
 lakehouse is unchanged. (SIGKILL of the exporter at its own points: tests/test_export_faults.py.)
+The step dies with a SIGKILLed launcher (parent-death signal), with and without the kernel layer.
 Eight runs at once, distinct and duplicate RUN_IDs: no files mixed; a duplicate is refused or,
 with --overwrite, swapped atomically.
 """
@@ -22,6 +23,7 @@ import pytest
 from conftest import tree_snapshot
 
 from sandbox.export import verify
+from sandbox.kernel import _libc, spawning
 from sandbox.samples import make_host
 
 RUNS = "artifacts/summaries/runs"
@@ -142,3 +144,84 @@ def test_concurrent_overwrites_swap_atomically(tmp_path: Path) -> None:
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert verify(host / RUNS / "same") == []
     assert not [p for p in (host / RUNS).iterdir() if p.name != "same"]  # no stage left behind
+
+
+# -- the step dies with its launcher ------------------------------------------------------------
+
+# Prints its pid, then keeps writing into its run folder for up to 30 s (an orphan would go on).
+LINGER = (
+    "import os, time\n"
+    "print('STEP-PID', os.getpid(), flush=True)\n"
+    "beat = os.path.join(os.environ['TV_RUN_DIR'], 'beat.txt')\n"
+    "for i in range(3000):\n"
+    "    open(beat, 'w').write(str(i))\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+def _running(pid: int, started: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (field 22 of its stat)
+    and not a zombie: a reaper that never reaps must not count as a survivor."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = stat.rpartition(")")[2].split()  # after "(comm)": state is field 3, starttime 22
+    return fields[0] not in ("Z", "X") and fields[19] == started
+
+
+@pytest.mark.parametrize("kernel", [pytest.param("auto", marks=pytest.mark.kernel), "off"])
+def test_step_dies_with_sigkilled_launcher(
+    tmp_path: Path, request: pytest.FixtureRequest, kernel: str
+) -> None:
+    if kernel == "auto":
+        request.getfixturevalue("kernel_support")  # the kernel layer must be used (CI: or fail)
+    host = make_host(tmp_path / "host")
+    base = tmp_path / "ws"
+    base.mkdir()
+    cmd = _cmd(host, f"orphan_{kernel}", base, "--kernel", kernel)
+    cmd[cmd.index("-c") + 1 :] = [LINGER]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("STEP-PID "):
+            line = proc.stdout.readline()
+            if not line:  # the launcher (and the step) ended before the step said its pid
+                _, err = proc.communicate(timeout=30)
+                pytest.fail(f"the step never started (exit {proc.returncode}): {err}")
+        pid = int(line.split()[1])
+        started = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+        assert _running(pid, started)
+        time.sleep(0.2)  # well into its writing loop
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 2.0
+        while _running(pid, started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        alive = _running(pid, started)
+        if alive:
+            os.kill(pid, signal.SIGKILL)  # leave no orphan behind, then fail
+        assert not alive, f"the step (pid {pid}) outlived its SIGKILLed launcher by 2 s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_step_of_a_launcher_dead_before_prctl_exits() -> None:
+    """The race the parent-death signal cannot cover: the launcher died between the fork and the
+    child's prctl, so the child was re-parented and no signal will come. It must end by itself."""
+    _libc.libc()  # as spawn() does: never dlopen in a forked child
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            spawning._die_with(-1)  # a parent pid getppid() cannot return: as if re-parented
+        except BaseException:
+            os._exit(1)
+        os._exit(0)  # survived: wrong
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGKILL

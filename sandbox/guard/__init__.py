@@ -10,16 +10,33 @@ How decisions are executed: :mod:`sandbox.guard._engine`; the wrappers: ``_os`` 
 ``_listing`` (reads that see the run's writes), ``_audit`` (the backstop), ``_install``.
 """
 
-from sandbox.guard._install import Guard, active, guarded, install
-from sandbox.guard.bootstrap import (
-    BOOT_DIR,
-    ENV_EVENTS,
-    ENV_OVERLAY,
-    ENV_POLICY,
-    BootError,
-    boot,
-    child_env,
-)
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from sandbox.guard._install import Guard, active, guarded, install
+    from sandbox.guard.bootstrap import (
+        BOOT_DIR,
+        ENV_EVENTS,
+        ENV_OVERLAY,
+        ENV_POLICY,
+        BootError,
+        boot,
+        child_env,
+    )
+
+# Names load on first use: a launcher needs ``child_env`` without the patching machinery.
+_WHERE = {
+    **dict.fromkeys(("Guard", "active", "guarded", "install"), "_install"),
+    **dict.fromkeys(
+        ("BOOT_DIR", "ENV_EVENTS", "ENV_OVERLAY", "ENV_POLICY", "BootError", "boot", "child_env"),
+        "bootstrap",
+    ),
+}
 
 __all__ = [
     "BOOT_DIR",
@@ -34,3 +51,12 @@ __all__ = [
     "guarded",
     "install",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandbox.guard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sandbox.guard.{module}"), name)
+    globals()[name] = value
+    return value

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
 
+from sandbox._record import replace
 from sandbox.guard import _engine
 from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, TOKEN, Engine
 from sandbox.guard._files import structural
 from sandbox.policy import Op
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _EXCL = os.O_CREAT | os.O_EXCL

@@ -40,15 +40,13 @@ scan is not seen: stopping that (and native code) is the kernel layer's part.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 from _thread import _local
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
 
 from sandbox import _paths
+from sandbox._record import replace
 from sandbox.errors import AccessDenied
 from sandbox.guard._files import (
     copy_up_path,
@@ -61,7 +59,10 @@ from sandbox.guard._files import (
 )
 from sandbox.policy import Action, Decision, Op, Policy
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbox.events import EventLog
 
 ALLOW, DENY, REDIRECT = Action.ALLOW, Action.DENY, Action.REDIRECT
@@ -470,8 +471,10 @@ def flush_events() -> None:
     """Write out every engine's buffered events (before ``os._exit``, which skips ``atexit``)."""
     for eng in STACK:
         if eng is not None and eng.events is not None:
-            with contextlib.suppress(OSError):  # a full disk must not turn an exit into a crash
+            try:
                 eng.events.flush()
+            except OSError:  # a full disk must not turn an exit into a crash
+                pass
 
 
 __all__ = ["CURRENT", "NOOP", "STACK", "TOKEN", "Engine", "Fam", "invalidate_all", "like", "shown"]

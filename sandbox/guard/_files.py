@@ -8,9 +8,12 @@ import io
 import os
 import posix
 import stat
-from typing import Any
 
 from sandbox.errors import AccessDenied
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # The real functions, bound before any install: what the guard itself calls.
 o_open = io.open
@@ -23,6 +26,9 @@ o_stat = os.stat
 o_lstat = os.lstat
 o_mkdir = os.mkdir
 o_symlink = os.symlink
+o_rename = os.rename
+o_unlink = os.unlink
+o_rmdir = os.rmdir
 o_readlink = os.readlink
 o_scandir = os.scandir
 o_utime = os.utime
@@ -132,3 +138,39 @@ def _copy_file(src: str, dst: str, mode: int) -> None:
             o_close(fout)
     finally:
         o_close(fin)
+
+
+def at(path: Any, dir_fd: int | None) -> Any:
+    """``path`` relative to ``dir_fd`` as one path (through ``/proc/self/fd``), for the calls below."""
+    if dir_fd is None or os.path.isabs(os.fsdecode(path)):
+        return path
+    return f"/proc/self/fd/{dir_fd}/{os.fsdecode(path)}"
+
+
+def move_across(src: Any, dst: Any) -> None:
+    """What ``mv`` does when ``rename(2)`` says EXDEV: copy ``src`` (a file, a link, a tree) beside
+    ``dst``, rename the copy over ``dst``, remove ``src``. Under the kernel layer the workspace
+    overlay, ``$TV_RUN_DIR`` (a bind mount), the temp dir and, in audit mode, each mount's capture
+    overlay are separate mounts: a rename between them, one disk on the host, would fail where the
+    script never failed before. The original functions only; both ends were decided already."""
+    src, dst = os.fsdecode(src), os.fsdecode(dst)
+    tmp = f"{dst}.tv-sandbox-move-{os.getpid()}"
+    copy_up_path(src, tmp, False, tree=True)
+    try:
+        o_rename(tmp, dst)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    remove_tree(src)
+
+
+def remove_tree(path: str) -> None:
+    """Remove ``path`` -- a file, a link, or a folder with everything in it -- never following links."""
+    if _S_ISDIR(o_lstat(path).st_mode):
+        with o_scandir(path) as it:
+            entries = [e.path for e in it]
+        for e in entries:
+            remove_tree(e)
+        o_rmdir(path)
+    else:
+        o_unlink(path)

@@ -15,8 +15,6 @@ import io
 import os
 import sys
 from _thread import allocate_lock
-from collections.abc import Callable
-from typing import Any
 
 from sandbox.guard import _audit, _engine
 from sandbox.guard._engine import Engine
@@ -24,6 +22,11 @@ from sandbox.guard._files import o_open
 from sandbox.guard._listing import read_wrappers
 from sandbox.guard._os import GuardedFileIO, guarded_open, os_wrappers
 from sandbox.policy import Policy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _LOCK = allocate_lock()
 _SUPPORTS = ("supports_dir_fd", "supports_fd", "supports_follow_symlinks", "supports_effective_ids")

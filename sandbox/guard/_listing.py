@@ -10,12 +10,15 @@ a folder that exists only in the run folder exists, lists and can be entered (``
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
 
 from sandbox.guard import _engine
 from sandbox.guard._engine import Engine
 from sandbox.policy import Op
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 o_stat, o_lstat, o_access = os.stat, os.lstat, os.access
 o_listdir, o_scandir, o_readlink = os.listdir, os.scandir, os.readlink

@@ -10,16 +10,29 @@ wrappers of their own. A wrapper puts the path object it hands to the original i
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 from abc import ABCMeta
-from collections.abc import Callable
-from typing import Any
 
 from sandbox.guard import _engine
 from sandbox.guard._engine import NOOP, TOKEN
-from sandbox.guard._files import o_exit, o_FileIO, o_open, o_os_open, structural
+from sandbox.guard._files import (
+    at,
+    copy_up_path,
+    lexists,
+    move_across,
+    o_exit,
+    o_FileIO,
+    o_open,
+    o_os_open,
+    structural,
+)
 from sandbox.policy import Op
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _O_NOFOLLOW = os.O_NOFOLLOW
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -48,8 +61,10 @@ def _show_as(f: Any, name: Any) -> None:
     """A redirected file keeps the caller's name (``f.name``), as a file of an overlay would."""
     raw = getattr(f, "buffer", f)
     raw = getattr(raw, "raw", raw)
-    with contextlib.suppress(AttributeError, TypeError):
+    try:
         raw.name = name
+    except (AttributeError, TypeError):
+        pass
 
 
 def guarded_open(
@@ -265,6 +280,10 @@ def _mover(orig: Callable[..., Any]) -> Callable[..., Any]:
         TOKEN.obj = s_arg
         try:
             orig(s_arg, d_arg, src_dir_fd=s_fd, dst_dir_fd=d_fd)
+        except OSError as e:
+            if e.errno != errno.EXDEV or not g.overlay:
+                raise
+            move_across(at(s_arg, s_fd), at(d_arg, d_fd))  # two of the kernel layer's mounts
         finally:
             TOKEN.obj = None
             if changes:
@@ -294,14 +313,21 @@ def _link(
     d = g.write_target(dst, Op.LINK, dir_fd=dst_dir_fd, follow=False)
     s = g.write_target(src, Op.LINK, dir_fd=src_dir_fd, follow=follow_symlinks, copy_up=True)
     TOKEN.obj = s_arg = src if s is None else s
+    d_arg, s_fd, d_fd = (
+        dst if d is None else d,
+        src_dir_fd if s is None else None,
+        dst_dir_fd if d is None else None,
+    )
     try:
-        _o_link(
-            s_arg,
-            dst if d is None else d,
-            src_dir_fd=src_dir_fd if s is None else None,
-            dst_dir_fd=dst_dir_fd if d is None else None,
-            follow_symlinks=follow_symlinks,
-        )
+        _o_link(s_arg, d_arg, src_dir_fd=s_fd, dst_dir_fd=d_fd, follow_symlinks=follow_symlinks)
+    except OSError as e:
+        # Two of the kernel layer's mounts (see move_across): a copy stands in for the link -- the
+        # content is the same, later writes to one no longer reach the other.
+        if e.errno != errno.EXDEV or not g.overlay:
+            raise
+        if lexists(at(d_arg, d_fd)):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+        copy_up_path(os.fsdecode(at(s_arg, s_fd)), os.fsdecode(at(d_arg, d_fd)), follow_symlinks)
     finally:
         TOKEN.obj = None
         _engine.invalidate_all()  # linking a symlink makes a symlink: folders' link scans are stale

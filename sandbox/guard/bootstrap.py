@@ -5,7 +5,8 @@ folder first on ``PYTHONPATH``; the ``sitecustomize`` there calls :func:`boot` w
 child starts (``subprocess``, ``os.system("python ...")``, multiprocessing's ``spawn`` and
 ``forkserver``; a ``fork`` inherits the patches as they are).
 
-- ``TV_SANDBOX_POLICY``: path of the resolved policy, the JSON of ``Policy.to_dict()``.
+- ``TV_SANDBOX_POLICY``: path of the resolved policy (:func:`sandbox.policy.save_resolved`).
+  The launcher keeps it beside the workspace, outside every writable root: a step cannot edit it.
 - ``TV_SANDBOX_EVENTS``: the event log (JSON lines) every deny and redirect is appended to.
 - ``TV_SANDBOX_OVERLAY``: ``1`` when the kernel layer's overlay maps the workspace (see _engine).
 
@@ -17,12 +18,15 @@ layer's part.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 
-from sandbox.guard._install import Guard, install
-from sandbox.policy import Policy
+from sandbox.policy import load_resolved
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sandbox.guard._install import Guard
 
 ENV_POLICY = "TV_SANDBOX_POLICY"
 ENV_EVENTS = "TV_SANDBOX_EVENTS"
@@ -58,9 +62,7 @@ def boot(environ: Mapping[str, str] | None = None) -> Guard:
     if not src:
         raise BootError(f"{ENV_POLICY} is not set, but the sandbox's sitecustomize is on PYTHONPATH")
     try:
-        with open(src, encoding="utf-8") as fh:
-            data = json.load(fh)
-        policy = Policy.from_dict(data)
+        policy = load_resolved(src)
     except OSError as e:
         raise BootError(f"cannot read the policy {src} ({e.strerror})") from None
     except (ValueError, KeyError, TypeError) as e:  # PolicyError is an Exception, not these
@@ -76,4 +78,6 @@ def boot(environ: Mapping[str, str] | None = None) -> Guard:
             events = EventLog(events_file)
         except OSError as e:
             raise BootError(f"cannot open the event log {events_file} ({e.strerror})") from None
+    from sandbox.guard._install import install
+
     return install(policy, events=events, overlay=env.get(ENV_OVERLAY) == "1")

@@ -9,9 +9,11 @@ would make ``sandbox.kernel.probe`` the module or the function depending on impo
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbox.kernel.landlock import abi_version, restrict_writes
     from sandbox.kernel.plan import AppliedLayers, Bind, KernelPlan, Overlay, apply
     from sandbox.kernel.probing import KernelSupport, describe, probe

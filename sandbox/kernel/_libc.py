@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Syscall numbers from the generic table: Landlock and mount_setattr were added after the
 # architectures were unified, so x86_64 and aarch64 share them.
@@ -15,6 +18,7 @@ SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 
 _lib: Any = None
@@ -48,6 +52,15 @@ def syscall(nr: int, *args: Any) -> int:
     undefined."""
     conv = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
     return int(libc().syscall(ctypes.c_long(nr), *conv))
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, sig)``: the kernel sends ``sig`` to the calling process when the
+    *thread* that forked it exits (the whole parent process dying included). Not inherited by
+    children; kept across ``exec`` except of a set-user-ID/set-group-ID or file-capability binary
+    (which no_new_privs neutralises), and cleared by a change of effective or filesystem ids.
+    Safe in a forked child once :func:`libc` was loaded before the fork (no ``dlsym`` here)."""
+    check(libc().prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
 
 
 def check(result: int, what: str, filename: str | None = None) -> int:

@@ -22,9 +22,12 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import Sequence
 
 from sandbox.kernel import _libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CREATE_RULESET_VERSION = 1 << 0
 RULE_PATH_BENEATH = 1
@@ -86,6 +89,15 @@ def query_abi() -> tuple[int, int]:
         return (v, 0) if v > 0 else (0, ctypes.get_errno())
     except Exception:
         return 0, 0
+
+
+def unavailable_reason(err: int) -> str:
+    """Why Landlock is unavailable, from the errno :func:`query_abi` gave, for people."""
+    if err == errno.EOPNOTSUPP:
+        return "Landlock is built into the kernel but disabled: add 'landlock' to the lsm= boot parameter"
+    if err == errno.ENOSYS:
+        return "the kernel has no Landlock system calls (needs Linux 5.13+, or a seccomp filter blocks them)"
+    return f"Landlock is unavailable ({os.strerror(err) if err else 'unknown reason'})"
 
 
 def handled_rights(abi: int) -> int:

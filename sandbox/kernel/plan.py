@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from sandbox._record import asdict, field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 #: Devices a step may always write (the policy's device rule): what ``> /dev/null``, a terminal,
 #: multiprocessing semaphores (/dev/shm) and pseudo-terminals need. Missing ones are skipped.
@@ -41,7 +45,7 @@ def _absolute(what: str, path: str) -> str:
     return path
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Overlay:
     """An overlay mounted on ``target``: ``upper`` over ``lower`` (first = topmost); writes land in
     ``upper``; ``work`` is overlayfs's scratch folder, on ``upper``'s filesystem."""
@@ -60,7 +64,7 @@ class Overlay:
             _absolute(f"overlay {name}", getattr(self, name))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bind:
     """``src`` bound onto ``dst`` with the mounts below it; read-only (every mount in it) unless
     ``readonly`` is False."""
@@ -74,7 +78,7 @@ class Bind:
         _absolute("bind destination", self.dst)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelPlan:
     """What the kernel layer does for one step.
 
@@ -140,7 +144,7 @@ class KernelPlan:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AppliedLayers:
     """Which layers :func:`apply` put in place; ``seconds`` is how long it took."""
 

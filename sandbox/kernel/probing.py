@@ -16,10 +16,13 @@ import signal
 import stat
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from sandbox._record import field, record
 from sandbox.kernel import _libc, landlock, mounts
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _TIMEOUT_S = 5.0  # a child stuck in the kernel (a hung mount) must not hang `doctor`
 
@@ -28,7 +31,7 @@ _PREFIX = "tv-sandbox-probe-"  # + pid + "-": lets a later probe remove what a k
 FEATURES = ("landlock", "user_namespaces", "mount_namespace", "overlay", "readonly_bind")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelSupport:
     """The kernel features the sandbox can use here; ``reasons`` says why for each one missing
     (keys: the names in :data:`FEATURES`)."""
@@ -45,14 +48,6 @@ class KernelSupport:
         if feature not in FEATURES:
             raise ValueError(f"unknown kernel feature {feature!r}; known: {', '.join(FEATURES)}")
         return self.landlock_abi > 0 if feature == "landlock" else bool(getattr(self, feature))
-
-
-def _landlock_reason(err: int) -> str:
-    if err == errno.EOPNOTSUPP:
-        return "Landlock is built into the kernel but disabled: add 'landlock' to the lsm= boot parameter"
-    if err == errno.ENOSYS:
-        return "the kernel has no Landlock system calls (needs Linux 5.13+, or a seccomp filter blocks them)"
-    return f"Landlock is unavailable ({os.strerror(err) if err else 'unknown reason'})"
 
 
 def _in_child(body: Callable[[Callable[[str], None]], None]) -> list[str]:
@@ -176,7 +171,7 @@ def probe(scratch_dir: str | None = None) -> KernelSupport:
     reasons: dict[str, str] = {}
     abi, err = landlock.query_abi()
     if abi == 0:
-        reasons["landlock"] = _landlock_reason(err)
+        reasons["landlock"] = landlock.unavailable_reason(err)
     _libc.libc()  # before forking: the children must not dlopen
     parent = scratch_dir or tempfile.gettempdir()
     _sweep(parent)

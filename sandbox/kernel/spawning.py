@@ -9,26 +9,38 @@ of the parent could hold (no logging, no ``sys.stderr``, no imports).
 
 A failure before ``exec`` travels back over a close-on-exec pipe as one line; end of file on it
 means ``exec`` succeeded.
+
+The command dies with its launcher: the child asks for SIGKILL on parent death
+(``PR_SET_PDEATHSIG``) just before ``exec``, so a SIGKILLed ``tv-sandbox run`` leaves no step
+writing into its run folder. That covers the direct child only: processes the command starts
+itself outlive it (no PID namespace is unshared; the next run's sweep removes the workspace).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from sandbox._record import record
 from sandbox.errors import KernelUnavailable, UsageError
 from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before fork: see _child
 from sandbox.kernel.plan import AppliedLayers, KernelPlan, apply
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Mapping, Sequence
+else:
+    # ``_signal``, not ``signal``: the wrapper builds enums (importing ``enum``, ``functools``...),
+    # milliseconds of every launch; these are the same functions and numbers.
+    import _signal as signal
+
 # Python ignores SIGPIPE (and SIGXFSZ); an ignored signal stays ignored across exec, so a shell
 # pipeline like `yes | head` would see EPIPE errors instead of dying quietly. Restore them.
-_RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
+_RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildResult:
     """How a child ended. ``exit_code`` follows the shell: 128 + N when killed by signal N.
 
@@ -122,13 +134,18 @@ def spawn(
     :class:`~sandbox.errors.UsageError` when the command cannot be executed (not found, not
     executable) or ``cwd`` cannot be entered -- both after the child has been reaped, both one
     line; the original ``OSError`` is the ``__cause__``.
+
+    The command is SIGKILLed when the *thread* calling ``spawn`` exits (Linux ties the
+    parent-death signal to the forking thread, not the process): call it from the main thread
+    (``tv-sandbox run`` and the demo do), or from a thread that outlives the command -- one
+    that goes on to :meth:`Child.wait`, as :func:`sandbox.runner.execute` does.
     """
     if not argv:
         raise ValueError("spawn needs a command")
     args = [os.fsdecode(a) for a in argv]
     env = dict(env)
-    if plan is not None:
-        _libc.libc()  # load libc now: the child must not dlopen (or import) anything
+    _libc.libc()  # load libc now (prctl, the plan): the child must not dlopen (or import) anything
+    parent = os.getpid()  # the child compares getppid() to it: did we die before its prctl?
     keep = sorted({int(fd) for fd in pass_fds if int(fd) > 2})
     rfd, wfd = os.pipe()  # both close-on-exec
     started = time.monotonic()
@@ -139,7 +156,7 @@ def spawn(
         os.close(wfd)
         raise
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        _child(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd)
+        _child(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, parent)
     os.close(wfd)
     with os.fdopen(rfd, "rb") as fh:
         report = fh.read().decode("utf-8", "replace").splitlines()
@@ -171,6 +188,7 @@ def _child(
     stdio: tuple[int | None, int | None, int | None],
     keep: list[int],
     wfd: int,
+    parent: int,
 ) -> None:  # pragma: no cover - runs in the child
     stage = "setup"
     try:
@@ -186,6 +204,8 @@ def _child(
             stage = "kernel"
             applied = apply(plan)
             os.write(wfd, f"applied {applied.encode()}\n".encode())
+        stage = "setup"
+        _die_with(parent)
         stage = "exec"
         try:
             os.chdir(cwd)
@@ -205,6 +225,19 @@ def _child(
             os.write(wfd, f"{stage} {err} {msg}\n".encode())
         finally:
             os._exit(127)
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Have the kernel SIGKILL this process when ``parent`` (the launcher's forking thread) exits.
+
+    After the plan: a change of credentials clears the setting, and whatever a plan does to ours
+    (a user namespace) is then behind us. If the launcher died before the prctl -- between the
+    fork and here, the plan included -- no signal will come, but we were re-parented (to init or
+    a subreaper), so ``getppid()`` no longer names it: end now, as the signal would have.
+    """
+    _libc.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGKILL)
 
 
 def _peak_rss() -> int:  # pragma: no cover - runs in the child

@@ -40,11 +40,10 @@ def _py(id: str, code: str, family: str, expect: str = "error", audit: str | Non
     return Attempt(id, "py", code, expect, family, audit)
 
 
-# Known gap (docs/security.md): in audit mode under the kernel layer, a rename or hard link
-# between the lakehouse's capture overlay and the workspace overlay fails with EXDEV; the host
-# stays untouched, but the script sees an error instead of running on. The guard should fall
-# back to copy + delete there.
-XDEV = "error"
+# In audit mode under the kernel layer the lakehouse's capture overlay and the workspace overlay
+# are two mounts: rename(2) and link(2) between them fail with EXDEV, and the guard moves (copies)
+# across instead, as `mv` would. The result is in the run folder, the host untouched.
+AUDIT_MOVED = "lands:moved.csv"
 
 
 def _sh(id: str, code: str, expect: str = "error") -> Attempt:
@@ -73,17 +72,22 @@ ATTEMPTS: tuple[Attempt, ...] = (
         "import os; d = os.open('{lake}', os.O_RDONLY); os.unlink('BINANCE_BTCUSDT_1d.csv', dir_fd=d)",
         "os",
     ),
-    _py("os-rename-out", f"import os; os.rename('{LF}', 'moved.csv')", "os", audit=XDEV),
+    _py("os-rename-out", f"import os; os.rename('{LF}', 'moved.csv')", "os", audit=AUDIT_MOVED),
     _py(
         "os-rename-dirfd",
         "import os; d = os.open('{lake}', os.O_RDONLY); os.rename('BINANCE_BTCUSDT_1d.csv', 'x', src_dir_fd=d, dst_dir_fd=d)",
         "os",
     ),
-    _py("os-replace-in", f"import os; open('t', 'w').write('x'); os.replace('t', '{LF}')", "os", audit=XDEV),
+    _py(
+        "os-replace-in",
+        f"import os; open('t', 'w').write('x'); os.replace('t', '{LF}')",
+        "os",
+        audit=f"lands:audit/{LF}",
+    ),
     _py("os-mkdir", "import os; os.mkdir('data/lakehouse/d')", "os"),
     _py("os-makedirs", "import os; os.makedirs('data/lakehouse/a/b')", "os"),
     _py("os-rmdir", "import os; os.rmdir('data/lakehouse/empty_dir')", "os"),
-    _py("os-link-out", f"import os; os.link('{LF}', 'hard.csv')", "os", audit=XDEV),
+    _py("os-link-out", f"import os; os.link('{LF}', 'hard.csv')", "os", audit="lands:hard.csv"),
     _py("os-symlink-in", "import os; os.symlink('/etc/passwd', 'data/lakehouse/l')", "os"),
     _py("os-chmod", f"import os; os.chmod('{LF}', 0o777)", "metadata"),
     _py(
@@ -130,7 +134,9 @@ ATTEMPTS: tuple[Attempt, ...] = (
         "shutil",
     ),
     _py("shutil-move-out", f"import shutil; shutil.move('{LF}', 'moved.csv')", "shutil"),
-    _py("shutil-rmtree", "import shutil; shutil.rmtree('data/lakehouse')", "shutil", audit=XDEV),
+    # The mount's own folder is a mount point (EBUSY) or, guard-only, a symlink: it cannot go even
+    # in audit mode (its files' deletions are captured first).
+    _py("shutil-rmtree", "import shutil; shutil.rmtree('data/lakehouse')", "shutil", audit="error"),
     _py(
         "tempfile-in-lake",
         "import tempfile; tempfile.NamedTemporaryFile(dir='data/lakehouse', delete=False)",

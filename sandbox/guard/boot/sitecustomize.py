@@ -16,18 +16,19 @@ def _boot() -> None:
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        from importlib.util import module_from_spec, spec_from_file_location
-
         pkg = os.path.dirname(os.path.dirname(here))
         if "sandbox" not in sys.modules:
-            spec = spec_from_file_location(
-                "sandbox", os.path.join(pkg, "__init__.py"), submodule_search_locations=[pkg]
-            )
-            if spec is None or spec.loader is None:
-                raise ImportError(f"no sandbox package at {pkg}")
-            mod = module_from_spec(spec)
-            sys.modules["sandbox"] = mod
-            spec.loader.exec_module(mod)
+            # Only the package's __init__ (which imports nothing) runs while its parent folder is
+            # on sys.path; later imports go through sandbox.__path__. (importlib.util would do it
+            # without touching sys.path, at a few milliseconds of this interpreter's start-up.)
+            parent = os.path.dirname(pkg)
+            sys.path.insert(0, parent)
+            try:
+                import sandbox
+            finally:
+                sys.path.remove(parent)
+            if os.path.realpath(os.path.dirname(sandbox.__file__ or "")) != os.path.realpath(pkg):
+                raise ImportError(f"'sandbox' resolved to {sandbox.__file__}, not the package at {pkg}")
         from sandbox.guard.bootstrap import boot
 
         boot()
@@ -44,13 +45,14 @@ def _chain(here: str) -> None:
     import os
     import sys
     from importlib.machinery import PathFinder
-    from importlib.util import module_from_spec
 
     mine = os.path.realpath(here)
     path = [p for p in sys.path if os.path.realpath(p or os.curdir) != mine]
     spec = PathFinder.find_spec("sitecustomize", path)
     if spec is None or spec.loader is None:
         return
+    from importlib.util import module_from_spec
+
     mod = module_from_spec(spec)
     sys.modules["sitecustomize"] = mod
     spec.loader.exec_module(mod)

@@ -1,0 +1,73 @@
+"""A small per-user cache of derived data, so a start-up does not redo (or re-import) what it did last time.
+
+What is kept is a pure function of some input bytes -- today the parse of a policy file -- stored
+beside a copy of those bytes: an entry answers only for exactly the same input, and whatever reads
+it validates the result as if freshly made. Where: ``$TV_SANDBOX_CACHE_DIR``, else
+``$XDG_CACHE_HOME/tv-sandbox``, else ``~/.cache/tv-sandbox``; ``TV_SANDBOX_CACHE_DIR=off`` turns it
+off. Entries are ``marshal`` files written atomically; a cache that cannot be read or written is
+silently not used. A sandboxed step can never write here (it is outside every writable root), and
+nothing in a step reads it.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+import zlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_FORMAT = 1
+ENV_DIR = "TV_SANDBOX_CACHE_DIR"
+
+
+def cache_dir() -> str | None:
+    """Where entries live, or ``None`` when the cache is off."""
+    d = os.environ.get(ENV_DIR)
+    if d is not None:
+        return None if d in ("", "off") else d
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tv-sandbox")
+
+
+def _entry(kind: str, raw: bytes) -> str | None:
+    d = cache_dir()
+    if d is None:
+        return None
+    return os.path.join(d, f"{kind}-{zlib.crc32(raw):08x}-{len(raw)}.marshal")
+
+
+def lookup(kind: str, raw: bytes) -> Any:
+    """What :func:`store` kept for ``(kind, raw)``, or ``None``."""
+    path = _entry(kind, raw)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fmt, version, key, value = marshal.load(fh)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if fmt != _FORMAT or version != sys.version or key != raw:
+        return None
+    return value
+
+
+def store(kind: str, raw: bytes, value: Any) -> None:
+    """Keep ``value`` (plain data: dicts, lists, str, numbers) for ``(kind, raw)``; best effort."""
+    path = _entry(kind, raw)
+    if path is None:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            marshal.dump((_FORMAT, sys.version, raw, value), fh)
+        os.replace(tmp, path)
+    except (OSError, ValueError):  # ValueError: not marshal-able (a datetime in the TOML)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -1,0 +1,552 @@
+"""One mutation, run once through the Python guard and once through ``SandboxFileSystem``, each on a
+freshly reset copy of the same world, and what each did: denied, failed, or succeeded -- and which
+files changed (``tests/test_properties.py`` holds the two to agree).
+
+The world (real files in a temp folder, built once per process): the sample host plus a host-only
+``reports/x.csv``, a folder outside everything, a production workspace of run ``R1`` and, in the
+run folder, ``data/x.csv``, ``data/src.txt`` (what ``rename_to`` moves and the links point at), an
+empty ``reports/`` and symlinks ``to_lake``, ``to_lake_file``, ``to_outside``, ``to_host`` (at its top
+and in ``data/``). Only the run folder's storage and the temp dir are writable; they are restored from
+a pristine copy (``shutil.copytree``) before every run, so both enforcers start from the same bytes.
+
+Each verb is written the way the two APIs spell it (``tests/guard_adapter.py``,
+``tests/fs_adapter.py``), with the small differences of the APIs themselves evened out on the guard
+side so that only enforcement can differ:
+
+============= =========================================== =====================================
+verb          guard (real ``open``/``os`` calls)          fsspec
+============= =========================================== =====================================
+write         ``open(p, "wb")``                           ``pipe_file(p, data)``
+append        ``open(p, "ab")``                           ``open(p, "ab")``
+delete        ``os.remove(p)``                            ``rm_file(p)``
+mkdir         ``os.mkdir(p)``                             ``mkdir(p, create_parents=False)``
+rmdir         ``os.rmdir(p)``                             ``rmdir(p)``
+rename_from   ``os.rename(p, DST)``                       ``mv(p, DST)``
+rename_to     ``os.rename(SRC, p)``, into ``p`` when it   ``mv(SRC, p)`` (fsspec moves into an
+              is a folder                                 existing folder)
+chmod         ``os.chmod(p, 0o600)``                      ``chmod(p, 0o600)``
+touch         ``os.utime(p)``, ``open(p, "a")`` when it   ``touch(p, truncate=False)`` (what
+              is missing                                  LocalFileSystem.touch does)
+symlink       ``os.symlink(SRC, p)``                      ``symlink(SRC, p)``
+hardlink      ``os.link(SRC, p)``                         ``link(SRC, p)``
+hardlink_from ``os.link(p, DST)``                         ``link(p, DST)``
+============= =========================================== =====================================
+
+fsspec takes ``str`` paths only: a ``bytes`` path goes to the guard as bytes and to fsspec
+``os.fsdecode``-d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox._paths import parts, resolve
+from sandbox.errors import AccessDenied
+from sandbox.fs import SandboxFileSystem
+from sandbox.guard import guarded
+from sandbox.loader import load_policy
+from sandbox.policy import Action, Decision, Op, Policy
+from sandbox.samples import make_host
+from sandbox.workspace import Workspace, create
+
+CONTENT = b"written by a property test\n"
+
+VERBS = (
+    "write",
+    "append",
+    "delete",
+    "mkdir",
+    "rmdir",
+    "rename_from",
+    "rename_to",
+    "chmod",
+    "touch",
+    "symlink",
+    "hardlink",
+    "hardlink_from",
+)
+
+#: Path components and prefixes the random paths are built from ({...}: a world's folders).
+COMPONENTS = [
+    "..",
+    ".",
+    "",
+    "data",
+    "lakehouse",
+    "export",
+    "R1",
+    "reports",
+    "x.csv",
+    "to_lake",
+    "to_lake_file",
+    "to_outside",
+    "to_host",
+    "artifacts",
+    "summaries",
+    "runs",
+    "BINANCE_BTCUSDT_1d.csv",
+]
+PREFIXES = ["", "{ws}/", "{host}/", "{run}/", "{tmp}/", "/proc/self/cwd/", "{outside}/", "//"]
+
+Entry = tuple[Any, ...]
+Snapshot = dict[str, Entry]
+
+#: How far below its own temp folder a world is built: a ``..`` that climbs out of the world (a
+#: bug) still lands in a folder the test snapshots, never in the machine's /tmp or /.
+DEPTH = 9
+
+
+def _entry(p: str) -> Entry:
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode):
+        return ("link", os.readlink(p))
+    if stat.S_ISREG(st.st_mode):
+        with open(p, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()[:16]
+        return ("file", digest, stat.S_IMODE(st.st_mode), st.st_nlink, st.st_mtime_ns)
+    # a folder's mtime moves with every entry made in it: the entries themselves are compared
+    return ("dir" if stat.S_ISDIR(st.st_mode) else "other", stat.S_IMODE(st.st_mode))
+
+
+def changes(before: Snapshot, after: Snapshot) -> dict[str, Entry]:
+    """What changed, without the times: a new entry with its content, a removed one, or the fields
+    that differ (a file's new mtime shows as ``mtime``, not as its value: two runs differ in time)."""
+    out: dict[str, Entry] = {}
+    for key in sorted(before.keys() | after.keys()):
+        b, a = before.get(key), after.get(key)
+        if b == a:
+            continue
+        if b is None:
+            assert a is not None
+            out[key] = ("added", *(a[:-1] if a[0] == "file" else a))
+        elif a is None:
+            out[key] = ("removed", b[0])
+        elif a[0] != b[0] or a[0] != "file":
+            out[key] = ("replaced", *(a[:-1] if a[0] == "file" else a))
+        else:
+            names = ("kind", "content", "mode", "nlink", "mtime")
+            out[key] = ("changed", *(n if n == "mtime" else (n, a[i]) for i, n in enumerate(names) if a[i] != b[i]))
+    return out
+
+
+class World:
+    """One host, one workspace and the run folder described in the module docstring, built
+    ``DEPTH`` folders below a fresh folder of ``parent``."""
+
+    def __init__(self, parent: Path) -> None:
+        self.top = Path(tempfile.mkdtemp(prefix="world-", dir=parent))
+        self.root = root = self.top.joinpath(*["n"] * DEPTH)
+        root.mkdir(parents=True)
+        self.host = make_host(root / "host")
+        (self.host / "reports").mkdir()
+        (self.host / "reports" / "x.csv").write_text("host-only\n")
+        self.outside = root / "outside"
+        (self.outside / "empty_dir").mkdir(parents=True)
+        (self.outside / "file.txt").write_text("outside\n")
+        spec = load_policy(profile="production")
+        (root / "b").mkdir()
+        self.ws: Workspace = create(self.host, "R1", spec.layout, base_dir=root / "b")
+        self.policy: Policy = self.ws.bind(spec)
+        run = Path(self.ws.run_storage)
+        lake = self.ws.mount_targets["lakehouse"]
+        (run / "data" / "x.csv").write_text("run's own\n")
+        (run / "data" / "src.txt").write_text("source\n")
+        for folder in (run, run / "data"):
+            for name, target in (
+                ("to_lake", lake),
+                ("to_lake_file", os.path.join(lake, "BINANCE_BTCUSDT_1d.csv")),
+                ("to_outside", str(self.outside)),
+                ("to_host", str(self.host)),
+            ):
+                os.symlink(target, folder / name)
+        self.allowed = [parts(self.ws.run_storage), parts(self.ws.run_dir), parts(self.ws.tmp)]
+        #: what a run may change (restored before every call); everything else must stay as it is
+        self.writable = {"run": self.ws.run_storage, "tmp": self.ws.tmp}
+        self.src = os.path.join(self.ws.run_dir, "data", "src.txt")  # through the workspace
+        self.dst = os.path.join(self.ws.run_dir, "data", "dst")
+        self._template = root / "template"
+        for label, path in self.writable.items():
+            shutil.copytree(path, self._template / label, symlinks=True)
+        self._base = os.path.relpath(self.ws.base, root) + "/"
+        self.pristine = self.snapshot()
+        self.broken = False
+
+    def expand(self, prefix: str, comps: list[str]) -> str:
+        p = prefix.format(
+            ws=self.ws.root, host=self.host, run=self.ws.run_dir, tmp=self.ws.tmp, outside=self.outside
+        )
+        return p + "/".join(comps)
+
+    def _key(self, p: str) -> str:
+        """``p`` relative to the world's root, the workspace's base folder left out (``run/...``,
+        ``tmp/...``, ``ws/...``): the same key in every world."""
+        rel = os.path.relpath(p, self.root)
+        return rel[len(self._base) :] if rel.startswith(self._base) else rel
+
+    def snapshot(self) -> Snapshot:
+        """Key -> kind, content hash, mode, links, mtime of everything from the world's top folder
+        down (links never followed)."""
+        out: Snapshot = {}
+        for dirpath, dirnames, filenames in os.walk(self.top):
+            for name in [".", *dirnames, *filenames]:
+                p = dirpath if name == "." else os.path.join(dirpath, name)
+                out[self._key(p)] = _entry(p)
+        return out
+
+    def reset(self) -> None:
+        """The writable folders back to their pristine bytes (times and modes included)."""
+        for label, path in self.writable.items():
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):  # the temp dir itself may be removed or replaced: it is allowed
+                os.remove(path)
+            shutil.copytree(self._template / label, path, symlinks=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+class Worlds:
+    """The world of a test module, rebuilt when a call changed what it must not (the test that saw
+    it fails; the examples after it get a clean world)."""
+
+    def __init__(self, parent: Path) -> None:
+        self.parent = parent
+        self._world: World | None = None
+
+    def get(self) -> World:
+        if self._world is not None and self._world.broken:
+            self._world.remove()
+            self._world = None
+        if self._world is None:
+            self._world = World(self.parent)
+        return self._world
+
+    def close(self) -> None:
+        if self._world is not None:
+            self._world.remove()
+            self._world = None
+
+
+# -- the verbs ---------------------------------------------------------------------------------------
+
+
+def _guard_write(p: Any, w: World) -> None:
+    with open(p, "wb") as fh:
+        fh.write(CONTENT)
+
+
+def _guard_append(p: Any, w: World) -> None:
+    with open(p, "ab") as fh:
+        fh.write(CONTENT)
+
+
+def _guard_rename_to(p: Any, w: World) -> None:
+    dst = p
+    if os.path.isdir(dst):  # as fsspec's mv (and shutil.move): into an existing folder
+        name = posixpath.basename(w.src)
+        dst = os.path.join(dst, os.fsencode(name) if isinstance(dst, bytes) else name)
+    os.rename(w.src, dst)
+
+
+def _guard_touch(p: Any, w: World) -> None:
+    try:  # what LocalFileSystem.touch(truncate=False) does on the place the sandbox picked
+        os.utime(p)
+    except FileNotFoundError:
+        open(p, "a").close()
+
+
+GUARD: dict[str, Callable[[Any, World], None]] = {
+    "write": _guard_write,
+    "append": _guard_append,
+    "delete": lambda p, w: os.remove(p),
+    "mkdir": lambda p, w: os.mkdir(p),
+    "rmdir": lambda p, w: os.rmdir(p),
+    "rename_from": lambda p, w: os.rename(p, w.dst),
+    "rename_to": _guard_rename_to,
+    "chmod": lambda p, w: os.chmod(p, 0o600),
+    "touch": _guard_touch,
+    "symlink": lambda p, w: os.symlink(w.src, p),
+    "hardlink": lambda p, w: os.link(w.src, p),
+    "hardlink_from": lambda p, w: os.link(p, w.dst),
+}
+
+
+def _fs_append(fs: SandboxFileSystem, p: str, w: World) -> None:
+    with fs.open(p, "ab") as fh:
+        fh.write(CONTENT)
+
+
+FSSPEC: dict[str, Callable[[SandboxFileSystem, str, World], None]] = {
+    "write": lambda fs, p, w: fs.pipe_file(p, CONTENT),
+    "append": _fs_append,
+    "delete": lambda fs, p, w: fs.rm_file(p),
+    "mkdir": lambda fs, p, w: fs.mkdir(p, create_parents=False),
+    "rmdir": lambda fs, p, w: fs.rmdir(p),
+    "rename_from": lambda fs, p, w: fs.mv(p, w.dst),
+    "rename_to": lambda fs, p, w: fs.mv(w.src, p),
+    "chmod": lambda fs, p, w: fs.chmod(p, 0o600),
+    "touch": lambda fs, p, w: fs.touch(p, truncate=False),
+    "symlink": lambda fs, p, w: fs.symlink(w.src, p),
+    "hardlink": lambda fs, p, w: fs.link(w.src, p),
+    "hardlink_from": lambda fs, p, w: fs.link(p, w.dst),
+}
+
+assert set(GUARD) == set(FSSPEC) == set(VERBS)
+
+
+# -- running and comparing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one enforcer did: ``denied`` (AccessDenied, with its rule), ``failed`` (another
+    OSError: the call itself failed, as it would unsandboxed; its class is shown, not compared: the
+    two APIs raise differently, e.g. ``shutil.Error`` from fsspec's ``mv``) or ``ok``; and every
+    change it left, anywhere in the world (links' text with ``{root}`` for the world's root)."""
+
+    kind: str
+    rule: str
+    error: str = field(compare=False)
+    changed: tuple[tuple[str, Entry], ...] = ()
+
+    def escaped(self) -> list[str]:
+        """The changes outside the run folder's storage and the temp dir."""
+        return [k for k, _v in self.changed if k.split("/", 1)[0] not in ("run", "tmp")]
+
+    def __str__(self) -> str:
+        head = " ".join(x for x in (self.kind, self.rule, self.error) if x)
+        return "\n".join([head] + [f"    {k}: {v}" for k, v in self.changed])
+
+
+def _rooted(v: Entry, root: str) -> Entry:
+    return tuple(x.replace(root, "{root}") if isinstance(x, str) else x for x in v)
+
+
+def _run(w: World, call: Callable[[], None]) -> Outcome:
+    """``call`` on a freshly reset world, cwd = the workspace (the steps' cwd, and what
+    /proc/self/cwd names), and what it did."""
+    w.reset()
+    kind, rule, error = "ok", "", ""
+    cwd = os.getcwd()
+    os.chdir(w.ws.root)
+    try:
+        call()
+    except AccessDenied as e:
+        kind, rule = "denied", str(e.rule)
+    except OSError as e:
+        kind, error = "failed", type(e).__name__
+    finally:
+        os.chdir(cwd)
+    changed = changes(w.pristine, w.snapshot())
+    o = Outcome(kind, rule, error, tuple((k, _rooted(v, str(w.root))) for k, v in changed.items()))
+    if o.escaped():
+        w.broken = True
+    return o
+
+
+def via_guard(w: World, verb: str, raw: str, as_bytes: bool) -> Outcome:
+    """``verb`` on ``raw`` (as bytes when ``as_bytes``) through real ``os``/``open`` calls under
+    ``guarded(policy)``."""
+    arg: str | bytes = os.fsencode(raw) if as_bytes else raw
+
+    def call() -> None:
+        with guarded(w.policy):
+            GUARD[verb](arg, w)
+
+    return _run(w, call)
+
+
+def via_fsspec(w: World, verb: str, raw: str) -> Outcome:
+    """``verb`` on ``raw`` through ``SandboxFileSystem`` over the local filesystem, same policy (a
+    relative path is relative to the cwd there too)."""
+    return _run(w, lambda: FSSPEC[verb](SandboxFileSystem(policy=w.policy), raw, w))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One generated call: ``verb`` on ``prefix`` + ``comps`` (``{...}`` the world's folders),
+    as bytes to the guard when ``as_bytes``."""
+
+    verb: str
+    prefix: str
+    comps: tuple[str, ...]
+    as_bytes: bool = False
+
+    def raw(self, w: World) -> str:
+        return strip_slashes(w.expand(self.prefix, list(self.comps)))
+
+
+def strip_slashes(raw: str) -> str:
+    """fsspec drops a trailing ``/`` (``_strip_protocol``, LocalFileSystem's too): ``x/`` *is*
+    ``x`` there, and "x, a folder" to the kernel. Both enforcers get the path without it."""
+    return raw.rstrip("/") or raw[:1]
+
+
+def run_guard(worlds: Worlds, c: Call) -> Outcome:
+    w = worlds.get()
+    return via_guard(w, c.verb, c.raw(w), c.as_bytes)
+
+
+def run_fsspec(worlds: Worlds, c: Call) -> Outcome:
+    w = worlds.get()
+    return via_fsspec(w, c.verb, c.raw(w))
+
+
+# -- known disagreements ---------------------------------------------------------------------------
+
+#: (guard op, does it follow the last component) per verb, as the guard's wrappers decide them
+GUARD_OPS: dict[str, tuple[Op, bool]] = {
+    "write": (Op.WRITE, True),
+    "append": (Op.WRITE, True),
+    "delete": (Op.DELETE, False),
+    "mkdir": (Op.MKDIR, False),
+    "rmdir": (Op.RMDIR, False),
+    "rename_from": (Op.RENAME, False),
+    "rename_to": (Op.RENAME, False),
+    "chmod": (Op.METADATA, True),
+    "touch": (Op.METADATA, True),  # WRITE when the name is new: the same decisions in production
+    "symlink": (Op.LINK, False),
+    "hardlink": (Op.LINK, False),
+    "hardlink_from": (Op.LINK, True),
+}
+#: verbs whose redirect fsspec carries out through ``_mutable`` (which makes the target's parents)
+MUTABLE = frozenset(VERBS) - {"delete", "rmdir", "rename_from"}
+
+#: name -> (which enforcer is wrong, why). tests/test_properties.py pins each with a strict xfail.
+KNOWN: dict[str, str] = {
+    "guard-folds-dotdot-across-a-link": (
+        "guard (security): for an op that does not follow its last component, "
+        "sandbox/_paths.py:resolve normpath()s the path before resolving symlinks, so "
+        "`$TV_RUN_DIR/to_lake/../x` is decided as `$TV_RUN_DIR/x` (allowed) while the kernel climbs "
+        "from the link's target; sandbox/guard/_engine.py then hands the caller's own path to "
+        "os.remove/mkdir/rename/symlink/link: the host is changed. fsspec decides on the same "
+        "folded path but acts on it (a wrong, harmless place)."
+    ),
+    "fsspec-mv-into-a-linked-folder": (
+        "fsspec (security): SandboxFileSystem.mv decides the destination's own name (follow=False) "
+        "but executes through LocalFileSystem.mv = shutil.move, which moves *into* a destination "
+        "that is a (symlink to a) folder; a redirect that settles on a run-folder link "
+        "(to_host/to_lake -> $TV_RUN_DIR/to_lake -> the lakehouse) puts the file in the host."
+    ),
+    "mkdir-existing-denied-vs-exists": (
+        "order of checks: the guard denies mkdir of an existing protected name (AccessDenied); "
+        "SandboxFileSystem.mkdir checks exists() first and raises FileExistsError (as the kernel "
+        "does: EEXIST before EACCES/EROFS). Nothing changes either way."
+    ),
+    "fsspec-mkdir-follows-the-last-link": (
+        "fsspec decides mkdir with follow=True (SandboxFileSystem.mkdir -> _mutable's default); the "
+        "guard, like the kernel, decides the name itself: a name that settles on an existing link "
+        "is denied by fsspec and fails with EEXIST under the guard. Nothing changes either way."
+    ),
+    "fsspec-acts-on-the-resolved-path": (
+        "fsspec calls the backend on the *resolved* path (sandbox/fs.py _route/_mutable/_removable), "
+        "which realpath() has folded: `missing/..`, `file/..` or a last `.`/`..` the kernel refuses "
+        "(and the guard, which passes the caller's path, fails with) succeed under fsspec; "
+        "`rm_file('link/.')` removes the link itself. Decided and acted on agree: not an escape."
+    ),
+    "fsspec-makes-missing-parents": (
+        "fsspec makes every missing parent folder of a redirect target "
+        "(sandbox/fs.py _mutable: fs.makedirs(dirname(target))); the guard only where the "
+        "original's folder exists (sandbox/guard/_engine.py Engine.make_parent), as the kernel "
+        "overlay would: `open('new_dir/x', 'wb')` fails with ENOENT under the guard (and through "
+        "fsspec on an allowed path) and succeeds through fsspec -- which also leaves the folders "
+        "behind when the operation itself then fails."
+    ),
+}
+
+
+def _physical(p: str, follow: bool) -> str:
+    """What the kernel reaches for absolute ``p`` (``os.path.realpath`` of the path as written: a
+    ``..`` after a symlink climbs from the link's target)."""
+    if follow:
+        return os.path.realpath(p)
+    head, tail = posixpath.split(p)
+    if tail in (".", ".."):
+        return os.path.realpath(p)
+    return posixpath.join(os.path.realpath(head or "/"), tail)
+
+
+def _walks(p: str) -> bool:
+    """Can the kernel walk absolute ``p`` to its last component (every folder before it exists, no
+    ``.``/``..`` as the last one)? ``missing/..`` cannot: ENOENT, where realpath folds it away."""
+    comps = p.split("/")
+    if comps[-1] in (".", ".."):
+        return False
+    return all(os.path.isdir("/".join(comps[:i]) or "/") for i in range(2, len(comps)))
+
+
+def _model(w: World, p: str, op: Op, follow: bool) -> tuple[str, Decision, str]:
+    """(resolved path, settled decision, the place it acts on), from the shared ``Policy``."""
+    real = resolve(p, follow=follow)
+    d = w.policy.decide(real, op)
+    if d.action is not Action.REDIRECT:
+        return real, d, real
+    d = w.policy.settle(d, op, lambda t: resolve(t, follow=follow))
+    if d.action is not Action.REDIRECT or d.target is None:
+        return real, d, real
+    return real, d, resolve(d.target, follow=follow)
+
+
+def _merged(w: World, p: str) -> str:
+    """Where a read of ``p`` looks (read-your-writes: the run folder's copy first)."""
+    real = resolve(p)
+    d = w.policy.decide(real, Op.READ)
+    if d.action is Action.REDIRECT and d.target is not None:
+        t = resolve(d.target)
+        if os.path.lexists(t):
+            return t
+    return real
+
+
+def known_shape(w: World, c: Call) -> str | None:
+    """The known disagreement (a key of ``KNOWN``) call ``c`` falls in, or None: there the two
+    enforcers must agree exactly. Worked out on the pristine world from the path and the shared
+    ``Policy`` alone -- never from what either enforcer did."""
+    w.reset()
+    cwd = os.getcwd()
+    os.chdir(w.ws.root)
+    try:
+        p = posixpath.join(w.ws.root, c.raw(w))
+        if c.verb == "rename_to" and os.path.isdir(_merged(w, p)):  # moved into it (see GUARD)
+            if not _walks(p):  # the guard's isdir() is the kernel's: False; fsspec's says True
+                return "fsspec-acts-on-the-resolved-path"
+            p = posixpath.join(p, posixpath.basename(w.src))
+        return _shape(w, c.verb, p)
+    finally:
+        os.chdir(cwd)
+
+
+def _shape(w: World, verb: str, p: str) -> str | None:
+    op, follow = GUARD_OPS[verb]
+    last = posixpath.basename(p)
+    if not follow and resolve(p, follow=False) != _physical(p, False) and last not in (".", ".."):
+        return "guard-folds-dotdot-across-a-link"
+    g_real, g, g_place = _model(w, p, op, follow)
+    fs_follow = follow or verb == "mkdir"
+    f_real, f, f_place = _model(w, p, op, fs_follow)
+    if verb == "rename_to" and f.action is not Action.DENY and os.path.isdir(f_place):
+        return "fsspec-mv-into-a-linked-folder"
+    if verb == "mkdir" and g.action is Action.DENY and os.path.lexists(_merged(w, p)):
+        return "mkdir-existing-denied-vs-exists"
+    if verb == "mkdir" and (g.action, g.rule) != (f.action, f.rule):
+        return "fsspec-mkdir-follows-the-last-link"
+    if g.action is Action.ALLOW and not _walks(p):
+        return "fsspec-acts-on-the-resolved-path"
+    if (
+        verb in MUTABLE
+        and f.action is Action.REDIRECT
+        and not os.path.isdir(posixpath.dirname(f_place))
+        and not os.path.isdir(posixpath.dirname(f_real))
+    ):
+        return "fsspec-makes-missing-parents"
+    return None
