@@ -107,10 +107,13 @@ def resolve(path: Any, *, dir_fd: int | None = None, follow: bool = True) -> str
     p = absolute(to_str(path), dir_fd)
     if follow:
         return _realpath(p)
-    head, tail = posixpath.split(posixpath.normpath(p))
+    # Split before any normalising: in "run/to_lake/../x" the ".." climbs from where the link
+    # "to_lake" points, not from "run" -- collapsing it as text would decide on another place than
+    # the kernel reaches. A trailing "/" (or a last "." / "..") makes the kernel follow the end too.
+    head, _, tail = p.rpartition("/")
     if tail in ("", ".", ".."):
         return _realpath(p)
-    return posixpath.join(_realpath(head), tail)
+    return posixpath.join(_realpath(head or "/"), tail)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -54,9 +54,11 @@ from fsspec.utils import isfilelike, stringify_path, tokenize
 from sandbox import _paths
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
-from sandbox.policy import Action, Decision, Op, Policy, load_resolved
+from sandbox.policy import Action, Decision, Op, Policy, load_resolved, overlay_maps
 
 ENV_POLICY = "TV_SANDBOX_POLICY"
+ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (see sandbox.guard.bootstrap)
+ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
 LAYER = "fsspec"
 PROTOCOL = "sandbox"
 
@@ -113,6 +115,7 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         target_protocol: str | None = None,
         target_options: Mapping[str, Any] | None = None,
         on_event: EventSink | None = None,
+        overlay: bool | None = None,
         fo: str | None = None,  # the path of a chained URL (sandbox::memory://...); paths come per call
         **storage_options: Any,
     ) -> None:
@@ -125,8 +128,19 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
             raise ValueError("SandboxFileSystem is synchronous: wrap the backend with asynchronous=False")
         self.fs = fs
         self.policy = load_policy(policy)
-        self.on_event = on_event
         self._local = isinstance(fs, LocalFileSystem)
+        in_step = policy is None  # the run's own policy, from a sandboxed step's environment
+        if on_event is None and in_step and os.environ.get(ENV_EVENTS):
+            from sandbox.events import EventLog
+
+            on_event = EventLog(os.environ[ENV_EVENTS]).write  # into the run's report, like the guard's
+        self.on_event = on_event
+        if overlay is None:
+            overlay = in_step and os.environ.get(ENV_OVERLAY) == "1"
+        # As the guard does: under the kernel layer's overlay a workspace redirect (or a capture) is
+        # done on the original path by the kernel; writing the upper layer directly as well would
+        # leave stale lookups through the overlay. Local backends only: the overlay is local.
+        self._overlay = bool(overlay) and self._local
 
     def __repr__(self) -> str:
         return f"SandboxFileSystem(policy={self.policy!r}, fs={self.fs!r})"
@@ -213,7 +227,7 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
     def _readable(self, path: Any, *, follow: bool = True) -> tuple[str, str]:
         """(shown, backend path) to read: a redirect's target when it exists, else the original."""
         r = self._route(path, Op.READ, follow=follow)
-        if r.decision.action is Action.REDIRECT:
+        if r.decision.action is Action.REDIRECT and not self._overlay_maps(r.decision):
             d, target = self._settle(r, Op.READ, follow)
             if self._exists(target, follow):
                 self._emit(d, Op.READ, r.shown, target)
@@ -232,22 +246,31 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         """(shown, backend path) a mutation acts on. ``parents`` (default: what the backend does
         by itself, ``auto_mkdir``) creates the missing parent folders first, each one checked."""
         r = self._route(path, op, follow=follow)
-        if r.decision.action is Action.ALLOW:
-            if parents if parents is not None else getattr(self.fs, "auto_mkdir", False):
-                parent = self._parent(r.shown)
-                if parent != r.shown:
-                    self.makedirs(parent, exist_ok=True)
+        if parents if parents is not None else getattr(self.fs, "auto_mkdir", False):
+            parent = self._parent(r.shown)
+            if parent != r.shown:
+                self.makedirs(parent, exist_ok=True)  # each folder decided (and redirected) itself
+        if r.decision.action is Action.ALLOW or self._overlay_maps(r.decision):
+            if r.decision.action is not Action.ALLOW:
+                self._emit(r.decision, op, r.shown)
             return r.shown, r.resolved
         d, target = self._settle(r, op, follow)
         self._emit(d, op, r.shown, target)
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        if copy_up and not self._exists(target, follow) and self._exists(r.resolved, follow):
-            if self.fs.isdir(r.resolved):
+        # The original is the place the settled decision was made on (the resolved path, or where a
+        # link the run planted leads). The run folder mirrors the workspace: the target's folder is
+        # made where the original's folder exists (as the guard and the kernel's overlay do), else
+        # the call fails as it would.
+        original = d.path
+        folder = posixpath.dirname(target)
+        if not self.fs.isdir(folder) and self.fs.isdir(posixpath.dirname(original)):
+            self.fs.makedirs(folder, exist_ok=True)
+        if copy_up and not self._exists(target, follow) and self._exists(original, follow):
+            if self.fs.isdir(original):
                 self.fs.makedirs(target, exist_ok=True)
             elif self._local:
-                shutil.copy2(r.resolved, target)  # keeps the mode, as an overlay's copy-up does
+                shutil.copy2(original, target)  # keeps the mode, as an overlay's copy-up does
             else:
-                self.fs.cp_file(r.resolved, target)
+                self.fs.cp_file(original, target)
         return r.shown, target
 
     def _removable(self, path: Any, op: Op) -> tuple[str, str | None]:
@@ -255,8 +278,11 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         r = self._route(path, op, follow=False)
         if r.decision.action is Action.ALLOW:
             return r.shown, r.resolved
+        if self._overlay_maps(r.decision):
+            self._emit(r.decision, op, r.shown)
+            return r.shown, r.resolved
         d, target = self._settle(r, op, False)
-        if self._exists(target, False) or not self._exists(r.resolved, False):
+        if self._exists(target, False) or not self._exists(d.path, False):
             # the run's own copy; or nothing anywhere, and the backend says FileNotFoundError
             self._emit(d, op, r.shown, target)
             return r.shown, target
@@ -271,6 +297,9 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         )
         raise self._deny(d, r.shown, op)
 
+    def _overlay_maps(self, d: Decision) -> bool:
+        return self._overlay and overlay_maps(d)
+
     def _require(self, method: str) -> None:
         if not callable(getattr(self.fs, method, None)):
             raise NotImplementedError(f"{type(self.fs).__name__} has no {method}()")
@@ -280,7 +309,7 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         r = self._route(path, Op.READ)
         bases = [r.resolved]
-        if r.decision.action is Action.REDIRECT:
+        if r.decision.action is Action.REDIRECT and not self._overlay_maps(r.decision):
             d, target = self._settle(r, Op.READ, True)
             if self.fs.exists(target):
                 self._emit(d, Op.READ, r.shown, target)
@@ -371,7 +400,8 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         parent = self._parent(shown)
         if create_parents and parent != shown:
             self.makedirs(parent, exist_ok=True)
-        self.fs.mkdir(self._mutable(shown, Op.MKDIR, parents=False)[1], create_parents=False, **kwargs)
+        target = self._mutable(shown, Op.MKDIR, follow=False, parents=False)[1]
+        self.fs.mkdir(target, create_parents=False, **kwargs)
 
     def makedirs(self, path: Any, exist_ok: bool = False) -> None:
         # one checked mkdir per missing folder, as os.makedirs does under the Python guard
@@ -396,7 +426,8 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         # a hard link shares the inode: its source must be as writable as its new name
         self._require("link")
         d = self._mutable(dst, Op.LINK, follow=False)[1]
-        s = self._mutable(src, Op.LINK, copy_up=True, parents=False)[1]
+        # link(2) -- os.link without a dir_fd -- links a symlink source itself: decide that
+        s = self._mutable(src, Op.LINK, follow=False, copy_up=True, parents=False)[1]
         return self.fs.link(s, d, **kwargs)
 
     # -- copy, move, remove -----------------------------------------------------------------------
@@ -426,6 +457,11 @@ class SandboxFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is u
         if src is None:  # audit capture of a host original: the copy moves, the original stays
             self.fs.copy(self._readable(s1)[1], dst, recursive=True)
             return
+        if self._local and os.path.islink(dst):
+            # The name decided on is a link (one the run planted, say): a rename replaces the link
+            # itself, while the backend's mv (shutil.move) would move *into* the folder it points
+            # to -- a place nobody decided on. Replace the name, as rename(2) would.
+            os.unlink(dst)
         self.fs.mv(src, dst, recursive=recursive, **kwargs)
 
     def rm_file(self, path: Any) -> None:

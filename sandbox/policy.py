@@ -17,7 +17,8 @@ How a path is decided (first match wins):
    read-your-writes); a mutation inside the run folder or a temp dir is allowed; a mutation of the
    workspace elsewhere is redirected to ``$TV_RUN_DIR/<rel>``; a mutation of a mount with no rule is
    denied; a mutation outside everything is denied.
-4. In audit mode, a denial inside the workspace (the mounts included) becomes a copy-on-write
+4. In audit mode, a denial inside the workspace (the mounts included) -- and an allowed mutation of
+   a mount (development's writable lakehouse) -- becomes a copy-on-write
    redirect into ``$TV_RUN_DIR/audit/<rel>``, marked ``captured``: the host is never touched.
 """
 
@@ -27,221 +28,49 @@ import posixpath
 
 from sandbox._paths import is_within, parts
 from sandbox._record import field, record, replace
-from sandbox.errors import AccessDenied
+from sandbox.rules import MUTATING, OP_GROUPS, Action, Decision, Op, Rule
 
 # Every sandboxed interpreter imports this module at start-up: it imports nothing beyond what the
 # interpreter has already loaded (no enum, dataclasses, typing, json, hashlib or fnmatch at import).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-    from typing import Any, ClassVar
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any
 
-
-class _Names(type):
-    """Metaclass of :class:`Op` and :class:`Action`: iterable over their members, like an enum."""
-
-    _members: tuple[Any, ...]
-
-    def __iter__(cls) -> Iterator[Any]:
-        return iter(cls._members)
-
-
-class _Name(str):
-    """A member of a closed set of names: a ``str`` (so it compares, hashes, prints and serialises as
-    its value) that is also a singleton, so enforcers may test it with ``is``. Not an ``enum.Enum``:
-    importing :mod:`enum` costs milliseconds in every sandboxed interpreter's start-up."""
-
-    __slots__ = ()
-    _members: ClassVar[tuple[Any, ...]] = ()
-
-    @property
-    def value(self) -> str:
-        return str.__str__(self)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}.{self.upper()}"
-
-    def __reduce__(self) -> tuple[Any, ...]:  # unpickles as the same singleton
-        return (getattr, (type(self), self.upper()))
-
-    @classmethod
-    def _define(cls, *values: str) -> None:
-        members = tuple(str.__new__(cls, v) for v in values)
-        for m in members:
-            setattr(cls, m.upper(), m)
-        cls._members = members
-
-    @classmethod
-    def named(cls, value: str) -> Any:
-        """The member whose value is ``value``; ``ValueError`` if there is none."""
-        for m in cls._members:
-            if m == value:
-                return m
-        raise ValueError(f"{value!r} is not a valid {cls.__name__}")
-
-
-class Op(_Name, metaclass=_Names):
-    """The operation families the policy tells apart.
-
-    ``READ`` open for reading, stat, list, readlink; ``WRITE`` create, truncate, append, open for
-    update; ``DELETE`` unlink/remove; ``RENAME`` both ends of a rename/replace/move; ``MKDIR``;
-    ``RMDIR``; ``LINK`` the new name of a hard link or symlink; ``METADATA`` chmod, chown, utime,
-    xattrs.
-    """
-
-    __slots__ = ()
-    READ: ClassVar[Op]
-    WRITE: ClassVar[Op]
-    DELETE: ClassVar[Op]
-    RENAME: ClassVar[Op]
-    MKDIR: ClassVar[Op]
-    RMDIR: ClassVar[Op]
-    LINK: ClassVar[Op]
-    METADATA: ClassVar[Op]
-
-
-Op._define("read", "write", "delete", "rename", "mkdir", "rmdir", "link", "metadata")
-
-MUTATING: frozenset[Op] = frozenset(op for op in Op if op is not Op.READ)
-
-#: Names a policy file may use in a rule's ``ops``: every single op plus these groups.
-OP_GROUPS: dict[str, frozenset[Op]] = {
-    **{op.value: frozenset({op}) for op in Op},
-    "mutate": MUTATING,
-    "all": frozenset(Op),
-}
-
-
-class Action(_Name, metaclass=_Names):
-    """What a decision tells the enforcer to do."""
-
-    __slots__ = ()
-    ALLOW: ClassVar[Action]
-    DENY: ClassVar[Action]
-    REDIRECT: ClassVar[Action]
-
-
-Action._define("allow", "deny", "redirect")
-
+__all__ = [
+    "AUDIT_DIR",
+    "KERNEL_SETTINGS",
+    "MODES",
+    "MUTATING",
+    "OP_GROUPS",
+    "OVERLAY_RULES",
+    "PROFILES",
+    "Action",
+    "Decision",
+    "Layout",
+    "Op",
+    "Policy",
+    "PolicySpec",
+    "Rule",
+    "RunContext",
+    "load_resolved",
+    "overlay_maps",
+    "save_resolved",
+]
 
 MODES = ("enforce", "audit")
 PROFILES = ("production", "development")
 KERNEL_SETTINGS = ("warn", "require", "off")
 AUDIT_DIR = "audit"  # $TV_RUN_DIR/audit/<rel>: audit-mode copies of protected paths
+#: The redirects the kernel layer's overlays perform by themselves (the workspace overlay's upper
+#: layer is the run folder; audit mode's mount overlays capture into audit/): under them an
+#: enforcer acts on the original path -- captures included -- and lets the kernel map it.
+OVERLAY_RULES = frozenset({"workspace-redirect", "read-through", "audit-read-through"})
 
 
-@record(frozen=True)
-class Decision:
-    """The answer for one (resolved path, operation).
-
-    ``REDIRECT`` means: execute a mutation on ``target`` instead of ``path``; for a read, look at
-    ``target`` first and fall back to ``path`` when it does not exist (read-your-writes, an overlay's
-    upper layer). ``captured`` marks an audit-mode redirect of a write the enforce mode would deny.
-    """
-
-    action: Action
-    rule: str
-    path: str
-    target: str | None = None
-    reason: str = ""
-    hint: str = ""
-    captured: bool = False
-
-    @property
-    def denied(self) -> bool:
-        return self.action is Action.DENY
-
-    def error(self, filename: Any, op: Op | str, *, profile: str = "", layer: str = "python") -> AccessDenied:
-        """The :class:`AccessDenied` an enforcer raises for this (denying) decision."""
-        return AccessDenied(
-            filename,
-            op=str(op),
-            rule=self.rule,
-            reason=self.reason,
-            hint=self.hint,
-            profile=profile,
-            layer=layer,
-            resolved=self.path,
-        )
-
-
-# -- rules --------------------------------------------------------------------------------------
-
-
-def _fnmatch(name: str, pattern: str) -> bool:
-    """``fnmatch.fnmatchcase(name, pattern)``. ``fnmatch`` loads ``re`` (milliseconds of a start-up),
-    so it is imported only when the literal text around the wildcards cannot settle the answer."""
-    first = min((i for i in (pattern.find("*"), pattern.find("?"), pattern.find("[")) if i >= 0), default=-1)
-    if first < 0:
-        return name == pattern
-    # What precedes the first wildcard and follows the last one is literal: a name without that
-    # prefix and suffix cannot match (e.g. "x" and "portfolio_candidates*.json").
-    last = max(first, pattern.rfind("*"), pattern.rfind("?"), pattern.rfind("]"))
-    head, tail = pattern[:first], pattern[last + 1 :]
-    if len(name) < len(head) + len(tail) or not (name.startswith(head) and name.endswith(tail)):
-        return False
-    import fnmatch
-
-    return fnmatch.fnmatchcase(name, pattern)
-
-
-def _match(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool:
-    """Glob match by components: ``*``/``?``/``[..]`` within one component, ``**`` across any."""
-    if not pattern:
-        return not rel
-    head = pattern[0]
-    if head == "**":
-        return any(_match(pattern[1:], rel[i:]) for i in range(len(rel) + 1))
-    return bool(rel) and _fnmatch(rel[0], head) and _match(pattern[1:], rel[1:])
-
-
-def _match_child(pattern: tuple[str, ...], rel: tuple[str, ...]) -> bool | None:
-    """Does ``pattern`` match ``rel + (name,)``, for *every* name (True), for none (False), or does
-    it depend on the name (None)? ``_match`` with the last component unknown."""
-    if not pattern:
-        return False  # rel + (name,) is never empty
-    head = pattern[0]
-    if head == "**":
-        seen = {_match_child(pattern[1:], rel[i:]) for i in range(len(rel) + 1)}
-        seen.add(_match(pattern[1:], ()))  # the ** also takes the name
-        return True if True in seen else (None if None in seen else False)
-    if rel:
-        return _match_child(pattern[1:], rel[1:]) if _fnmatch(rel[0], head) else False
-    if len(pattern) > 1 and not all(c == "**" for c in pattern[1:]):
-        return False  # more components than the name: no child matches
-    return True if head == "*" else None
-
-
-@record(frozen=True)
-class Rule:
-    """One rule of a policy file: paths (relative to the workspace) x operations -> action."""
-
-    name: str
-    paths: tuple[str, ...]
-    ops: frozenset[Op]
-    action: Action
-    reason: str = ""
-    hint: str = ""
-
-    def compile(self, placeholders: Mapping[str, str]) -> _CompiledRule:
-        pats = tuple(tuple(c for c in p.format_map(placeholders).split("/") if c) for p in self.paths)
-        return _CompiledRule(self, pats)
-
-
-@record(frozen=True)
-class _CompiledRule:
-    rule: Rule
-    patterns: tuple[tuple[str, ...], ...]
-
-    def matches(self, rel: tuple[str, ...], op: Op) -> bool:
-        return op in self.rule.ops and any(_match(p, rel) for p in self.patterns)
-
-    def matches_child(self, rel: tuple[str, ...], op: Op) -> bool | None:
-        """``matches(rel + (name,), op)`` for every name / for none / None: it depends on the name."""
-        if op not in self.rule.ops:
-            return False
-        seen = {_match_child(p, rel) for p in self.patterns}
-        return True if True in seen else (None if None in seen else False)
+def overlay_maps(d: Decision) -> bool:
+    """Would the kernel layer's overlay carry out ``d`` by itself (see :data:`OVERLAY_RULES`)?"""
+    return d.captured or d.rule in OVERLAY_RULES
 
 
 @record(frozen=True)
@@ -357,9 +186,10 @@ class RunContext:
         )
 
 
-#: Character devices every process may write to (the kernel layer keeps them writable too).
+#: Character devices every process may write to (the kernel layer keeps them writable too:
+#: ``sandbox.kernel.plan.DEVICE_PATHS``); ``ptmx`` opens a new pseudo-terminal.
 _DEVICES = frozenset(
-    ("dev", n) for n in ("null", "zero", "full", "tty", "random", "urandom", "stdout", "stderr")
+    ("dev", n) for n in ("null", "zero", "full", "tty", "ptmx", "random", "urandom", "stdout", "stderr")
 )
 
 
@@ -536,7 +366,12 @@ class Policy:
         if zone == _TEMP:
             return Decision(Action.ALLOW, "temp-dir", path)
         d = self._decide_rel(path, rel, op, zone)
-        if d.action is Action.DENY and self.ctx.mode == "audit" and op is not Op.READ:
+        if self.ctx.mode == "audit" and op is not Op.READ and d.action is not Action.REDIRECT:
+            # Audit mode never touches the host: a denial is captured, and so is a mutation of a
+            # mount the profile allows (development's writable lakehouse) -- as the kernel layer's
+            # capture overlays do.
+            if d.action is Action.ALLOW and self._mount_of(rel) is None:
+                return d
             return Decision(
                 Action.REDIRECT,
                 d.rule,

@@ -272,6 +272,7 @@ def _launch(
     refusals: list[str] = []
     for namespace in (True, False):
         if not namespace:
+            ws.mirror()  # without the overlay, the workspace is the symlink skeleton
             abi, err = landlock.query_abi()
             if abi == 0:
                 refusals.append(landlock.unavailable_reason(err))
@@ -309,7 +310,9 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
 
     req = prep.request
     clock = _Clock()
-    ws = workspace_mod.create(prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base)
+    ws = workspace_mod.create(
+        prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base, mirror=prep.kernel == "off"
+    )
     clock.lap("workspace")
     try:
         policy = ws.bind(prep.spec, mode=req.mode, profile=req.profile)

@@ -104,6 +104,16 @@ class Workspace:
             profile=profile,
         )
 
+    def mirror(self) -> None:
+        """Build the symlink skeleton of ``ws/`` (see the module docstring), once. The kernel
+        layer's overlay does not need it -- it shows the host itself there -- so a launch builds it
+        only when it runs without the overlay (Landlock alone, the guard alone)."""
+        if os.listdir(self.root):
+            return
+        special = {rel: self.mount_targets[name] for name, rel in self.layout.mounts().items()}
+        special[f"{self.layout.runs}/{self.run_id}"] = self.run_storage
+        _mirror(self.host, self.root, special)
+
     def remove(self) -> None:
         _rmtree(self.base)
 
@@ -210,8 +220,10 @@ def create(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     targets: Mapping[str, str] | None = None,
+    mirror: bool = True,
 ) -> Workspace:
-    """Build a fresh workspace for ``run_id`` of ``host`` (which the caller has validated)."""
+    """Build a fresh workspace for ``run_id`` of ``host`` (which the caller has validated);
+    ``mirror=False`` leaves ``ws/`` empty until :meth:`Workspace.mirror`."""
     host_s = os.path.realpath(host)
     base = _make_base(run_id, os.fspath(base_dir) if base_dir is not None else None)
     ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
@@ -222,9 +234,8 @@ def create(
             os.mkdir(sub, 0o700 if sub == ws.tmp else 0o755)
         for folder in layout.run_folders:
             os.mkdir(os.path.join(ws.run_storage, folder))
-        special = {rel: ws.mount_targets[name] for name, rel in layout.mounts().items()}
-        special[f"{layout.runs}/{run_id}"] = ws.run_storage
-        _mirror(host_s, ws.root, special)
+        if mirror:
+            ws.mirror()
     except BaseException:
         ws.remove()
         raise

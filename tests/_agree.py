@@ -1,17 +1,20 @@
 """One mutation, run once through the Python guard and once through ``SandboxFileSystem``, each on a
-freshly reset copy of the same world, and what each did: denied, failed, or succeeded -- and which
-files changed (``tests/test_properties.py`` holds the two to agree).
+freshly reset copy of the same world, and what each did: denied, failed or succeeded -- and every
+file it changed (``tests/test_properties.py`` holds the two to agree).
 
-The world (real files in a temp folder, built once per process): the sample host plus a host-only
-``reports/x.csv``, a folder outside everything, a production workspace of run ``R1`` and, in the
-run folder, ``data/x.csv``, ``data/src.txt`` (what ``rename_to`` moves and the links point at), an
-empty ``reports/`` and symlinks ``to_lake``, ``to_lake_file``, ``to_outside``, ``to_host`` (at its top
-and in ``data/``). Only the run folder's storage and the temp dir are writable; they are restored from
-a pristine copy (``shutil.copytree``) before every run, so both enforcers start from the same bytes.
+The world (real files, built once per test module, ``DEPTH`` folders below a temp folder so that
+a ``..`` climbing out of it by mistake still lands where the test looks): the sample host plus a
+host-only ``reports/x.csv``, a folder outside everything, a production workspace of run ``R1`` and,
+in the run folder, ``data/x.csv``, ``data/src.txt`` (what ``rename_to`` moves and the links point
+at), an empty ``reports/`` and symlinks ``to_lake``, ``to_lake_file``, ``to_outside``, ``to_host``
+(at its top and in ``data/``). Only the run folder's storage and the temp dir are writable; they are
+restored from a pristine copy (``shutil.copytree``) after every call that changed them, so both
+enforcers start from the same bytes, and a snapshot of the whole world after the call says what
+changed where.
 
 Each verb is written the way the two APIs spell it (``tests/guard_adapter.py``,
-``tests/fs_adapter.py``), with the small differences of the APIs themselves evened out on the guard
-side so that only enforcement can differ:
+``tests/fs_adapter.py``), with the differences of the APIs themselves evened out on the guard side
+so that only enforcement can differ:
 
 ============= =========================================== =====================================
 verb          guard (real ``open``/``os`` calls)          fsspec
@@ -33,7 +36,11 @@ hardlink_from ``os.link(p, DST)``                         ``link(p, DST)``
 ============= =========================================== =====================================
 
 fsspec takes ``str`` paths only: a ``bytes`` path goes to the guard as bytes and to fsspec
-``os.fsdecode``-d.
+``os.fsdecode``-d; and it drops a trailing ``/``, so both get the path without it.
+
+``KNOWN`` lists the differences that remain (neither changes a protected place), each with why;
+``known_shapes`` tells from the path, the pristine world and the shared ``Policy`` alone whether a
+call falls in one.
 """
 
 from __future__ import annotations
@@ -49,12 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox._paths import parts, resolve
+from sandbox._paths import resolve
 from sandbox.errors import AccessDenied
 from sandbox.fs import SandboxFileSystem
 from sandbox.guard import guarded
 from sandbox.loader import load_policy
-from sandbox.policy import Action, Decision, Op, Policy
+from sandbox.policy import Action, Op, Policy
 from sandbox.samples import make_host
 from sandbox.workspace import Workspace, create
 
@@ -134,7 +141,10 @@ def changes(before: Snapshot, after: Snapshot) -> dict[str, Entry]:
             out[key] = ("replaced", *(a[:-1] if a[0] == "file" else a))
         else:
             names = ("kind", "content", "mode", "nlink", "mtime")
-            out[key] = ("changed", *(n if n == "mtime" else (n, a[i]) for i, n in enumerate(names) if a[i] != b[i]))
+            out[key] = (
+                "changed",
+                *(n if n == "mtime" else (n, a[i]) for i, n in enumerate(names) if a[i] != b[i]),
+            )
     return out
 
 
@@ -168,8 +178,7 @@ class World:
                 ("to_host", str(self.host)),
             ):
                 os.symlink(target, folder / name)
-        self.allowed = [parts(self.ws.run_storage), parts(self.ws.run_dir), parts(self.ws.tmp)]
-        #: what a run may change (restored before every call); everything else must stay as it is
+        #: what a run may change (restored after a call that changed it); nothing else may change
         self.writable = {"run": self.ws.run_storage, "tmp": self.ws.tmp}
         self.src = os.path.join(self.ws.run_dir, "data", "src.txt")  # through the workspace
         self.dst = os.path.join(self.ws.run_dir, "data", "dst")
@@ -178,7 +187,8 @@ class World:
             shutil.copytree(path, self._template / label, symlinks=True)
         self._base = os.path.relpath(self.ws.base, root) + "/"
         self.pristine = self.snapshot()
-        self.broken = False
+        self.broken = False  # a protected place changed: build a new world
+        self.dirty = False  # a writable place changed: reset before the next call
 
     def expand(self, prefix: str, comps: list[str]) -> str:
         p = prefix.format(
@@ -202,8 +212,14 @@ class World:
                 out[self._key(p)] = _entry(p)
         return out
 
+    def clean(self) -> None:
+        """Reset the writable folders when the last call changed them."""
+        if self.dirty:
+            self.reset()
+
     def reset(self) -> None:
         """The writable folders back to their pristine bytes (times and modes included)."""
+        self.dirty = False
         for label, path in self.writable.items():
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
@@ -333,12 +349,13 @@ def _rooted(v: Entry, root: str) -> Entry:
 
 
 def _run(w: World, call: Callable[[], None]) -> Outcome:
-    """``call`` on a freshly reset world, cwd = the workspace (the steps' cwd, and what
-    /proc/self/cwd names), and what it did."""
-    w.reset()
+    """``call`` on a pristine world, cwd = the workspace (the steps' cwd, and what /proc/self/cwd
+    names), and what it did."""
+    w.clean()
     kind, rule, error = "ok", "", ""
     cwd = os.getcwd()
     os.chdir(w.ws.root)
+    w.dirty = True
     try:
         call()
     except AccessDenied as e:
@@ -348,6 +365,7 @@ def _run(w: World, call: Callable[[], None]) -> Outcome:
     finally:
         os.chdir(cwd)
     changed = changes(w.pristine, w.snapshot())
+    w.dirty = bool(changed)  # nothing changed (folder times aside): nothing to reset
     o = Outcome(kind, rule, error, tuple((k, _rooted(v, str(w.root))) for k, v in changed.items()))
     if o.escaped():
         w.broken = True
@@ -417,84 +435,59 @@ GUARD_OPS: dict[str, tuple[Op, bool]] = {
     "touch": (Op.METADATA, True),  # WRITE when the name is new: the same decisions in production
     "symlink": (Op.LINK, False),
     "hardlink": (Op.LINK, False),
-    "hardlink_from": (Op.LINK, True),
+    "hardlink_from": (Op.LINK, False),  # link(2) does not follow a symlink source
 }
-#: verbs whose redirect fsspec carries out through ``_mutable`` (which makes the target's parents)
-MUTABLE = frozenset(VERBS) - {"delete", "rmdir", "rename_from"}
 
-#: name -> (which enforcer is wrong, why). tests/test_properties.py pins each with a strict xfail.
+#: name -> which enforcer is wrong, and why. tests/test_properties.py pins each with a strict xfail.
 KNOWN: dict[str, str] = {
-    "guard-folds-dotdot-across-a-link": (
-        "guard (security): for an op that does not follow its last component, "
-        "sandbox/_paths.py:resolve normpath()s the path before resolving symlinks, so "
-        "`$TV_RUN_DIR/to_lake/../x` is decided as `$TV_RUN_DIR/x` (allowed) while the kernel climbs "
-        "from the link's target; sandbox/guard/_engine.py then hands the caller's own path to "
-        "os.remove/mkdir/rename/symlink/link: the host is changed. fsspec decides on the same "
-        "folded path but acts on it (a wrong, harmless place)."
-    ),
-    "fsspec-mv-into-a-linked-folder": (
-        "fsspec (security): SandboxFileSystem.mv decides the destination's own name (follow=False) "
-        "but executes through LocalFileSystem.mv = shutil.move, which moves *into* a destination "
-        "that is a (symlink to a) folder; a redirect that settles on a run-folder link "
-        "(to_host/to_lake -> $TV_RUN_DIR/to_lake -> the lakehouse) puts the file in the host."
-    ),
-    "mkdir-existing-denied-vs-exists": (
-        "order of checks: the guard denies mkdir of an existing protected name (AccessDenied); "
-        "SandboxFileSystem.mkdir checks exists() first and raises FileExistsError (as the kernel "
-        "does: EEXIST before EACCES/EROFS). Nothing changes either way."
-    ),
-    "fsspec-mkdir-follows-the-last-link": (
-        "fsspec decides mkdir with follow=True (SandboxFileSystem.mkdir -> _mutable's default); the "
-        "guard, like the kernel, decides the name itself: a name that settles on an existing link "
-        "is denied by fsspec and fails with EEXIST under the guard. Nothing changes either way."
-    ),
     "fsspec-acts-on-the-resolved-path": (
         "fsspec calls the backend on the *resolved* path (sandbox/fs.py _route/_mutable/_removable), "
         "which realpath() has folded: `missing/..`, `file/..` or a last `.`/`..` the kernel refuses "
         "(and the guard, which passes the caller's path, fails with) succeed under fsspec; "
         "`rm_file('link/.')` removes the link itself. Decided and acted on agree: not an escape."
     ),
-    "fsspec-makes-missing-parents": (
-        "fsspec makes every missing parent folder of a redirect target "
-        "(sandbox/fs.py _mutable: fs.makedirs(dirname(target))); the guard only where the "
-        "original's folder exists (sandbox/guard/_engine.py Engine.make_parent), as the kernel "
-        "overlay would: `open('new_dir/x', 'wb')` fails with ENOENT under the guard (and through "
-        "fsspec on an allowed path) and succeeds through fsspec -- which also leaves the folders "
-        "behind when the operation itself then fails."
-    ),
 }
 
 
-def _physical(p: str, follow: bool) -> str:
+def physical(p: str, follow: bool) -> str:
     """What the kernel reaches for absolute ``p`` (``os.path.realpath`` of the path as written: a
     ``..`` after a symlink climbs from the link's target)."""
     if follow:
         return os.path.realpath(p)
     head, tail = posixpath.split(p)
-    if tail in (".", ".."):
+    if tail in ("", ".", ".."):  # a trailing "/" follows the last link too
         return os.path.realpath(p)
     return posixpath.join(os.path.realpath(head or "/"), tail)
 
 
-def _walks(p: str) -> bool:
-    """Can the kernel walk absolute ``p`` to its last component (every folder before it exists, no
-    ``.``/``..`` as the last one)? ``missing/..`` cannot: ENOENT, where realpath folds it away."""
+def _trips(p: str) -> bool:
+    """Is there a ``..`` after something that is not a folder in absolute ``p`` (``missing/..``,
+    ``file/..``)? The kernel stops there (ENOENT/ENOTDIR); realpath, and so ``resolve``, folds it."""
     comps = p.split("/")
-    if comps[-1] in (".", ".."):
-        return False
-    return all(os.path.isdir("/".join(comps[:i]) or "/") for i in range(2, len(comps)))
+    return any(c == ".." and not os.path.isdir("/".join(comps[:i]) or "/") for i, c in enumerate(comps))
 
 
-def _model(w: World, p: str, op: Op, follow: bool) -> tuple[str, Decision, str]:
-    """(resolved path, settled decision, the place it acts on), from the shared ``Policy``."""
+def _folds(p: str) -> bool:
+    """Does ``resolve`` fold away a part of absolute ``p`` that the kernel trips on when it creates,
+    removes or renames the last name: ``_trips``, or a last ``.``/``..``?"""
+    return p.rsplit("/", 1)[-1] in (".", "..") or _trips(p)
+
+
+def _model(w: World, p: str, op: Op, follow: bool) -> tuple[str, Action, str, str]:
+    """(resolved path, action, rule, the place acted on) of ``op`` on ``p``, from the shared
+    ``Policy``: a redirect settled, and denied when it does not settle on an allowed place (as
+    both enforcers do)."""
     real = resolve(p, follow=follow)
     d = w.policy.decide(real, op)
     if d.action is not Action.REDIRECT:
-        return real, d, real
+        return real, d.action, d.rule, real
     d = w.policy.settle(d, op, lambda t: resolve(t, follow=follow))
     if d.action is not Action.REDIRECT or d.target is None:
-        return real, d, real
-    return real, d, resolve(d.target, follow=follow)
+        return real, d.action, d.rule, real
+    place = resolve(d.target, follow=follow)
+    if w.policy.decide(place, op).action is not Action.ALLOW:
+        return real, Action.DENY, d.rule, real
+    return real, d.action, d.rule, place
 
 
 def _merged(w: World, p: str) -> str:
@@ -503,50 +496,35 @@ def _merged(w: World, p: str) -> str:
     d = w.policy.decide(real, Op.READ)
     if d.action is Action.REDIRECT and d.target is not None:
         t = resolve(d.target)
-        if os.path.lexists(t):
+        if os.path.exists(t):
             return t
     return real
 
 
-def known_shape(w: World, c: Call) -> str | None:
-    """The known disagreement (a key of ``KNOWN``) call ``c`` falls in, or None: there the two
+def known_shapes(w: World, c: Call) -> tuple[str, ...]:
+    """The known disagreements (keys of ``KNOWN``) call ``c`` falls in; none: there the two
     enforcers must agree exactly. Worked out on the pristine world from the path and the shared
     ``Policy`` alone -- never from what either enforcer did."""
-    w.reset()
+    w.clean()
     cwd = os.getcwd()
     os.chdir(w.ws.root)
     try:
-        p = posixpath.join(w.ws.root, c.raw(w))
-        if c.verb == "rename_to" and os.path.isdir(_merged(w, p)):  # moved into it (see GUARD)
-            if not _walks(p):  # the guard's isdir() is the kernel's: False; fsspec's says True
-                return "fsspec-acts-on-the-resolved-path"
-            p = posixpath.join(p, posixpath.basename(w.src))
-        return _shape(w, c.verb, p)
+        return tuple(sorted(_shapes(w, c.verb, posixpath.join(w.ws.root, c.raw(w)))))
     finally:
         os.chdir(cwd)
 
 
-def _shape(w: World, verb: str, p: str) -> str | None:
+def _shapes(w: World, verb: str, p: str) -> set[str]:
+    found: set[str] = set()
     op, follow = GUARD_OPS[verb]
-    last = posixpath.basename(p)
-    if not follow and resolve(p, follow=False) != _physical(p, False) and last not in (".", ".."):
-        return "guard-folds-dotdot-across-a-link"
-    g_real, g, g_place = _model(w, p, op, follow)
-    fs_follow = follow or verb == "mkdir"
-    f_real, f, f_place = _model(w, p, op, fs_follow)
-    if verb == "rename_to" and f.action is not Action.DENY and os.path.isdir(f_place):
-        return "fsspec-mv-into-a-linked-folder"
-    if verb == "mkdir" and g.action is Action.DENY and os.path.lexists(_merged(w, p)):
-        return "mkdir-existing-denied-vs-exists"
-    if verb == "mkdir" and (g.action, g.rule) != (f.action, f.rule):
-        return "fsspec-mkdir-follows-the-last-link"
-    if g.action is Action.ALLOW and not _walks(p):
-        return "fsspec-acts-on-the-resolved-path"
-    if (
-        verb in MUTABLE
-        and f.action is Action.REDIRECT
-        and not os.path.isdir(posixpath.dirname(f_place))
-        and not os.path.isdir(posixpath.dirname(f_real))
-    ):
-        return "fsspec-makes-missing-parents"
-    return None
+    g_p = p  # the name the guard acts on
+    if verb == "rename_to":  # into p when it is a folder: fsspec's mv, and the guard's verb
+        into = posixpath.join(p, posixpath.basename(w.src))
+        if os.path.isdir(_merged(w, p)):  # fsspec's isdir(), on the resolved path
+            if _trips(p):  # the guard's is the kernel's: ENOENT/ENOTDIR, no folder
+                found.add("fsspec-acts-on-the-resolved-path")
+            else:
+                g_p = into
+    if _model(w, g_p, op, follow)[1] is Action.ALLOW and _folds(g_p):
+        found.add("fsspec-acts-on-the-resolved-path")
+    return found

@@ -21,7 +21,12 @@ succeeds, its effect is at ``$TV_RUN_DIR/audit/<rel>``, the host is byte-identic
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import RunEnv
 
 LAKE_FILE = "data/lakehouse/BINANCE_BTCUSDT_1d.csv"
 SCAN_FILE = "export/R1/strategy_alpha_spot_rating_ma_long_20260101-120000.json"
@@ -156,3 +161,22 @@ CASES: tuple[Case, ...] = (
 
 assert len({c.id for c in CASES}) == len(CASES)
 assert all(c.verb in VERBS for c in CASES)
+
+
+# -- the props of two-path verbs, made before a case runs ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Props:
+    """The other end of a two-path verb, both in the run folder (allowed)."""
+
+    src: str  # a fresh file of the run: what rename_to moves and links point at
+    dst: str  # where rename_from and hardlink_from put the new name
+
+
+def prepare(env: RunEnv, case: Case) -> Props:
+    """Make the props of ``case`` (unguarded, before any snapshot is taken)."""
+    with open(os.path.join(env.ws.run_storage, "data", f"src-{case.id}.txt"), "wb") as fh:
+        fh.write(b"source of " + case.id.encode() + b"\n")
+    data = os.path.join(env.ws.run_dir, "data")
+    return Props(os.path.join(data, f"src-{case.id}.txt"), os.path.join(data, f"dst-{case.id}"))

@@ -7,6 +7,7 @@ import hashlib
 import os
 import posixpath
 import stat
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,12 +17,26 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # `import cases` from any test folder
 
+from sandbox import _cache
 from sandbox import workspace as workspace_mod
 from sandbox.kernel import KernelSupport, probe
 from sandbox.loader import load_policy
 from sandbox.policy import Policy
 from sandbox.samples import make_host
 from sandbox.workspace import Workspace
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The per-user parse cache (sandbox._cache) of every run the tests start: in a temp folder."""
+    before = os.environ.get(_cache.ENV_DIR)
+    os.environ[_cache.ENV_DIR] = str(tmp_path_factory.mktemp("tv-sandbox-cache"))
+    yield
+    if before is None:
+        os.environ.pop(_cache.ENV_DIR, None)
+    else:
+        os.environ[_cache.ENV_DIR] = before
+
 
 RUN_ID = "R1"
 
@@ -178,3 +193,40 @@ def tree(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+# -- `tv-sandbox run` as a user runs it -----------------------------------------------------------
+
+
+def run_argv(
+    host: str | os.PathLike[str], run_id: str, *cmd: str, options: tuple[str, ...] = ()
+) -> list[str]:
+    """``python -m sandbox run --root HOST --run-id ID [options] -- CMD...``."""
+    return [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "run",
+        "--root",
+        str(host),
+        "--run-id",
+        run_id,
+        *options,
+        "--",
+        *cmd,
+    ]
+
+
+def sandbox_run(
+    host: str | os.PathLike[str],
+    run_id: str,
+    *cmd: str,
+    options: tuple[str, ...] = (),
+    profile: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run :func:`run_argv` to the end; ``TV_PROFILE`` is ``profile`` (unset: production)."""
+    env = {k: v for k, v in os.environ.items() if k != "TV_PROFILE"}
+    if profile:
+        env["TV_PROFILE"] = profile
+    argv = run_argv(host, run_id, *cmd, options=options)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)

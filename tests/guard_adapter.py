@@ -23,30 +23,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from cases import Case
+from cases import Case, Props
 from conftest import RunEnv
 
 CONTENT = b"written through the python guard\n"
 UTIME = 1_000_000
-
-
-@dataclass(frozen=True)
-class Props:
-    """The other end of a two-path verb, both in the run folder (allowed)."""
-
-    src: str  # a fresh file of the run: what rename_to moves and links point at
-    dst: str  # where rename_from and hardlink_from put the new name
-
-
-def prepare(env: RunEnv, case: Case) -> Props:
-    """Make the props of ``case`` (unguarded, before any snapshot is taken)."""
-    with open(os.path.join(env.ws.run_storage, "data", f"src-{case.id}.txt"), "wb") as fh:
-        fh.write(b"source of " + case.id.encode() + b"\n")
-    data = os.path.join(env.ws.run_dir, "data")
-    return Props(os.path.join(data, f"src-{case.id}.txt"), os.path.join(data, f"dst-{case.id}"))
 
 
 def _write(p: str, props: Props) -> None:

@@ -1,6 +1,6 @@
 """The fsspec enforcer: fsspec's own abstract suites, the routing of every method through the one
 check, read-your-writes, pandas through the ``sandbox://`` protocol, construction, other backends.
-The table of escape cases runs in tests/test_fs_cases.py."""
+The table of escape cases runs in tests/test_cases.py."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import contextlib
 import json
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
-from conftest import RunEnv
+from conftest import RunEnv, sandbox_run, tree_snapshot
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.spec import AbstractFileSystem
@@ -31,6 +32,7 @@ from sandbox.errors import AccessDenied
 from sandbox.fs import SandboxFileSystem
 from sandbox.loader import load_policy, spec_from_mapping
 from sandbox.policy import Policy
+from sandbox.samples import make_host
 
 LAKE_FILE = "data/lakehouse/BINANCE_BTCUSDT_1d.csv"
 
@@ -582,3 +584,38 @@ def test_chained_url(mem: tuple[SandboxFileSystem, MemoryFileSystem]) -> None:
     run = "/ws/artifacts/summaries/runs/R1"
     assert fsspec.filesystem("memory").cat_file(f"{run}/reports/chained.txt") == b"chained"
     fsspec.filesystem("memory").rm(f"{run}/reports/chained.txt")
+
+
+FS_STEP = """
+import fsspec
+from sandbox.errors import AccessDenied
+fs = fsspec.filesystem("sandbox")  # the run's policy, event log and overlay, from the environment
+with fs.open("reports/fs.csv", "w") as f:
+    f.write("a,b")
+print("read back:", fs.cat_file("reports/fs.csv").decode(), sorted(fs.ls("reports", detail=False)))
+try:
+    fs.pipe_file("data/lakehouse/new.csv", b"x")
+except AccessDenied as e:
+    print("denied:", e.rule)
+"""
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_in_a_step_fsspec_uses_the_runs_policy_event_log_and_overlay(tmp_path: Path, kernel: str) -> None:
+    """Inside `tv-sandbox run`, fsspec.filesystem("sandbox") needs no arguments: its redirects land
+    in the run folder (through the kernel layer's overlay when it is active, as the guard's do),
+    and its denials and redirects are in the run's event log and report."""
+    host = make_host(tmp_path / "host")
+    before = tree_snapshot(host / "data")
+    r = sandbox_run(host, "fs1", sys.executable, "-c", FS_STEP, options=("--kernel", kernel))
+    assert r.returncode == 0, r.stderr
+    assert "read back: a,b ['reports/fs.csv']" in r.stdout
+    assert "denied: lakehouse-read-only" in r.stdout
+    out = host / "artifacts/summaries/runs/fs1"
+    assert (out / "reports" / "fs.csv").read_text() == "a,b"
+    events = [json.loads(ln) for ln in (out / "logs" / "sandbox_events.jsonl").read_text().splitlines()]
+    fs_events = {(e["action"], e["rule"]) for e in events if e["layer"] == "fsspec"}
+    assert ("deny", "lakehouse-read-only") in fs_events and ("redirect", "workspace-redirect") in fs_events
+    report = json.loads((out / "sandbox_report.json").read_text())
+    assert report["events"]["by_layer"].get("fsspec", 0) >= 2
+    assert tree_snapshot(host / "data") == before

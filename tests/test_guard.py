@@ -1,6 +1,6 @@
 """The Python guard in process, on a real workspace: the forms of a call (dir_fd, bytes, PathLike,
 chdir), read-your-writes, copy-up, the libraries legacy scripts use, bypasses, and the install
-bookkeeping. The case table is in tests/test_guard_cases.py."""
+bookkeeping. The case table is in tests/test_cases.py."""
 
 # ruff: noqa: SIM115  -- most open() calls here are meant to be refused: there is no file to close
 

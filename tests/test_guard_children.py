@@ -128,11 +128,15 @@ def test_multiprocessing_children(run_env: RunEnv, method: str) -> None:
     _landed(run_env, method)
 
 
-def test_a_user_sitecustomize_still_runs(run_env: RunEnv, tmp_path: Path) -> None:
+@pytest.mark.parametrize("alias", [False, True], ids=["plain", "boot-dir-alias"])
+def test_a_user_sitecustomize_still_runs(run_env: RunEnv, tmp_path: Path, alias: bool) -> None:
     user = tmp_path / "usersite"
     user.mkdir()
     (user / "sitecustomize.py").write_text("import builtins\nbuiltins.USER_SITECUSTOMIZE = True\n")
     env = _env(run_env)
+    if alias:  # the guard's own folder again, spelled through a symlink: skipped, not re-run
+        os.symlink(BOOT_DIR, tmp_path / "boot-alias")
+        env["PYTHONPATH"] += os.pathsep + str(tmp_path / "boot-alias")
     env["PYTHONPATH"] += os.pathsep + str(user)
     r = _run(
         run_env,

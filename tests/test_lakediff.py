@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tree_snapshot
+from conftest import sandbox_run, tree_snapshot
 
 from sandbox import lakediff
 from sandbox.manifest import read_manifest, verify
@@ -46,10 +46,7 @@ PYTHON_STEP = (
 def run(
     host: Path, run_id: str, *cmd: str, mode: str = "audit", kernel: str = "auto"
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TV_PROFILE"}
-    argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", run_id]
-    argv += ["--mode", mode, "--kernel", kernel, "--", *cmd]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    return sandbox_run(host, run_id, *cmd, options=("--mode", mode, "--kernel", kernel))
 
 
 def outside_runs(host: Path) -> dict[str, tuple[object, ...]]:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from sandbox._record import replace
 from sandbox.errors import PolicyError
 from sandbox.loader import load_policy, policies_dir, resolve_profile, spec_from_mapping
-from sandbox.policy import Action, Decision, Op, Policy, _fnmatch
+from sandbox.policy import Action, Decision, Op, Policy
+from sandbox.rules import _fnmatch
 
 H, W, T = "/h", "/w/ws", "/w/tmp"
 RUN = "/w/ws/artifacts/summaries/runs/R1"
@@ -58,6 +59,8 @@ def test_builtin_policies_load() -> None:
         ("/etc/passwd", Op.METADATA, Action.DENY, "outside-writable-roots"),
         ("/etc/passwd", Op.READ, Action.ALLOW, "read"),
         ("/dev/null", Op.WRITE, Action.ALLOW, "device"),
+        ("/dev/ptmx", Op.WRITE, Action.ALLOW, "device"),
+        ("/dev/pts/3", Op.WRITE, Action.ALLOW, "device"),
         ("/dev/sda", Op.WRITE, Action.DENY, "outside-writable-roots"),
         (f"{H}/export/R1/scan.json", Op.DELETE, Action.DENY, "exports-read-only"),
         (f"{W}/export", Op.RENAME, Action.DENY, "exports-read-only"),
@@ -230,3 +233,69 @@ def test_the_policy_model_imports_nothing_heavy() -> None:
     loaded = set(out.split())
     heavy = {"enum", "re", "json", "typing", "dataclasses", "fnmatch", "tomllib", "hashlib", "pathlib"}
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+# -- the parse cache ------------------------------------------------------------------------------
+
+
+def test_parse_cache_answers_only_for_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import _cache
+
+    monkeypatch.setenv(_cache.ENV_DIR, str(tmp_path / "cache"))
+    src = Path(policies_dir()) / "production.toml"
+    pol = tmp_path / "p.toml"
+    pol.write_bytes(src.read_bytes())
+    first = load_policy(pol, profile="production")
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1  # the parse was kept...
+    assert load_policy(pol, profile="production") == first  # ...and gives the same policy
+    # an edit is a different file: parsed (and validated) afresh, never the old answer
+    pol.write_bytes(src.read_bytes().replace(b'name = "production"', b'name = "edited"', 1))
+    assert load_policy(pol, profile="production").name == "edited"
+    # a broken or foreign entry is not used
+    for e in (tmp_path / "cache").iterdir():
+        e.write_bytes(b"not marshal")
+    assert load_policy(pol, profile="production").name == "edited"
+    # a cached parse is still validated: the same bytes with a bad key fail the same way each time
+    pol.write_bytes(src.read_bytes() + b"\n[extra]\nx = 1\n")
+    for _ in range(2):
+        with pytest.raises(PolicyError, match="unknown key"):
+            load_policy(pol, profile="production")
+
+
+def test_parse_cache_off_and_unwritable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import _cache
+
+    monkeypatch.setenv(_cache.ENV_DIR, "off")
+    assert _cache.cache_dir() is None
+    assert load_policy(profile="production").name == "production"
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv(_cache.ENV_DIR, str(blocked / "sub"))  # cannot be made: silently unused
+    assert load_policy(profile="production").name == "production"
+
+
+def test_audit_mode_captures_even_what_development_allows_on_the_mounts() -> None:
+    """Audit never touches the host -- the kernel layer overlays the mounts in audit mode whatever
+    the profile; the policy (hence the guard and fsspec) says the same."""
+    spec = load_policy(profile="development")
+    ctx = {"host": "/h", "workspace": "/w", "run_id": "R"}
+    enforce = spec.bind(**ctx, mode="enforce")
+    audit = spec.bind(**ctx, mode="audit")
+    lake = "/w/data/lakehouse/BINANCE_BTCUSDT_1d.csv"
+    assert enforce.decide(lake, Op.WRITE).action is Action.ALLOW
+    d = audit.decide(lake, Op.WRITE)
+    assert d.action is Action.REDIRECT and d.captured
+    assert d.target == "/w/artifacts/summaries/runs/R/audit/data/lakehouse/BINANCE_BTCUSDT_1d.csv"
+    assert audit.decide("/w/artifacts/summaries/runs/R/data/x", Op.WRITE).action is Action.ALLOW
+    assert audit.decide("/w/reports/x", Op.WRITE).target == "/w/artifacts/summaries/runs/R/reports/x"
+
+
+def test_devices_the_kernel_layer_keeps_writable_are_devices_to_the_policy(prod: Policy) -> None:
+    """One policy: the character devices Landlock leaves writable are the ones the policy allows."""
+    from sandbox.kernel.plan import DEVICE_PATHS
+
+    for dev in DEVICE_PATHS:
+        if dev in ("/dev/shm", "/dev/pts"):  # folders: POSIX shared memory and terminals (below)
+            continue
+        assert prod.decide(dev, Op.WRITE).rule == "device", dev

@@ -7,10 +7,12 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import tree_snapshot
+from conftest import sandbox_run, tree_snapshot
 
 from sandbox.export import verify
 from sandbox.samples import make_host
@@ -27,27 +29,8 @@ def run(
     kernel: str = "auto",
     extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TV_PROFILE"}
-    if profile:
-        env["TV_PROFILE"] = profile
-    argv = [
-        sys.executable,
-        "-m",
-        "sandbox",
-        "run",
-        "--root",
-        str(host),
-        "--run-id",
-        run_id,
-        "--mode",
-        mode,
-        "--kernel",
-        kernel,
-        *extra,
-        "--",
-        *cmd,
-    ]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    options = ("--mode", mode, "--kernel", kernel, *extra)
+    return sandbox_run(host, run_id, *cmd, options=options, profile=profile)
 
 
 @pytest.fixture
@@ -189,3 +172,66 @@ def test_renames_across_the_kernel_layers_mounts_work(host: Path, kernel_support
     report = json.loads((host / RUNS / f"xdev-{mode}" / "sandbox_report.json").read_text())
     assert report["layers"]["overlay"] is True
     assert tree_snapshot(host / "data") == before
+
+
+# -- the launch's fallback when the kernel refuses a layer -------------------------------------------
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[Any], bool]) -> None:
+    """Make the kernel refuse the plans ``refuse`` names, as a machine without them would: the
+    forked child reports that the plan could not be applied (KernelUnavailable)."""
+    import sandbox.kernel
+    from sandbox.errors import KernelUnavailable
+    from sandbox.kernel import spawning
+
+    def spawn(argv: Any, *, plan: Any = None, **kw: Any) -> Any:
+        if plan is not None and refuse(plan):
+            raise KernelUnavailable("kernel layer could not be applied: unshare: Operation not permitted")
+        return spawning.spawn(argv, plan=plan, **kw)
+
+    monkeypatch.setattr(sandbox.kernel, "spawn", spawn)
+
+
+STEP = "import os; os.makedirs('reports', exist_ok=True); open('reports/out.txt', 'w').write('x')"
+
+
+@pytest.mark.kernel("landlock")
+def test_without_namespaces_the_launch_falls_back_to_landlock(
+    host: Path, kernel_support: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox.runner import RunRequest, execute, preflight
+
+    _refusing(monkeypatch, lambda plan: plan.namespace)
+    before = lake(host)
+    out = execute(preflight(RunRequest(host=str(host), run_id="ll", argv=[sys.executable, "-c", STEP])))
+    assert out.exit_code == 0 and out.report["warnings"] == []
+    layers = out.report["layers"]
+    assert layers["landlock_abi"] > 0 and not layers["mount_namespace"] and not layers["overlay"]
+    assert (host / RUNS / "ll" / "reports" / "out.txt").read_text() == "x"  # the guard redirected it
+    assert lake(host) == before
+
+
+@pytest.mark.parametrize("kernel", ["auto", "require"])
+def test_when_the_kernel_refuses_everything(
+    host: Path, monkeypatch: pytest.MonkeyPatch, kernel: str, tmp_path: Path
+) -> None:
+    """auto: the guard alone, with a warning in the report; require: refused before the command ran
+    (exit 2, one line, nothing written -- the workspace is gone too)."""
+    from sandbox.cli import main
+    from sandbox.kernel import landlock
+
+    _refusing(monkeypatch, lambda plan: True)
+    monkeypatch.setattr(landlock, "query_abi", lambda: (0, 38))  # ENOSYS: no Landlock either
+    (tmp_path / "ws").mkdir()
+    before = tree_snapshot(host)
+    argv = ["run", "--root", str(host), "--run-id", "none", "--kernel", kernel]
+    code = main([*argv, "--workspace-dir", str(tmp_path / "ws"), "--", sys.executable, "-c", STEP])
+    assert list((tmp_path / "ws").iterdir()) == []
+    if kernel == "require":
+        assert code == 2 and tree_snapshot(host) == before
+        return
+    assert code == 0
+    report = json.loads((host / RUNS / "none" / "sandbox_report.json").read_text())
+    assert not report["layers"]["kernel"] and "only the Python guard is active" in report["warnings"][0]
+    assert "no Landlock system calls" in report["warnings"][0]
+    assert (host / RUNS / "none" / "reports" / "out.txt").read_text() == "x"

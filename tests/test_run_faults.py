@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tree_snapshot
+from conftest import run_argv, tree_snapshot
 
 from sandbox.export import verify
 from sandbox.kernel import _libc, spawning
@@ -38,24 +38,9 @@ STEP = (
 
 
 def _cmd(host: Path, run_id: str, base: Path, *extra: str, files: int = 40) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sandbox",
-        "run",
-        "--root",
-        str(host),
-        "--run-id",
-        run_id,
-        "--workspace-dir",
-        str(base),
-        *extra,
-        "--",
-        sys.executable,
-        "-c",
-        STEP,
-        str(files),
-    ]
+    return run_argv(
+        host, run_id, sys.executable, "-c", STEP, str(files), options=("--workspace-dir", str(base), *extra)
+    )
 
 
 def _export_state(dest: Path) -> str:

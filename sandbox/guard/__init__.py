@@ -12,12 +12,10 @@ How decisions are executed: :mod:`sandbox.guard._engine`; the wrappers: ``_os`` 
 
 from __future__ import annotations
 
-import importlib
+from sandbox._lazy import attributes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from sandbox.guard._install import Guard, active, guarded, install
     from sandbox.guard.bootstrap import (
         BOOT_DIR,
@@ -53,10 +51,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sandbox.guard' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sandbox.guard.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = attributes(__name__, _WHERE)

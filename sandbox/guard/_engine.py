@@ -57,7 +57,7 @@ from sandbox.guard._files import (
     o_lstat,
     o_readlink,
 )
-from sandbox.policy import Action, Decision, Op, Policy
+from sandbox.policy import Action, Decision, Op, Policy, overlay_maps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,8 +69,6 @@ ALLOW, DENY, REDIRECT = Action.ALLOW, Action.DENY, Action.REDIRECT
 READ, WRITE = Op.READ, Op.WRITE
 LAYER = "python"
 AUDIT_LAYER = "python-audit"
-#: Redirects the kernel's overlay performs by itself (captures too, see ``Engine._on_original``).
-OVERLAY_RULES = frozenset({"workspace-redirect", "read-through", "audit-read-through"})
 
 
 class _Token(_local):
@@ -219,7 +217,7 @@ class Engine:
 
     def _on_original(self, d: Decision) -> bool:
         """Under the kernel overlay, workspace redirects and captures are the overlay's to map."""
-        return self.overlay and (d.captured or d.rule in OVERLAY_RULES)
+        return self.overlay and overlay_maps(d)
 
     # -- events and errors --------------------------------------------------------------------------
 
@@ -270,7 +268,7 @@ class Engine:
                 if fam.action is REDIRECT:
                     if fam.dest is None:
                         return None
-                    t = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
+                    t = _join(fam.dest, tail)
                     return t if type(arg) is str else like(arg, t)
         real = self._resolve_exact(p, dir_fd, follow)
         d = self.decide(real, READ)
@@ -289,7 +287,7 @@ class Engine:
                 return self.head_real(p.rstrip("/") or ("/" if p.startswith("/") else ""))
             if tail != ".." and not head.startswith(_UNSTABLE):
                 real_head = self.head_real(head if sep else "") if head or not sep else "/"
-                full = real_head + "/" + tail if real_head != "/" else "/" + tail
+                full = _join(real_head, tail)
                 if not follow or not self._is_link(full):
                     return full
                 return _paths.resolve(full)
@@ -330,27 +328,46 @@ class Engine:
                 action = fam.action
                 if action is ALLOW and not (follow and fam.links_src):
                     return None
-                real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
+                real = _join(fam.real, tail)
                 if action is not DENY and not (follow and fam.links_src and self._is_link(real)):
                     if action is ALLOW:
                         return None
                     if fam.dest is None:  # the overlay maps it
                         self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
                         return None
-                    target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
+                    target = _join(fam.dest, tail)
                     if not (follow and fam.links_dst and self._is_link(target)):
                         return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl)
+        got = self._decided(p, dir_fd, follow, op, arg, excl)
+        if got is None:
+            return None
+        d, real, target = got
+        return self._redirect(d, arg, op, real, target, follow, copy_up, excl)
+
+    def _decided(
+        self, p: str, dir_fd: int | None, follow: bool, op: Op, arg: Any, excl: bool = False
+    ) -> tuple[Decision, str, str] | None:
+        """The path decided one by one (no folder family): ``None`` when the call goes ahead on
+        the caller's path (allowed, or the overlay maps it); (decision, real path, settled target)
+        for a redirect. Raises :class:`AccessDenied` on a denial -- or, for an op that must create
+        the name (``excl``), ``FileExistsError`` when it exists: the kernel's order (EEXIST before
+        EROFS/EACCES), and nothing changes either way."""
         real = _paths.resolve(p, dir_fd=dir_fd, follow=follow)
         d = self.decide(real, op)
         if d.action is ALLOW:
             return None
         if d.action is DENY:
+            if excl and lexists(real):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), arg)
             raise self.deny(d, arg, op)
         if self._on_original(d):
             self.log(d, op, arg, real, d.target)
             return None
         d, target = self.settle(d, arg, op, follow)
-        return self._redirect(d, arg, op, real, target, follow, copy_up, excl)
+        # The original is the place the settled decision was made on: the caller's path, or -- when
+        # the redirect led on through a link the run planted (say to the lakehouse, captured in
+        # audit mode) -- where that link leads: its content is copied up, its folder mirrored.
+        return d, d.path, target
 
     def settle(self, d: Decision, arg: Any, op: Op, follow: bool) -> tuple[Decision, str]:
         """(decision, real target) of a mutation's redirect, decided again where it lands."""
@@ -391,23 +408,17 @@ class Engine:
         if fam is not None and fam.action is not DENY:
             if fam.action is ALLOW:
                 return None
-            real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
+            real = _join(fam.real, tail)
             if fam.dest is None:
                 self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
                 return None
             d = fam.d
-            target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
+            target = _join(fam.dest, tail)
         else:
-            real = _paths.resolve(p, dir_fd=dir_fd, follow=False)
-            d = self.decide(real, op)
-            if d.action is ALLOW:
+            got = self._decided(p, dir_fd, False, op, arg)
+            if got is None:
                 return None
-            if d.action is DENY:
-                raise self.deny(d, arg, op)
-            if self._on_original(d):
-                self.log(d, op, arg, real, d.target)
-                return None
-            d, target = self.settle(d, arg, op, False)
+            d, real, target = got
         if lexists(target) or not lexists(real):
             self.log(d, op, arg, real, target)  # the run's own copy, or nothing anywhere (ENOENT)
             return target
@@ -465,6 +476,10 @@ class Engine:
         if len(self._dirs) >= _CACHE_MAX:
             self._dirs.clear()
         self._dirs.add(parent)
+
+
+def _join(folder: str, name: str) -> str:
+    return folder + "/" + name if folder != "/" else "/" + name
 
 
 def flush_events() -> None:

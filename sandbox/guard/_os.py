@@ -310,8 +310,11 @@ def _link(
         return _o_link(
             src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=follow_symlinks
         )
+    # CPython calls link(2) -- which does not follow a symlink source on Linux -- unless a dir_fd is
+    # given (then linkat(2), following as asked): decide what the kernel will really link.
+    follow = follow_symlinks and (src_dir_fd is not None or dst_dir_fd is not None)
     d = g.write_target(dst, Op.LINK, dir_fd=dst_dir_fd, follow=False)
-    s = g.write_target(src, Op.LINK, dir_fd=src_dir_fd, follow=follow_symlinks, copy_up=True)
+    s = g.write_target(src, Op.LINK, dir_fd=src_dir_fd, follow=follow, copy_up=True)
     TOKEN.obj = s_arg = src if s is None else s
     d_arg, s_fd, d_fd = (
         dst if d is None else d,
@@ -327,7 +330,7 @@ def _link(
             raise
         if lexists(at(d_arg, d_fd)):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
-        copy_up_path(os.fsdecode(at(s_arg, s_fd)), os.fsdecode(at(d_arg, d_fd)), follow_symlinks)
+        copy_up_path(os.fsdecode(at(s_arg, s_fd)), os.fsdecode(at(d_arg, d_fd)), follow)
     finally:
         TOKEN.obj = None
         _engine.invalidate_all()  # linking a symlink makes a symlink: folders' link scans are stale

@@ -8,12 +8,10 @@ would make ``sandbox.kernel.probe`` the module or the function depending on impo
 
 from __future__ import annotations
 
-import importlib
+from sandbox._lazy import attributes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from sandbox.kernel.landlock import abi_version, restrict_writes
     from sandbox.kernel.plan import AppliedLayers, Bind, KernelPlan, Overlay, apply
     from sandbox.kernel.probing import KernelSupport, describe, probe
@@ -52,10 +50,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sandbox.kernel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sandbox.kernel.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = attributes(__name__, _WHERE)

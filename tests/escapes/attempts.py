@@ -176,6 +176,19 @@ ATTEMPTS: tuple[Attempt, ...] = (
         "import os; r = os.environ['TV_RUN_DIR']; os.symlink('{lake}', r + '/L'); open(r + '/L/new.csv', 'w')",
         "tricks",
     ),
+    # `..` climbs from a link's target, not textually: the run's link into the lakehouse, then up
+    _py(
+        "symlink-dotdot-remove",
+        "import os; r = os.environ['TV_RUN_DIR']; os.symlink('{lake}', r + '/L'); "
+        "os.remove(r + '/L/../lakehouse/BINANCE_BTCUSDT_1d.csv')",
+        "tricks",
+    ),
+    _py(
+        "symlink-dotdot-mkdir",
+        "import os; r = os.environ['TV_RUN_DIR']; os.symlink('{lake}', r + '/L'); os.mkdir(r + '/L/../escaped')",
+        "tricks",
+        expect="lands:data/escaped",  # the host's data/ folder, as any host path: into the run folder
+    ),
     _py("chdir-into-lake", "import os; os.chdir('data/lakehouse'); open('cd.csv', 'w')", "tricks"),
     _py("mount-real-target", "open('{lake}/real.csv', 'w')", "tricks"),
     # -- child processes ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from attempts import ATTEMPTS, Attempt
-from conftest import tree_snapshot
+from conftest import sandbox_run, tree_snapshot
 
 from sandbox.samples import make_host
 
@@ -60,29 +60,11 @@ class Host:
             return [sys.executable, "-I", "-S", "-c", code]
         return [sys.executable, "-c", code]
 
-    def run(self, a: Attempt, mode: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    def run(self, a: Attempt, mode: str, kernel: str) -> tuple[subprocess.CompletedProcess[str], Path]:
         self.n += 1
         run_id = f"{a.id}-{mode}-{self.n}".replace(".", "_")
-        cmd = [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "run",
-            "--root",
-            str(self.host),
-            "--run-id",
-            run_id,
-            "--mode",
-            mode,
-            "--workspace-dir",
-            str(self.wsbase),
-            "--kernel",
-            "require" if REQUIRE else "auto",
-            "--",
-            *self.argv(a),
-        ]
-        env = {k: v for k, v in os.environ.items() if k != "TV_PROFILE"}
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        options = ("--mode", mode, "--workspace-dir", str(self.wsbase), "--kernel", kernel)
+        r = sandbox_run(self.host, run_id, *self.argv(a), options=options)
         return r, self.host / RUNS / run_id
 
 
@@ -96,9 +78,9 @@ def _kernel_active(export: Path) -> bool:
     return bool(rep["layers"]["kernel"])
 
 
-def _check(host: Host, a: Attempt, mode: str) -> None:
+def _check(host: Host, a: Attempt, mode: str, kernel: str = "require" if REQUIRE else "auto") -> None:
     before = host.snapshot()
-    r, export = host.run(a, mode)
+    r, export = host.run(a, mode, kernel)
     after = host.snapshot()
     for p in host.home.glob("tvs_escape*"):  # never leave an escape behind
         p.unlink()
@@ -131,6 +113,17 @@ def test_escape_enforce(host: Host, attempt: Attempt) -> None:
 @pytest.mark.parametrize("attempt", ATTEMPTS, ids=[a.id for a in ATTEMPTS])
 def test_escape_audit(host: Host, attempt: Attempt) -> None:
     _check(host, attempt, "audit")
+
+
+#: What goes through Python's own file APIs (not native code, not `python -I`, not the shell).
+PYTHON_ATTEMPTS = [a for a in ATTEMPTS if a.kind == "py" and a.family != "native"]
+
+
+@pytest.mark.parametrize("attempt", PYTHON_ATTEMPTS, ids=[a.id for a in PYTHON_ATTEMPTS])
+def test_escape_python_guard_alone(host: Host, attempt: Attempt) -> None:
+    """`--kernel off`: the Python guard alone holds every attempt made through Python (children
+    included), so a machine without the kernel layer still keeps honest scripts' mistakes out."""
+    _check(host, attempt, "enforce", kernel="off")
 
 
 def test_suite_size() -> None:

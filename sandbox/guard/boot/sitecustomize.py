@@ -46,11 +46,20 @@ def _chain(here: str) -> None:
     import sys
     from importlib.machinery import PathFinder
 
-    mine = os.path.realpath(here)
-    path = [p for p in sys.path if os.path.realpath(p or os.curdir) != mine]
-    spec = PathFinder.find_spec("sitecustomize", path)
-    if spec is None or spec.loader is None:
-        return
+    mine = os.path.realpath(__file__)
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    while True:
+        spec = PathFinder.find_spec("sitecustomize", path)
+        if spec is None or spec.loader is None:
+            return
+        found = os.path.dirname(spec.origin or "")
+        if os.path.realpath(spec.origin or "") != mine:
+            break
+        # this file again, through another spelling of its folder: look past that entry
+        rest = [p for p in path if os.path.realpath(p or os.curdir) != os.path.realpath(found)]
+        if rest == path:
+            return
+        path = rest
     from importlib.util import module_from_spec
 
     mod = module_from_spec(spec)

@@ -1,0 +1,76 @@
+"""The CLI's fast path for `run` (no argparse on the start-up path) agrees with argparse."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from sandbox.cli import _RUN_DEFAULTS, _RUN_OPTIONS, _fast_run, _parser
+
+WELL_FORMED = [
+    ["run", "--root", "/h", "--run-id", "R1", "--", "python", "-c", "pass"],
+    ["run", "--run-id=R1", "--root=/h", "--", "sh", "-c", "echo -- x"],
+    ["run", "--root", "/h", "--run-id", "R1", "--overwrite", "--keep-workspace", "--", "x"],
+    [
+        "run",
+        "--root",
+        "/h",
+        "--run-id",
+        "R1",
+        "--profile",
+        "development",
+        "--policy",
+        "p.toml",
+        "--mode",
+        "audit",
+        "--workspace-dir",
+        "/w",
+        "--kernel",
+        "off",
+        "--",
+        "make",
+        "--root",
+    ],
+    ["run", "--root", "/h", "--run-id", "R1", "--"],
+]
+LEFT_TO_ARGPARSE = [
+    ["run", "--root", "/h", "--run-id", "R1", "python"],  # no `--`
+    ["run", "--ro", "/h", "--run-id", "R1", "--", "x"],  # an abbreviation
+    ["run", "--root", "/h", "--root", "/g", "--run-id", "R1", "--", "x"],  # a repeat
+    ["run", "--root", "--run-id", "R1", "--", "x"],  # a missing value
+    ["run", "--run-id", "R1", "--", "x"],  # a missing required option
+    ["run", "--overwrite=yes", "--root", "/h", "--run-id", "R1", "--", "x"],
+    ["run", "-h", "--", "x"],
+    ["doctor"],
+]
+
+
+def _argparse(args: list[str]) -> dict[str, object]:
+    ns = vars(_parser().parse_args(args))
+    cmd = list(ns["cmd"])
+    ns["cmd"] = cmd[1:] if cmd[:1] == ["--"] else cmd
+    return ns
+
+
+@pytest.mark.parametrize("args", WELL_FORMED, ids=range(len(WELL_FORMED)))
+def test_fast_path_gives_what_argparse_gives(args: list[str]) -> None:
+    assert _fast_run(args) == _argparse(args)
+
+
+@pytest.mark.parametrize("args", LEFT_TO_ARGPARSE, ids=range(len(LEFT_TO_ARGPARSE)))
+def test_anything_else_goes_to_argparse(args: list[str]) -> None:
+    assert _fast_run(args) is None
+
+
+def test_fast_path_knows_every_option_of_run() -> None:
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run = sub.choices["run"]
+    options = {s: a for a in run._actions for s in a.option_strings if s.startswith("--") and a.dest != "help"}
+    assert set(options) == set(_RUN_OPTIONS)
+    for flag, (dest, takes_value) in _RUN_OPTIONS.items():
+        action = options[flag]
+        assert action.dest == dest and (action.nargs != 0) == takes_value
+        if not action.required:
+            assert _RUN_DEFAULTS[dest] == action.default
