@@ -112,7 +112,11 @@ def main(directory: str | None = None, *, kernel: str = "auto") -> int:
     )
     captured = host / "artifacts/summaries/runs/bug_audit/audit/data/lakehouse/selection_audit.json"
     print(f"  -> captured copy: {captured} ({'present' if captured.is_file() else 'MISSING'})")
-    ok &= captured.is_file() and _tree_digest(lake) == before
+    diff_file = host / "artifacts/summaries/runs/bug_audit/reports/lakehouse_diff.json"
+    diff = json.loads(diff_file.read_text()) if diff_file.is_file() else {}
+    changes = [f"{c['change']} {c['path']}" for c in diff.get("changes", [])]
+    print(f"  -> lakehouse diff ({diff_file.name}): {', '.join(changes) or 'MISSING'}")
+    ok &= captured.is_file() and _tree_digest(lake) == before and bool(changes)
     print(
         f"\nlakehouse after the production and audit runs: {'byte-identical' if _tree_digest(lake) == before else 'CHANGED'}"
     )
