@@ -2,7 +2,8 @@
 
 1. A 20,000 small-file write loop (open 'w', write 64 bytes, close): into the run folder, and to a
    relative folder the guard redirects into the run folder (bare: the same files written straight
-   to the run folder, which is what a script rewritten for the standard would do). Goal <= 1.05.
+   to the run folder, which is what a script rewritten for the standard would do), with the run's
+   event log attached as in a step (each redirect is a line of it). Goal <= 1.05.
 2. A read/stat loop over lakehouse files through the workspace mount and over redirected files
    (bare: the same files at their real place). Goal <= 1.10.
 
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import interleaved, line, median
 
 from sandbox import workspace
+from sandbox.events import EventLog
 from sandbox.guard import guarded
 from sandbox.loader import load_policy
 from sandbox.samples import make_host
@@ -72,6 +74,8 @@ def main() -> int:
         spec = load_policy(profile="production")
         ws = workspace.create(host, "BENCH", spec.layout, base_dir=tmp)
         policy = ws.bind(spec)
+        # as in a step: every redirect (and denial) is a line of the run's event log
+        events = EventLog(os.path.join(ws.run_storage, "logs", "sandbox_events.jsonl"))
         os.chdir(ws.root)
         run = ws.run_dir
 
@@ -79,14 +83,14 @@ def main() -> int:
             write_loop(f"{run}/data/bare{r}", n)
 
         def guarded_run(r: int) -> None:
-            with guarded(policy):
+            with guarded(policy, events=events):
                 write_loop(f"{run}/data/guarded{r}", n)
 
         def bare_redirect(r: int) -> None:
             write_loop(f"{run}/outputs_bare{r}", n)
 
         def guarded_redirect(r: int) -> None:
-            with guarded(policy):
+            with guarded(policy, events=events):
                 write_loop(f"outputs{r}", n)  # relative: redirected into the run folder
 
         w = interleaved(
@@ -110,7 +114,7 @@ def main() -> int:
             read_loop(red_real, reps // 20)
 
         def guarded_read(r: int) -> None:
-            with guarded(policy):
+            with guarded(policy, events=events):
                 read_loop(lake, reps)
                 read_loop(red, reps // 20)
 
@@ -121,6 +125,7 @@ def main() -> int:
             f"# python {sys.version.split()[0]}, {n} files x {args.rounds} rounds in {tmp.parent}, "
             f"bare write {per_file:.1f} us/file; {_io_pressure()}"
         )
+        events.close()
         print(line("write loop into $TV_RUN_DIR, guarded / bare", r_run, "<= 1.05", r_run <= 1.05))
         print(
             line("write loop, relative (redirected) / bare to $TV_RUN_DIR", r_red, "<= 1.05", r_red <= 1.05)

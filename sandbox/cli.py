@@ -79,7 +79,7 @@ def _fast_run(args: Sequence[str]) -> dict[str, Any] | None:
         i += 1
     if "root" not in opts or "run_id" not in opts:
         return None
-    return {**_RUN_DEFAULTS, **opts, "command": "run", "cmd": list(args[sep + 1 :])}
+    return {**_RUN_DEFAULTS, **opts, "command": "run", "cmd": list(args[sep:])}  # "--" too, as argparse
 
 
 def _parser() -> argparse.ArgumentParser:

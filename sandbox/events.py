@@ -3,12 +3,12 @@
 ``$TV_RUN_DIR/logs/sandbox_events.jsonl`` is appended to by the Python guard of every sandboxed
 interpreter of a run (and by whoever else holds an :class:`EventLog`). A line is one object::
 
-    {"time": 1767225600.123456, "pid": 4242, "layer": "python", "op": "write", "action": "deny",
+    {"time": 1767225600.123, "pid": 4242, "layer": "python", "op": "write", "action": "deny",
      "rule": "lakehouse-read-only", "path": "data/lakehouse/x.csv", "resolved": "/host/data/...",
      "target": null, "captured": false, "profile": "production", "reason": "..."}
 
-``path`` is the path as the program gave it, ``resolved`` what the policy decided on, ``target``
-where a redirect acted.
+``time`` is in seconds, to the millisecond; ``path`` is the path as the program gave it,
+``resolved`` what the policy decided on, ``target`` where a redirect acted.
 
 Atomic across processes: the file is opened ``O_APPEND`` and lines reach it only in whole ``write()``
 calls, each holding complete lines, so writers never interleave inside a line. The functions are the
@@ -74,6 +74,7 @@ class EventLog:
         self._fd: int | None = _p_open(self.path, flags, 0o644)
         self._buf: list[str] = []
         self._first = 0.0
+        self._stamp, self._stamp_ms = "0.0", -1  # "time" of the current millisecond, formatted once
         self._batch, self._delay = batch, max_delay
         self._fixed: dict[tuple[str, str, str, str, bool, str, str], tuple[str, str]] = {}
         self._pid = _getpid()
@@ -104,8 +105,11 @@ class EventLog:
                 f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
                 f'"reason": {_enc(reason)}}}\n',
             )
+        ms = int(now * 1000)
+        if ms != self._stamp_ms:  # formatting a float costs more than the rest of a line: once a ms
+            self._stamp, self._stamp_ms = f"{ms / 1000:.3f}", ms
         line = (
-            f'{{"time": {now!r}, "pid": {self._pid}, {fixed[0]}"path": {_enc(path)}, '
+            f'{{"time": {self._stamp}, "pid": {self._pid}, {fixed[0]}"path": {_enc(path)}, '
             f'"resolved": {_s(resolved)}, "target": {_s(target)}, {fixed[1]}'
         )
         buf = self._buf

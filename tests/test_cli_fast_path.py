@@ -33,6 +33,7 @@ WELL_FORMED = [
         "--root",
     ],
     ["run", "--root", "/h", "--run-id", "R1", "--"],
+    ["run", "--root", "/h", "--run-id", "R1", "--", "--", "x"],  # a command that starts with "--"
 ]
 LEFT_TO_ARGPARSE = [
     ["run", "--root", "/h", "--run-id", "R1", "python"],  # no `--`
@@ -47,10 +48,7 @@ LEFT_TO_ARGPARSE = [
 
 
 def _argparse(args: list[str]) -> dict[str, object]:
-    ns = vars(_parser().parse_args(args))
-    cmd = list(ns["cmd"])
-    ns["cmd"] = cmd[1:] if cmd[:1] == ["--"] else cmd
-    return ns
+    return vars(_parser().parse_args(args))
 
 
 @pytest.mark.parametrize("args", WELL_FORMED, ids=range(len(WELL_FORMED)))

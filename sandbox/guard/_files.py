@@ -154,7 +154,7 @@ def move_across(src: Any, dst: Any) -> None:
     overlay are separate mounts: a rename between them, one disk on the host, would fail where the
     script never failed before. The original functions only; both ends were decided already."""
     src, dst = os.fsdecode(src), os.fsdecode(dst)
-    tmp = f"{dst}.tv-sandbox-move-{os.getpid()}"
+    tmp = f"{dst}.tv-sandbox-move-{os.urandom(6).hex()}"  # new: copy_up_path keeps what exists
     copy_up_path(src, tmp, False, tree=True)
     try:
         o_rename(tmp, dst)
