@@ -268,7 +268,7 @@ class Engine:
                 if fam.action is REDIRECT:
                     if fam.dest is None:
                         return None
-                    t = _join(fam.dest, tail)
+                    t = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     return t if type(arg) is str else like(arg, t)
         real = self._resolve_exact(p, dir_fd, follow)
         d = self.decide(real, READ)
@@ -287,7 +287,7 @@ class Engine:
                 return self.head_real(p.rstrip("/") or ("/" if p.startswith("/") else ""))
             if tail != ".." and not head.startswith(_UNSTABLE):
                 real_head = self.head_real(head if sep else "") if head or not sep else "/"
-                full = _join(real_head, tail)
+                full = real_head + "/" + tail if real_head != "/" else "/" + tail
                 if not follow or not self._is_link(full):
                     return full
                 return _paths.resolve(full)
@@ -328,14 +328,15 @@ class Engine:
                 action = fam.action
                 if action is ALLOW and not (follow and fam.links_src):
                     return None
-                real = _join(fam.real, tail)
+                # (``_join``, inlined here and below: these are the hot paths of every open)
+                real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
                 if action is not DENY and not (follow and fam.links_src and self._is_link(real)):
                     if action is ALLOW:
                         return None
                     if fam.dest is None:  # the overlay maps it
                         self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
                         return None
-                    target = _join(fam.dest, tail)
+                    target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     if not (follow and fam.links_dst and self._is_link(target)):
                         return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl)
         got = self._decided(p, dir_fd, follow, op, arg, excl)
