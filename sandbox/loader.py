@@ -30,12 +30,14 @@ _POLICY_KEYS = {"name", "profile", "description", "kernel"}
 _LAYOUT_KEYS = {"lakehouse", "exports", "runs", "run_folders"}
 _RULE_KEYS = {"name", "paths", "ops", "action", "reason", "hint"}
 _PLACEHOLDERS = {"lakehouse", "exports", "runs", "run_id", "run_dir", "scan_dir"}
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+#: The characters of a name (rule, run folder; a RUN_ID is the same without "."), as a set: a
+#: ``re`` pattern would cost an import on the start-up path.
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def _is_name(s: str) -> bool:
     """``^[A-Za-z0-9_.-]+$`` (without importing ``re``: this module is on every start-up path)."""
-    return bool(s) and _NAME_CHARS.issuperset(s)
+    return bool(s) and NAME_CHARS.issuperset(s)
 
 
 def policies_dir() -> str:

@@ -24,7 +24,7 @@ from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
 from sandbox._record import field, record
 from sandbox.errors import KernelUnavailable, PreflightError, UsageError
-from sandbox.loader import load_policy
+from sandbox.loader import NAME_CHARS, load_policy
 from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec, save_resolved
 from sandbox.workspace import Workspace
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from sandbox.kernel import Child, KernelPlan
 
 KERNEL_CHOICES = ("auto", "off", "require")
-_RUN_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_RUN_ID_CHARS = NAME_CHARS - {"."}
 _STDERR_TAIL = 8192
 POLICY_FILE = "policy.marshal"  # in the workspace's base folder: read by the step's interpreters
 POLICY_RECORD = "config/policy.json"  # in the run folder: the exported record of the policy

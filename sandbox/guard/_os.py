@@ -179,6 +179,14 @@ def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = No
 # -- the os mutators --------------------------------------------------------------------------------
 
 
+def _named_as(orig: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` with ``orig``'s name and doc (``functools.wraps`` without importing functools
+    at start-up)."""
+    wrapper.__name__ = wrapper.__qualname__ = orig.__name__
+    wrapper.__doc__ = orig.__doc__
+    return wrapper
+
+
 def _call(orig: Callable[..., Any], path: Any, target: str | None, *args: Any, **kw: Any) -> Any:
     """``orig`` on the caller's path, or on the redirect target (whose ``dir_fd`` no longer applies)."""
     if target is not None:
@@ -209,9 +217,7 @@ def _metadata(
         target = g.write_target(path, op, dir_fd=kw.get("dir_fd"), follow=follow, copy_up=copy_up)
         return _call(orig, path, target, *args, **kw)
 
-    wrapper.__name__ = wrapper.__qualname__ = orig.__name__
-    wrapper.__doc__ = orig.__doc__
-    return wrapper
+    return _named_as(orig, wrapper)
 
 
 def _fd_only(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
@@ -221,9 +227,7 @@ def _fd_only(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
             g.check_fd(fd, op)
         return orig(fd, *args)
 
-    wrapper.__name__ = wrapper.__qualname__ = orig.__name__
-    wrapper.__doc__ = orig.__doc__
-    return wrapper
+    return _named_as(orig, wrapper)
 
 
 def _creator(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
@@ -236,9 +240,7 @@ def _creator(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
         target = g.write_target(path, op, dir_fd=dir_fd, follow=False, excl=True)
         return _call(orig, path, target, *args, dir_fd=dir_fd)
 
-    wrapper.__name__ = wrapper.__qualname__ = orig.__name__
-    wrapper.__doc__ = orig.__doc__
-    return wrapper
+    return _named_as(orig, wrapper)
 
 
 def _remover(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
@@ -260,9 +262,7 @@ def _remover(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
                 _engine.invalidate_all()
         return None
 
-    wrapper.__name__ = wrapper.__qualname__ = orig.__name__
-    wrapper.__doc__ = orig.__doc__
-    return wrapper
+    return _named_as(orig, wrapper)
 
 
 def _mover(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -290,9 +290,7 @@ def _mover(orig: Callable[..., Any]) -> Callable[..., Any]:
                 _engine.invalidate_all()
         return None
 
-    wrapper.__name__ = wrapper.__qualname__ = orig.__name__
-    wrapper.__doc__ = orig.__doc__
-    return wrapper
+    return _named_as(orig, wrapper)
 
 
 def _link(
