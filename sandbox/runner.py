@@ -143,8 +143,7 @@ def preflight(req: RunRequest) -> Prepared:
         base = os.path.realpath(req.workspace_base)
         if _dir_problem(base):
             raise PreflightError(f"--workspace-dir {req.workspace_base} {_dir_problem(base)}")
-        if base == host or base.startswith(host + os.sep):
-            raise PreflightError(f"--workspace-dir {base} lies inside the host; choose a folder outside it")
+    _check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
     kernel = req.kernel
     if spec.kernel == "require" and kernel == "auto":
         kernel = "require"
@@ -153,12 +152,37 @@ def preflight(req: RunRequest) -> Prepared:
     return Prepared(req, host, spec, dest, kernel)
 
 
+def _check_workspace_base(workspace_base: str | None, host: str, targets: Mapping[str, str]) -> None:
+    """The workspace (the step's writable temp dir, run storage and overlay) must lie outside the
+    host and outside every mount: inside, the step's writable binds would cover the very paths
+    the read-only mounts protect, and the kernel layer could not both hold. Checks
+    ``--workspace-dir``, else every ``TMPDIR``, ``TEMP`` and ``TMP`` set and the temp dir the
+    workspace would go to."""
+    if workspace_base is not None:
+        places = [("--workspace-dir", workspace_base)]
+    else:
+        places = [(f"${name}", os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)]
+        places.append(("the temp dir", workspace_mod.temp_root()))
+    protected = [("the host", host), *((f"the {name} mount", real) for name, real in targets.items())]
+    for what, path in places:
+        real = os.path.realpath(path)
+        for label, root in protected:
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
+                raise PreflightError(
+                    f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
+                    f"{fix} to a folder outside the host and its mounts"
+                )
+
+
 def kernel_plan(
     ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
-    The workspace becomes an overlay of the host whose upper layer is the run folder, the run
+    The step gets its own user, mount and PID namespaces (a fresh /proc, a private /dev/shm),
+    every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
+    of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
     audit mode: overlays whose upper layer is $TV_RUN_DIR/audit/<mount>), and the whole view is
     bound over the host's own path too, so a host-absolute path behaves as its workspace path.
@@ -212,6 +236,8 @@ def kernel_plan(
         readonly_root=True,
         landlock=True,
         namespace=True,
+        pid_namespace=True,
+        private_shm=True,
     )
 
 
@@ -248,9 +274,11 @@ def _launch(
     """Start the step with the strongest kernel layer this machine accepts.
 
     Tried in order, each only when the one before was refused by the kernel (``KernelUnavailable``
-    from the forked child, before ``exec``): mount namespace + overlay + read-only binds +
-    Landlock; Landlock alone; the Python guard alone -- the last with a warning in the report,
-    or not at all when the kernel layer is required (exit 2, before the command ran).
+    from the forked child, before ``exec``): user + mount + PID namespaces, overlay, read-only
+    binds and Landlock; Landlock alone; the Python guard alone. Every fallback is a warning line
+    (and :func:`_missing` names what is missing in the report). When the kernel layer is required
+    (``--kernel require``, or the policy's ``kernel = "require"``) only the full layer will do:
+    anything less refuses to run (exit 125, before the command ran).
     """
     from sandbox.guard.bootstrap import child_env
     from sandbox.kernel import spawn
@@ -269,27 +297,46 @@ def _launch(
         return start(None), None
     from sandbox.kernel import landlock
 
+    required = prep.kernel == "require"
     refusals: list[str] = []
+    abi, err = landlock.query_abi()
+    if abi == 0:
+        refusals.append(landlock.unavailable_reason(err))
     for namespace in (True, False):
+        if required and refusals:
+            break  # only the full layer will do
         if not namespace:
             ws.mirror()  # without the overlay, the workspace is the symlink skeleton
-            abi, err = landlock.query_abi()
             if abi == 0:
-                refusals.append(landlock.unavailable_reason(err))
                 break
         plan = kernel_plan(ws, req.mode, policy, namespace=namespace)
         try:
-            return start(plan), plan
+            child = start(plan)
         except KernelUnavailable as e:
             refusals.append(str(e))
+            continue
+        if refusals:
+            what = "only Landlock and the Python guard are active" if not namespace else "no Landlock"
+            prep.warnings.append(f"kernel layer incomplete ({'; '.join(refusals)}); {what}")
+        return child, plan
     why = "; ".join(refusals)
-    if prep.kernel == "require":
+    if required:
         raise KernelUnavailable(
-            f"the kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
+            f"the full kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
             'run `tv-sandbox doctor`, or use a policy with kernel = "warn"'
         )
     prep.warnings.append(f"kernel layer unavailable ({why}); only the Python guard is active")
     return start(None), None
+
+
+def _missing(child: Child, prep: Prepared) -> dict[str, str]:
+    """The report's ``layers.missing``: each part of the full kernel layer the step ran without."""
+    from sandbox.kernel import missing_layers
+
+    why = "; ".join(prep.warnings)
+    if prep.kernel == "off":
+        why = "turned off"
+    return missing_layers(getattr(child, "applied", None), why)
 
 
 def _meanwhile(req: RunRequest) -> None:
@@ -360,7 +407,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
             mount_namespace=bool(getattr(applied, "namespace", False)) if applied else False,
             overlay=bool(getattr(applied, "overlay", False)) if applied else False,
             readonly_mounts=bool(getattr(applied, "readonly_root", False)) if applied else False,
-            missing={} if plan is not None else {"kernel": "; ".join(prep.warnings) or "turned off"},
+            missing=_missing(child, prep),
         )
         step = report_mod.StepRecord(
             argv=list(req.argv),
