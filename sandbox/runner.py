@@ -161,7 +161,9 @@ def _check_workspace_base(workspace_base: str | None, host: str, targets: Mappin
     if workspace_base is not None:
         places = [("--workspace-dir", workspace_base)]
     else:
-        places = [(f"${name}", os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)]
+        places = [
+            (f"${name}", os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)
+        ]
         places.append(("the temp dir", workspace_mod.temp_root()))
     protected = [("the host", host), *((f"the {name} mount", real) for name, real in targets.items())]
     for what, path in places:
@@ -339,6 +341,16 @@ def _missing(child: Child, prep: Prepared) -> dict[str, str]:
     return missing_layers(getattr(child, "applied", None), why)
 
 
+def _export_limit(prep: Prepared) -> int:
+    """``max_bytes`` for :func:`sandbox.export.export_run`: the policy's ``[export] max_bytes``,
+    else the exporter's default."""
+    from sandbox.export import DEFAULT_MAX_BYTES
+    from sandbox.loader import export_max_bytes
+
+    limit = export_max_bytes(prep.spec.data, prep.spec.source)
+    return DEFAULT_MAX_BYTES if limit is None else limit
+
+
 def _meanwhile(req: RunRequest) -> None:
     """What the launcher does while its step runs: load what the end of the run needs (off the
     start-up path, on the other core) and sweep what launchers killed before us left behind."""
@@ -374,7 +386,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
         out = stderr or sys.stderr.buffer
         with open(os.path.join(logs, "step.stderr.log"), "wb") as log:
             try:
-                child, plan = _launch(prep, ws, policy, base_env, wfd)
+                child, _plan = _launch(prep, ws, policy, base_env, wfd)
             except BaseException:
                 os.close(rfd)
                 raise
@@ -460,6 +472,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
             policy_sha256=prep.spec.sha256,
             overwrite=req.overwrite,
             extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+            max_bytes=_export_limit(prep),
         )
         clock.lap("export")
         kept = ws.base if req.keep_workspace else None

@@ -217,7 +217,11 @@ def test_without_namespaces_the_launch_falls_back_to_landlock(
 
 @pytest.mark.parametrize("refused", ["namespaces", "landlock"])
 def test_require_means_the_full_layer(
-    host: Path, monkeypatch: pytest.MonkeyPatch, refused: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    host: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """--kernel require refuses to run with anything less than namespaces + overlay + read-only
     binds + Landlock: no fallback to Landlock alone, none to the namespaces without Landlock."""

@@ -86,7 +86,10 @@ def drop_all_capabilities() -> None:
     for cap in range(last + 1):
         if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 and ctypes.get_errno() != errno.EINVAL:
             check(-1, f"drop capability {cap} from the bounding set")
-    if lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1 and ctypes.get_errno() != errno.EINVAL:
+    if (
+        lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1
+        and ctypes.get_errno() != errno.EINVAL
+    ):
         check(-1, "clear the ambient capabilities")
     check(lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)

@@ -325,7 +325,14 @@ def private_shm(path: str = "/dev/shm") -> bool:
     host's /dev/shm stays out of its reach. False when there is no such folder."""
     if not os.path.isdir(path):
         return False
-    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777", what=f"a private tmpfs on {path}")
+    _mount(
+        "tmpfs",
+        path,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=1777",
+        what=f"a private tmpfs on {path}",
+    )
     return True
 
 

@@ -185,7 +185,11 @@ def test_a_nested_namespace_falls_back_to_a_user_namespace(kernel_support: objec
     capability at all, so it cannot even map its root into a nested namespace: the kernel wants
     CAP_SETFCAP for that; see tests/escapes/test_privilege.py.)"""
     plan = KernelPlan(
-        writable=(str(tree("work")),), readonly_root=True, namespace=True, landlock=False, drop_capabilities=False
+        writable=(str(tree("work")),),
+        readonly_root=True,
+        namespace=True,
+        landlock=False,
+        drop_capabilities=False,
     )
     paths = [str(Path(__file__).parents[2]), str(Path(__file__).parent)]
     code = (

@@ -150,7 +150,9 @@ def test_applied_layers_and_start_time(kernel_support: KernelSupport, tree) -> N
         True,
     )
     # A user namespace whoever launches: root too keeps no capability of the initial namespace.
-    assert a.user_namespace and a.pid_namespace and a.private_shm and a.nodev_nosuid and a.capabilities_dropped
+    assert (
+        a.user_namespace and a.pid_namespace and a.private_shm and a.nodev_nosuid and a.capabilities_dropped
+    )
     # The budget of a sandboxed start is 50 ms; leave room for a loaded CI machine.
     assert a.seconds < 0.05 and started < 0.25, (a.seconds, started)
 
