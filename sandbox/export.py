@@ -582,6 +582,15 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
+def write_error(run_id: str, dest: str | os.PathLike[str], path: str, exc: OSError) -> ExportError:
+    """The one-line :class:`ExportError` for a launcher's own write into the run folder that
+    failed before the export (the policy record, the report: ENOSPC of a full run-folder
+    filesystem shows there first). Nothing was exported by then; a previous export is intact."""
+    dest_s = os.path.abspath(os.fspath(dest))
+    failed = _Failed("writing", path, exc)
+    return ExportError(_failure_message(run_id, dest_s, failed, os.path.lexists(dest_s), False))
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]

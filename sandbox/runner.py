@@ -409,9 +409,13 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
         from sandbox._paths import write_into
         from sandbox.events import read_events, summarise
         from sandbox.export import export_run
+        from sandbox.export import write_error as export_write_error
 
         # After the step, and never through what the step left there: the record is the launcher's.
-        write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
+        try:  # a full run-folder filesystem fails here first: an export error, in one line
+            write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
         applied = getattr(child, "applied", None)
         layers = report_mod.Layers(
             python_guard=True,
@@ -460,7 +464,10 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
             warnings=prep.warnings,
             lakehouse_diff=lake_diff,
         )
-        report_mod.write(ws.run_storage, rep)
+        try:
+            report_mod.write(ws.run_storage, rep)
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
         clock.lap("report")
         export_run(
             ws.run_storage,
