@@ -362,8 +362,21 @@ def _init(
         _libc.set_parent_death_signal(signal.SIGKILL)  # the keeper's death ends the namespace
         applied = seal(plan, entered)
         os.write(wfd, f"applied {applied.encode()}\n".encode())
+        # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
+        # fork that costs). Nothing must happen between the two in the child: the namespace's
+        # death already ends the command with us, so it needs no parent-death signal.
+        stage = "exec"
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
+        os.write(wfd, f"rss {_peak_rss()}\n".encode())
+        _close_fds_except([*keep, wfd, sw])  # wfd and sw are close-on-exec
+        try:
+            main = os.posix_spawn(_which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
-        main = _command(argv, env, cwd, keep, wfd)
         os.close(wfd)
         status = _reap(main)
         os.write(sw, f"{status}\n".encode())
@@ -398,6 +411,26 @@ def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wf
     except BaseException as e:
         _fail(wfd, stage, e)
     raise AssertionError("unreachable")
+
+
+def _which(name: str, env: Mapping[str, str]) -> str:  # pragma: no cover - in the init
+    """What ``execvpe`` would run for ``name`` with ``env["PATH"]``: ``posix_spawnp`` would search
+    the caller's own PATH instead. Raises the ``OSError`` ``execvpe`` would."""
+    if "/" in name:
+        return name
+    err: OSError = FileNotFoundError(2, "No such file or directory")
+    for d in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
+        path = os.path.join(d or ".", name)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if e.errno not in (2, 20):  # ENOENT, ENOTDIR: keep looking, as execvp does
+                err = e
+            continue
+        if (st.st_mode & 0o170000) == 0o100000 and os.access(path, os.X_OK):
+            return path
+        err = PermissionError(13, "Permission denied")
+    raise err
 
 
 def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover - in a child
@@ -440,6 +473,11 @@ def _end_descendants() -> None:  # pragma: no cover - in the keeper, without a P
     (a killed one's children were just re-parented to us)."""
     me = str(os.getpid())
     while True:
+        try:  # the usual end: no child left, no /proc to read
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
         for pid in _children(me):
             try:
                 os.kill(pid, signal.SIGKILL)
