@@ -182,7 +182,8 @@ def kernel_plan(
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
-    The step gets its own user, mount and PID namespaces (a fresh /proc, a private /dev/shm),
+    The step gets its own user, mount and PID namespaces (a fresh /proc, a minimal /dev with a
+    private /dev/shm),
     every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
     of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
@@ -240,6 +241,7 @@ def kernel_plan(
         namespace=True,
         pid_namespace=True,
         private_shm=True,
+        minimal_dev=True,
     )
 
 
@@ -256,10 +258,28 @@ class _Clock:
         self._t = now
 
 
-def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray, done: Any) -> None:
-    """Copy a step's stderr to ours and to its log file, keeping the tail for the report."""
+def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray, done: Any, running: Any = None) -> None:
+    """Copy a step's stderr to ours and to its log file, keeping the tail for the report.
+
+    Stops at end of file, or -- when ``running`` (a lock held while the step runs) is given --
+    once the step has ended and what it wrote is drained: every process of the step is gone by
+    then (see :class:`sandbox.kernel.Child`), and a descriptor it passed to a process outside
+    its run must not hold the run open.
+    """
+    import select  # in the tee's thread, after the step's exec: off the start-up path
+
+    poller = select.poll()
+    poller.register(src, select.POLLIN | select.POLLHUP)
     try:
-        while chunk := os.read(src, 65536):
+        while True:
+            ended = running is not None and not running.locked()
+            if not poller.poll(0 if ended else 100):
+                if ended:
+                    break
+                continue
+            chunk = os.read(src, 65536)
+            if not chunk:
+                break
             dst.write(chunk)
             dst.flush()
             log.write(chunk)
@@ -394,14 +414,16 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
                 os.close(wfd)
             # A bare thread: ``threading`` costs an import on the start-up path, and this one
             # needs no more than a lock to be joined.
-            pumped = allocate_lock()
+            pumped, running = allocate_lock(), allocate_lock()
             pumped.acquire()
-            start_new_thread(_tee, (rfd, out, log, tail, pumped))
+            running.acquire()
+            start_new_thread(_tee, (rfd, out, log, tail, pumped, running))
             clock.lap("launch")
             try:
                 _meanwhile(req)
             finally:
                 result = child.wait()
+                running.release()
                 pumped.acquire()
             clock.lap("step")
         import json
