@@ -515,3 +515,73 @@ def test_a_full_run_folder_filesystem_is_an_export_error_in_one_line(tmp_path: P
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+DEV = r"""
+import os
+print(" ".join(sorted(os.listdir("/dev"))))
+"""
+
+
+def test_dev_holds_only_the_minimal_devices(box: Box) -> None:
+    """No raw disk, kmsg or mem below /dev: a uid-0 step would own (and read) root's nodes."""
+    r, export, _ = box.run(DEV)
+    box.report(export)
+    assert r.stdout.split() == sorted(
+        [
+            "fd",
+            "full",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+        ]
+    ), r.stdout
+
+
+PASS_FD = r"""
+import array, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("\0{name}")
+s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [2]))])
+s.recv(1)
+"""
+
+
+def test_stderr_passed_to_a_process_outside_does_not_hold_the_run(box: Box) -> None:
+    """The step hands its stderr to a cooperating process outside its run (an abstract Unix
+    socket: no network namespace); the run still ends when the step's processes are gone."""
+    import socket
+    import threading
+
+    name = f"tvs-holder-{os.getpid()}-{box.user}"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind("\0" + name)
+    srv.listen(1)
+    held: list[int] = []
+
+    def hold() -> None:
+        conn, _ = srv.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1, 4)
+        held.extend(fds)
+        conn.send(b"k")
+        conn.close()
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    try:
+        r, export, elapsed = box.run(PASS_FD.replace("{name}", name), timeout=60)
+        box.report(export)
+        assert held, "the step did not pass its stderr"
+        assert r.returncode == 0 and elapsed < 10, (elapsed, r.stderr[-2000:])
+    finally:
+        for fd in held:
+            os.close(fd)
+        srv.close()
