@@ -11,11 +11,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-#: Exit statuses of ``tv-sandbox``. A command's own status passes through unchanged;
-#: these are the ones the sandbox itself returns before (or instead of) running it.
-EXIT_USAGE = 2  # bad command line, RUN_ID, profile, mode, policy or host layout
-EXIT_EXPORT = 3  # the command ran but its run folder could not be exported
-EXIT_INTERNAL = 70  # a bug in tv-sandbox (EX_SOFTWARE)
+#: Exit statuses of ``tv-sandbox``, Docker's convention for ``docker run``: a command's own status
+#: passes through unchanged; the sandbox's own are 125 and above, which ``make`` (2), ``python``
+#: (1, 2) and shells (1, 2) never use for an ordinary failure, so CI can tell "tv-sandbox could not
+#: run the step" from "the step failed". The message says which stage failed.
+EXIT_SANDBOX = 125  # an error of tv-sandbox itself: before the command ran, or the export failed
+EXIT_USAGE = EXIT_SANDBOX  # bad command line, RUN_ID, profile, mode, policy or host layout
+EXIT_EXPORT = EXIT_SANDBOX  # the command ran but its run folder could not be exported
+EXIT_INTERNAL = EXIT_SANDBOX  # a bug in tv-sandbox
+EXIT_CANNOT_EXECUTE = 126  # the command exists but cannot be executed (permissions, not a program)
+EXIT_NOT_FOUND = 127  # the command was not found (as a shell says)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+#: Pipelines: every sleeve succeeded / at least one failed (then 125 and 130 as above).
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class SandboxError(Exception):
@@ -25,7 +34,39 @@ class SandboxError(Exception):
 
 
 class UsageError(SandboxError):
-    """A bad argument on the command line (exit 2). The message is one line: what and what to do."""
+    """A bad argument on the command line (exit 125). The message is one line: what and what to do."""
+
+
+class CommandNotFound(SandboxError):
+    """The step's command does not exist (exit 127, as a shell says): nothing ran."""
+
+    exit_status = EXIT_NOT_FOUND
+
+
+class CommandNotExecutable(SandboxError):
+    """The step's command exists but cannot be executed -- no permission, not a program (exit 126)."""
+
+    exit_status = EXIT_CANNOT_EXECUTE
+
+
+def exec_failure(exc: BaseException) -> BaseException:
+    """The error to report for ``exc`` when it is an exec-stage failure of a step's command.
+
+    :func:`sandbox.kernel.spawn` raises a :class:`UsageError` whose ``__cause__`` is the ``OSError``
+    of ``execvpe`` (message ``cannot execute 'CMD': ...``); that becomes :class:`CommandNotFound`
+    (ENOENT, ENOTDIR) or :class:`CommandNotExecutable` (EACCES, ENOEXEC, anything else), with the
+    same message and cause. Any other exception (a missing working folder is the sandbox's own
+    failure) is returned unchanged.
+    """
+    cause = exc.__cause__
+    if not isinstance(exc, UsageError) or not isinstance(cause, OSError):
+        return exc
+    if not str(exc).startswith("cannot execute "):
+        return exc
+    cls = CommandNotFound if cause.errno in (errno.ENOENT, errno.ENOTDIR) else CommandNotExecutable
+    new = cls(str(exc))
+    new.__cause__ = cause
+    return new
 
 
 class PolicyError(SandboxError):
@@ -48,7 +89,7 @@ class PreflightError(SandboxError):
 class KernelUnavailable(SandboxError):
     """The kernel layer is required by the policy but this machine (or this call) cannot apply it."""
 
-    exit_status = EXIT_USAGE  # refused before the command ran: the run contract says 2
+    exit_status = EXIT_USAGE  # refused before the command ran: the run contract says 125
 
 
 class ExportError(SandboxError):
