@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sandbox.export import verify
 from sandbox.runner import RunRequest, execute, preflight
-from sandbox.samples import make_host
+from sandbox.samples import DEMO_PREFIX, make_host
 
 
 def _tree_digest(root: Path) -> str:
@@ -74,7 +74,7 @@ def _run(
 
 def main(directory: str | None = None, *, kernel: str = "auto") -> int:
     """Run the showcase in ``directory`` (a fresh temp folder by default). 0 when all checks hold."""
-    base = Path(directory or tempfile.mkdtemp(prefix="tv-sandbox-demo-"))
+    base = Path(directory or tempfile.mkdtemp(prefix=DEMO_PREFIX))
     host = make_host(base / "host")
     lake = host / "data" / "lakehouse"
     print(f"sample host: {host}\n  lakehouse: {sorted(p.name for p in lake.iterdir())}")

@@ -21,7 +21,6 @@ the Python guard applies to ``$TV_RUN_DIR/<rel>``.
 from __future__ import annotations
 
 import os
-import time
 
 from sandbox._record import field, record
 from sandbox.policy import Layout, Policy, PolicySpec
@@ -140,20 +139,34 @@ def temp_root() -> str:
     return os.getcwd()
 
 
-def _make_base(run_id: str, base_dir: str | None) -> str:
-    """A new private folder ``tv-sandbox-<ID>-<random>`` (what ``tempfile.mkdtemp`` does)."""
-    parent = base_dir if base_dir is not None else temp_root()
-    for _ in range(100):
-        path = os.path.join(parent, f"{_PREFIX}{run_id}-{os.urandom(6).hex()}")
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        return os.path.realpath(path)
-    raise FileExistsError(f"no free workspace name in {parent}")
-
+# -- ownership: what lets a later run prove a folder is a dead launcher's workspace ----------------
+#
+# A workspace is ``tv-sandbox-<RUN_ID>-<seal>``, made 0700, holding ``owner`` -- written 0600 by
+# the launcher, O_EXCL, never following a link -- with the launcher's pid, its start time (clock
+# ticks since boot: with the pid it names one process, never a reused pid) and a random token; the
+# seal is the first 16 hex digits of blake2b(token). The sweep removes a folder only when all of it
+# holds: a real folder owned by this user with no access for others, ``owner`` a regular file of
+# this user, private (0600), one link, in this format, whose token seals the folder's name, and whose
+# launcher is gone. A folder that merely looks like ours -- the name, an old mtime, a marker
+# copied from another workspace or written by hand without the token's seal -- is never touched.
+# The seal ties marker and name: a marker copied into another folder, or a folder renamed to look
+# like one, does not verify. (Someone who reads this and forges both on purpose can have the folder
+# removed -- as they could remove it themselves; a step cannot: under the kernel layer it cannot
+# write the temp dir at all, and the Python guard denies it.)
+# A launcher killed in the microseconds between ``mkdir`` and the marker leaves an empty folder
+# (or one with a partial marker): it is never swept, as it cannot be proved ours -- a few bytes.
 
 OWNER_FILE = "owner"
+KEPT_FILE = "kept"
+_OWNER_MAGIC = "tv-sandbox workspace owner v1"
+
+
+def _seal(token: str) -> str:
+    try:  # the C module alone: hashlib would load OpenSSL on the start-up path (~4 ms)
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - an interpreter built without it
+        from hashlib import blake2b
+    return blake2b(token.encode(), digest_size=8).hexdigest()
 
 
 def _start_time(pid: int) -> str | None:
@@ -166,22 +179,73 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(b")", 1)[1].split()[19].decode()
 
 
-KEPT_FILE = "kept"
+def _make_base(run_id: str, base_dir: str | None) -> str:
+    """A new private folder ``tv-sandbox-<ID>-<seal>`` with its ``owner`` marker (see above)."""
+    parent = base_dir if base_dir is not None else temp_root()
+    pid = os.getpid()
+    me = f"{pid} {_start_time(pid)}"
+    for _ in range(100):
+        token = os.urandom(16).hex()
+        path = os.path.join(parent, f"{_PREFIX}{run_id}-{_seal(token)}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(os.path.join(path, OWNER_FILE), flags, 0o600)
+        try:
+            os.write(fd, f"{_OWNER_MAGIC}\n{me} {token}\n".encode())
+        finally:
+            os.close(fd)
+        return os.path.realpath(path)
+    raise FileExistsError(f"no free workspace name in {parent}")
 
 
-def _stale_unowned(path: str) -> bool:
+def owner_of(path: str) -> tuple[int, str] | None:
+    """(pid, start time) of the launcher that provably made the workspace ``path``, or None when
+    ``path`` is not provably a workspace of this tool and this user (see the comment above)."""
+    import stat
+
+    name = os.path.basename(path)
+    if not name.startswith(_PREFIX) or "-" not in name[len(_PREFIX) :]:
+        return None
+    uid = os.getuid()
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
-        return False
-    return not os.path.exists(os.path.join(path, KEPT_FILE)) and time.time() - st.st_mtime > 2.0
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    try:
+        fd = os.open(os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mst = os.fstat(fd)
+        if not stat.S_ISREG(mst.st_mode) or mst.st_uid != uid or mst.st_mode & 0o077:
+            return None
+        if mst.st_nlink != 1 or mst.st_size > 256:
+            return None
+        text = os.read(fd, 256).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    lines = text.split("\n")
+    if len(lines) != 3 or lines[0] != _OWNER_MAGIC or lines[2]:
+        return None
+    fields = lines[1].split(" ")
+    if len(fields) != 3 or not fields[0].isdigit() or len(fields[2]) != 32:
+        return None
+    if _seal(fields[2]) != name.rpartition("-")[2]:
+        return None
+    return int(fields[0]), fields[1]
 
 
 def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Remove workspaces left behind by launchers that died (SIGKILL, power loss) in ``base_dir``.
 
-    A workspace records its launcher (pid and start time); one whose launcher is gone is removed.
-    Never touches a folder without that record. Returns the removed paths.
+    Only what :func:`owner_of` proves is a workspace of this tool and user, made by a launcher that
+    is gone; never by name or age. Kept workspaces (``--keep-workspace``) have no ``owner`` marker
+    and are never swept. Returns the removed paths.
     """
     base = os.fspath(base_dir) if base_dir is not None else temp_root()
     removed: list[str] = []
@@ -191,21 +255,25 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(base, name)
-        try:
-            with open(os.path.join(path, OWNER_FILE)) as fh:
-                pid_s, start = fh.read().split()
-        except (OSError, ValueError):
-            # no record: a launcher killed between creating the folder and recording itself
-            # (microseconds); anything older than a few seconds without one is such a leftover
-            # -- unless it was kept on purpose (--keep-workspace leaves a "kept" marker)
-            if _stale_unowned(path):
-                _rmtree(path)
-                removed.append(path)
+        owner = owner_of(path)
+        if owner is None:
             continue
-        if _start_time(int(pid_s)) != start:
+        pid, start = owner
+        if _start_time(pid) != start:
             _rmtree(path)
             removed.append(path)
     return removed
+
+
+def keep(ws: Workspace) -> None:
+    """Hand a workspace to the user (``--keep-workspace``): its marker goes, so no sweep removes
+    it, and a ``kept`` file says why."""
+    try:
+        os.unlink(os.path.join(ws.base, OWNER_FILE))
+    except FileNotFoundError:
+        pass
+    with open(os.path.join(ws.base, KEPT_FILE), "w"):
+        pass
 
 
 def mount_targets(host: str, layout: Layout) -> dict[str, str]:
@@ -228,8 +296,6 @@ def create(
     base = _make_base(run_id, os.fspath(base_dir) if base_dir is not None else None)
     ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
     try:
-        with open(os.path.join(base, OWNER_FILE), "w") as fh:
-            fh.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
         for sub in (ws.root, ws.tmp, ws.overlay_work, ws.run_storage):
             os.mkdir(sub, 0o700 if sub == ws.tmp else 0o755)
         for folder in layout.run_folders:

@@ -84,11 +84,12 @@ def test_sigkill_at_random_moments(tmp_path: Path, victim: str) -> None:
         assert tree_snapshot(host / "data" / "lakehouse") == lake
     if victim == "launcher":
         assert {"absent", "complete"} <= set(states) or len(set(states)) == 1, states
-        # a later run sweeps the workspaces the killed launchers left behind (one killed while
-        # creating its folder has no record yet: swept once it is a few seconds old)
-        time.sleep(2.5)
+        # a later run sweeps the workspaces the killed launchers left behind; one killed in the
+        # microseconds between creating its folder and writing its marker cannot be proved ours:
+        # it stays, holding nothing but (part of) the marker
         subprocess.run(_cmd(host, "after", base, files=1), check=True, capture_output=True)
-        assert [p.name for p in base.iterdir()] == []
+        for left in base.iterdir():
+            assert {p.name for p in left.iterdir()} <= {"owner"}, list(left.rglob("*"))
     else:
         assert all(s == "complete" for s in states), states  # the launcher survives its step
 
