@@ -114,6 +114,24 @@ class Workspace:
         _mirror(self.host, self.root, special)
 
     def remove(self) -> None:
+        """Remove the workspace, its ``owner`` marker last: a launcher killed halfway leaves what
+        is left still provably its own, for a later sweep."""
+        try:
+            names = os.listdir(self.base)
+        except FileNotFoundError:
+            return
+        except OSError:
+            names = []
+        for name in names:
+            if name != OWNER_FILE:
+                path = os.path.join(self.base, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    _rmtree(path)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
         _rmtree(self.base)
 
 
