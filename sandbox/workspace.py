@@ -109,9 +109,7 @@ class Workspace:
         only when it runs without the overlay (Landlock alone, the guard alone)."""
         if os.listdir(self.root):
             return
-        special = {rel: self.mount_targets[name] for name, rel in self.layout.mounts().items()}
-        special[f"{self.layout.runs}/{self.run_id}"] = self.run_storage
-        _mirror(self.host, self.root, special)
+        _mirror(self.host, self.root, _skeleton(self)[1])
 
     def remove(self) -> None:
         """Remove the workspace, its ``owner`` marker last: a launcher killed halfway leaves what
@@ -324,6 +322,140 @@ def create(
         ws.remove()
         raise
     return ws
+
+
+def _skeleton(ws: Workspace) -> tuple[set[str], dict[str, str]]:
+    """The real folders and the symlinks (rel -> target) :meth:`Workspace.mirror` made."""
+    special = {rel: ws.mount_targets[name] for name, rel in ws.layout.mounts().items()}
+    special[f"{ws.layout.runs}/{ws.run_id}"] = ws.run_storage
+    real_dirs: set[str] = {""}
+    for rel in special:
+        comps = rel.split("/")
+        real_dirs.update("/".join(comps[:i]) for i in range(1, len(comps)))
+    return real_dirs, special
+
+
+CONFLICT_SUFFIX = ".from-workspace"
+
+
+def consolidate(ws: Workspace) -> list[str]:
+    """Move into the run folder whatever the step wrote into the workspace skeleton; return the
+    run-folder-relative paths of the files (and symlinks) carried, sorted.
+
+    Without the kernel layer's overlay (Landlock alone, the guard alone) the workspace is the
+    symlink skeleton of :meth:`Workspace.mirror`: a native or shell write to ``data/x.parquet``
+    lands in its real folder ``ws/data/``, which is removed with the workspace. Everything there
+    that the skeleton did not make -- files, folders, symlinks the step created -- is *moved*
+    (``rename``: the workspace and the run folder's storage are one file system; nothing is
+    copied, nothing left behind) to ``$TV_RUN_DIR/<rel>``, where the guard puts a Python write to
+    the same path. A name the run folder already has (the guard redirected a write there) keeps
+    the run folder's file, and the workspace's goes beside it as ``<rel>.from-workspace``.
+
+    Never follows a symlink: the skeleton's own links (to the host, the mounts, the run folder)
+    are recognised by their targets and left; a link the step made is moved as a link. Call it
+    after the step, before the report and the export.
+    """
+    if not os.path.isdir(ws.root):
+        return []
+    real_dirs, special = _skeleton(ws)
+    carried: list[str] = []
+    store = _Store(ws.run_storage)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        here = os.path.join(ws.root, rel_dir) if rel_dir else ws.root
+        try:
+            names = sorted(os.listdir(here))
+        except OSError:
+            continue
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            path = os.path.join(here, name)
+            if os.path.islink(path):
+                host_twin = os.path.join(ws.host, rel)
+                if os.readlink(path) in (special.get(rel), host_twin):
+                    continue  # the skeleton's own link
+            elif rel in real_dirs and os.path.isdir(path):
+                stack.append(rel)
+                continue
+            carried.extend(store.carry(path, rel))
+    return sorted(carried)
+
+
+UNPLACED = "unplaced"
+
+
+class _Store:
+    """Where :func:`consolidate` moves things: the run folder's storage, entered folder by folder
+    without following a link the step may have planted there (``$TV_RUN_DIR/data -> /etc`` must
+    not carry the launcher's rename out of the run folder). What cannot be placed at its own path
+    goes below a fresh folder ``unplaced/`` (``unplaced-<n>/`` when that name is taken)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._unplaced: str | None = None
+
+    def _real_dir(self, rel_dir: str) -> bool:
+        """Make ``root/rel_dir`` folder by folder; False when a component is not a real folder."""
+        here = self.root
+        for comp in (c for c in rel_dir.split("/") if c):
+            here = os.path.join(here, comp)
+            try:
+                os.mkdir(here, 0o755)
+            except FileExistsError:
+                pass
+            except OSError:
+                return False
+            if os.path.islink(here) or not os.path.isdir(here):
+                return False
+        return True
+
+    def _fallback(self) -> str:
+        if self._unplaced is None:
+            for n in range(1000):
+                name = UNPLACED if n == 0 else f"{UNPLACED}-{n}"
+                try:
+                    os.mkdir(os.path.join(self.root, name), 0o755)
+                except FileExistsError:
+                    continue
+                self._unplaced = name
+                break
+            else:  # pragma: no cover - a thousand planted names
+                raise FileExistsError(f"no free folder name for unplaced outputs in {self.root}")
+        return self._unplaced
+
+    def carry(self, src: str, rel: str) -> list[str]:
+        parent = rel.rpartition("/")[0]
+        if not self._real_dir(parent):
+            rel = f"{self._fallback()}/{rel}"
+            if not self._real_dir(rel.rpartition("/")[0]):  # pragma: no cover - a fresh folder
+                return []
+        return _carry(src, os.path.join(self.root, rel), rel, self)
+
+
+def _carry(src: str, dst: str, rel: str, store: _Store) -> list[str]:
+    """Move ``src`` to ``dst`` (merging folders); the run-folder-relative files moved."""
+    if os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst):
+        out: list[str] = []
+        for name in sorted(os.listdir(src)):
+            out.extend(_carry(os.path.join(src, name), os.path.join(dst, name), f"{rel}/{name}", store))
+        try:
+            os.rmdir(src)
+        except OSError:
+            pass
+        return out
+    if os.path.lexists(dst):
+        dst, rel = dst + CONFLICT_SUFFIX, rel + CONFLICT_SUFFIX
+        if os.path.lexists(dst):
+            return store.carry(src, f"{store._fallback()}/{rel}") if not rel.startswith(UNPLACED) else []
+    os.rename(src, dst)
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        return [
+            os.path.join(rel, os.path.relpath(os.path.join(d, f), dst))
+            for d, dirs, files in os.walk(dst)
+            for f in [*files, *(x for x in dirs if os.path.islink(os.path.join(d, x)))]
+        ]
+    return [rel]
 
 
 def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
