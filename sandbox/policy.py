@@ -51,6 +51,8 @@ __all__ = [
     "Op",
     "Policy",
     "PolicySpec",
+    "RESERVED_RULE",
+    "RESERVED_RUN_FILES",
     "Rule",
     "RunContext",
     "KernelPaths",
@@ -73,6 +75,31 @@ OVERLAY_RULES = frozenset({"workspace-redirect", "read-through", "audit-read-thr
 def overlay_maps(d: Decision) -> bool:
     """Would the kernel layer's overlay carry out ``d`` by itself (see :data:`OVERLAY_RULES`)?"""
     return d.captured or d.rule in OVERLAY_RULES
+
+
+#: The sandbox's own files in a run folder (relative to ``$TV_RUN_DIR``; ``*`` within one name):
+#: the report, the export's manifest, the record of the policy, the event log, the steps' logs and
+#: audit mode's lakehouse diff. A step's mutation of one is denied by the built-in rule
+#: ``sandbox-reserved-name`` (before the policy file's rules: no policy can allow it), so a
+#: step's file is never silently replaced by the sandbox's. Documented in README.md.
+RESERVED_RUN_FILES: tuple[str, ...] = (
+    "sandbox_report.json",
+    "manifest.json",
+    "config/policy.json",
+    "logs/sandbox_events.jsonl",
+    "logs/*.stderr.log",
+    "logs/*.stdout.log",
+    "reports/lakehouse_diff.json",
+)
+RESERVED_RULE = Rule(
+    "sandbox-reserved-name",
+    tuple("{run_dir}/" + n for n in RESERVED_RUN_FILES),
+    MUTATING,
+    Action.DENY,
+    "this name in the run folder is tv-sandbox's own (report, manifest, policy record, event log, "
+    "step logs, lakehouse diff)",
+    "write your file under another name, e.g. in $TV_RUN_DIR/reports/ or $TV_RUN_DIR/data/",
+)
 
 
 @record(frozen=True)
@@ -222,7 +249,7 @@ class Policy:
         self.spec, self.ctx = spec, ctx
         lay = spec.layout
         ph = lay.placeholders(ctx.run_id)
-        self._rules = tuple(r.compile(ph) for r in spec.rules)
+        self._rules = tuple(r.compile(ph) for r in (RESERVED_RULE, *spec.rules))
         self.workspace = ctx.workspace
         self.run_rel: tuple[str, ...] = tuple(c for c in ph["run_dir"].split("/") if c)
         self.run_dir = posixpath.join(ctx.workspace, *self.run_rel)
@@ -511,6 +538,8 @@ def _kernel_paths(policy: Policy) -> KernelPaths:
     rw: set[tuple[str, ...]] = set()
     for cr in enforce._rules:
         rule = cr.rule
+        if rule is RESERVED_RULE:  # the run folder's own files: see report.set_aside_step_files
+            continue
         shown = ", ".join(rule.paths)
         if Op.READ in rule.ops and rule.action is Action.DENY:
             raise _kernel_refusal(rule, shown, "it denies reads, which only the Python guard can do")

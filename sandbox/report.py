@@ -87,6 +87,37 @@ def scattered_artifacts(run_storage: str, run_folders: Sequence[str]) -> list[st
     return sorted(p for p in out if p not in ours)
 
 
+#: The files the launcher writes into the run folder *after* the steps (the exporter writes the
+#: manifest into its stage). Each is a reserved name (:data:`sandbox.policy.RESERVED_RUN_FILES`):
+#: the guard and fsspec refuse a step's write to one, but a native or shell write under the kernel
+#: layer lands -- so, before writing its own, the launcher sets the step's aside.
+LAUNCHER_FILES = ("config/policy.json", REPORT_NAME, "manifest.json", LAKEHOUSE_DIFF)
+STEP_COPY_SUFFIX = ".from-step"
+
+
+def set_aside_step_files(run_storage: str) -> list[str]:
+    """Move each file a step left at a name the launcher is about to write (:data:`LAUNCHER_FILES`)
+    to ``<name>.from-step`` (``.from-step-2``... when taken): the sandbox never silently replaces a
+    step's file. Returns one line per file moved, for the report's warnings. A name that is a
+    folder or a symlink is moved too (``rename`` never follows the link)."""
+    lines: list[str] = []
+    for rel in LAUNCHER_FILES:
+        path = os.path.join(run_storage, rel)
+        parent = os.path.dirname(path)
+        if os.path.islink(parent) or not os.path.lexists(path):
+            continue  # a linked folder is replaced whole by write_into's own checks
+        for n in range(1, 100):
+            new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
+            if not os.path.lexists(new):
+                os.rename(path, new)
+                lines.append(
+                    f"a step wrote {rel}, a name reserved for tv-sandbox's own file: kept as "
+                    f"{os.path.relpath(new, run_storage)}"
+                )
+                break
+    return lines
+
+
 def explain_failure(step: StepRecord, layers: Layers, protected: Mapping[str, str]) -> str | None:
     """A few lines telling a kernel-layer denial from a bug, or None when nothing points to one."""
     if step.exit_code == 0 or not layers.kernel:

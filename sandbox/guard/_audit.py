@@ -80,7 +80,21 @@ def _open(g: Engine, a: tuple[Any, ...]) -> None:
         if g.read_rules:
             check(g, path, Op.READ, None, True)
         return
+    if flags & _APPEND_ONLY == os.O_APPEND and _is_event_log(path):
+        return  # an EventLog (fsspec's, in a step) appending to the run's log: a reserved name
     check(g, path, Op.WRITE, None, (flags & _EXCL) != _EXCL and not flags & os.O_NOFOLLOW)
+
+
+_APPEND_ONLY = os.O_APPEND | os.O_TRUNC
+
+
+def _is_event_log(path: Any) -> bool:
+    """Is ``path`` the run's event log (``TV_SANDBOX_EVENTS``), as :class:`EventLog` opens it?"""
+    log = os.environ.get("TV_SANDBOX_EVENTS")
+    try:
+        return bool(log) and _engine._to_str(path) == log
+    except (TypeError, ValueError):
+        return False
 
 
 def _mmap(g: Engine, a: tuple[Any, ...]) -> None:
