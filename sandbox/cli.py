@@ -247,7 +247,9 @@ def _verify(folder: str) -> int:
     if len(problems) > 200:
         print(f"{PROG}: ... and {len(problems) - 200} more", file=sys.stderr)
     if problems:
-        print(f"{PROG}: {folder} does NOT match its {MANIFEST_NAME} ({len(problems)} problems)", file=sys.stderr)
+        print(
+            f"{PROG}: {folder} does NOT match its {MANIFEST_NAME} ({len(problems)} problems)", file=sys.stderr
+        )
         return 1
     print(f"{PROG}: {folder} matches its {MANIFEST_NAME}", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ Stdlib only: the guard imports this module in every sandboxed interpreter.
 from __future__ import annotations
 
 import errno
+import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,9 +102,18 @@ class ExportError(SandboxError):
 class AccessDenied(PermissionError):
     """A file operation refused by the sandbox policy.
 
-    A :class:`PermissionError` with ``errno.EACCES`` and ``filename`` so that callers'
-    ``except OSError`` keeps working; ``op``, ``rule``, ``profile`` and ``layer`` say who decided.
-    ``str()`` is one explained line: what was refused, by which rule, why, and what to do instead.
+    A :class:`PermissionError` with ``errno.EACCES``, ``strerror`` "Permission denied" and
+    ``filename`` -- what the operating system would raise, so callers' ``except OSError`` keeps
+    working -- shown the way the OS error is, then explained::
+
+        PermissionError: [Errno 13] Permission denied: 'data/lakehouse/x' -- tv-sandbox: rule
+        'lakehouse-read-only' (write, profile production): the shared lakehouse is read-only in
+        production; write intermediates under $TV_RUN_DIR/data/ ...
+
+    ``op``, ``rule``, ``reason``, ``hint``, ``profile`` and ``layer`` say who decided and why;
+    ``resolved`` is where the path led, as the user knows it (workspace-relative), shown only
+    when it differs from ``filename``. Tracebacks name it ``PermissionError`` (it is one); the
+    guard re-raises it from its outermost frame, so a traceback shows at most one of the guard's.
     """
 
     def __init__(
@@ -119,20 +129,33 @@ class AccessDenied(PermissionError):
         resolved: str | None = None,
         filename2: Any = None,
     ) -> None:
-        detail = f"tv-sandbox denied {op} (rule '{rule}'"
-        if profile:
-            detail += f", profile {profile}"
-        detail += f"): {reason}"
-        if resolved is not None and str(resolved) != str(filename):
-            detail += f" [resolved: {resolved}]"
-        if hint:
-            detail += f" -- {hint}"
+        strerror = os.strerror(errno.EACCES)
+        # as the OS error names it: open(Path(...)) reports the path as a str
+        if isinstance(filename, os.PathLike):
+            filename = os.fspath(filename)
+        if isinstance(filename2, os.PathLike):
+            filename2 = os.fspath(filename2)
         if filename2 is None:
-            super().__init__(errno.EACCES, detail, filename)
+            super().__init__(errno.EACCES, strerror, filename)
         else:
-            super().__init__(errno.EACCES, detail, filename, None, filename2)
+            super().__init__(errno.EACCES, strerror, filename, None, filename2)
         self.op, self.rule, self.reason, self.hint = op, rule, reason, hint
         self.profile, self.layer, self.resolved = profile, layer, resolved
+
+    @property
+    def explanation(self) -> str:
+        """The sandbox's part of the message: rule, operation, profile, why, what to do."""
+        who = f"{self.op}, profile {self.profile}" if self.profile else self.op
+        text = f"tv-sandbox: rule '{self.rule}' ({who}): {self.reason}"
+        if self.resolved is not None and str(self.resolved) != str(self.filename):
+            text += f" [resolved: {self.resolved}]"
+        if self.hint:
+            text += f"; {self.hint}"
+        return text
+
+    def __str__(self) -> str:
+        head = super().__str__()  # "[Errno 13] Permission denied: 'x'" (-> 'y'), as the OS says it
+        return f"{head} -- {self.explanation}"
 
     def __reduce__(self) -> Any:  # picklable across multiprocessing / Ray
         return (
@@ -173,3 +196,9 @@ def _rebuild_access_denied(
         resolved=resolved,
         filename2=filename2,
     )
+
+
+# Tracebacks print ``module.qualname`` of an exception's class (``builtins`` omitted): a denial
+# reads as the ``PermissionError`` it is, the error users' code already handles.
+AccessDenied.__module__ = "builtins"
+AccessDenied.__qualname__ = "PermissionError"

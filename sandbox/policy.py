@@ -24,6 +24,7 @@ How a path is decided (first match wins):
 
 from __future__ import annotations
 
+import os
 import posixpath
 
 from sandbox._paths import is_within, parts
@@ -45,17 +46,17 @@ __all__ = [
     "OP_GROUPS",
     "OVERLAY_RULES",
     "PROFILES",
+    "RESERVED_RULE",
+    "RESERVED_RUN_FILES",
     "Action",
     "Decision",
+    "KernelPaths",
     "Layout",
     "Op",
     "Policy",
     "PolicySpec",
-    "RESERVED_RULE",
-    "RESERVED_RUN_FILES",
     "Rule",
     "RunContext",
-    "KernelPaths",
     "kernel_compilable",
     "load_resolved",
     "overlay_maps",
@@ -151,16 +152,31 @@ class PolicySpec:
     def bind(
         self,
         *,
-        host: str,
-        workspace: str,
+        host: str | os.PathLike[str],
         run_id: str,
+        workspace: str | None = None,
         mode: str = "enforce",
         temp_dirs: Sequence[str] = (),
         run_storage: str | None = None,
         mount_targets: Mapping[str, str] | None = None,
         profile: str | None = None,
     ) -> Policy:
-        """Place this policy on one run. All paths must be absolute and already real (realpath)."""
+        """Place this policy on one run.
+
+        The launcher passes every path absolute and already real (realpath). A library user passes
+        ``host`` and ``run_id`` only (``load_policy("production").bind(host=..., run_id=...)``):
+        then the host is its own workspace -- a relative or host path is redirected to
+        ``HOST/<runs>/<run_id>/<rel>``, the run folder, made on the first write -- and ``host`` and
+        the mounts' real targets are resolved here.
+        """
+        if workspace is None:
+            host = os.path.realpath(host)
+            workspace = host
+            if mount_targets is None:
+                mount_targets = {
+                    n: os.path.realpath(os.path.join(host, r)) for n, r in self.layout.mounts().items()
+                }
+        host = os.fspath(host)
         return Policy(
             self,
             RunContext(
@@ -303,6 +319,16 @@ class Policy:
             f"Policy({self.spec.name!r}, profile={c.profile!r}, mode={c.mode!r}, "
             f"workspace={c.workspace!r}, run_dir={self.run_dir!r}, host={c.host!r})"
         )
+
+    def user_path(self, path: str) -> str:
+        """A resolved ``path`` as the user knows it, for messages and event logs: relative to the
+        workspace (which is the host's layout) when it lies in the workspace, the host, a mount's
+        real target or the run folder's storage -- ``data/lakehouse/x``, never the temporary
+        ``/tmp/tv-sandbox-.../ws/data/lakehouse/x`` -- else unchanged."""
+        zone, rel = self._locate(parts(path))
+        if zone in (_OUTSIDE, _TEMP):
+            return path
+        return "/".join(rel) or "."
 
     def kernel_paths(self) -> KernelPaths:
         """The host paths the kernel layer must bind read-only or writable, beyond the mounts, so
@@ -573,6 +599,31 @@ def _kernel_paths(policy: Policy) -> KernelPaths:
     return KernelPaths(
         readonly=tuple("/".join(r) for r in order if r in ro),
         writable=tuple("/".join(r) for r in order if r in rw),
+    )
+
+
+def bind_for_library(
+    policy: Policy | PolicySpec,
+    host: str | os.PathLike[str] | None,
+    run_id: str | None,
+    mode: str = "enforce",
+) -> Policy:
+    """``policy`` bound to a run: as it is when already bound (then ``host``/``run_id`` must be
+    None), else ``policy.bind(host=host, run_id=run_id, mode=mode)``. What the guard and the fsspec
+    filesystem do with ``policy=`` (one explained ``TypeError`` for what they cannot use)."""
+    if isinstance(policy, Policy):
+        if host is not None or run_id is not None:
+            raise TypeError("host= and run_id= bind a PolicySpec; this policy is already bound to its run")
+        return policy
+    if isinstance(policy, PolicySpec):
+        if host is None or run_id is None:
+            raise TypeError(
+                f"policy {policy.name!r} is not bound to a run yet: pass host= and run_id= too, or "
+                "bind it first: load_policy(...).bind(host=HOST, run_id=RUN_ID)"
+            )
+        return policy.bind(host=host, run_id=run_id, mode=mode)
+    raise TypeError(
+        f"policy must be a Policy (bound) or a PolicySpec (from load_policy), not {type(policy).__name__}"
     )
 
 

@@ -122,7 +122,9 @@ def explain_failure(step: StepRecord, layers: Layers, protected: Mapping[str, st
     """A few lines telling a kernel-layer denial from a bug, or None when nothing points to one."""
     if step.exit_code == 0 or not layers.kernel:
         return None
-    hits = [m for m in _KERNEL_DENIAL_MARKERS if m in step.stderr_tail]
+    # a denial the guard or fsspec raised explains itself ("... -- tv-sandbox: rule ..."): not the kernel's
+    raw = "\n".join(ln for ln in step.stderr_tail.splitlines() if "-- tv-sandbox: rule " not in ln)
+    hits = [m for m in _KERNEL_DENIAL_MARKERS if m in raw]
     if not hits:
         return None
     mounts = ", ".join(f"{name} ({path})" for name, path in protected.items())

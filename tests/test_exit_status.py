@@ -91,10 +91,14 @@ def test_verify_a_run_folder(host: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True)
     assert ok.returncode == 0 and "matches" in ok.stderr, ok.stderr
     (out / "data" / "x.txt").write_text("y")  # same size, other content
-    bad = subprocess.run([sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "content differs" in bad.stderr and "data/x.txt" in bad.stderr
     (out / "manifest.json").unlink()
-    gone = subprocess.run([sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True
+    )
     assert gone.returncode == 1 and "cannot read the manifest" in gone.stderr
     none = subprocess.run(
         [sys.executable, "-m", "sandbox", "verify", str(out / "nope")], capture_output=True, text=True
@@ -111,8 +115,14 @@ def test_a_built_in_policy_by_name(tmp_path: Path) -> None:
 
     host = make_host(tmp_path / "src", layout=load_policy("source-layout").layout)
     r = subprocess.run(
-        run_argv(host, "SL", sys.executable, "-c", "open('reports/r.txt', 'w').write('r')",
-                 options=("--policy", "source-layout")),
+        run_argv(
+            host,
+            "SL",
+            sys.executable,
+            "-c",
+            "open('reports/r.txt', 'w').write('r')",
+            options=("--policy", "source-layout"),
+        ),
         capture_output=True,
         text=True,
     )

@@ -68,7 +68,9 @@ def _plant_look_alikes(base: Path) -> list[Path]:
         _forge(base, "tv-sandbox-my-notes", None),  # name match, old, no marker
         fork,
         _forge(base, "tv-sandbox-R1-0123456789abcdef", f"{dead} 1\n"),  # the old marker format
-        _forge(base, "tv-sandbox-R1-fedcba9876543210", real_marker),  # a marker whose token does not seal the name
+        _forge(
+            base, "tv-sandbox-R1-fedcba9876543210", real_marker
+        ),  # a marker whose token does not seal the name
         _forge(base, f"tv-sandbox-R1-{seal}", real_marker, mode=0o644),  # marker readable by others
         _forge(base, f"tv-sandbox-R2-{seal}", real_marker, dir_mode=0o755),  # folder open to others
         _forge(base, f"tv-sandbox-R3-{seal}", "garbage\n"),

@@ -26,8 +26,9 @@ import os
 import sys
 
 from sandbox._record import replace
+from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
-from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, TOKEN, Engine
+from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, INTERNAL, TOKEN, Engine
 from sandbox.guard._files import structural
 from sandbox.policy import Op
 
@@ -157,14 +158,17 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     if g is None:
         return
     tok = TOKEN.obj
-    if tok is not None and args[0] is tok:
+    if tok is not None and (args[0] is tok or tok is INTERNAL):
         return  # decided by a wrapper, which also keeps the caches right
     if event in _INVALIDATE:
         if _changes_resolution(event, args):
             _engine.invalidate_all()
     elif event == "os.chdir":
         _engine.invalidate_all(cwd=True)
-    _HANDLERS[event](g, args)
+    try:
+        _HANDLERS[event](g, args)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
 
 
 def ensure_hook() -> None:
