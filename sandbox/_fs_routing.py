@@ -135,6 +135,7 @@ class Routing:
                     "target": target or d.target,
                     "captured": d.captured,
                     "reason": d.reason,
+                    "hint": d.hint,
                 }
             )
 

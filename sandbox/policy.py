@@ -88,6 +88,7 @@ RESERVED_RUN_FILES: tuple[str, ...] = (
     "manifest.json",
     "config/policy.json",
     "logs/sandbox_events.jsonl",
+    "logs/sandbox_native.jsonl",
     "logs/*.stderr.log",
     "logs/*.stdout.log",
     "reports/lakehouse_diff.json",

@@ -118,6 +118,148 @@ def set_aside_step_files(run_storage: str) -> list[str]:
     return lines
 
 
+NATIVE_LAYER = "kernel"  # a write the kernel layer refused to native code, explained by the shim
+OVERLAY_LAYER = "overlay"  # a native write the overlay redirected into the run folder
+HOST_LAYER = "native"  # a native write the policy allows on the host (development's lakehouse)
+_OPS = {"write": "write", "delete": "delete", "rename": "rename", "mkdir": "mkdir", "rmdir": "rmdir",
+        "link": "link", "metadata": "metadata"}  # fmt: skip
+
+
+@record
+class NativeCounts:
+    """What :func:`explain_native` added to the event log."""
+
+    denied: int = 0
+    redirected: int = 0
+    captured: int = 0  # audit mode: native writes the capture overlays took
+    allowed: int = 0  # host changes the policy allows (development): listed in the report
+    unexplained: int = 0  # refused by the kernel where the policy would not deny (a file's own mode)
+
+
+def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCounts:
+    """Turn the explain shim's raw lines (:mod:`sandbox.native`) into explained events of the run's
+    event log; call it after each step (and before counting the step's events).
+
+    Each raw line names a call, the path as the program gave it and the folder it was relative to.
+    The path is placed (lexically) and decided by the policy, as the guard would have decided it:
+
+    * refused by the kernel and DENY by the policy: a ``deny`` (layer ``kernel``) with the rule,
+      reason and hint, and the user's path (``data/lakehouse/x``, not the workspace's);
+    * refused with EROFS where the policy would not deny: a ``deny`` of rule ``kernel-read-only``;
+      other EACCES/EPERM there are the file's own permissions, not the sandbox's: not recorded;
+    * a successful write the policy REDIRECTs (the overlay carried it into the run folder): a
+      ``redirect`` (layer ``overlay``; in audit mode a capture) -- unless the Python guard already
+      logged it (same process, same path);
+    * a successful write the policy ALLOWs on a mount (development's lakehouse): an ``allow``
+      (layer ``native``), so the report lists what the run changed there.
+
+    The raw log is consumed (renamed, read, removed): the next call sees only newer lines.
+    """
+    import json
+
+    from sandbox.events import EventLog, read_events
+    from sandbox.policy import Action, Op
+
+    raw = os.path.join(run_storage, "logs", "sandbox_native.jsonl")
+    taken = raw + ".reading"
+    counts = NativeCounts()
+    try:
+        os.rename(raw, taken)
+    except FileNotFoundError:
+        return counts
+    seen: set[tuple[int, str]] = set()
+    if os.path.exists(events_file):
+        for ev in read_events(events_file):
+            for key in ("resolved", "path"):
+                v = ev.get(key)
+                if isinstance(v, str) and isinstance(ev.get("pid"), int):
+                    seen.add((ev["pid"], os.path.normpath(v) if v.startswith("/") else v))
+    host = policy.ctx.host
+    log = EventLog(events_file)
+    try:
+        with open(taken, "rb") as fh:
+            for line in fh:
+                try:
+                    ev = json.loads(line)
+                    op = Op.named(_OPS[ev["op"]])
+                    err, pid = int(ev["errno"]), int(ev["pid"])
+                    paths = [ev["path"], *([ev["path2"]] if ev.get("path2") else [])]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                base = ev.get("dir") or "/"
+                for given in paths:
+                    full = os.path.normpath(os.path.join(base, given))
+                    d = policy.decide(full, op)
+                    user = policy.user_path(full)
+                    shown = os.path.join(host, user) if not user.startswith("/") else user
+                    if err:
+                        if d.action is Action.DENY:
+                            log.emit(NATIVE_LAYER, op, "deny", d.rule, user, shown, None, False,
+                                     policy.profile, d.reason, d.hint)  # fmt: skip
+                            counts.denied += 1
+                        elif err == 30:  # EROFS
+                            log.emit(NATIVE_LAYER, op, "deny", "kernel-read-only", user, shown, None, False,
+                                     policy.profile, "the kernel layer keeps this place read-only",
+                                     "write under $TV_RUN_DIR (a relative path lands there)")  # fmt: skip
+                            counts.denied += 1
+                        else:
+                            counts.unexplained += 1
+                            continue
+                        break  # a rename refused once is one denial, whichever end it was
+                    if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
+                        continue  # the guard logged it already
+                    if d.action is Action.REDIRECT:  # audit mode's capture overlays: captured
+                        log.emit(OVERLAY_LAYER, op, "redirect", d.rule, user, shown, d.target, d.captured,
+                                 policy.profile, d.reason, d.hint)  # fmt: skip
+                        if d.captured:
+                            counts.captured += 1
+                        else:
+                            counts.redirected += 1
+                    elif d.action is Action.ALLOW and policy._mount_of(tuple(user.split("/"))) is not None:
+                        log.emit(HOST_LAYER, op, "allow", d.rule, user, shown, None, False,
+                                 policy.profile, d.reason, d.hint)  # fmt: skip
+                        counts.allowed += 1
+    finally:
+        log.close()
+        try:
+            os.unlink(taken)
+        except OSError:
+            pass
+    return counts
+
+
+def host_changes(events: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """What a run changed on the host through a mount its policy opens (development's lakehouse):
+    one ``{"op", "path", "layer"}`` per allowed native write, in order, for the report."""
+    return [
+        {"op": str(e.get("op")), "path": str(e.get("path")), "layer": str(e.get("layer"))}
+        for e in events
+        if e.get("action") == "allow"
+    ]
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """The counts of the CLI's closing line: ``N denied, M redirected`` and, in audit mode,
+    ``captured K (lakehouse diff: c created, m modified, d deleted)``."""
+    ev = report.get("events", {})
+    by = ev.get("by_action", {})
+    captured = int(ev.get("captured", 0))
+    denied = int(by.get("deny", 0))
+    redirected = int(by.get("redirect", 0)) - captured
+    text = f"{denied} denied, {redirected} redirected"
+    if report.get("mode") == "audit":
+        diff = report.get("lakehouse_diff") or {}
+        counts = diff.get("counts", diff)
+        text += (
+            f", captured {captured} (lakehouse diff: {int(counts.get('created', 0))} created, "
+            f"{int(counts.get('modified', 0))} modified, {int(counts.get('deleted', 0))} deleted)"
+        )
+    changed = report.get("host_changes") or []
+    if changed:
+        text += f", {len(changed)} host change(s) allowed by the policy"
+    return text
+
+
 def explain_failure(step: StepRecord, layers: Layers, protected: Mapping[str, str]) -> str | None:
     """A few lines telling a kernel-layer denial from a bug, or None when nothing points to one."""
     if step.exit_code == 0 or not layers.kernel:

@@ -103,6 +103,24 @@ class Workspace:
             profile=profile,
         )
 
+    @property
+    def native_events(self) -> str:
+        """The explain shim's raw log (``$TV_RUN_DIR/logs/sandbox_native.jsonl``, a reserved name)."""
+        return os.path.join(self.run_storage, "logs", "sandbox_native.jsonl")
+
+    def native_env(self, env: Mapping[str, str], *, build: bool = True) -> dict[str, str]:
+        """``env`` plus the explain shim (:mod:`sandbox.native`) for a step of this workspace: its
+        raw log, and the places whose successful writes it records -- the workspace under its own
+        path and the host's (the kernel layer binds the view over it), minus ``$TV_RUN_DIR``.
+        Without a shim (no compiler...), ``env`` as it is: native denials stay unexplained."""
+        from sandbox import native
+
+        lib = native.shim_path(build=build)
+        host_run = os.path.join(self.host, self.layout.runs, self.run_id)
+        return native.child_env(
+            env, self.native_events, lib, watch=(self.root, self.host), skip=(self.run_dir, host_run)
+        )
+
     def mirror(self) -> None:
         """Build the symlink skeleton of ``ws/`` (see the module docstring), once. The kernel
         layer's overlay does not need it -- it shows the host itself there -- so a launch builds it

@@ -247,6 +247,7 @@ class Engine:
                 d.captured,
                 self.profile,
                 d.reason,
+                d.hint,
             )
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
