@@ -205,8 +205,9 @@ def _run(ns: dict[str, Any]) -> int:
 
     install_interrupt_handlers()  # Ctrl-C and SIGTERM end the step's processes, then export
     outcome = execute(prep)
+    from sandbox.report import summary_line
+
     rep = outcome.report
-    ev = rep.get("events", {}).get("by_action", {})
     if outcome.status == "interrupted":
         print(
             f"{PROG}: run {req.run_id} interrupted ({rep.get('cut', {}).get('why', 'signal')}): the step's "
@@ -216,8 +217,7 @@ def _run(ns: dict[str, Any]) -> int:
     else:
         print(
             f"{PROG}: run {req.run_id} {rep['status']} (exit {outcome.exit_code}); "
-            f"{ev.get('deny', 0)} denied, {ev.get('redirect', 0)} redirected; "
-            f"exported to {outcome.destination}",
+            f"{summary_line(rep)}; exported to {outcome.destination}",
             file=sys.stderr,
         )
     for w in outcome.warnings:  # known once the launch has tried the kernel layer

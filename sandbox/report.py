@@ -320,6 +320,8 @@ def build(
         "explanations": explanations,
         "warnings": list(warnings),
         "lakehouse_diff": dict(lakehouse_diff) if lakehouse_diff is not None else None,
+        # development: what the run changed on the host through a mount its policy opens
+        "host_changes": host_changes(events),
     }
 
 

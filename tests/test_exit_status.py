@@ -145,3 +145,44 @@ def test_an_unknown_tv_profile_warns_before_production(host: Path) -> None:
     assert len(warn) == 1 and "developement" in warn[0] and "production" in warn[0], r.stderr
     rep = json.loads((host / RUNS / "TP" / "sandbox_report.json").read_text())
     assert rep["profile"] == "production"
+
+
+# -- policies bind every layer alike -------------------------------------------------------------
+
+POLICY = """[policy]
+name = "custom"
+profile = "production"
+[layout]
+lakehouse = "data/lakehouse"
+exports = "export"
+runs = "artifacts/summaries/runs"
+"""
+
+
+def test_a_rule_the_kernel_layer_cannot_enforce_is_refused_at_load(host: Path, tmp_path: Path) -> None:
+    """`deny configs/*.yaml` bound Python only (shell edits landed, unexplained): now refused."""
+    pol = tmp_path / "glob.toml"
+    pol.write_text(
+        POLICY + '[[rule]]\nname = "yaml"\npaths = ["configs/*.yaml"]\nops = ["mutate"]\naction = "deny"\n'
+        'reason = "configs are read-only"\n'
+    )
+    r = sandbox_run(host, "G", "true", options=("--policy", str(pol)))
+    assert r.returncode == EXIT_SANDBOX
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "rule 'yaml'" in line and "kernel layer" in line, line
+
+
+def test_a_folder_rule_is_a_kernel_bind(host: Path, tmp_path: Path) -> None:
+    from sandbox.loader import load_policy
+
+    pol = tmp_path / "folders.toml"
+    pol.write_text(
+        POLICY
+        + '[[rule]]\nname = "configs"\npaths = ["configs", "configs/**"]\nops = ["mutate"]\naction = "deny"\n'
+        'reason = "configs are read-only"\n'
+        '[[rule]]\nname = "cache"\npaths = ["data/cache/**"]\nops = ["all"]\naction = "allow"\n'
+    )
+    spec = load_policy(pol)
+    paths = spec.bind(host=host, run_id="K").kernel_paths()
+    assert paths.readonly == ("configs",) and paths.writable == ("data/cache",)
+    assert load_policy().bind(host=host, run_id="K").kernel_paths().readonly == ()

@@ -187,3 +187,14 @@ def test_raw_lines_survive_odd_bytes(tmp_path: Path) -> None:
         return
     lines = raw.read_text().splitlines()
     assert json.loads(lines[0])["path"].endswith(name)
+
+
+def test_the_audit_summary_line_through_the_cli(tmp_path: Path) -> None:
+    """It said "0 denied, 0 redirected" while lakehouse_diff.json listed the run's changes."""
+    from conftest import sandbox_run
+
+    host = make_host(tmp_path / "host")
+    r = sandbox_run(host, "A1", sys.executable, "scripts/buggy_selection.py", options=("--mode", "audit"))
+    assert r.returncode == 0, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "0 denied, 0 redirected, captured 1 (lakehouse diff: 1 created, 0 modified, 0 deleted)" in last, last
