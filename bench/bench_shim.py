@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sandbox import native  # noqa: E402
+from sandbox import native
 
 WRITER = """
 import os, sys, time
@@ -33,12 +33,16 @@ print(time.perf_counter() - t)
 
 def _execs(n: int, env: dict[str, str]) -> float:
     t = time.perf_counter()
-    subprocess.run(["sh", "-c", f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"], env=env, check=True)
+    subprocess.run(
+        ["sh", "-c", f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"], env=env, check=True
+    )
     return (time.perf_counter() - t) / n
 
 
 def _writes(n: int, env: dict[str, str], d: str) -> float:
-    out = subprocess.run([sys.executable, "-c", WRITER, d, str(n)], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", WRITER, d, str(n)], env=env, capture_output=True, text=True, check=True
+    )
     return float(out.stdout) / n
 
 
