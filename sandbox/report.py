@@ -121,6 +121,7 @@ def set_aside_step_files(run_storage: str) -> list[str]:
 NATIVE_LAYER = "kernel"  # a write the kernel layer refused to native code, explained by the shim
 OVERLAY_LAYER = "overlay"  # a native write the overlay redirected into the run folder
 HOST_LAYER = "native"  # a native write the policy allows on the host (development's lakehouse)
+UNENFORCED = "unenforced"  # the action of a write the policy denies that reached the host anyway
 _OPS = {"write": "write", "delete": "delete", "rename": "rename", "mkdir": "mkdir", "rmdir": "rmdir",
         "link": "link", "metadata": "metadata"}  # fmt: skip
 
@@ -134,6 +135,7 @@ class NativeCounts:
     captured: int = 0  # audit mode: native writes the capture overlays took
     allowed: int = 0  # host changes the policy allows (development): listed in the report
     unexplained: int = 0  # refused by the kernel where the policy would not deny (a file's own mode)
+    unenforced: int = 0  # the policy denies it, yet it succeeded (no kernel layer): the host changed
 
 
 def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCounts:
@@ -151,14 +153,15 @@ def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCou
       ``redirect`` (layer ``overlay``; in audit mode a capture) -- unless the Python guard already
       logged it (same process, same path);
     * a successful write the policy ALLOWs on a mount (development's lakehouse): an ``allow``
-      (layer ``native``), so the report lists what the run changed there.
+      (layer ``native``), so the report lists what the run changed there;
+    * a successful write the policy DENIES (no kernel layer: ``--kernel off``): an ``unenforced``
+      event -- the host changed against the policy, and the report says so.
 
     The raw log is consumed (renamed, read, removed): the next call sees only newer lines.
     """
     import json
 
     from sandbox.events import EventLog, read_events
-    from sandbox.policy import Action, Op
 
     raw = os.path.join(run_storage, "logs", "sandbox_native.jsonl")
     taken = raw + ".reading"
@@ -167,58 +170,23 @@ def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCou
         os.rename(raw, taken)
     except FileNotFoundError:
         return counts
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str]] = set()  # (pid, path) the guard logged already
     if os.path.exists(events_file):
         for ev in read_events(events_file):
             for key in ("resolved", "path"):
                 v = ev.get(key)
                 if isinstance(v, str) and isinstance(ev.get("pid"), int):
                     seen.add((ev["pid"], os.path.normpath(v) if v.startswith("/") else v))
-    host = policy.ctx.host
     log = EventLog(events_file)
     try:
         with open(taken, "rb") as fh:
             for line in fh:
                 try:
                     ev = json.loads(line)
-                    op = Op.named(_OPS[ev["op"]])
-                    err, pid = int(ev["errno"]), int(ev["pid"])
-                    paths = [ev["path"], *([ev["path2"]] if ev.get("path2") else [])]
-                except (ValueError, KeyError, TypeError):
+                except ValueError:
                     continue
-                base = ev.get("dir") or "/"
-                for given in paths:
-                    full = os.path.normpath(os.path.join(base, given))
-                    d = policy.decide(full, op)
-                    user = policy.user_path(full)
-                    shown = os.path.join(host, user) if not user.startswith("/") else user
-                    if err:
-                        if d.action is Action.DENY:
-                            log.emit(NATIVE_LAYER, op, "deny", d.rule, user, shown, None, False,
-                                     policy.profile, d.reason, d.hint)  # fmt: skip
-                            counts.denied += 1
-                        elif err == 30:  # EROFS
-                            log.emit(NATIVE_LAYER, op, "deny", "kernel-read-only", user, shown, None, False,
-                                     policy.profile, "the kernel layer keeps this place read-only",
-                                     "write under $TV_RUN_DIR (a relative path lands there)")  # fmt: skip
-                            counts.denied += 1
-                        else:
-                            counts.unexplained += 1
-                            continue
-                        break  # a rename refused once is one denial, whichever end it was
-                    if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
-                        continue  # the guard logged it already
-                    if d.action is Action.REDIRECT:  # audit mode's capture overlays: captured
-                        log.emit(OVERLAY_LAYER, op, "redirect", d.rule, user, shown, d.target, d.captured,
-                                 policy.profile, d.reason, d.hint)  # fmt: skip
-                        if d.captured:
-                            counts.captured += 1
-                        else:
-                            counts.redirected += 1
-                    elif d.action is Action.ALLOW and policy._mount_of(tuple(user.split("/"))) is not None:
-                        log.emit(HOST_LAYER, op, "allow", d.rule, user, shown, None, False,
-                                 policy.profile, d.reason, d.hint)  # fmt: skip
-                        counts.allowed += 1
+                if isinstance(ev, dict):
+                    _explain_one(ev, policy, seen, log, counts)
     finally:
         log.close()
         try:
@@ -228,13 +196,70 @@ def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCou
     return counts
 
 
-def host_changes(events: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """What a run changed on the host through a mount its policy opens (development's lakehouse):
-    one ``{"op", "path", "layer"}`` per allowed native write, in order, for the report."""
+def _explain_one(
+    ev: Mapping[str, Any], policy: Any, seen: set[tuple[int, str]], log: Any, counts: NativeCounts
+) -> None:
+    """One raw line of the shim: the events it stands for (see :func:`explain_native`)."""
+    from functools import partial  # after the step: not on the start-up path
+
+    from sandbox.policy import Action, Op
+
+    try:
+        op = Op.named(_OPS[ev["op"]])
+        err, pid = int(ev["errno"]), int(ev["pid"])
+        paths = [str(ev["path"]), *([str(ev["path2"])] if ev.get("path2") else [])]
+    except (ValueError, KeyError, TypeError):
+        return
+    base = str(ev.get("dir") or "/")
+    for given in paths:
+        full = os.path.normpath(os.path.join(base, given))
+        d = policy.decide(full, op)
+        user = policy.user_path(full)
+        shown = os.path.join(policy.ctx.host, user) if not user.startswith("/") else user
+        emit = partial(log.emit, op=op, path=user, resolved=shown, profile=policy.profile, hint=d.hint)
+        if err:
+            if d.action is Action.DENY:
+                emit(layer=NATIVE_LAYER, action="deny", rule=d.rule, reason=d.reason)
+            elif err == 30:  # EROFS where the policy would not deny: the kernel layer's own read-only
+                emit(layer=NATIVE_LAYER, action="deny", rule="kernel-read-only",
+                     reason="the kernel layer keeps this place read-only",
+                     hint="write under $TV_RUN_DIR (a relative path lands there)")  # fmt: skip
+            else:
+                counts.unexplained += 1  # the file's own permissions: not the sandbox's doing
+                continue
+            counts.denied += 1
+            return  # a rename refused once is one denial, whichever end it was
+        if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
+            continue  # the guard logged it already
+        if d.action is Action.REDIRECT:  # the overlay carried it (audit mode: a capture overlay)
+            emit(layer=OVERLAY_LAYER, action="redirect", rule=d.rule, target=d.target,
+                 captured=d.captured, reason=d.reason)  # fmt: skip
+            if d.captured:
+                counts.captured += 1
+            else:
+                counts.redirected += 1
+        elif d.action is Action.ALLOW and policy._mount_of(tuple(user.split("/"))) is not None:
+            emit(layer=HOST_LAYER, action="allow", rule=d.rule, reason=d.reason)
+            counts.allowed += 1
+        elif d.action is Action.DENY:  # no kernel layer stopped it: the host changed
+            why = f"{d.reason} -- but no kernel layer enforced it: the change reached the host"
+            emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
+            counts.unenforced += 1
+
+
+def host_changes(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What a run changed on the host's mounts, in order, for the report: each write its policy
+    allows there (development's lakehouse) and each it denies that no kernel layer stopped --
+    ``{"op", "path", "rule", "allowed"}``."""
     return [
-        {"op": str(e.get("op")), "path": str(e.get("path")), "layer": str(e.get("layer"))}
+        {
+            "op": str(e.get("op")),
+            "path": str(e.get("path")),
+            "rule": str(e.get("rule")),
+            "allowed": e.get("action") == "allow",
+        }
         for e in events
-        if e.get("action") == "allow"
+        if e.get("action") in ("allow", UNENFORCED)
     ]
 
 
@@ -256,7 +281,9 @@ def summary_line(report: Mapping[str, Any]) -> str:
         )
     changed = report.get("host_changes") or []
     if changed:
-        text += f", {len(changed)} host change(s) allowed by the policy"
+        against = sum(1 for c in changed if not c.get("allowed"))
+        text += f", {len(changed)} host change(s)"
+        text += f" ({against} AGAINST the policy: no kernel layer)" if against else " allowed by the policy"
     return text
 
 

@@ -35,7 +35,9 @@ def shim() -> str:
     return lib
 
 
-def _step(tmp_path: Path, script: list[str], profile: str = "production", mode: str = "enforce") -> dict:
+def _step(
+    tmp_path: Path, script: list[str], profile: str = "production", mode: str = "enforce", kernel: bool = True
+) -> dict:
     """One step, launched as `tv-sandbox run` launches it (runner.start_step under the full kernel
     plan), with the shim in its environment; then explain_native, as the runner calls it."""
     host = make_host(tmp_path / "host")
@@ -52,7 +54,11 @@ def _step(tmp_path: Path, script: list[str], profile: str = "production", mode: 
         env.update(ws.env(profile))
         env = ws.native_env(env)
         assert "LD_PRELOAD" in env
-        plan = kernel_plan(ws, mode, policy)
+        if kernel:
+            plan = kernel_plan(ws, mode, policy)
+        else:
+            ws.mirror()
+            plan = None
         child = start_step(ws, env, script, plan)
         result = child.wait()
         events_file = os.path.join(ws.run_storage, "logs", EVENTS_NAME)
@@ -143,6 +149,16 @@ def test_development_lists_the_lakehouse_changes(
     assert [(e["path"], e["rule"]) for e in deny] == [("export/x.txt", "exports-read-only")]
 
 
+def test_kernel_off_the_changes_against_the_policy_are_reported(tmp_path: Path, shim: str) -> None:
+    """--kernel off: nothing stops a shell's `rm` in the lakehouse -- the report must say so."""
+    r = _step(tmp_path, ["sh", "-c", f"rm {LAKE_FILE}; echo n > data/new.txt"], kernel=False)
+    assert r["exit"] == 0 and not r["host_same"]  # the point: without the kernel layer it reaches the host
+    changes = host_changes(r["events"])
+    assert changes == [{"op": "delete", "path": LAKE_FILE, "rule": "lakehouse-read-only", "allowed": False}]
+    assert r["counts"].unenforced == 1
+    assert [e["path"] for e in r["events"] if e["action"] == "redirect"] == ["data/new.txt"]
+
+
 def test_without_the_shim_nothing_breaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Absent (no compiler, cache off, TV_SANDBOX_SHIM=off): never an error, the env unchanged."""
     monkeypatch.setenv("TV_SANDBOX_SHIM", "off")
@@ -163,8 +179,10 @@ def test_the_summary_line() -> None:
     )
     rep = {"mode": "enforce", "events": {"by_action": {"deny": 2, "redirect": 5}, "captured": 0}}
     assert summary_line(rep) == "2 denied, 5 redirected"
-    rep["host_changes"] = [{"op": "write", "path": "data/lakehouse/x", "layer": "native"}]
+    rep["host_changes"] = [{"op": "write", "path": "data/lakehouse/x", "rule": "r", "allowed": True}]
     assert summary_line(rep).endswith("1 host change(s) allowed by the policy")
+    rep["host_changes"].append({"op": "delete", "path": "data/lakehouse/y", "rule": "r", "allowed": False})
+    assert summary_line(rep).endswith("2 host change(s) (1 AGAINST the policy: no kernel layer)")
 
 
 def test_raw_lines_survive_odd_bytes(tmp_path: Path) -> None:
