@@ -272,7 +272,14 @@ def _launch(
         return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr)
 
     if prep.kernel == "off":
-        return Launched(start(None), None, {"kernel": "turned off (--kernel off or the policy)"}, [])
+        why = "turned off (--kernel off, or the policy's kernel = \"off\")"
+        return Launched(
+            start(None),
+            None,
+            {"kernel": why},
+            [f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
+             "(pyarrow, sqlite), shell commands and non-Python children can change it"],
+        )
     from sandbox.kernel import landlock
 
     refusals: list[str] = []
