@@ -169,6 +169,10 @@ def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCou
     try:
         os.rename(raw, taken)
     except FileNotFoundError:
+        try:
+            EventLog(events_file).close()  # the run's event log exists even when nothing happened
+        except OSError:
+            pass
         return counts
     seen: set[tuple[int, str]] = set()  # (pid, path) the guard logged already
     if os.path.exists(events_file):

@@ -130,25 +130,8 @@ class Workspace:
         _mirror(self.host, self.root, _skeleton(self)[1])
 
     def remove(self) -> None:
-        """Remove the workspace, its ``owner`` marker last: a launcher killed halfway leaves what
-        is left still provably its own, for a later sweep."""
-        try:
-            names = os.listdir(self.base)
-        except FileNotFoundError:
-            return
-        except OSError:
-            names = []
-        for name in names:
-            if name != OWNER_FILE:
-                path = os.path.join(self.base, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    _rmtree(path)
-                else:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-        _rmtree(self.base)
+        """Remove the workspace, its ``owner`` marker last (see :func:`_remove_owned`)."""
+        _remove_owned(self.base)
 
 
 _PREFIX = "tv-sandbox-"
@@ -158,6 +141,27 @@ def _rmtree(path: str) -> None:
     import shutil  # not on the start-up path: a run removes its workspace after its step
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_owned(base: str) -> None:
+    """Remove a workspace folder with its ``owner`` marker last: a remover killed halfway (the
+    launcher itself, or another launcher's sweep) leaves what is left still provably owned, for
+    a later sweep to finish."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        names = []
+    for name in names:
+        if name != OWNER_FILE:
+            path = os.path.join(base, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                _rmtree(path)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+    _rmtree(base)
 
 
 def temp_root() -> str:
@@ -294,7 +298,7 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
             continue
         pid, start = owner
         if _start_time(pid) != start:
-            _rmtree(path)
+            _remove_owned(path)
             removed.append(path)
     return removed
 
