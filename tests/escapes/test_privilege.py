@@ -359,7 +359,7 @@ def test_terminating_a_launcher_ends_the_whole_step(box: Box) -> None:
         "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
-        f"    os.execvp('sleep', ['sleep', '300', '{marker}'])\n"
+        f"    os.execvp('sleep', ['{marker}', '300'])\n"
         "time.sleep(300)\n"
     )
     argv_env = {"TV_RUN_DIR_UNUSED": "1"}

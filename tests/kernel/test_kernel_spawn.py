@@ -244,3 +244,49 @@ def test_the_command_in_a_pid_namespace_is_pid_2_under_its_init(kernel_support: 
     r = sh("echo $$; ls /proc | grep -c '^[0-9]'", _pidns_plan(tree))
     pid, count = r.out.split()
     assert pid == "2" and int(count) <= 4, r.out  # init, sh, ls (and grep)
+
+
+def test_a_keeper_killed_from_outside_still_waits_for_the_whole_namespace(
+    kernel_support: object, tree
+) -> None:  # type: ignore[no-untyped-def]
+    """The OOM killer or a stray SIGKILL takes the keeper: its init dies of its parent-death
+    signal and the kernel ends the namespace; wait() returns only once that is done."""
+    marker = f"tvs-keeper-{os.getpid()}"
+    code = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execvp('sleep', ['{marker}', '300'])\n"
+        f"os.execvp('sleep', ['{marker}', '300'])\n"
+    )
+    child = spawn(
+        [sys.executable, "-I", "-S", "-c", code], env=dict(os.environ), cwd="/", plan=_pidns_plan(tree)
+    )
+    deadline = time.monotonic() + 10
+    while len(_with_marker(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pids = _with_marker(marker)
+    assert len(pids) == 2
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait().signal == signal.SIGKILL
+    alive = []
+    for p in pids:  # at once: the namespace must be gone when wait() returns, not a moment later
+        try:
+            os.kill(p, 0)
+            alive.append(p)
+        except ProcessLookupError:
+            pass
+    assert alive == [], "a process of the step outlived its wait()"
+
+
+def _with_marker(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
