@@ -125,7 +125,7 @@ def test_exit_status_is_the_commands_and_failed_runs_are_exported(host: Path) ->
 def test_overwrite_swaps_atomically(host: Path) -> None:
     assert run(host, "R", sys.executable, "-c", "open('a.txt', 'w').write('1')").returncode == 0
     r = run(host, "R", sys.executable, "-c", "pass")
-    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert r.returncode == 125 and "--overwrite" in r.stderr
     r = run(host, "R", sys.executable, "-c", "open('b.txt', 'w').write('2')", extra=("--overwrite",))
     assert r.returncode == 0, r.stderr
     out = host / RUNS / "R"
@@ -258,7 +258,7 @@ def test_when_the_kernel_refuses_everything(
     code = main([*argv, "--workspace-dir", str(tmp_path / "ws"), "--", sys.executable, "-c", STEP])
     assert list((tmp_path / "ws").iterdir()) == []
     if kernel == "require":
-        assert code == 2 and tree_snapshot(host) == before
+        assert code == 125 and tree_snapshot(host) == before
         return
     assert code == 0
     report = json.loads((host / RUNS / "none" / "sandbox_report.json").read_text())

@@ -84,11 +84,12 @@ def test_sigkill_at_random_moments(tmp_path: Path, victim: str) -> None:
         assert tree_snapshot(host / "data" / "lakehouse") == lake
     if victim == "launcher":
         assert {"absent", "complete"} <= set(states) or len(set(states)) == 1, states
-        # a later run sweeps the workspaces the killed launchers left behind (one killed while
-        # creating its folder has no record yet: swept once it is a few seconds old)
-        time.sleep(2.5)
+        # a later run sweeps the workspaces the killed launchers left behind; one killed in the
+        # microseconds between creating its folder and writing its marker cannot be proved ours:
+        # it stays, holding nothing but (part of) the marker
         subprocess.run(_cmd(host, "after", base, files=1), check=True, capture_output=True)
-        assert [p.name for p in base.iterdir()] == []
+        for left in base.iterdir():
+            assert {p.name for p in left.iterdir()} <= {"owner"}, list(left.rglob("*"))
     else:
         assert all(s == "complete" for s in states), states  # the launcher survives its step
 
@@ -111,7 +112,7 @@ def test_eight_concurrent_runs(tmp_path: Path) -> None:
         for f in (out / "reports").iterdir():
             assert f.read_text() == rid * 50  # nothing mixed between runs
     dup_codes = sorted(c for c, _ in codes[5:])
-    assert dup_codes[0] == 0 and all(c in (0, 2, 3) for c in dup_codes), codes[5:]
+    assert dup_codes[0] == 0 and all(c in (0, 125) for c in dup_codes), codes[5:]
     assert dup_codes.count(0) == 1, "exactly one duplicate RUN_ID may be exported without --overwrite"
     assert verify(host / RUNS / "dup") == []
     assert tree_snapshot(host / "data" / "lakehouse") == lake
