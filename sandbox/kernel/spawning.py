@@ -332,6 +332,9 @@ def _keeper(
                 os.dup2(fd, target)  # dup2 makes the copy inheritable
         for fd in keep:
             os.set_inheritable(fd, True)
+        # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
+        # steps' pipes, a Ray worker's sockets, locked files) that long.
+        _close_fds_except([*keep, wfd, gor])
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean

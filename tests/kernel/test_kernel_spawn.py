@@ -290,3 +290,18 @@ def _with_marker(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_the_keeper_holds_none_of_the_launchers_descriptors() -> None:
+    """A pipe the launcher opened before the spawn (another step's stderr, a Ray socket) is not
+    held open by the keeper, which lives as long as the step."""
+    rfd, wfd = os.pipe()
+    child = spawn(["sleep", "30"], env=dict(os.environ), cwd="/", plan=None)
+    try:
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        assert os.read(rfd, 1) == b"", "a process of the step holds the launcher's pipe"
+    finally:
+        os.close(rfd)
+        child.kill()
+        child.wait()
