@@ -165,15 +165,26 @@ def _run(ns: dict[str, Any]) -> int:
     t0 = time.perf_counter()
     prep = preflight(req)
     t_pre = time.perf_counter() - t0
+    from sandbox.run import install_interrupt_handlers
+
+    install_interrupt_handlers()  # Ctrl-C and SIGTERM end the step's processes, then export
     outcome = execute(prep)
     rep = outcome.report
     ev = rep.get("events", {}).get("by_action", {})
-    print(
-        f"{PROG}: run {req.run_id} {rep['status']} (exit {outcome.exit_code}); "
-        f"{ev.get('deny', 0)} denied, {ev.get('redirect', 0)} redirected; exported to {outcome.destination}",
-        file=sys.stderr,
-    )
-    for w in prep.warnings:  # known once the launch has tried the kernel layer
+    if outcome.status == "interrupted":
+        print(
+            f"{PROG}: run {req.run_id} interrupted ({rep.get('cut', {}).get('why', 'signal')}): the step's "
+            f"processes were ended; exported, marked interrupted, to {outcome.destination}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"{PROG}: run {req.run_id} {rep['status']} (exit {outcome.exit_code}); "
+            f"{ev.get('deny', 0)} denied, {ev.get('redirect', 0)} redirected; "
+            f"exported to {outcome.destination}",
+            file=sys.stderr,
+        )
+    for w in outcome.warnings:  # known once the launch has tried the kernel layer
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     for line in rep.get("explanations", []):
         print(f"{PROG}: {line}", file=sys.stderr)
@@ -213,8 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SandboxError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_status
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # before a run began, or after it was exported
+        signum = getattr(e, "signum", 2)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 128 + signum
     except Exception as e:  # a bug: say so in one line, keep the traceback available
         if os.environ.get("TV_SANDBOX_DEBUG"):
             raise

@@ -30,7 +30,14 @@ _KERNEL_DENIAL_MARKERS = ("Read-only file system", "Permission denied", "Operati
 
 @record
 class StepRecord:
-    """One sandboxed command."""
+    """One sandboxed step: its command, how it ended, and what its whole process tree cost.
+
+    ``cpu_s`` is the user + system time of every process of the step; ``peak_rss_bytes`` the
+    highest total resident memory of its process tree seen while it ran (at least the largest
+    single process's). ``cut`` says why tv-sandbox ended the step, when it did: ``"timeout"``,
+    ``"cancelled"`` or ``"interrupted"`` (None: it ended by itself); ``cut_reason`` in words.
+    ``denied``/``redirected`` count the step's own events.
+    """
 
     argv: list[str]
     exit_code: int
@@ -38,6 +45,12 @@ class StepRecord:
     duration_s: float
     peak_rss_bytes: int
     stderr_tail: str = ""
+    name: str = "step"
+    cpu_s: float = 0.0
+    denied: int = 0
+    redirected: int = 0
+    cut: str | None = None
+    cut_reason: str = ""
 
 
 @record
@@ -107,11 +120,14 @@ def build(
     protected: Mapping[str, str],
     warnings: Sequence[str] = (),
     lakehouse_diff: Mapping[str, Any] | None = None,
+    status: str | None = None,
 ) -> dict[str, Any]:
     """The report. ``lakehouse_diff``: the summary :func:`sandbox.lakediff.write` returns (audit
-    mode; None -- shown as null -- in enforce mode, which makes no diff)."""
+    mode; None -- shown as null -- in enforce mode, which makes no diff). ``status`` defaults to
+    ``succeeded`` when every step exited 0, else ``failed``."""
     explanations = [e for s in steps if (e := explain_failure(s, layers, protected))]
-    status = "succeeded" if steps and all(s.exit_code == 0 for s in steps) else "failed"
+    if status is None:
+        status = "succeeded" if steps and all(s.exit_code == 0 for s in steps) else "failed"
     return {
         "schema": "tv-sandbox-report",
         "schema_version": 1,

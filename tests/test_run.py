@@ -204,9 +204,12 @@ def test_without_namespaces_the_launch_falls_back_to_landlock(
     _refusing(monkeypatch, lambda plan: plan.namespace)
     before = lake(host)
     out = execute(preflight(RunRequest(host=str(host), run_id="ll", argv=[sys.executable, "-c", STEP])))
-    assert out.exit_code == 0 and out.report["warnings"] == []
+    # never a silent downgrade: a warning, and `missing` names each layer that is not there
+    assert out.exit_code == 0 and len(out.report["warnings"]) == 1
+    assert "no mount namespace" in out.report["warnings"][0]
     layers = out.report["layers"]
     assert layers["landlock_abi"] > 0 and not layers["mount_namespace"] and not layers["overlay"]
+    assert {"mount_namespace", "overlay", "readonly_mounts"} <= set(layers["missing"])
     assert (host / RUNS / "ll" / "reports" / "out.txt").read_text() == "x"  # the guard redirected it
     assert lake(host) == before
 

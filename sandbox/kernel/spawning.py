@@ -55,6 +55,7 @@ class ChildResult:
     duration_s: float
     peak_rss_bytes: int
     launcher_rss_bytes: int = 0
+    cpu_s: float = 0.0  # user + system time of the command and every descendant it waited for
 
     @property
     def command_peak_rss_bytes(self) -> int | None:
@@ -83,6 +84,7 @@ class Child:
             duration_s=time.monotonic() - self._started,
             peak_rss_bytes=int(rusage.ru_maxrss) * 1024,  # type: ignore[attr-defined]  # KiB on Linux
             launcher_rss_bytes=self._launcher_rss,
+            cpu_s=float(rusage.ru_utime + rusage.ru_stime),  # type: ignore[attr-defined]
         )
         return self._result
 
