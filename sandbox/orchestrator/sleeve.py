@@ -132,7 +132,8 @@ class SleeveWorker:
     def work(self, task: SleeveTask) -> SleeveResult:
         from sandbox._paths import write_into
         from sandbox._record import replace
-        from sandbox.runner import Run, RunRequest, StepSpec, preflight
+        from sandbox.run import Run, RunClosed, StepSpec
+        from sandbox.runner import RunRequest, preflight
 
         self._t0 = time.monotonic()
         self._of = len(task.steps)
@@ -156,7 +157,8 @@ class SleeveWorker:
                 if self._cancelled is not None:  # cancelled before it started: nothing to export
                     result.status = "cancelled"
                     return result
-                run = Run.open(prep)
+                # echo=False: the steps' output stays in the run's logs/, not in Ray's worker logs
+                run = Run.open(prep, echo=False)
                 self._run = run
         except SandboxError as e:
             result.error = str(e)
@@ -189,25 +191,31 @@ class SleeveWorker:
                     "PIPELINE_PROFILE": task.profile,
                 }
                 run_arg: list[str] | str = step.run if isinstance(step.run, str) else list(step.run)
-                rec = run.step(
-                    StepSpec(
-                        name=step.name, argv=run_arg, env=env, timeout_s=step_timeout(step, task.step_timeout)
-                    )
+                spec = StepSpec(
+                    run_arg, name=step.name, env=env, timeout_s=step_timeout(step, task.step_timeout)
                 )
+                try:
+                    rec = run.step(spec)
+                except RunClosed:  # cancelled between two steps
+                    status = "cancelled"
+                    break
                 result.steps.append(
                     StepResult(
                         name=step.name,
                         exit_code=rec.exit_code,
                         duration_s=round(rec.duration_s, 3),
-                        signal=getattr(rec, "signal", None),
-                        cpu_s=getattr(rec, "cpu_s", None),
-                        peak_rss_bytes=getattr(rec, "peak_rss_bytes", None),
-                        cut=getattr(rec, "cut", None),
+                        signal=rec.signal,
+                        cpu_s=round(rec.cpu_s, 3),
+                        peak_rss_bytes=rec.peak_rss_bytes,
+                        cut=rec.cut,
                     )
                 )
-                if rec.exit_code != 0 or getattr(rec, "cut", None):
+                if rec.exit_code != 0 or rec.cut:
                     result.failed_step = step.name
                     break
+        except SandboxError as e:  # a step could not start (kernel layer required but refused...)
+            result.error = str(e)
+            status = "failed"
         except BaseException:
             run.close(status="failed")  # exported, marked failed, with its logs
             raise
@@ -231,4 +239,5 @@ def actor_class() -> Any:
     """:class:`SleeveWorker` as a Ray actor class (imports ray)."""
     import ray
 
-    return ray.remote(max_concurrency=MAX_CONCURRENCY)(SleeveWorker)
+    remote: Any = ray.remote  # its overloads do not type the actor options
+    return remote(max_concurrency=MAX_CONCURRENCY)(SleeveWorker)
