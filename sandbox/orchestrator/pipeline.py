@@ -333,9 +333,10 @@ def _dispatch(
     except (KeyboardInterrupt, _Terminated) as e:
         cut = "terminated" if isinstance(e, _Terminated) else "cancelled"
         progress.note(f"{'SIGTERM' if cut == 'terminated' else 'Ctrl-C'}: cancelling the running sleeves...")
-        for ref, (_sleeve, actor, _t0) in running.items():
+        for _sleeve, actor, _t0 in running.values():
+            # not ray.cancel(): a threaded actor's running method is not interrupted by it, and its
+            # result -- the exported, cancelled run -- would be lost to TaskCancelledError
             actor.cancel.remote("cancelled" if cut == "cancelled" else "interrupted")
-            ray.cancel(ref)  # a threaded actor's method is not interrupted; this only flags it
         deadline = time.monotonic() + _CANCEL_WAIT_S
         try:
             while running and time.monotonic() < deadline:
