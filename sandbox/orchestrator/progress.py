@@ -70,14 +70,17 @@ class RichProgress(Progress):
         from rich.live import Live
 
         self.console = Console(file=self.stream)
-        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+        # get_renderable: each refresh redraws the table, so the elapsed times keep running
+        self.live = Live(
+            console=self.console, get_renderable=self._table, refresh_per_second=4, transient=False
+        )
 
     def __enter__(self) -> RichProgress:
         self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.update(self._table())
+        self.live.refresh()
         self.live.__exit__(None, None, None)
 
     def _table(self) -> Any:
@@ -103,7 +106,7 @@ class RichProgress(Progress):
         return t
 
     def _line(self, text: str) -> None:
-        self.live.update(self._table())
+        self.live.refresh()
 
     def note(self, text: str) -> None:
         self.console.print(text)
