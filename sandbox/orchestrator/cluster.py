@@ -89,7 +89,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             ) from None
         how = "attached"
     else:
-        ray.init(address="local", num_cpus=num_cpus, object_store_memory=OBJECT_STORE_BYTES, **kwargs)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=OBJECT_STORE_BYTES, **kwargs)
+        except BaseException:  # Ctrl-C while Ray starts: end what it started so far
+            ray.shutdown()
+            raise
         how = "embedded"
     try:
         yield how
