@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_pipeline import RUN_ID, RUNS, make_host, step
+
+from .test_pipeline import RUN_ID, RUNS, make_host, step
 
 pytestmark = pytest.mark.slow
 
