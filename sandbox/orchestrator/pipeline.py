@@ -225,18 +225,36 @@ class _Terminated(BaseException):
     """SIGTERM on the driver: handled as Ctrl-C, exit 143."""
 
 
-@contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise _Terminated()
+class _SigtermFlag:
+    """SIGTERM, noted by the handler and raised by the dispatch loop as :class:`_Terminated`.
 
+    Raising from the handler itself is not safe here: the signal usually lands while the main
+    thread is inside Ray's Cython calls (``ray.wait``), which then fail with a ``SystemError``.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seen = 0
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def check(self) -> None:
+        if self.count > self.seen:
+            self.seen = self.count
+            raise _Terminated()
+
+
+@contextmanager
+def _sigterm_noted() -> Iterator[_SigtermFlag]:
+    flag = _SigtermFlag()
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, flag.handler)
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield flag
         return
     try:
-        yield
+        yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -290,7 +308,7 @@ def _crashed(sleeve: Sleeve, error: BaseException, t0: float) -> SleeveResult:
 
 
 def _dispatch(
-    pp: PreparedPipeline, progress: Any, max_parallel: int
+    pp: PreparedPipeline, progress: Any, max_parallel: int, sigterm: _SigtermFlag
 ) -> tuple[list[SleeveResult], str | None]:
     """Run the sleeves; return their results and how the run was cut (None, "cancelled", "terminated")."""
     import ray
@@ -304,17 +322,19 @@ def _dispatch(
     cut: str | None = None
 
     def collect(ref: Any) -> None:
-        sleeve, actor, t0 = running.pop(ref)
+        sleeve, actor, t0 = running[ref]
         try:
             res = ray.get(ref)
         except Exception as e:  # the actor died (worker crash, OOM kill): no export from it
             res = _crashed(sleeve, e, t0)
+        del running[ref]  # only now: a Ctrl-C during the get leaves it to be cancelled
         results[sleeve.id] = res
         progress.done(res)
         ray.kill(actor, no_restart=True)
 
     try:
         while pending or running:
+            sigterm.check()
             while pending and len(running) < max_parallel:
                 sleeve = pending.popleft()
                 actor = worker_cls.options(name=None, num_cpus=1).remote()
@@ -340,6 +360,7 @@ def _dispatch(
         deadline = time.monotonic() + _CANCEL_WAIT_S
         try:
             while running and time.monotonic() < deadline:
+                sigterm.check()  # a second signal: end the workers now
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in ready:
                     collect(ref)
@@ -383,15 +404,17 @@ def run_pipeline(
     max_parallel = req.max_parallel or max(1, os.cpu_count() or 1)
     cut: str | None = None
     ran: list[SleeveResult] = []
-    with _sigterm_as_exception():
-        try:
-            with ray_session(req.address, num_cpus=max(max_parallel, os.cpu_count() or 1)):
-                progress = make_progress([s.id for s in pp.to_run], mode=progress_mode, stream=out)
-                with progress:
-                    if pp.to_run:
-                        ran, cut = _dispatch(pp, progress, max_parallel)
-        except (KeyboardInterrupt, _Terminated) as e:  # during Ray's start or shutdown
-            cut = cut or ("terminated" if isinstance(e, _Terminated) else "cancelled")
+    try:
+        # the handler goes in after ray.init, which installs its own (log, exit 1) in the driver
+        with (
+            ray_session(req.address, num_cpus=max(max_parallel, os.cpu_count() or 1)),
+            _sigterm_noted() as sigterm,
+            make_progress([s.id for s in pp.to_run], mode=progress_mode, stream=out) as progress,
+        ):
+            if pp.to_run:
+                ran, cut = _dispatch(pp, progress, max_parallel, sigterm)
+    except (KeyboardInterrupt, _Terminated) as e:  # during Ray's start or shutdown
+        cut = cut or ("terminated" if isinstance(e, _Terminated) else "cancelled")
     by_id = {r.id: r for r in [*pp.kept, *ran]}
     sleeves = [by_id[s.id] for s in pp.meta.sleeves if s.id in by_id]
     for s in pp.meta.sleeves:  # cut before dispatch: never started

@@ -202,7 +202,12 @@ def test_step_timeout_ends_the_whole_process_tree(ray_cluster: str, tmp_path: Pa
     assert leftovers(token) == []  # the sleeping grandchild went with its step
 
 
-def test_ctrl_c_cancels_cleanly(ray_cluster: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "status", "said"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_ctrl_c_cancels_cleanly(
+    ray_cluster: str, tmp_path: Path, signum: int, status: int, said: str
+) -> None:
     token = f"tvsb-ctrlc-{uuid.uuid4().hex}"
     sleeves = {
         "quick": [step("w", "write", "0")],
@@ -226,13 +231,13 @@ def test_ctrl_c_cancels_cleanly(ray_cluster: str, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the slow step never started"
         while not leftovers(token) and time.monotonic() < deadline:
             time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        os.killpg(proc.pid, signum)  # what a terminal's Ctrl-C does (to the whole process group)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     root = host / RUNS / RUN_ID
     assert export_status(root / "quick") == "succeeded" and verify(root / "quick") == []
     assert export_status(root / "slow") == "cancelled" and verify(root / "slow") == []
@@ -245,7 +250,7 @@ def test_ctrl_c_cancels_cleanly(ray_cluster: str, tmp_path: Path) -> None:
         "later": "cancelled",
     }
     assert leftovers(token) == []
-    assert "Traceback" not in err and "Ctrl-C: cancelling the running sleeves" in out
+    assert "Traceback" not in err and f"{said}: cancelling the running sleeves" in out
 
 
 def test_resume_reruns_only_missing_or_failed_sleeves_and_json_shape(
