@@ -22,7 +22,7 @@ from pathlib import Path
 from sandbox.export import verify
 from sandbox.orchestrator.pipeline import PipelineRequest, PipelineResult, prepare_pipeline, run_pipeline
 from sandbox.orchestrator.progress import summary_table
-from sandbox.samples import make_pipeline_host, run_scans
+from sandbox.samples import DEMO_PREFIX, make_pipeline_host, run_scans
 
 RUNS = (("ray-test", "meta_ray_test"), ("multi", "meta_crypto_multi"))
 
@@ -71,8 +71,7 @@ def main(directory: str | None = None, *, kernel: str = "auto") -> int:
     from sandbox.orchestrator.cluster import ray_session
 
     t0 = time.monotonic()
-    # not named tv-sandbox-*: the sample host must never look like a launcher's workspace
-    base = Path(directory or tempfile.mkdtemp(prefix="tvsandbox-pipeline-demo-"))
+    base = Path(directory or tempfile.mkdtemp(prefix=DEMO_PREFIX))
     host = make_pipeline_host(base / "host")
     lake = host / "data" / "lakehouse"
     files = sorted(lake.iterdir())

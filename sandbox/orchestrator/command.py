@@ -2,8 +2,8 @@
 
 ``sandbox.cli`` parses the options and calls :func:`main`; this prints progress, the summary table
 (or, with ``--json``, exactly one JSON document on stdout and everything else on stderr) and
-returns the exit status: 0 every sleeve succeeded, 1 any failed, the error's status (an error of
-tv-sandbox itself, before dispatch), 130 on Ctrl-C (143 on SIGTERM).
+returns the exit status: 0 every sleeve succeeded, 1 any failed, 125 for an error of tv-sandbox
+itself (before dispatch), 130 on Ctrl-C (143 on SIGTERM).
 """
 
 from __future__ import annotations

@@ -30,7 +30,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from sandbox.errors import PreflightError, UsageError
+from sandbox.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    PreflightError,
+    UsageError,
+)
 from sandbox.orchestrator.manifest import (
     MANIFEST_DEFAULT,
     Manifest,
@@ -42,10 +49,6 @@ from sandbox.orchestrator.manifest import (
 from sandbox.orchestrator.sleeve import SleeveResult, SleeveTask, StepResult
 
 SUMMARY_NAME = "pipeline_summary.json"
-EXIT_OK = 0
-EXIT_SLEEVE_FAILED = 1  # the pipeline ran; at least one sleeve did not succeed
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-EXIT_TERMINATED = 128 + signal.SIGTERM
 _CANCEL_WAIT_S = 60.0  # how long a cancelled sleeve may take to end its steps and export
 
 
@@ -425,7 +428,7 @@ def run_pipeline(
     elif all(s.status == "succeeded" for s in sleeves):
         status, code = "succeeded", EXIT_OK
     else:
-        status, code = "failed", EXIT_SLEEVE_FAILED
+        status, code = "failed", EXIT_FAILED  # the pipeline ran; a sleeve did not succeed
     result = PipelineResult(
         req.run_id, pp.meta.name, status, code, sleeves, None, round(time.monotonic() - t0, 3)
     )

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from sandbox import cli
-from sandbox.errors import PreflightError
+from sandbox.errors import EXIT_SANDBOX, PreflightError
 from sandbox.export import verify
 from sandbox.manifest import read_manifest
 from sandbox.orchestrator.pipeline import (
@@ -182,7 +182,7 @@ def test_preflight_failure_lists_missing_scanners_and_writes_nothing(tmp_path: P
     before = sorted(str(p) for p in host.rglob("*"))
     code = cli.main(["pipeline", "--root", str(host), "--profile", "meta", "--run-id", RUN_ID])
     err = capsys.readouterr().err
-    assert code == PreflightError("x").exit_status and code not in (0, 1)
+    assert code == EXIT_SANDBOX == 125
     assert err.count("\n") == 1 and f"{SCANNER} for sleeves a, b" in err
     assert f"python scripts/run_scans.py --run-id {RUN_ID}" in err
     assert sorted(str(p) for p in host.rglob("*")) == before
