@@ -61,7 +61,7 @@ def _show_denial(result: PipelineResult) -> bool:
             said = said[: said.index("[resolved:")].rstrip()
         _say(f"  the script saw: {said}")
         if hint:
-            _say(f"  and what to do: {hint}")
+            _say(f"  explanation: {hint}")
     _say(f"  its run folder was exported anyway, marked {hedge.status}: {hedge.export}")
     return hedge.status == "failed" and bool(denials)
 
