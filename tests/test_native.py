@@ -62,7 +62,7 @@ def _step(
         child = start_step(ws, env, script, plan)
         result = child.wait()
         events_file = os.path.join(ws.run_storage, "logs", EVENTS_NAME)
-        counts = explain_native(ws.run_storage, policy, events_file)
+        counts = explain_native(ws.run_storage, policy, events_file, kernel=kernel)
         events = read_events(events_file) if os.path.exists(events_file) else []
         files = {
             str(p.relative_to(ws.run_storage)): p.read_bytes()
@@ -215,4 +215,6 @@ def test_the_audit_summary_line_through_the_cli(tmp_path: Path) -> None:
     r = sandbox_run(host, "A1", sys.executable, "scripts/buggy_selection.py", options=("--mode", "audit"))
     assert r.returncode == 0, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert "0 denied, 0 redirected, captured 1 (lakehouse diff: 1 created, 0 modified, 0 deleted)" in last, last
+    assert "0 denied, 0 redirected, captured 1 (lakehouse diff: 1 created, 0 modified, 0 deleted)" in last, (
+        last
+    )
