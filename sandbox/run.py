@@ -34,7 +34,15 @@ from sandbox import workspace as workspace_mod
 from sandbox._record import record
 from sandbox.errors import ExportError, SandboxError, UsageError
 from sandbox.policy import save_resolved
-from sandbox.runner import POLICY_FILE, POLICY_RECORD, Launched, RunOutcome, _launch, start_step
+from sandbox.runner import (
+    POLICY_FILE,
+    POLICY_RECORD,
+    Launched,
+    RunOutcome,
+    _launch,
+    export_limit,
+    start_step,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,11 +107,31 @@ class _Clock:
         self._t = now
 
 
-def _tee(src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any) -> None:
+def _tee(
+    src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any, running: Any
+) -> None:
     """Copy a step's stderr to ours (``dst``, when echoing) and to its log file, keeping the tail
-    for the report. Ends at end of file: when every process of the step has closed it."""
+    for the report.
+
+    Stops at end of file, or once the step has ended (``running``, a lock held while it runs, is
+    released) and what it wrote is drained: every process of the step is gone by then (see
+    :class:`sandbox.kernel.Child`), and a descriptor it passed to a process outside its run must
+    not hold the run open.
+    """
+    import select  # in the tee's thread, after the step's exec: off the start-up path
+
+    poller = select.poll()
+    poller.register(src, select.POLLIN | select.POLLHUP)
     try:
-        while chunk := os.read(src, 65536):
+        while True:
+            ended = not running.locked()
+            if not poller.poll(0 if ended else 100):
+                if ended:
+                    break
+                continue
+            chunk = os.read(src, 65536)
+            if not chunk:
+                break
             if dst is not None:
                 try:
                     dst.write(chunk)
@@ -131,12 +159,13 @@ def _meanwhile(base_dir: str | None) -> None:
 
 
 class _Tree:
-    """The processes of a running step, seen from outside: memory sampling and ending them all."""
+    """The processes of a running step, seen from outside: memory sampling and ending them."""
 
     def __init__(self, child: Child) -> None:
         self.child = child
         self.peak_rss = 0
         self._stop = False
+        self.finished = False  # the step was reaped by the thread waiting for it
 
     def _procs(self) -> list[Any]:
         import psutil
@@ -166,41 +195,18 @@ class _Tree:
             self.peak_rss = max(self.peak_rss, total)
             time.sleep(_SAMPLE_S)
 
-    def end(self, grace: float = GRACE_S) -> None:
-        """SIGTERM every process of the step, then SIGKILL whatever is left after ``grace``.
-
-        The direct child is signalled through :meth:`Child.kill`, never waited for here: its
-        status belongs to :meth:`Child.wait`."""
-        import psutil
-
-        procs = self._procs()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in procs:
-                try:
-                    if p.pid == self.child.pid:
-                        self.child.kill(sig)
-                    else:
-                        p.send_signal(sig)
-                except (psutil.Error, OSError):
-                    pass
-            if sig == signal.SIGKILL:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                live = [p for p in procs if _alive(p)]
-                if not live:
-                    return
-                time.sleep(0.02)
-            procs = [p for p in procs if _alive(p)] + [p for p in self._procs() if p not in procs]
-
-
-def _alive(p: Any) -> bool:
-    import psutil
-
-    try:
-        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
+    def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
+        """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not
+        ended after ``grace``. The kernel layer makes the step's end its whole tree's end (a PID
+        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only.
+        ``reap``: this thread is the only one waiting for the step, so it may reap it."""
+        self.child.terminate()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.finished or (reap and self.child.poll() is not None):
+                return
+            time.sleep(0.02)
+        self.child.kill()
 
 
 class Run:
@@ -233,7 +239,9 @@ class Run:
         req = prep.request
         env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
         env.update(ws.env(req.profile))
-        self.env: dict[str, str] = env
+        # the explain shim (sandbox.native) rides along when this machine can build it
+        self.env: dict[str, str] = ws.native_env(env)
+        self.carried: list[str] = []  # what consolidation moved from the workspace into the run folder
         self.policy_file = os.path.join(ws.base, POLICY_FILE)
         self.events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
 
@@ -320,15 +328,20 @@ class Run:
                 os.close(wfd)
                 if out_fd is not None:
                     os.close(out_fd)
-            pumped = allocate_lock()
+            pumped, running = allocate_lock(), allocate_lock()
             pumped.acquire()
+            running.acquire()
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
-            start_new_thread(_tee, (rfd, echo_to, log, tail, pumped))
+            start_new_thread(_tee, (rfd, echo_to, log, tail, pumped, running))
             self._clock.lap("launch")
-            result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
-            pumped.acquire()  # every process of the step has closed its stderr, or was ended
+            try:
+                result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
+            finally:
+                running.release()
+                pumped.acquire()  # the tee drained what the step wrote
         self._clock.lap("step")
+        self._after_step()
         events = _events_since(self.events_file, n_events)
         tree = self._tree
         self._tree = None
@@ -374,6 +387,23 @@ class Run:
         )
         self.steps.append(rec)
         return rec
+
+    def _after_step(self) -> None:
+        """What a step leaves for the launcher to gather, once every process of it is gone: without
+        the overlay, its writes into the workspace skeleton (moved into the run folder: no output
+        lost in a fallback); the explain shim's raw lines (decided by the policy: every native
+        denial and overlay redirect explained and counted)."""
+        plan = self._plan
+        if plan is None or not plan.overlays:
+            carried = workspace_mod.consolidate(self.ws)
+            if carried:
+                self.carried.extend(carried)
+        native = report_mod.explain_native(self.ws.run_storage, self.policy, self.events_file)
+        if native.unenforced:
+            self.warnings.append(
+                f"{native.unenforced} write(s) the policy denies reached the host: no kernel layer stopped "
+                "them (see host_changes in the report)"
+            )
 
     def _start(self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int) -> Child:
         if self._launched is None:
@@ -421,11 +451,11 @@ class Run:
                 f"tv-sandbox was interrupted ({_signame(self.interrupted)}); the step's processes were ended"
             )
             with _deferred_interrupts():
-                tree.end()
+                tree.end(reap=True)
                 result = child.wait()
         finally:
+            tree.finished = tree._stop = True
             ended.release()
-            tree._stop = True
         if cut is None and timed_out:
             cut, why = (
                 "timeout",
@@ -501,10 +531,16 @@ class Run:
         from sandbox._paths import write_into
         from sandbox.events import read_events, summarise
         from sandbox.export import export_run
+        from sandbox.export import write_error as export_write_error
 
         prep, req, ws = self.prep, self.prep.request, self.ws
+        # A step's own file at a name of the launcher's is kept aside, never silently replaced.
+        self.warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
         # After the steps, and never through what a step left there: the record is the launcher's.
-        write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
+        try:  # a full run-folder filesystem fails here first: an export error, in one line
+            write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
         applied = self._launched.child.applied if self._launched else None
         layers = report_mod.Layers(
             python_guard=True,
@@ -546,9 +582,13 @@ class Run:
             lakehouse_diff=lake_diff,
             status=status,
         )
+        rep["gathered_from_workspace"] = list(self.carried)  # no overlay: moved into the run folder
         if self.interrupted or self.cancelled:
             rep["cut"] = {"status": status, "why": self.cancelled or _signame(self.interrupted or 0)}
-        report_mod.write(ws.run_storage, rep)
+        try:
+            report_mod.write(ws.run_storage, rep)
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
         self._clock.lap("report")
         _check_space(req.run_id, ws.run_storage, prep.destination)
         exit_code = self.exit_code
@@ -562,6 +602,7 @@ class Run:
             policy_sha256=prep.spec.sha256,
             overwrite=req.overwrite,
             extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+            max_bytes=export_limit(prep),
         )
         self._clock.lap("export")
         kept = ws.base if req.keep_workspace else None

@@ -204,14 +204,41 @@ def test_without_namespaces_the_launch_falls_back_to_landlock(
     _refusing(monkeypatch, lambda plan: plan.namespace)
     before = lake(host)
     out = execute(preflight(RunRequest(host=str(host), run_id="ll", argv=[sys.executable, "-c", STEP])))
-    # never a silent downgrade: a warning, and `missing` names each layer that is not there
+    # Never a silent downgrade: one warning line, and the report names what is missing.
     assert out.exit_code == 0 and len(out.report["warnings"]) == 1
-    assert "no mount namespace" in out.report["warnings"][0]
+    assert "only Landlock and the Python guard are active" in out.report["warnings"][0]
     layers = out.report["layers"]
     assert layers["landlock_abi"] > 0 and not layers["mount_namespace"] and not layers["overlay"]
-    assert {"mount_namespace", "overlay", "readonly_mounts"} <= set(layers["missing"])
+    assert {"mount_namespace", "pid_namespace", "user_namespace", "private_shm"} <= set(layers["missing"])
+    assert "unshare: Operation not permitted" in layers["missing"]["pid_namespace"]
     assert (host / RUNS / "ll" / "reports" / "out.txt").read_text() == "x"  # the guard redirected it
     assert lake(host) == before
+
+
+@pytest.mark.parametrize("refused", ["namespaces", "landlock"])
+def test_require_means_the_full_layer(
+    host: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--kernel require refuses to run with anything less than namespaces + overlay + read-only
+    binds + Landlock: no fallback to Landlock alone, none to the namespaces without Landlock."""
+    from sandbox.cli import main
+    from sandbox.kernel import landlock
+
+    if refused == "namespaces":
+        _refusing(monkeypatch, lambda plan: plan.namespace)
+    else:
+        monkeypatch.setattr(landlock, "query_abi", lambda: (0, 38))
+    (tmp_path / "ws").mkdir()
+    before = tree_snapshot(host)
+    argv = ["run", "--root", str(host), "--run-id", "req", "--kernel", "require"]
+    code = main([*argv, "--workspace-dir", str(tmp_path / "ws"), "--", sys.executable, "-c", STEP])
+    err = capsys.readouterr().err
+    assert code != 0 and "full kernel layer is required" in err and len(err.strip().splitlines()) == 1
+    assert tree_snapshot(host) == before and list((tmp_path / "ws").iterdir()) == []
 
 
 @pytest.mark.parametrize("kernel", ["auto", "require"])

@@ -145,6 +145,25 @@ LINGER = (
 )
 
 
+def _host_pid(pid: int, marker: str) -> int:
+    """The pid, in our PID namespace, of the step that reported ``pid`` from its own (the kernel
+    layer gives a step a PID namespace: its ``os.getpid()`` is small there): the process whose
+    command line holds ``marker`` and whose last NSpid is ``pid``."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if marker.encode() not in Path(f"/proc/{name}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if nspid and int(nspid[-1]) == pid:
+            return int(name)
+    raise AssertionError(f"no process with {marker!r} and the in-namespace pid {pid}")
+
+
 def _running(pid: int, started: str) -> bool:
     """Whether ``pid`` is still the process that started at ``started`` (field 22 of its stat)
     and not a zombie: a reaper that never reaps must not count as a survivor."""
@@ -176,7 +195,7 @@ def test_step_dies_with_sigkilled_launcher(
             if not line:  # the launcher (and the step) ended before the step said its pid
                 _, err = proc.communicate(timeout=30)
                 pytest.fail(f"the step never started (exit {proc.returncode}): {err}")
-        pid = int(line.split()[1])
+        pid = _host_pid(int(line.split()[1]), "beat.txt")
         started = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
         assert _running(pid, started)
         time.sleep(0.2)  # well into its writing loop
