@@ -117,3 +117,19 @@ def test_the_readme_shows_what_users_see() -> None:
     text = README.read_text()
     assert "PermissionError: [Errno 13] Permission denied: 'data/lakehouse/selection_audit.json' -- " in text
     assert "AccessDenied:" not in text
+
+
+def test_an_fsspec_denial_has_one_internal_frame(tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    fs = fsspec.filesystem("sandbox", policy=load_policy("production"), host=str(host), run_id="F1")
+    for call in (
+        lambda: fs.pipe_file(f"{host}/data/lakehouse/x.csv", b"x"),  # its own method
+        lambda: fs.open(f"{host}/data/lakehouse/y.csv", "wb"),  # fsspec's, through _open
+        lambda: fs.rm(f"{host}/data/lakehouse/BINANCE_BTCUSDT_1d.csv"),
+    ):
+        with pytest.raises(AccessDenied) as e:
+            call()
+        frames = traceback.extract_tb(e.value.__traceback__)
+        ours = [f for f in frames if f"{os.sep}sandbox{os.sep}" in f.filename]
+        assert len(ours) == 1, frames  # (fsspec's own open() may add its frame above ours)
+        assert str(e.value).startswith("[Errno 13] Permission denied: ")
