@@ -52,6 +52,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike, stringify_path, tokenize
 
 from sandbox._fs_routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
+from sandbox.errors import AccessDenied
 from sandbox.policy import Action, Op, Policy, PolicySpec
 
 PROTOCOL = "sandbox"
@@ -339,3 +340,31 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
     def invalidate_cache(self, path: Any = None) -> None:
         # the backend caches under its own paths, and a redirect may have changed either of two
         self.fs.invalidate_cache()
+
+
+def _trimmed(fn: Any) -> Any:
+    """``fn``, re-raising a denial from its own frame: the caller's traceback shows one frame of
+    the sandbox (this method), not the routing and fsspec frames below it (as the guard does)."""
+
+    def method(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
+
+    method.__name__, method.__qualname__, method.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    method.__wrapped__ = fn  # type: ignore[attr-defined]
+    return method
+
+
+def _trim_denials(cls: type) -> None:
+    """Wrap the public methods ``cls`` defines (and ``_open``) in :func:`_trimmed`; fsspec's own
+    compositions (``open``, ``cat``...) stay fsspec's and reach these."""
+    import types
+
+    for name, fn in list(vars(cls).items()):
+        if (not name.startswith("_") or name == "_open") and isinstance(fn, types.FunctionType):
+            setattr(cls, name, _trimmed(fn))
+
+
+_trim_denials(SandboxFileSystem)

@@ -138,24 +138,29 @@ class NativeCounts:
     unenforced: int = 0  # the policy denies it, yet it succeeded (no kernel layer): the host changed
 
 
-def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCounts:
+def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: bool = True) -> NativeCounts:
     """Turn the explain shim's raw lines (:mod:`sandbox.native`) into explained events of the run's
-    event log; call it after each step (and before counting the step's events).
+    event log; call it after each step (and before counting the step's events). ``kernel``: the
+    step ran under the kernel layer (any plan); False for the Python guard alone.
 
     Each raw line names a call, the path as the program gave it and the folder it was relative to.
     The path is placed (lexically) and decided by the policy, as the guard would have decided it:
 
-    * refused by the kernel and DENY by the policy: a ``deny`` (layer ``kernel``) with the rule,
-      reason and hint, and the user's path (``data/lakehouse/x``, not the workspace's);
-    * refused with EROFS where the policy would not deny: a ``deny`` of rule ``kernel-read-only``;
-      other EACCES/EPERM there are the file's own permissions, not the sandbox's: not recorded;
-    * a successful write the policy REDIRECTs (the overlay carried it into the run folder): a
-      ``redirect`` (layer ``overlay``; in audit mode a capture) -- unless the Python guard already
-      logged it (same process, same path);
+    * refused by the kernel where the policy denies it (or would capture it in audit mode): a
+      ``deny`` (layer ``kernel``) with the policy's rule, reason and hint and the user's path
+      (``data/lakehouse/x``, not the workspace's); where the policy would redirect it (a write
+      through the workspace's links to the host, Landlock alone): a ``deny`` of rule
+      ``kernel-refused``; where the policy allows it, the file's own permissions refused it --
+      not the sandbox's doing: counted as ``unexplained``, not logged;
+    * a successful write the policy REDIRECTs -- the overlay (or, without it, the workspace's own
+      folders, consolidated after the step) carried it into the run folder: a ``redirect`` (layer
+      ``overlay``; in audit mode a capture) -- unless the Python guard already logged it (same
+      process, same path);
     * a successful write the policy ALLOWs on a mount (development's lakehouse): an ``allow``
       (layer ``native``), so the report lists what the run changed there;
-    * a successful write the policy DENIES (no kernel layer: ``--kernel off``): an ``unenforced``
-      event -- the host changed against the policy, and the report says so.
+    * a successful write that reached the host against the policy -- only possible without the
+      kernel layer (``kernel=False``: a write through the workspace's links to the host): an
+      ``unenforced`` event, listed in the report's ``host_changes``.
 
     The raw log is consumed (renamed, read, removed): the next call sees only newer lines.
     """
@@ -190,7 +195,7 @@ def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCou
                 except ValueError:
                     continue
                 if isinstance(ev, dict):
-                    _explain_one(ev, policy, seen, log, counts)
+                    _explain_one(ev, policy, seen, log, counts, kernel)
     finally:
         log.close()
         try:
@@ -200,8 +205,29 @@ def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCou
     return counts
 
 
+_REFUSED = (
+    "the kernel layer lets a step write only in the workspace's own folders, the run folder and the temp dir"
+)
+_REFUSED_HINT = "write under $TV_RUN_DIR (a relative path to a new folder lands there)"
+
+
+def _stayed(policy: Any, path: str) -> bool:
+    """Did a write to ``path`` stay in the sandbox's own places (no kernel layer: the workspace's
+    real folders, the run folder, the temp dir) rather than follow a link to the host?"""
+    real = os.path.realpath(path)
+    ctx = policy.ctx
+    roots = [ctx.workspace, *([ctx.run_storage] if ctx.run_storage else []), *ctx.temp_dirs]
+    inside = [r for r in roots if real == r or real.startswith(r.rstrip("/") + "/")]
+    return bool(inside) and ctx.workspace != ctx.host
+
+
 def _explain_one(
-    ev: Mapping[str, Any], policy: Any, seen: set[tuple[int, str]], log: Any, counts: NativeCounts
+    ev: Mapping[str, Any],
+    policy: Any,
+    seen: set[tuple[int, str]],
+    log: Any,
+    counts: NativeCounts,
+    kernel: bool,
 ) -> None:
     """One raw line of the shim: the events it stands for (see :func:`explain_native`)."""
     from functools import partial  # after the step: not on the start-up path
@@ -220,23 +246,32 @@ def _explain_one(
         d = policy.decide(full, op)
         user = policy.user_path(full)
         shown = os.path.join(policy.ctx.host, user) if not user.startswith("/") else user
+        target = policy.user_path(d.target) if d.target else None
         emit = partial(log.emit, op=op, path=user, resolved=shown, profile=policy.profile, hint=d.hint)
         if err:
-            if d.action is Action.DENY:
-                emit(layer=NATIVE_LAYER, action="deny", rule=d.rule, reason=d.reason)
-            elif err == 30:  # EROFS where the policy would not deny: the kernel layer's own read-only
-                emit(layer=NATIVE_LAYER, action="deny", rule="kernel-read-only",
-                     reason="the kernel layer keeps this place read-only",
-                     hint="write under $TV_RUN_DIR (a relative path lands there)")  # fmt: skip
-            else:
+            if d.action is Action.ALLOW:
                 counts.unexplained += 1  # the file's own permissions: not the sandbox's doing
                 continue
+            if d.action is Action.DENY or d.captured:
+                emit(layer=NATIVE_LAYER, action="deny", rule=d.rule, reason=d.reason)
+            else:
+                emit(
+                    layer=NATIVE_LAYER,
+                    action="deny",
+                    rule="kernel-refused",
+                    reason=_REFUSED,
+                    hint=_REFUSED_HINT,
+                )
             counts.denied += 1
             return  # a rename refused once is one denial, whichever end it was
         if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
             continue  # the guard logged it already
-        if d.action is Action.REDIRECT:  # the overlay carried it (audit mode: a capture overlay)
-            emit(layer=OVERLAY_LAYER, action="redirect", rule=d.rule, target=d.target,
+        if not kernel and d.action is not Action.ALLOW and not _stayed(policy, full):
+            why = f"{d.reason or d.rule} -- but no kernel layer enforced it: the change reached the host"
+            emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
+            counts.unenforced += 1
+        elif d.action is Action.REDIRECT:  # the overlay carried it (audit mode: a capture overlay)
+            emit(layer=OVERLAY_LAYER, action="redirect", rule=d.rule, target=target,
                  captured=d.captured, reason=d.reason)  # fmt: skip
             if d.captured:
                 counts.captured += 1
@@ -245,7 +280,7 @@ def _explain_one(
         elif d.action is Action.ALLOW and policy._mount_of(tuple(user.split("/"))) is not None:
             emit(layer=HOST_LAYER, action="allow", rule=d.rule, reason=d.reason)
             counts.allowed += 1
-        elif d.action is Action.DENY:  # no kernel layer stopped it: the host changed
+        elif d.action is Action.DENY:  # the policy denies it, yet it happened: say so
             why = f"{d.reason} -- but no kernel layer enforced it: the change reached the host"
             emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
             counts.unenforced += 1

@@ -92,25 +92,14 @@ def test_a_denial_reads_as_an_os_error_with_one_internal_frame(tmp_path: Path) -
     assert "[resolved: data/lakehouse/x.csv]" in text  # the user's path, not a workspace's
 
 
-def test_a_step_traceback_has_one_sandbox_frame_and_the_users_path(tmp_path: Path) -> None:
-    """Through the real CLI, in a sandboxed step: the message shows the path as the script gave it."""
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_a_step_traceback_has_one_sandbox_frame_and_the_users_path(tmp_path: Path, kernel: str) -> None:
+    """Through the real CLI, in a sandboxed step: the message shows the path as the script gave it,
+    the traceback the host's script (never the temporary workspace's path to it)."""
     host = make_host(tmp_path / "host")
+    argv = ["run", "--root", str(host), "--run-id", "TB", "--kernel", kernel, "--"]
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "run",
-            "--root",
-            str(host),
-            "--run-id",
-            "TB",
-            "--kernel",
-            "off",
-            "--",
-            sys.executable,
-            "scripts/buggy_selection.py",
-        ],
+        [sys.executable, "-m", "sandbox", *argv, sys.executable, "scripts/buggy_selection.py"],
         capture_output=True,
         text=True,
     )
@@ -119,6 +108,8 @@ def test_a_step_traceback_has_one_sandbox_frame_and_the_users_path(tmp_path: Pat
     assert tb.count(f"{os.sep}sandbox{os.sep}") <= 1, tb
     assert "PermissionError: [Errno 13] Permission denied: 'data/lakehouse/selection_audit.json' -- " in tb
     assert "/ws/data/lakehouse" not in tb and "[resolved:" not in tb
+    assert f'File "{os.path.realpath(host)}/scripts/buggy_selection.py", line 3' in tb, tb
+    assert "tv-sandbox-TB-" not in tb
     assert "kernel refused" not in r.stderr  # the guard's denial is explained, not guessed at
 
 
@@ -126,3 +117,19 @@ def test_the_readme_shows_what_users_see() -> None:
     text = README.read_text()
     assert "PermissionError: [Errno 13] Permission denied: 'data/lakehouse/selection_audit.json' -- " in text
     assert "AccessDenied:" not in text
+
+
+def test_an_fsspec_denial_has_one_internal_frame(tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    fs = fsspec.filesystem("sandbox", policy=load_policy("production"), host=str(host), run_id="F1")
+    for call in (
+        lambda: fs.pipe_file(f"{host}/data/lakehouse/x.csv", b"x"),  # its own method
+        lambda: fs.open(f"{host}/data/lakehouse/y.csv", "wb"),  # fsspec's, through _open
+        lambda: fs.rm(f"{host}/data/lakehouse/BINANCE_BTCUSDT_1d.csv"),
+    ):
+        with pytest.raises(AccessDenied) as e:
+            call()
+        frames = traceback.extract_tb(e.value.__traceback__)
+        ours = [f for f in frames if f"{os.sep}sandbox{os.sep}" in f.filename]
+        assert len(ours) == 1, frames  # (fsspec's own open() may add its frame above ours)
+        assert str(e.value).startswith("[Errno 13] Permission denied: ")

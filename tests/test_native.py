@@ -36,7 +36,12 @@ def shim() -> str:
 
 
 def _step(
-    tmp_path: Path, script: list[str], profile: str = "production", mode: str = "enforce", kernel: bool = True
+    tmp_path: Path,
+    script: list[str],
+    profile: str = "production",
+    mode: str = "enforce",
+    kernel: bool = True,
+    namespace: bool = True,
 ) -> dict:
     """One step, launched as `tv-sandbox run` launches it (runner.start_step under the full kernel
     plan), with the shim in its environment; then explain_native, as the runner calls it."""
@@ -55,14 +60,16 @@ def _step(
         env = ws.native_env(env)
         assert "LD_PRELOAD" in env
         if kernel:
-            plan = kernel_plan(ws, mode, policy)
+            if not namespace:
+                ws.mirror()  # Landlock alone: the workspace is the symlink skeleton
+            plan = kernel_plan(ws, mode, policy, namespace=namespace)
         else:
             ws.mirror()
             plan = None
         child = start_step(ws, env, script, plan)
         result = child.wait()
         events_file = os.path.join(ws.run_storage, "logs", EVENTS_NAME)
-        counts = explain_native(ws.run_storage, policy, events_file)
+        counts = explain_native(ws.run_storage, policy, events_file, kernel=kernel)
         events = read_events(events_file) if os.path.exists(events_file) else []
         files = {
             str(p.relative_to(ws.run_storage)): p.read_bytes()
@@ -149,6 +156,21 @@ def test_development_lists_the_lakehouse_changes(
     assert [(e["path"], e["rule"]) for e in deny] == [("export/x.txt", "exports-read-only")]
 
 
+@pytest.mark.kernel("landlock")
+def test_landlock_alone_refusals_are_explained(
+    tmp_path: Path, shim: str, kernel_support: KernelSupport
+) -> None:
+    script = f"echo s > scripts/new.sh; rm {LAKE_FILE}; echo n > data/native.parquet; true"
+    r = _step(tmp_path, ["sh", "-c", script], namespace=False)
+    assert r["host_same"]
+    deny = [(e["path"], e["rule"], e["layer"]) for e in r["events"] if e["action"] == "deny"]
+    assert deny == [
+        ("scripts/new.sh", "kernel-refused", "kernel"),
+        (LAKE_FILE, "lakehouse-read-only", "kernel"),
+    ]
+    assert [e["path"] for e in r["events"] if e["action"] == "redirect"] == ["data/native.parquet"]
+
+
 def test_kernel_off_the_changes_against_the_policy_are_reported(tmp_path: Path, shim: str) -> None:
     """--kernel off: nothing stops a shell's `rm` in the lakehouse -- the report must say so."""
     r = _step(tmp_path, ["sh", "-c", f"rm {LAKE_FILE}; echo n > data/new.txt"], kernel=False)
@@ -215,4 +237,6 @@ def test_the_audit_summary_line_through_the_cli(tmp_path: Path) -> None:
     r = sandbox_run(host, "A1", sys.executable, "scripts/buggy_selection.py", options=("--mode", "audit"))
     assert r.returncode == 0, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert "0 denied, 0 redirected, captured 1 (lakehouse diff: 1 created, 0 modified, 0 deleted)" in last, last
+    assert "0 denied, 0 redirected, captured 1 (lakehouse diff: 1 created, 0 modified, 0 deleted)" in last, (
+        last
+    )

@@ -25,6 +25,7 @@ from sandbox.policy import load_resolved
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
     from sandbox.guard._install import Guard
 
@@ -80,4 +81,33 @@ def boot(environ: Mapping[str, str] | None = None) -> Guard:
             raise BootError(f"cannot open the event log {events_file} ({e.strerror})") from None
     from sandbox.guard._install import install
 
-    return install(policy, events=events, overlay=env.get(ENV_OVERLAY) == "1")
+    guard = install(policy, events=events, overlay=env.get(ENV_OVERLAY) == "1")
+    _host_paths_in_tracebacks(policy.ctx.workspace, policy.ctx.host)
+    return guard
+
+
+def _host_paths_in_tracebacks(workspace: str, host: str) -> None:
+    """An uncaught exception's traceback names the host's files, not the temporary workspace that
+    mirrors them (``/tmp/tv-sandbox-.../ws/scripts/x.py`` -> ``HOST/scripts/x.py``): the step runs
+    in the workspace, but the script the user knows -- and can open after the run -- is the
+    host's. Only while the hook is Python's own (a step's own ``sys.excepthook`` is left alone)."""
+    import sys
+
+    if sys.excepthook is not sys.__excepthook__ or workspace == host:
+        return
+    shown, real = f'File "{workspace}/', f'File "{host}/'
+
+    def excepthook(tp: type[BaseException], value: BaseException, tb: Any) -> None:
+        if sys.excepthook is not excepthook:  # replaced meanwhile: not ours to format
+            sys.__excepthook__(tp, value, tb)
+            return
+        try:
+            import traceback  # only when a step dies of an exception: not at start-up
+
+            text = "".join(traceback.format_exception(tp, value, tb)).replace(shown, real)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except Exception:
+            sys.__excepthook__(tp, value, tb)
+
+    sys.excepthook = excepthook
