@@ -136,11 +136,59 @@ def _parser() -> argparse.ArgumentParser:
         help="auto (use the kernel layer when supported), off, or require",
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    _audit_parser(sub)
     sub.add_parser("doctor", help="which enforcement layers this machine supports, and what each covers")
     demo = sub.add_parser("demo", help="show `run` on a generated sample host (what `make demo` runs)")
     demo.add_argument("--dir", help="where to generate the sample host (default: a new temp folder)")
     demo.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
     return p
+
+
+def _audit_parser(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="find isolation problems in scripts before they run (static AST + a run on a fake host)",
+        description=(
+            "Report what each script would do to shared paths: hard-coded lakehouse/export/runs paths, "
+            "writes not derived from $TV_RUN_DIR, input looked up without $TV_SCAN_DIR, shells, native "
+            "writers -- each decided by the policy the sandbox enforces. PATH: scripts, folders of "
+            "scripts, script.py:func or package.module:func. Exit status: 0, or 1 when a finding is at "
+            f"or above --fail-on; {EXIT_USAGE} for a bad argument."
+        ),
+    )
+    audit.add_argument("paths", nargs="*", metavar="PATH", help="scripts or folders to audit")
+    audit.add_argument("--profile", help="production or development (default: TV_PROFILE)")
+    audit.add_argument("--policy", metavar="FILE", help="a policy file (default: the profile's built-in one)")
+    audit.add_argument("--static-only", action="store_true", help="read the scripts only; do not run them")
+    audit.add_argument("--format", default="text", choices=("text", "md", "json"), help="default: text")
+    audit.add_argument(
+        "--fail-on", default="error", choices=("info", "warning", "error"), help="exit 1 from it (default: error)"
+    )
+    audit.add_argument(
+        "--timeout", default="60", metavar="SECONDS", help="per-script limit of the dynamic audit (default 60)"
+    )
+
+
+def _audit(ns: dict[str, Any]) -> int:
+    from sandbox.audit import Severity, audit_paths
+    from sandbox.audit.render import render
+    from sandbox.loader import resolve_profile
+
+    try:
+        timeout = float(ns["timeout"])
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < 86400:
+        raise UsageError(f"--timeout {ns['timeout']!r}: give a number of seconds above 0 (e.g. --timeout 30)")
+    report = audit_paths(
+        list(ns["paths"]),
+        profile=resolve_profile(ns["profile"]),
+        policy_file=ns["policy"],
+        static_only=ns["static_only"],
+        timeout_s=timeout,
+    )
+    sys.stdout.write(render(report, ns["format"]))
+    return 1 if report.fails(Severity.named(ns["fail_on"])) else 0
 
 
 def _run(ns: dict[str, Any]) -> int:
@@ -213,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns = vars(_parser().parse_args(args))
         if ns["command"] == "run":
             return _run(ns)
+        if ns["command"] == "audit":
+            return _audit(ns)
         if ns["command"] == "doctor":
             return _doctor()
         if ns["command"] == "demo":

@@ -56,7 +56,7 @@ def trace(target: str, policy: Policy, seed: str, root: str) -> dict[str, Any]:
     status, error = "ok", ""
     # pyfakefs must leave tv-sandbox's own modules alone (it matches skip names by whole module
     # name): the step's guard and its event log keep working on the real, sandboxed disk.
-    own = [m for m in sys.modules if m == "sandbox" or m.startswith("sandbox.")]
+    own: list[Any] = [m for m in sys.modules if m == "sandbox" or m.startswith("sandbox.")]
     with _guard_off(), Patcher(additional_skip_names=own) as patcher:
         fs = patcher.fs
         assert fs is not None
@@ -82,12 +82,12 @@ def trace(target: str, policy: Policy, seed: str, root: str) -> dict[str, Any]:
                 user = [fr for fr in tb if os.path.abspath(fr.filename).startswith(script_dir)]
                 at = f" at {user[-1].filename}:{user[-1].lineno}" if user else ""
                 error = f"{type(e).__name__}: {e}{at}"
-    for e in tracer.events:  # where each path is in the workspace (the fake host sits there)
-        r = e["resolved"]
-        e["rel"] = os.path.relpath(r, root) if r == root or r.startswith(root.rstrip("/") + "/") else None
-        t, run_dir = e["target"], os.environ.get("TV_RUN_DIR", "\0")
+    for ev in tracer.events:  # where each path is in the workspace (the fake host sits there)
+        r = ev["resolved"]
+        ev["rel"] = os.path.relpath(r, root) if r == root or r.startswith(root.rstrip("/") + "/") else None
+        t, run_dir = ev["target"], os.environ.get("TV_RUN_DIR", "\0")
         if t and (t == run_dir or t.startswith(run_dir + "/")):
-            e["target"] = "$TV_RUN_DIR" + t[len(run_dir) :]
+            ev["target"] = "$TV_RUN_DIR" + t[len(run_dir) :]
     return {"status": status, "error": error, "events": tracer.events}
 
 

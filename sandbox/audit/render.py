@@ -1,0 +1,76 @@
+"""The audit's three outputs: ``text`` (one header line per finding, for terminals and editors:
+``file:line: severity ID title``), ``md`` (a review: per script, each finding with its evidence and
+fix) and ``json`` (the stable document of :meth:`~sandbox.audit.findings.AuditReport.to_dict`)."""
+
+from __future__ import annotations
+
+import json
+
+from sandbox.audit.findings import AuditReport, Finding, ScriptResult, Severity
+
+FORMATS = ("text", "md", "json")
+
+
+def _summary(report: AuditReport) -> str:
+    c = report.counts()
+    n = len(report.scripts)
+    parts = [
+        f"{c['error']} error{'s' * (c['error'] != 1)}",
+        f"{c['warning']} warning{'s' * (c['warning'] != 1)}",
+    ]
+    parts.append(f"{c['info']} info")
+    how = "static only" if report.static_only else "static and dynamic"
+    return (
+        f"{n} script{'s' * (n != 1)} audited ({how}; profile {report.profile}, policy {report.policy}): "
+        + ", ".join(parts)
+    )
+
+
+def _ordered(s: ScriptResult) -> list[Finding]:
+    return sorted(s.findings, key=lambda f: (f.source != "static", f.line or 0, f.id))
+
+
+def text(report: AuditReport) -> str:
+    lines: list[str] = []
+    for s in report.scripts:
+        for f in _ordered(s):
+            lines.append(f"{f.where}: {f.severity.label} {f.id} {f.title} [{f.source}]")
+            lines.append(f"    {f.detail}")
+            if f.fix:
+                lines.append(f"    fix: {f.fix}")
+    lines.append(_summary(report))
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: AuditReport) -> str:
+    out = ["# tv-sandbox audit", "", _summary(report) + ".", ""]
+    for s in report.scripts:
+        worst = s.worst()
+        verdict = "clean" if worst is None else f"worst: {worst.label}"
+        out += [f"## `{s.file}` ({verdict})", ""]
+        if report.static_only is False:
+            out += [f"Dynamic audit: {s.dynamic}; {len(s.events)} file operations recorded.", ""]
+        if not s.findings:
+            out += ["Nothing found: the script respects the run's layout.", ""]
+        for f in _ordered(s):
+            mark = {Severity.ERROR: "**error**", Severity.WARNING: "**warning**", Severity.INFO: "info"}[
+                f.severity
+            ]
+            out.append(f"- {mark} `{f.id}` {f.title} -- `{f.where}` ({f.source})")
+            out.append(f"  - Evidence: {f.detail}")
+            if f.fix:
+                out.append(f"  - Fix: {f.fix}")
+        out.append("")
+    return "\n".join(out)
+
+
+def as_json(report: AuditReport) -> str:
+    return json.dumps(report.to_dict(), indent=1) + "\n"
+
+
+def render(report: AuditReport, fmt: str) -> str:
+    if fmt == "json":
+        return as_json(report)
+    if fmt == "md":
+        return markdown(report)
+    return text(report)
