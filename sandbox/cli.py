@@ -162,10 +162,13 @@ def _audit_parser(sub: Any) -> None:
     audit.add_argument("--static-only", action="store_true", help="read the scripts only; do not run them")
     audit.add_argument("--format", default="text", choices=("text", "md", "json"), help="default: text")
     audit.add_argument(
-        "--fail-on", default="error", choices=("info", "warning", "error"), help="exit 1 from it (default: error)"
+        "--fail-on",
+        default="error",
+        choices=("info", "warning", "error"),
+        help="exit 1 when a finding is this severe or worse (default: error)",
     )
     audit.add_argument(
-        "--timeout", default="60", metavar="SECONDS", help="per-script limit of the dynamic audit (default 60)"
+        "--timeout", default="60", metavar="SECONDS", help="each script's time limit when run (default: 60)"
     )
 
 
