@@ -30,10 +30,17 @@ def _ordered(s: ScriptResult) -> list[Finding]:
     return sorted(s.findings, key=lambda f: (f.source != "static", f.line or 0, f.id))
 
 
+#: Findings about the input itself (unreadable, not Python, no parse, no run, timed out): one line.
+_ONE_LINE = {"TVS001", "TVS002", "TVS003", "TVS004", "TVS205", "TVS206"}
+
+
 def text(report: AuditReport) -> str:
     lines: list[str] = []
     for s in report.scripts:
         for f in _ordered(s):
+            if f.id in _ONE_LINE:
+                lines.append(f"{f.where}: {f.severity.label} {f.id} {f.title}: {f.detail}")
+                continue
             lines.append(f"{f.where}: {f.severity.label} {f.id} {f.title} [{f.source}]")
             lines.append(f"    {f.detail}")
             if f.fix:
