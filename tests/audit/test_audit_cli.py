@@ -72,7 +72,7 @@ def test_fail_on(capsys: pytest.CaptureFixture[str], tmp_path: Path, fail_on: st
 
 
 def test_a_folder_is_walked_and_development_changes_the_verdict(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _cli(capsys, str(CORPUS), "--static-only", "--profile", "development", "--format", "json")
+    _, out, _ = _cli(capsys, str(CORPUS), "--static-only", "--profile", "development", "--format", "json")
     doc = json.loads(out)
     assert [Path(s["file"]).name for s in doc["scripts"]] == sorted(p.name for p in CORPUS.glob("*.py"))
     before = next(s for s in doc["scripts"] if s["file"].endswith("before.py"))
