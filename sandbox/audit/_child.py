@@ -85,6 +85,8 @@ def trace(target: str, policy: Policy, seed: str, root: str) -> dict[str, Any]:
     for ev in tracer.events:  # where each path is in the workspace (the fake host sits there)
         r = ev["resolved"]
         ev["rel"] = os.path.relpath(r, root) if r == root or r.startswith(root.rstrip("/") + "/") else None
+        if os.path.dirname(root) in (ev["hint"] or ""):
+            ev["hint"] = ""  # a built-in hint naming this throwaway workspace: the catalogue's fix says it
         t, run_dir = ev["target"], os.environ.get("TV_RUN_DIR", "\0")
         if t and (t == run_dir or t.startswith(run_dir + "/")):
             ev["target"] = "$TV_RUN_DIR" + t[len(run_dir) :]
@@ -127,4 +129,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Run as the module's real name: pyfakefs skips tv-sandbox's modules by name, and "__main__"
+    # is not one (its os.path would be faked).
+    from sandbox.audit._child import main as _main
+
+    sys.exit(_main(sys.argv[1:]))
