@@ -29,6 +29,8 @@ from sandbox.policy import AUDIT_DIR, Action, PolicySpec
 RUN_ID = "AUDIT"
 TRACE = "tv_audit_trace.json"
 #: What the sandbox itself writes into a run folder: not the script's.
+#: How a native write refused by the kernel layer (read-only mounts, Landlock) reads in an error.
+_KERNEL_REFUSALS = ("Read-only file system", "errno 30]", "Errno 30]")
 _OWN = {"sandbox_report.json", "manifest.json", "config/policy.json", "reports/lakehouse_diff.json"}
 
 
@@ -100,11 +102,16 @@ def audit_dynamic(
             result.dynamic = trace["status"]
             result.findings.extend(findings_of(trace["events"], spec, shown))
             if trace["status"] != "ok":
-                result.findings.append(
-                    finding(
-                        "TVS206", Severity.INFO, shown, None, trace["error"] or "failed", source="dynamic"
-                    )
-                )
+                error = trace["error"] or "failed"
+                result.findings.append(finding("TVS206", Severity.INFO, shown, None, error, source="dynamic"))
+                if any(m in error for m in _KERNEL_REFUSALS):  # pyfakefs never says these: the real disk did
+                    result.findings.append(
+                        finding(
+                            "TVS204", Severity.ERROR, shown, None,
+                            f"a write went past pyfakefs to the real disk and the kernel layer refused it: {error}",
+                            source="dynamic", op="write",
+                        )
+                    )  # fmt: skip
         result.findings.extend(_disk_writes(export, host, before, spec, shown))
     finally:
         if not os.environ.get("TV_AUDIT_KEEP"):

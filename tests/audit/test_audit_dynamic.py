@@ -88,5 +88,6 @@ def test_absolute_writes_never_reach_the_real_disk(tmp_path: Path, kernel_suppor
     assert tree_snapshot(victim) == before
     ids = _ids(report)
     assert ("TVS104", "error", "static") in ids and ("TVS202", "error", "dynamic") in ids
-    # the native write was refused by the kernel layer: the script failed there
+    # the native write was refused by the kernel layer: the script failed there, and it is a finding
     assert any(f.id == "TVS206" and "native.parquet" in f.detail for f in report.findings)
+    assert any(f.id == "TVS204" and f.severity is Severity.ERROR and "native.parquet" in f.detail for f in report.findings)
