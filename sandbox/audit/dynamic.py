@@ -108,7 +108,7 @@ def audit_dynamic(
                     result.findings.append(
                         finding(
                             "TVS204", Severity.ERROR, shown, None,
-                            f"a write went past pyfakefs to the real disk and the kernel layer refused it: {error}",
+                            f"a write went past pyfakefs; the kernel layer refused it: {error}",
                             source="dynamic", op="write",
                         )
                     )  # fmt: skip
