@@ -237,6 +237,21 @@ def _snapshot(root: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _add_beside(host: SandboxHost, folder: str) -> None:
+    """Put the script's folder in the fake filesystem (it may read its neighbours), without what
+    would overlap the fake host (pytest's temp folders may sit inside the script's folder)."""
+    with host.real():
+        entries = [(n, os.path.isdir(os.path.join(folder, n))) for n in os.listdir(folder)]
+    for name, is_dir in entries:
+        path = os.path.join(folder, name)
+        if host.fs.exists(path) or host.root == path or host.root.startswith(path + os.sep):
+            continue
+        if is_dir:
+            host.fs.add_real_directory(path, read_only=False)
+        else:
+            host.fs.add_real_file(path, read_only=False)
+
+
 def _call(target: str | Callable[[], Any], argv: list[str]) -> None:
     import runpy
 
@@ -274,10 +289,7 @@ def sandbox_run(sandbox_host: SandboxHost) -> Callable[..., RunResult]:
         policy = host.policy(mode)
         if isinstance(target, str) and target.endswith(".py"):
             target = os.path.abspath(target)
-            with host.real():
-                real_dir = os.path.dirname(target)
-            if not host.fs.exists(target):
-                host.fs.add_real_directory(real_dir, read_only=False)
+            _add_beside(host, os.path.dirname(target))
         new_env = {**host.env(), **(env or {})}
         old_env = {k: os.environ.get(k) for k in new_env}
         old_argv, code = list(sys.argv), 0
