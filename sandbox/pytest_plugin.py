@@ -253,22 +253,22 @@ def _add_beside(host: SandboxHost, folder: str) -> None:
 
 
 def _call(target: str | Callable[[], Any], argv: list[str]) -> None:
+    """Run a callable, ``path.py`` (as ``__main__``), ``path.py:func`` or ``module:func``."""
     import runpy
 
     if callable(target):
         target()
         return
-    where, _, func = (
-        target.rpartition(":") if ":" in target and not target.endswith(".py") else (target, "", "")
-    )
-    if not func:
-        sys.argv = [target, *argv]
-        runpy.run_path(target, run_name="__main__")
-        return
-    import importlib
-
+    where, _, func = target.rpartition(":") if ":" in target else (target, "", "")
     sys.argv = [where, *argv]
-    getattr(importlib.import_module(where), func)()
+    if not func:
+        runpy.run_path(where, run_name="__main__")
+    elif where.endswith(".py"):
+        runpy.run_path(where, run_name="__tv_sandbox_test__")[func]()
+    else:
+        import importlib
+
+        getattr(importlib.import_module(where), func)()
 
 
 @pytest.fixture
@@ -287,9 +287,11 @@ def sandbox_run(sandbox_host: SandboxHost) -> Callable[..., RunResult]:
         env: Mapping[str, str] | None = None,
     ) -> RunResult:
         policy = host.policy(mode)
-        if isinstance(target, str) and target.endswith(".py"):
-            target = os.path.abspath(target)
-            _add_beside(host, os.path.dirname(target))
+        if isinstance(target, str) and target.partition(":")[0].endswith(".py"):
+            with host.real():  # relative to the test's real cwd, as the user wrote it
+                script, colon, func = target.partition(":")
+                target = os.path.abspath(script) + colon + func
+            _add_beside(host, os.path.dirname(target.partition(":")[0]))
         new_env = {**host.env(), **(env or {})}
         old_env = {k: os.environ.get(k) for k in new_env}
         old_argv, code = list(sys.argv), 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,18 @@ def test_marker_policy_file_and_a_callable(sandbox_host, sandbox_run):
     assert result.files == ["data/ok.csv"]
 
 
+def test_relative_script_and_a_host_copied_from_a_real_folder(sandbox_host, sandbox_run):
+    sandbox_host.copy_from(os.path.join(HERE, "seed"))
+    result = sandbox_run("select_top_universe_after.py")  # relative to the real cwd, as written
+    result.assert_only_run_dir_writes()
+    assert json.loads(open(os.path.join(result.run_dir, "data", "selected.json")).read()) == ["S2", "S1"]
+
+
+def test_script_function(sandbox_host, sandbox_run):
+    result = sandbox_run(os.path.join(HERE, "userstep.py") + ":main", "x")
+    assert [(e["path"], e["rule"], e["line"]) for e in result.writes] == [("flag.txt", "workspace-redirect", 4)]
+
+
 def test_module_function(sandbox_host, sandbox_run, monkeypatch):
     monkeypatch.syspath_prepend(HERE)
     result = sandbox_run("userstep:main", "--flag")
@@ -100,6 +113,10 @@ def user_project(pytester: pytest.Pytester) -> pytest.Pytester:
         shutil.copy(CORPUS / name, pytester.path / name)
     pytester.makefile(".toml", moved=MOVED)
     pytester.makepyfile(userstep=USERSTEP, test_user=USER_TESTS)
+    seed = pytester.path / "seed" / "export" / "TEST"
+    seed.mkdir(parents=True)
+    rows = [{"symbol": "S1", "Value.Traded": 1}, {"symbol": "S2", "Value.Traded": 5}]
+    (seed / "scan.json").write_text(json.dumps({"data": rows}))
     return pytester
 
 
@@ -119,7 +136,7 @@ def test_a_users_tests(user_project: pytest.Pytester) -> None:
     pytest.importorskip("pyarrow", reason="the native write test writes parquet")
     before = sorted(p.name for p in user_project.path.iterdir())
     result = user_project.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=7, failed=1)
     out = result.stdout.str()
     # the one failure is the lakehouse write, said in one line with the caller and the rule
     assert "FAILED test_user.py::test_before_is_caught_with_the_rule_and_the_line" in out
