@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.audit.trace import Tracer, add_library_paths  # before any fake fs: it keeps the real open
 from sandbox.policy import Action, Op, Policy, PolicySpec
 
 __all__ = ["RunResult", "SandboxHost"]
@@ -221,6 +222,7 @@ def sandbox_host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     spec = _load_spec(which)
     root = os.path.realpath(str(tmp_path_factory.mktemp("sandbox_host")))
     fs = request.getfixturevalue("fs")
+    add_library_paths(fs)
     return SandboxHost(fs, root, spec)
 
 
@@ -261,6 +263,8 @@ def _call(target: str | Callable[[], Any], argv: list[str]) -> None:
         return
     where, _, func = target.rpartition(":") if ":" in target else (target, "", "")
     sys.argv = [where, *argv]
+    if where.endswith(".py"):  # as `python script.py` does: its folder first on the import path
+        sys.path.insert(0, os.path.dirname(where))
     if not func:
         runpy.run_path(where, run_name="__main__")
     elif where.endswith(".py"):
@@ -276,8 +280,6 @@ def sandbox_run(sandbox_host: SandboxHost) -> Callable[..., RunResult]:
     """``sandbox_run(target, *argv, mode="enforce", env=None) -> RunResult``: run a script path,
     ``"module:function"`` or a callable on ``sandbox_host`` (cwd = the host, the run environment
     set) and record what it did."""
-    from sandbox.audit.trace import Tracer
-
     host = sandbox_host
 
     def run(
@@ -294,7 +296,7 @@ def sandbox_run(sandbox_host: SandboxHost) -> Callable[..., RunResult]:
             _add_beside(host, os.path.dirname(target.partition(":")[0]))
         new_env = {**host.env(), **(env or {})}
         old_env = {k: os.environ.get(k) for k in new_env}
-        old_argv, code = list(sys.argv), 0
+        old_argv, old_path, code = list(sys.argv), list(sys.path), 0
         with host.real():
             real_cwd = os.getcwd()
             before = _snapshot(host.root)
@@ -309,7 +311,7 @@ def sandbox_run(sandbox_host: SandboxHost) -> Callable[..., RunResult]:
                 except SystemExit as e:
                     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
-            sys.argv = old_argv
+            sys.argv, sys.path[:] = old_argv, old_path
             for k, v in old_env.items():
                 if v is None:
                     os.environ.pop(k, None)

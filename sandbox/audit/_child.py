@@ -32,6 +32,8 @@ def run_target(target: str) -> None:
     import runpy
 
     where, _, func = target.partition(":") if not os.path.exists(target) else (target, "", "")
+    if where.endswith(".py"):  # as `python script.py` does: its folder first on the import path
+        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))
     if not func:
         sys.argv = [where]
         runpy.run_path(where, run_name="__main__")
@@ -50,7 +52,7 @@ def trace(target: str, policy: Policy, seed: str, root: str) -> dict[str, Any]:
     """Run ``target`` on a fake host at ``root`` (a copy of ``seed``) and return what happened."""
     from pyfakefs.fake_filesystem_unittest import Patcher
 
-    from sandbox.audit.trace import Tracer
+    from sandbox.audit.trace import Tracer, add_library_paths
 
     script_dir = os.path.dirname(os.path.abspath(target.partition(":")[0] if ":" in target else target))
     status, error = "ok", ""
@@ -68,6 +70,7 @@ def trace(target: str, policy: Policy, seed: str, root: str) -> dict[str, Any]:
             fs.makedirs(os.path.join(os.environ.get("TV_RUN_DIR", root), sub), exist_ok=True)
         if os.path.isdir(script_dir) and not fs.exists(script_dir):
             fs.add_real_directory(script_dir, read_only=False)
+        add_library_paths(fs)
         fs.cwd = root
         with Tracer(fs, policy) as tracer:
             try:

@@ -191,8 +191,15 @@ def findings_of(events: Iterable[dict[str, Any]], spec: PolicySpec, shown: str) 
             rel = _rel_of(e, spec)
             kind = "TVS201" if rel is not None and _area(rel, spec) != "workspace" else "TVS202"
             detail = f"{what}: denied by rule '{rule}'" + (f" ({e['reason']})" if e.get("reason") else "")
+            severity, fix = Severity.ERROR, e.get("hint") or ""
+            if kind == "TVS202" and _library_own(e):
+                # a library's own cache or config (matplotlib's ~/.config at import): in a run it is
+                # denied, and libraries fall back to $TMPDIR; the user's code named no such path
+                severity = Severity.INFO
+                detail = f"{detail}; done by {os.path.basename(e['via'])} for this line (its own file)"
+                fix = "nothing to change if the library copes (most fall back to $TMPDIR)"
             out.setdefault((kind, file, line, e["path"]), finding(
-                kind, Severity.ERROR, file, line, detail, e.get("hint") or "",
+                kind, severity, file, line, detail, fix,
                 source="dynamic", op=op, path=e["path"], rule=rule,
             ))  # fmt: skip
         elif action == Action.REDIRECT.value and rule == "workspace-redirect":
@@ -201,6 +208,18 @@ def findings_of(events: Iterable[dict[str, Any]], spec: PolicySpec, shown: str) 
                 source="dynamic", op=op, path=e["path"], rule=rule,
             ))  # fmt: skip
     return list(out.values())
+
+
+def _library_own(e: dict[str, Any]) -> bool:
+    """Did a library write this for itself: a library did it, during an ``import`` line or in the
+    user's home (``~/.cache``, ``~/.config``)?"""
+    if not e.get("via"):
+        return False
+    import linecache
+
+    home = os.path.expanduser("~")
+    src = linecache.getline(e.get("file") or "", e.get("line") or 0).lstrip()
+    return src.startswith(("import ", "from ")) or (home != "/" and e["resolved"].startswith(home + "/"))
 
 
 def _rel_of(e: dict[str, Any], spec: PolicySpec) -> str | None:

@@ -12,7 +12,9 @@ pass through pyfakefs: they reach the real disk, which the dynamic audit watches
 
 from __future__ import annotations
 
+import _io
 import functools
+import io
 import os
 import sys
 import sysconfig
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyfakefs
+import pyfakefs.fake_file
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_open import FakeFileOpen
 
@@ -39,6 +42,10 @@ _LIBS = tuple(
     }
 )
 _WRITE_CHARS = frozenset("wax+")
+#: The real ``open``, for real pipe descriptors: pyfakefs wraps a pipe (subprocess's, of a
+#: ``check_output``) with ``open(fd)``, which under its own patched ``open`` recurses forever.
+#: In a tuple: pyfakefs replaces every module attribute that *is* ``open`` with its fake.
+_REAL = (_io.open, os, io)
 #: FakeFilesystem methods that change the tree: the op, and which positional arguments are paths.
 _MUTATORS: dict[str, tuple[Op, tuple[int, ...]]] = {
     "remove": (Op.DELETE, (0,)),
@@ -55,21 +62,41 @@ _MUTATORS: dict[str, tuple[Op, tuple[int, ...]]] = {
 }
 
 
-def caller() -> tuple[str, int]:
-    """The innermost frame of the user's own code (not the stdlib, site-packages, pyfakefs or
-    tv-sandbox): the line that asked for the operation, through whatever library it called."""
-    f = sys._getframe(1)
-    fallback: tuple[str, int] | None = None
+_MISSING = object()
+
+
+def add_library_paths(fs: FakeFilesystem) -> None:
+    """Let libraries read their own data files on the fake filesystem (matplotlib's rc file,
+    pandas' timezone data...): the interpreter's library folders, read-only and read lazily."""
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = paths.get(key)
+        if p and not fs.exists(p):
+            try:  # pyfakefs checks the real folder itself (this module's os may be the fake one)
+                fs.add_real_directory(p, read_only=True, lazy_read=True)
+            except OSError:
+                pass
+
+
+def caller() -> tuple[str, int, str | None]:
+    """``(file, line, via)``: the innermost frame of the user's own code (not the stdlib,
+    site-packages, pyfakefs or tv-sandbox) -- the line that asked for the operation -- and the
+    library file that performed it for that line (None when the user's code did it itself)."""
+    realpath = _REAL[1].path.realpath  # the real one: this module's os may be pyfakefs's
+    f: Any = sys._getframe(1)
+    via: str | None = None
+    fallback: tuple[str, int, str | None] | None = None
     while f is not None:
         name = f.f_code.co_filename
         if not name.startswith("<"):
-            real = os.path.realpath(name) if not name.startswith(_LIBS) else name
+            real = name if name.startswith(_LIBS) else realpath(name)
             if not real.startswith(_LIBS):
-                return name, f.f_lineno
-            if fallback is None and not real.startswith(_HERE) and "pyfakefs" not in real:
-                fallback = (name, f.f_lineno)
-        f = f.f_back  # type: ignore[assignment]
-    return fallback or ("<unknown>", 0)
+                return name, f.f_lineno, via
+            if not real.startswith(_HERE) and "pyfakefs" not in real:
+                via = via or name
+                fallback = fallback or (name, f.f_lineno, None)
+        f = f.f_back
+    return fallback or ("<unknown>", 0, None)
 
 
 class Tracer:
@@ -94,7 +121,7 @@ class Tracer:
         except (OSError, ValueError):
             resolved = self.fs.absnormpath(text)
         d = self.policy.decide(resolved, op)
-        file, line = caller()
+        file, line, via = caller()
         self.events.append(
             {
                 "op": op.value,
@@ -107,6 +134,7 @@ class Tracer:
                 "hint": d.hint,
                 "file": file,
                 "line": line,
+                "via": via,
             }
         )
 
@@ -141,6 +169,15 @@ class Tracer:
             yield (Op.WRITE if write else Op.READ), file_
 
         self._patch(FakeFileOpen, "call", open_ops)
+        self._saved.append((pyfakefs.fake_file, "open", pyfakefs.fake_file.__dict__.get("open", _MISSING)))
+        pyfakefs.fake_file.open = _REAL[0]  # type: ignore[attr-defined]
+        # A child process is real, and so are its pipes: pyfakefs's fake pipes break
+        # ``subprocess.check_output`` (matplotlib's font lookup runs one at import).
+        import subprocess
+
+        for name, real in (("os", _REAL[1]), ("io", _REAL[2])):
+            self._saved.append((subprocess, name, subprocess.__dict__.get(name, _MISSING)))
+            setattr(subprocess, name, real)
         for name, (op, idx) in _MUTATORS.items():
 
             def ops(_self: Any, *a: Any, _op: Op = op, _idx: tuple[int, ...] = idx, **kw: Any) -> Any:
@@ -167,7 +204,10 @@ class Tracer:
     def uninstall(self) -> None:
         while self._saved:
             owner, name, orig = self._saved.pop()
-            setattr(owner, name, orig)
+            if orig is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, orig)
 
     def __enter__(self) -> Tracer:
         return self.install()
