@@ -40,6 +40,10 @@ __all__ = [
     "collect",
 ]
 
+#: In a script: not audited at all (a host-side tool, a generator of inputs).
+SKIP_FILE = "# tvs: skip-file"
+#: On a line: its findings are silenced (all, or the ids in brackets: ``# tvs: ignore[TVS102]``).
+IGNORE = "# tvs: ignore"
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -144,6 +148,10 @@ def audit_paths(
             report.scripts.append(result)
             continue
         assert source is not None
+        if SKIP_FILE in source:
+            result.skipped = f"marked {SKIP_FILE!r} (e.g. a host-side tool that runs outside the sandbox)"
+            report.scripts.append(result)
+            continue
         try:
             result.findings += audit_source(source, file, judge)
         except SyntaxError as e:
@@ -160,6 +168,7 @@ def audit_paths(
             continue
         if not static_only:
             _dynamic(result, target, spec, policy_file, profile, timeout_s, kernel)
+        _suppress(result, source)
         report.scripts.append(result)
     return report
 
@@ -194,6 +203,23 @@ def _dynamic(
         return
     result.findings += [f if f.file != dyn.file else _renamed(f, result.file) for f in dyn.findings]
     result.events, result.dynamic = dyn.events, dyn.dynamic
+
+
+def _suppress(result: ScriptResult, source: str) -> None:
+    """Drop the findings whose line (in this script) carries ``# tvs: ignore`` (see IGNORE)."""
+    lines = source.splitlines()
+    kept = []
+    for f in result.findings:
+        text = lines[f.line - 1] if f.file == result.file and f.line and f.line <= len(lines) else ""
+        at = text.find(IGNORE)
+        if at >= 0:
+            rest = text[at + len(IGNORE) :]
+            ids = rest[1 : rest.find("]")].replace(" ", "").split(",") if rest.startswith("[") else []
+            if not ids or f.id in ids:
+                result.suppressed += 1
+                continue
+        kept.append(f)
+    result.findings = kept
 
 
 def _renamed(f: Finding, file: str) -> Finding:

@@ -184,6 +184,8 @@ class ScriptResult:
     findings: list[Finding] = dataclasses.field(default_factory=list)
     events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     dynamic: str = "skipped"  # skipped | ok | failed | timeout | error
+    suppressed: int = 0  # findings silenced by a ``# tvs: ignore[...]`` comment on their line
+    skipped: str = ""  # why the script was not audited (``# tvs: skip-file``)
 
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), default=None)
@@ -223,6 +225,8 @@ class AuditReport:
                 {
                     "file": s.file,
                     "dynamic": s.dynamic,
+                    "suppressed": s.suppressed,
+                    "skipped": s.skipped,
                     "findings": [f.to_dict() for f in s.findings],
                     "events": s.events,
                 }

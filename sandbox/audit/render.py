@@ -37,6 +37,8 @@ _ONE_LINE = {"TVS001", "TVS002", "TVS003", "TVS004", "TVS205", "TVS206"}
 def text(report: AuditReport) -> str:
     lines: list[str] = []
     for s in report.scripts:
+        if s.skipped:
+            lines.append(f"{s.file}: skipped: {s.skipped}")
         for f in _ordered(s):
             if f.id in _ONE_LINE:
                 lines.append(f"{f.where}: {f.severity.label} {f.id} {f.title}: {f.detail}")
@@ -57,8 +59,12 @@ def markdown(report: AuditReport) -> str:
         out += [f"## `{s.file}` ({verdict})", ""]
         if report.static_only is False:
             out += [f"Dynamic audit: {s.dynamic}; {len(s.events)} file operations recorded.", ""]
-        if not s.findings:
+        if s.skipped:
+            out += [f"Skipped: {s.skipped}.", ""]
+        elif not s.findings:
             out += ["Nothing found: the script respects the run's layout.", ""]
+        if s.suppressed:
+            out += [f"{s.suppressed} finding(s) silenced by `# tvs: ignore` comments.", ""]
         for f in _ordered(s):
             mark = {Severity.ERROR: "**error**", Severity.WARNING: "**warning**", Severity.INFO: "info"}[
                 f.severity

@@ -193,3 +193,20 @@ def test_a_script_that_loops_forever_is_one_timeout_line(tmp_path: Path) -> None
     )
     assert len(lines) == 2 and "Traceback" not in r.stdout
     assert tree_snapshot(tmp_path) == before
+
+
+def test_ignore_comments_and_skipped_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "tool.py").write_text('# tvs: skip-file\nopen("export/R1/scan.json", "w")\n')
+    (tmp_path / "step.py").write_text(
+        'open("data/lakehouse/a.csv", "w")  # tvs: ignore[TVS101]\n'
+        'open("data/lakehouse/b.csv", "w")  # tvs: ignore[TVS105]\n'
+        'open("export/R1/c.json", "w")  # tvs: ignore\n'
+    )
+    code, out, _ = _cli(capsys, str(tmp_path), "--static-only", "--format", "json")
+    doc = json.loads(out)
+    step, tool = doc["scripts"]
+    assert tool["skipped"].startswith("marked '# tvs: skip-file'") and tool["findings"] == []
+    assert [(f["id"], f["line"]) for f in step["findings"]] == [("TVS101", 2)] and step["suppressed"] == 2
+    assert code == 1
+    _, out, _ = _cli(capsys, str(tmp_path / "tool.py"), "--static-only")
+    assert out.splitlines()[0] == f"{tmp_path / 'tool.py'}: skipped: marked '# tvs: skip-file' (e.g. a host-side tool that runs outside the sandbox)"
