@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-_TOP_KEYS = {"policy", "layout", "rule"}
+_TOP_KEYS = {"policy", "layout", "rule", "export"}
+_EXPORT_KEYS = {"max_bytes"}
 _POLICY_KEYS = {"name", "profile", "description", "kernel"}
 _LAYOUT_KEYS = {"lakehouse", "exports", "runs", "run_folders"}
 _RULE_KEYS = {"name", "paths", "ops", "action", "reason", "hint"}
@@ -189,6 +190,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
     description = pol.get("description", "")
     _typed(description, str, src, "policy.description") if description else None
 
+    export_max_bytes(data, src)  # [export]: read by the exporter's caller, validated here
     lay = _typed(data.get("layout", None) or _missing(src, "layout"), dict, src, "layout")
     _unknown(lay, _LAYOUT_KEYS, src, "layout")
     dirs = {
@@ -261,6 +263,22 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
                 raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
         rules.append(Rule(rname, pats, frozenset(ops), Action.named(action), reason, hint))
     return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data)
+
+
+def export_max_bytes(data: Mapping[str, Any], src: str = "<memory>") -> int | None:
+    """``[export] max_bytes`` of a policy document (None: the exporter's default): the most a
+    run's files may add up to. A positive integer."""
+    table = data.get("export")
+    if table is None:
+        return None
+    _typed(table, dict, src, "export")
+    _unknown(table, _EXPORT_KEYS, src, "export")
+    value = table.get("max_bytes")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise PolicyError(src, "export.max_bytes", f"must be a positive number of bytes, not {value!r}")
+    return value
 
 
 def _missing(src: str, table: str) -> Any:

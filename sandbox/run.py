@@ -34,7 +34,15 @@ from sandbox import workspace as workspace_mod
 from sandbox._record import record
 from sandbox.errors import ExportError, SandboxError, UsageError
 from sandbox.policy import save_resolved
-from sandbox.runner import POLICY_FILE, POLICY_RECORD, Launched, RunOutcome, _launch, start_step
+from sandbox.runner import (
+    POLICY_FILE,
+    POLICY_RECORD,
+    Launched,
+    RunOutcome,
+    _launch,
+    export_limit,
+    start_step,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,12 +139,13 @@ def _meanwhile(base_dir: str | None) -> None:
 
 
 class _Tree:
-    """The processes of a running step, seen from outside: memory sampling and ending them all."""
+    """The processes of a running step, seen from outside: memory sampling and ending them."""
 
     def __init__(self, child: Child) -> None:
         self.child = child
         self.peak_rss = 0
         self._stop = False
+        self.finished = False  # the step was reaped by the thread waiting for it
 
     def _procs(self) -> list[Any]:
         import psutil
@@ -166,41 +175,18 @@ class _Tree:
             self.peak_rss = max(self.peak_rss, total)
             time.sleep(_SAMPLE_S)
 
-    def end(self, grace: float = GRACE_S) -> None:
-        """SIGTERM every process of the step, then SIGKILL whatever is left after ``grace``.
-
-        The direct child is signalled through :meth:`Child.kill`, never waited for here: its
-        status belongs to :meth:`Child.wait`."""
-        import psutil
-
-        procs = self._procs()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in procs:
-                try:
-                    if p.pid == self.child.pid:
-                        self.child.kill(sig)
-                    else:
-                        p.send_signal(sig)
-                except (psutil.Error, OSError):
-                    pass
-            if sig == signal.SIGKILL:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                live = [p for p in procs if _alive(p)]
-                if not live:
-                    return
-                time.sleep(0.02)
-            procs = [p for p in procs if _alive(p)] + [p for p in self._procs() if p not in procs]
-
-
-def _alive(p: Any) -> bool:
-    import psutil
-
-    try:
-        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
+    def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
+        """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not
+        ended after ``grace``. The kernel layer makes the step's end its whole tree's end (a PID
+        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only.
+        ``reap``: this thread is the only one waiting for the step, so it may reap it."""
+        self.child.terminate()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.finished or (reap and self.child.poll() is not None):
+                return
+            time.sleep(0.02)
+        self.child.kill()
 
 
 class Run:
@@ -421,11 +407,11 @@ class Run:
                 f"tv-sandbox was interrupted ({_signame(self.interrupted)}); the step's processes were ended"
             )
             with _deferred_interrupts():
-                tree.end()
+                tree.end(reap=True)
                 result = child.wait()
         finally:
+            tree.finished = tree._stop = True
             ended.release()
-            tree._stop = True
         if cut is None and timed_out:
             cut, why = (
                 "timeout",
@@ -501,10 +487,14 @@ class Run:
         from sandbox._paths import write_into
         from sandbox.events import read_events, summarise
         from sandbox.export import export_run
+        from sandbox.export import write_error as export_write_error
 
         prep, req, ws = self.prep, self.prep.request, self.ws
         # After the steps, and never through what a step left there: the record is the launcher's.
-        write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
+        try:  # a full run-folder filesystem fails here first: an export error, in one line
+            write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
         applied = self._launched.child.applied if self._launched else None
         layers = report_mod.Layers(
             python_guard=True,
@@ -548,7 +538,10 @@ class Run:
         )
         if self.interrupted or self.cancelled:
             rep["cut"] = {"status": status, "why": self.cancelled or _signame(self.interrupted or 0)}
-        report_mod.write(ws.run_storage, rep)
+        try:
+            report_mod.write(ws.run_storage, rep)
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
         self._clock.lap("report")
         _check_space(req.run_id, ws.run_storage, prep.destination)
         exit_code = self.exit_code
@@ -562,6 +555,7 @@ class Run:
             policy_sha256=prep.spec.sha256,
             overwrite=req.overwrite,
             extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+            max_bytes=export_limit(prep),
         )
         self._clock.lap("export")
         kept = ws.base if req.keep_workspace else None

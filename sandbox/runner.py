@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from sandbox import report as report_mod
+from sandbox import workspace as workspace_mod
 from sandbox._record import field, record
 from sandbox.errors import KernelUnavailable, PreflightError, UsageError
 from sandbox.loader import NAME_CHARS, load_policy
@@ -144,8 +145,7 @@ def preflight(req: RunRequest) -> Prepared:
         base = os.path.realpath(req.workspace_base)
         if _dir_problem(base):
             raise PreflightError(f"--workspace-dir {req.workspace_base} {_dir_problem(base)}")
-        if base == host or base.startswith(host + os.sep):
-            raise PreflightError(f"--workspace-dir {base} lies inside the host; choose a folder outside it")
+    _check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
     kernel = req.kernel
     if spec.kernel == "require" and kernel == "auto":
         kernel = "require"
@@ -154,12 +154,39 @@ def preflight(req: RunRequest) -> Prepared:
     return Prepared(req, host, spec, dest, kernel)
 
 
+def _check_workspace_base(workspace_base: str | None, host: str, targets: Mapping[str, str]) -> None:
+    """The workspace (the step's writable temp dir, run storage and overlay) must lie outside the
+    host and outside every mount: inside, the step's writable binds would cover the very paths
+    the read-only mounts protect, and the kernel layer could not both hold. Checks
+    ``--workspace-dir``, else every ``TMPDIR``, ``TEMP`` and ``TMP`` set and the temp dir the
+    workspace would go to."""
+    if workspace_base is not None:
+        places = [("--workspace-dir", workspace_base)]
+    else:
+        places = [
+            (f"${name}", os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)
+        ]
+        places.append(("the temp dir", workspace_mod.temp_root()))
+    protected = [("the host", host), *((f"the {name} mount", real) for name, real in targets.items())]
+    for what, path in places:
+        real = os.path.realpath(path)
+        for label, root in protected:
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
+                raise PreflightError(
+                    f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
+                    f"{fix} to a folder outside the host and its mounts"
+                )
+
+
 def kernel_plan(
     ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
-    The workspace becomes an overlay of the host whose upper layer is the run folder, the run
+    The step gets its own user, mount and PID namespaces (a fresh /proc, a private /dev/shm),
+    every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
+    of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
     audit mode: overlays whose upper layer is $TV_RUN_DIR/audit/<mount>), and the whole view is
     bound over the host's own path too, so a host-absolute path behaves as its workspace path.
@@ -213,6 +240,8 @@ def kernel_plan(
         readonly_root=True,
         landlock=True,
         namespace=True,
+        pid_namespace=True,
+        private_shm=True,
     )
 
 
@@ -261,27 +290,42 @@ def _launch(
     """Start a run's first step with the strongest kernel layer this machine accepts.
 
     Tried in order, each only when the one before was refused by the kernel (``KernelUnavailable``
-    from the forked child, before ``exec``): mount namespace + overlay + read-only binds +
-    Landlock; Landlock alone; the Python guard alone -- the last with a warning in the report,
-    or not at all when the kernel layer is required (exit status 125, before the command ran).
-    The plan it settles on is the one every later step of the run gets.
+    from the forked child, before ``exec``): user + mount + PID namespaces, overlay, read-only
+    binds and Landlock; Landlock alone; the Python guard alone. Every fallback is a warning line,
+    and ``missing`` names each part of the full layer the step runs without. When the kernel layer
+    is required (``--kernel require``, or the policy's ``kernel = "require"``) only the full layer
+    will do: anything less refuses to run (exit 125, before the command ran). The plan it settles
+    on is the one every later step of the run gets.
     """
     req = prep.request
+
+    from sandbox.kernel import missing_layers
 
     def start(plan: KernelPlan | None) -> Child:
         return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr)
 
     if prep.kernel == "off":
-        return Launched(start(None), None, {"kernel": "turned off (--kernel off or the policy)"}, [])
+        why = "turned off (--kernel off, or the policy's kernel = \"off\")"
+        return Launched(
+            start(None),
+            None,
+            missing_layers(None, why),
+            [f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
+             "(pyarrow, sqlite), shell commands and non-Python children can change it"],
+        )
     from sandbox.kernel import landlock
 
+    required = prep.kernel == "require"
     refusals: list[str] = []
+    abi, err = landlock.query_abi()
+    if abi == 0:
+        refusals.append(landlock.unavailable_reason(err))
     for namespace in (True, False):
+        if required and refusals:
+            break  # only the full layer will do
         if not namespace:
             ws.mirror()  # without the overlay, the workspace is the symlink skeleton
-            abi, err = landlock.query_abi()
             if abi == 0:
-                refusals.append(landlock.unavailable_reason(err))
                 break
         plan = kernel_plan(ws, req.mode, policy, namespace=namespace)
         try:
@@ -289,30 +333,39 @@ def _launch(
         except KernelUnavailable as e:
             refusals.append(str(e))
             continue
-        if namespace:
-            return Launched(child, plan, {}, [])
         why = "; ".join(refusals)
-        return Launched(
-            child,
-            plan,
-            {"mount_namespace": why, "overlay": why, "readonly_mounts": why},
-            [
-                f"no mount namespace ({why}): Landlock alone protects the host; outputs are gathered "
-                "from the workspace into the run folder after each step"
-            ],
-        )
+        warnings = []
+        if refusals:
+            what = (
+                "no Landlock"
+                if namespace
+                else "only Landlock and the Python guard are active; what the step writes into the "
+                "workspace is gathered into the run folder after each step"
+            )
+            warnings.append(f"kernel layer incomplete ({why}); {what}")
+        return Launched(child, plan, missing_layers(child.applied, why), warnings)
     why = "; ".join(refusals)
-    if prep.kernel == "require":
+    if required:
         raise KernelUnavailable(
-            f"the kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
+            f"the full kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
             'run `tv-sandbox doctor`, or use a policy with kernel = "warn"'
         )
     return Launched(
         start(None),
         None,
-        {"kernel": why},
+        missing_layers(None, why),
         [f"kernel layer unavailable ({why}); only the Python guard is active"],
     )
+
+
+def export_limit(prep: Prepared) -> int:
+    """``max_bytes`` for :func:`sandbox.export.export_run`: the policy's ``[export] max_bytes``,
+    else the exporter's default."""
+    from sandbox.export import DEFAULT_MAX_BYTES
+    from sandbox.loader import export_max_bytes
+
+    limit = export_max_bytes(prep.spec.data, prep.spec.source)
+    return DEFAULT_MAX_BYTES if limit is None else limit
 
 
 def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
