@@ -201,7 +201,11 @@ def _dynamic(
         result.findings.append(finding("TVS004", Severity.ERROR, result.file, None, str(e), source="dynamic"))
         result.dynamic = "error"
         return
-    result.findings += [f if f.file != dyn.file else _renamed(f, result.file) for f in dyn.findings]
+    mine = os.path.abspath(result.file)
+    result.findings += [  # the script as the user named it, in static and dynamic findings alike
+        _renamed(f, result.file) if f.file == dyn.file or os.path.abspath(f.file) == mine else f
+        for f in dyn.findings
+    ]
     result.events, result.dynamic = dyn.events, dyn.dynamic
 
 

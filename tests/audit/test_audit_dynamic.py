@@ -91,3 +91,18 @@ def test_absolute_writes_never_reach_the_real_disk(tmp_path: Path, kernel_suppor
     # the native write was refused by the kernel layer: the script failed there, and it is a finding
     assert any(f.id == "TVS206" and "native.parquet" in f.detail for f in report.findings)
     assert any(f.id == "TVS204" and f.severity is Severity.ERROR and "native.parquet" in f.detail for f in report.findings)
+
+
+def test_module_function_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "steps.py").write_text("def main():\n    open('data/lakehouse/m.json', 'w').write('{}')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    report = audit_paths(["userpkg.steps:main"])
+    assert report.scripts[0].file == str(pkg / "steps.py")
+    assert {(f.id, f.file, f.line) for f in report.findings} == {
+        ("TVS101", str(pkg / "steps.py"), 2),
+        ("TVS201", str(pkg / "steps.py"), 2),
+    }
