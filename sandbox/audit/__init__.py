@@ -27,6 +27,7 @@ from sandbox.audit.findings import (
     finding,
 )
 from sandbox.errors import SandboxError, UsageError
+from sandbox.policy import PolicySpec
 
 __all__ = [
     "CATALOGUE",
@@ -176,29 +177,28 @@ def audit_paths(
 def _dynamic(
     result: ScriptResult,
     target: str,
-    spec: object,
+    spec: PolicySpec,
     policy_file: str | None,
     profile: str,
     timeout_s: float,
     kernel: str,
 ) -> None:
     from sandbox.audit.dynamic import audit_dynamic
-    from sandbox.policy import PolicySpec
 
-    assert isinstance(spec, PolicySpec)
-    try:
-        dyn = audit_dynamic(target, policy_file, profile, spec, timeout_s=timeout_s, kernel=kernel)
-    except ImportError as e:
+    if importlib.util.find_spec("pyfakefs") is None:
         result.findings.append(
             finding(
                 "TVS004", Severity.WARNING, result.file, None,
-                f"the dynamic audit needs pyfakefs ({e}); install tv-sandbox[audit] or pass --static-only",
+                "the dynamic audit needs pyfakefs: install tv-sandbox[audit], or pass --static-only",
                 source="dynamic",
             )
         )  # fmt: skip
         return
-    except SandboxError as e:
-        result.findings.append(finding("TVS004", Severity.ERROR, result.file, None, str(e), source="dynamic"))
+    try:
+        dyn = audit_dynamic(target, policy_file, profile, spec, timeout_s=timeout_s, kernel=kernel)
+    except (SandboxError, OSError) as e:
+        why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+        result.findings.append(finding("TVS004", Severity.ERROR, result.file, None, why, source="dynamic"))
         result.dynamic = "error"
         return
     mine = os.path.abspath(result.file)
