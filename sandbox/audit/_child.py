@@ -91,6 +91,11 @@ def trace(target: str, policy: Policy, seed: str, root: str) -> dict[str, Any]:
         if os.path.dirname(root) in (ev["hint"] or ""):
             ev["hint"] = ""  # a built-in hint naming this throwaway workspace: the catalogue's fix says it
         t, run_dir = ev["target"], os.environ.get("TV_RUN_DIR", "\0")
+        p = ev["path"]  # an absolute path into this throwaway workspace says more as the run sees it
+        if p == run_dir or p.startswith(run_dir + "/"):
+            ev["path"] = "$TV_RUN_DIR" + p[len(run_dir) :]
+        elif os.path.isabs(p) and ev["rel"] is not None:
+            ev["path"] = ev["rel"]
         if t and (t == run_dir or t.startswith(run_dir + "/")):
             ev["target"] = "$TV_RUN_DIR" + t[len(run_dir) :]
     return {"status": status, "error": error, "events": tracer.events}
