@@ -58,6 +58,8 @@ class Judge:
 
     def place(self, text: str) -> str:
         """The absolute path a literal names when the script runs in the workspace."""
+        if text == "~" or text.startswith("~/"):  # a home folder: never inside the workspace
+            text = f"{_BASE}-home" + text[1:]
         path = text if text.startswith("/") else posixpath.join(self.workspace, text)
         return posixpath.normpath(path)
 

@@ -51,6 +51,7 @@ def test_after_script_has_nothing_at_warning() -> None:
         ('open("export/R1/scan.json", "w")', ("TVS102", "error", 1)),
         ('open("artifacts/summaries/runs/2024-01-01/report.md", "w")', ("TVS103", "warning", 1)),
         ('open("/var/tmp/out.csv", "w")', ("TVS104", "error", 1)),
+        ('import os\nopen(os.path.expanduser("~/results.csv"), "w")', ("TVS104", "error", 2)),
         ('open("reports/out.csv", "w")', ("TVS105", "info", 1)),
         ('import os\np = os.getenv("SELECTION_AUDIT", "data/lakehouse/selection_audit.json")', ("TVS107", "warning", 2)),
         ('import os\np = os.environ.get("TV_RUN_DIR", "artifacts/summaries/runs/x")', ("TVS107", "warning", 2)),
