@@ -351,9 +351,14 @@ class Module:
         if name in _SHELL_FUNCS or name in _SUBPROCESS:
             self._process(node, name)
 
-    def _env_default(self, node: ast.Call, scope: Scope) -> None:
-        v = self._call_value(node, scope)
-        if v.kind != "env" or v.default is None or v.var not in _OUTPUT_VARS:
+    def _env_default(self, node: ast.Call, scope: Scope, v: Val | None = None) -> None:
+        """TVS107 for ``node``, an environment read -- or a write whose path ``v`` is derived from
+        one -- whose literal default is a shared path."""
+        if v is None:
+            v = self._call_value(node, scope)
+            if v.kind != "env" or v.var not in _OUTPUT_VARS:
+                return
+        if v.kind != "env" or v.default is None:
             return
         verdict = self.judge.decide(v.default.text, Op.WRITE)
         if verdict.area in ("lakehouse", "exports", "runs", "outside") or verdict.denied:
@@ -366,6 +371,8 @@ class Module:
             ))  # fmt: skip
 
     def _write(self, node: ast.Call, v: Val, scope: Scope, *, native: bool = False) -> None:
+        if v.kind == "env":
+            self._env_default(node, scope, v)  # the variable is set in a run; its default is not
         if v.kind != "lit":
             return  # derived from a variable, or computed: the dynamic audit sees where it goes
         verdict = self.judge.decide(v.text, Op.WRITE)

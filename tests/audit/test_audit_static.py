@@ -55,6 +55,7 @@ def test_after_script_has_nothing_at_warning() -> None:
         ('open("reports/out.csv", "w")', ("TVS105", "info", 1)),
         ('import os\np = os.getenv("SELECTION_AUDIT", "data/lakehouse/selection_audit.json")', ("TVS107", "warning", 2)),
         ('import os\np = os.environ.get("TV_RUN_DIR", "artifacts/summaries/runs/x")', ("TVS107", "warning", 2)),
+        ('import os\nopen(os.environ.get("OUT_DIR", "data/lakehouse") + "/x.csv", "w")', ("TVS107", "warning", 2)),
         ('import glob\nfiles = glob.glob("export/*/*.json")', ("TVS111", "warning", 2)),
         ('import subprocess\nsubprocess.run("make all", shell=True)', ("TVS121", "warning", 2)),
         ('import os\nos.system("sh build.sh")', ("TVS121", "warning", 2)),
