@@ -170,6 +170,10 @@ def _audit_parser(sub: Any) -> None:
     audit.add_argument(
         "--timeout", default="60", metavar="SECONDS", help="each script's time limit when run (default: 60)"
     )
+    audit.add_argument(
+        "--host", metavar="DIR", help="run the scripts on a copy of this small host tree (default: a sample)"
+    )
+    audit.add_argument("--run-id", default="AUDIT", metavar="ID", help="the run id of that host's export")
 
 
 def _audit(ns: dict[str, Any]) -> int:
@@ -189,6 +193,8 @@ def _audit(ns: dict[str, Any]) -> int:
         policy_file=ns["policy"],
         static_only=ns["static_only"],
         timeout_s=timeout,
+        host=ns["host"],
+        run_id=ns["run_id"],
     )
     sys.stdout.write(render(report, ns["format"]))
     return 1 if report.fails(Severity.named(ns["fail_on"])) else 0

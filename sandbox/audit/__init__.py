@@ -129,6 +129,8 @@ def audit_paths(
     static_only: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     kernel: str = "auto",
+    host: str | None = None,
+    run_id: str = "AUDIT",
 ) -> AuditReport:
     """Audit the scripts ``paths`` name (see the package docstring). Raises :class:`UsageError` /
     :class:`~sandbox.errors.PolicyError` for bad arguments; a script that cannot be audited is a
@@ -136,8 +138,13 @@ def audit_paths(
     from sandbox.audit.judge import Judge
     from sandbox.audit.static import audit_source
     from sandbox.loader import load_policy
+    from sandbox.runner import valid_run_id
 
     spec = load_policy(policy_file, profile=profile)
+    if not valid_run_id(run_id):
+        raise UsageError(f"--run-id {run_id!r}: use letters, digits, '_' and '-' only")
+    if host is not None and not os.path.isdir(host):
+        raise UsageError(f"--host {host}: not a folder; pass a small copy of a host tree to run on")
     targets = collect(paths)
     judge = Judge(spec)
     report = AuditReport(profile, spec.name, static_only)
@@ -168,7 +175,7 @@ def audit_paths(
             report.scripts.append(result)
             continue
         if not static_only:
-            _dynamic(result, target, spec, policy_file, profile, timeout_s, kernel)
+            _dynamic(result, target, spec, policy_file, profile, timeout_s, kernel, host, run_id)
         _suppress(result, source)
         report.scripts.append(result)
     return report
@@ -182,6 +189,8 @@ def _dynamic(
     profile: str,
     timeout_s: float,
     kernel: str,
+    host: str | None,
+    run_id: str,
 ) -> None:
     from sandbox.audit.dynamic import audit_dynamic
 
@@ -195,7 +204,9 @@ def _dynamic(
         )  # fmt: skip
         return
     try:
-        dyn = audit_dynamic(target, policy_file, profile, spec, timeout_s=timeout_s, kernel=kernel)
+        dyn = audit_dynamic(
+            target, policy_file, profile, spec, timeout_s=timeout_s, kernel=kernel, seed=host, run_id=run_id
+        )
     except (SandboxError, OSError) as e:
         why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
         result.findings.append(finding("TVS004", Severity.ERROR, result.file, None, why, source="dynamic"))

@@ -42,8 +42,11 @@ def audit_dynamic(
     *,
     timeout_s: float,
     kernel: str = "auto",
+    seed: str | None = None,
+    run_id: str = RUN_ID,
 ) -> ScriptResult:
-    """Run ``target`` (a script, ``script.py:func`` or ``module:func``) on a throwaway host."""
+    """Run ``target`` (a script, ``script.py:func`` or ``module:func``) on a throwaway host: a copy
+    of ``seed`` (a small sample of the user's host), or the built-in sample host."""
     from sandbox import samples
     from sandbox.run import Run, StepSpec
     from sandbox.runner import RunRequest, preflight
@@ -53,12 +56,18 @@ def audit_dynamic(
     tmp = tempfile.mkdtemp(prefix="tv-audit-")
     try:
         host = os.path.join(tmp, "host")
-        samples.make_host(host, run_id=RUN_ID, layout=spec.layout)
+        if seed is not None:
+            shutil.copytree(seed, host, symlinks=True)
+            for rel in (spec.layout.lakehouse, spec.layout.exports, spec.layout.runs):
+                os.makedirs(os.path.join(host, rel), exist_ok=True)
+            shutil.rmtree(os.path.join(host, spec.layout.runs, run_id), ignore_errors=True)
+        else:
+            samples.make_host(host, run_id=run_id, layout=spec.layout)
         before = _snapshot(host, spec.layout.runs)
         prep = preflight(
             RunRequest(
                 host=host,
-                run_id=RUN_ID,
+                run_id=run_id,
                 argv=[],
                 profile=profile,
                 policy_file=spec_file,
@@ -100,7 +109,7 @@ def audit_dynamic(
         else:
             result.events = trace["events"]
             result.dynamic = trace["status"]
-            result.findings.extend(findings_of(trace["events"], spec, shown))
+            result.findings.extend(findings_of(trace["events"], spec, shown, run_id))
             if trace["status"] != "ok":
                 error = trace["error"] or "failed"
                 result.findings.append(finding("TVS206", Severity.INFO, shown, None, error, source="dynamic"))
@@ -164,7 +173,9 @@ def _where(e: dict[str, Any], shown: str) -> tuple[str, int | None]:
     return file, e.get("line") or None
 
 
-def findings_of(events: Iterable[dict[str, Any]], spec: PolicySpec, shown: str) -> list[Finding]:
+def findings_of(
+    events: Iterable[dict[str, Any]], spec: PolicySpec, shown: str, run_id: str = RUN_ID
+) -> list[Finding]:
     """The findings a recorded run's events show, one per (kind, caller line, path)."""
     out: dict[tuple[str, str, int | None, str], Finding] = {}
     exports = parts("/" + spec.layout.exports)
@@ -178,7 +189,7 @@ def findings_of(events: Iterable[dict[str, Any]], spec: PolicySpec, shown: str) 
                 continue
             p = parts("/" + rel)
             if p == exports or (
-                is_within(p, exports) and len(p) > len(exports) and p[len(exports)] != RUN_ID
+                is_within(p, exports) and len(p) > len(exports) and p[len(exports)] != run_id
             ):
                 key = ("TVS211", file, line, rel)
                 out.setdefault(key, finding(

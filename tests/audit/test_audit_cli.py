@@ -138,6 +138,8 @@ USAGE = [
     ("unknown option", _args(str(AFTER), "--frobnicate"), "unrecognized arguments: --frobnicate"),
     ("bad function", _args(f"{AFTER}:1main"), "after ':' comes a function name"),
     ("no module", _args("no_such_module_tvs:main"), "'no_such_module_tvs': no such file, folder or importable module"),
+    ("host not a folder", _args(str(AFTER), "--host", "no/host"), "--host no/host: not a folder"),
+    ("bad run id", _args(str(AFTER), "--run-id", "../x"), "--run-id '../x': use letters, digits"),
 ]
 
 FINDINGS = [

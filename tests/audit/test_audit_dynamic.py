@@ -106,3 +106,19 @@ def test_module_function_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("TVS101", str(pkg / "steps.py"), 2),
         ("TVS201", str(pkg / "steps.py"), 2),
     }
+
+
+def test_on_a_copy_of_the_users_host(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    (host / "data" / "lakehouse").mkdir(parents=True)
+    (host / "export" / "R9").mkdir(parents=True)
+    (host / "export" / "R9" / "scan.json").write_text('{"data": [{"symbol": "Z", "Value.Traded": 1}]}')
+    before = tree_snapshot(host)
+    report = audit_paths([str(CORPUS / "select_top_universe_after.py")], host=str(host), run_id="R9")
+    (script,) = report.scripts
+    assert script.dynamic == "ok" and [f for f in script.findings if f.severity >= Severity.WARNING] == []
+    assert ("read", "export/R9/scan.json") in {(e["op"], e["path"]) for e in script.events}
+    assert ("write", "$TV_RUN_DIR/data/selection_audit.json", "run-folder") in {
+        (e["op"], e["path"], e["rule"]) for e in script.events
+    }
+    assert tree_snapshot(host) == before  # a copy was used; nothing exported into the user's host
