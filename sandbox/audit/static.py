@@ -109,11 +109,20 @@ def join(a: Val, b: Val) -> Val:
 class Scope:
     """Names visible in one function (its own assignments, then the module's), evaluated lazily."""
 
-    def __init__(self, module: Module, assigns: dict[str, ast.expr], parent: Scope | None) -> None:
+    def __init__(
+        self,
+        module: Module,
+        assigns: dict[str, ast.expr],
+        parent: Scope | None,
+        values: dict[str, Val] | None = None,
+    ) -> None:
         self.module, self.assigns, self.parent = module, assigns, parent
+        self.values = values or {}  # parameters bound to the values of one call site
         self._busy: set[str] = set()
 
     def lookup(self, name: str) -> Val:
+        if name in self.values:
+            return self.values[name]
         if name in self.assigns and name not in self._busy:
             self._busy.add(name)
             try:
@@ -155,6 +164,11 @@ class Module:
         self.globals = Scope(self, _assignments(tree.body), None)
         self.arg_defaults: dict[str, ast.expr] = {}
         self.findings: dict[tuple[str, int], Finding] = {}
+        self.functions = {
+            f.name: f for f in tree.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
+        self._sites: list[tuple[ast.Call, Scope]] = []  # calls of this module's own functions
+        self._site: ast.Call | None = None
         self._kernel_required = judge.spec.kernel == "require"
 
     # -- values -----------------------------------------------------------------------------------
@@ -253,6 +267,13 @@ class Module:
     # -- findings ---------------------------------------------------------------------------------
 
     def add(self, f: Finding) -> None:
+        site = self._site
+        if site is not None:  # found in a function for the values of one call: said at the call
+            if (f.id, f.line or 0) in self.findings:
+                return  # the function does it whatever it is given: already said where it does
+            f = dataclasses.replace(
+                f, line=site.lineno, detail=f"`{self.segment(site)}` -> line {f.line}: {f.detail}"
+            )
         self.findings.setdefault((f.id, f.line or 0), f)
 
     def segment(self, node: ast.AST) -> str:
@@ -266,6 +287,8 @@ class Module:
                 self._argparse(node)
         for scope, node in self._calls():
             self._call(node, scope)
+        for node, scope in self._sites:
+            self._through(node, scope)
         return sorted(self.findings.values(), key=lambda f: (f.line or 0, f.id))
 
     def _argparse(self, node: ast.Call) -> None:
@@ -328,11 +351,15 @@ class Module:
             for i in _FS_FUNCS[name]:
                 if i < len(args):
                     self._write(node, self.value(args[i], scope), scope)
-        elif method and last in _PATH_METHODS | _MOVE_METHODS and isinstance(node.func, ast.Attribute):
+        elif (
+            method
+            and (last in _PATH_METHODS or (last in _MOVE_METHODS and len(args) == 1))
+            and isinstance(node.func, ast.Attribute)
+        ):
             recv = self.value(node.func.value, scope)
             if recv.known:
                 self._write(node, recv, scope)
-                if last in _MOVE_METHODS and args:
+                if last in _MOVE_METHODS and len(args) == 1:
                     self._write(node, self.value(args[0], scope), scope)
         elif (method and last in _NATIVE_METHODS | _PY_WRITER_METHODS) or name in _NATIVE_FUNCS:
             i = _NATIVE_FUNCS.get(name, 0)
@@ -350,6 +377,27 @@ class Module:
             self._read(node, self.value(node, scope), lookup_only=True)
         if name in _SHELL_FUNCS or name in _SUBPROCESS:
             self._process(node, name)
+        if self._site is None and isinstance(node.func, ast.Name) and node.func.id in self.functions:
+            self._sites.append((node, scope))
+
+    def _through(self, site: ast.Call, scope: Scope) -> None:
+        """The writes of one of this module's functions for the values a call gives it (one level
+        deep: ``save_json(AUDIT_FILE, data)`` -> ``open(path, "w")`` in ``save_json``)."""
+        assert isinstance(site.func, ast.Name)
+        fn = self.functions[site.func.id]
+        params = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args)]
+        bound = {p: self.value(a, scope) for p, a in zip(params, site.args, strict=False)}
+        bound.update({k.arg: self.value(k.value, scope) for k in site.keywords if k.arg})
+        bound = {k: v for k, v in bound.items() if v.known}
+        if not bound:
+            return
+        inner = Scope(self, _assignments(fn.body), self.globals, bound)
+        self._site = site
+        try:
+            for node in _own_calls(fn):
+                self._call(node, inner)
+        finally:
+            self._site = None
 
     def _env_default(self, node: ast.Call, scope: Scope, v: Val | None = None) -> None:
         """TVS107 for ``node``, an environment read -- or a write whose path ``v`` is derived from
@@ -498,6 +546,18 @@ class Module:
                     path=prog,
                 )
             )
+
+
+def _own_calls(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[ast.Call]:
+    """The calls in ``fn``'s body, not in the functions it defines."""
+    todo: list[ast.AST] = list(fn.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Call):
+            yield node
+        todo.extend(ast.iter_child_nodes(node))
 
 
 def _explain(v: Verdict) -> str:

@@ -48,6 +48,8 @@ def test_after_script_has_nothing_at_warning() -> None:
         ('name = input()\nopen(f"data/lakehouse/{name}.json", "a")', ("TVS101", "error", 2)),
         ('import json\nOUT = "data/lakehouse/portfolio_candidates.json"\ndef f(x):\n    json.dump(x, open(OUT, "w"))',
          ("TVS101", "error", 4)),
+        ('import json\nAUDIT = "data/lakehouse/selection_audit.json"\ndef save(path, data):\n'
+         '    with open(path, "w") as fh:\n        json.dump(data, fh)\nsave(AUDIT, {})', ("TVS101", "error", 6)),
         ('open("export/R1/scan.json", "w")', ("TVS102", "error", 1)),
         ('open("artifacts/summaries/runs/2024-01-01/report.md", "w")', ("TVS103", "warning", 1)),
         ('open("/var/tmp/out.csv", "w")', ("TVS104", "error", 1)),
@@ -82,6 +84,8 @@ def test_each_construct(source: str, expected: tuple[str, str, int]) -> None:
         'open("data/lakehouse/bars.csv").read()',  # reading the lakehouse is what it is for
         'import subprocess, sys\nsubprocess.run([sys.executable, "step.py"])',  # a Python child: guarded
         'import tempfile\nopen(tempfile.mktemp(), "w")',  # computed: for the dynamic audit
+        'text = "data/lakehouse/x"\nlabel = text.replace("/", "_")',  # str.replace is not a rename
+        'def save(path):\n    open(path, "w")\nimport os\nsave(os.environ["TV_RUN_DIR"] + "/x")',
     ],
 )
 def test_clean_constructs(source: str) -> None:
