@@ -17,7 +17,16 @@ from typing import Any, NamedTuple
 from sandbox import _paths
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
-from sandbox.policy import Action, Decision, Op, Policy, load_resolved, overlay_maps
+from sandbox.policy import (
+    Action,
+    Decision,
+    Op,
+    Policy,
+    PolicySpec,
+    bind_for_library,
+    load_resolved,
+    overlay_maps,
+)
 
 TYPE_CHECKING = False
 EventSink = Callable[[dict[str, Any]], None]  # receives each deny / redirect record
@@ -34,10 +43,18 @@ class _Route(NamedTuple):
     decision: Decision
 
 
-def load_policy(policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None) -> Policy:
-    """``policy=`` as given, or the resolved policy a sandboxed step names in ``$TV_SANDBOX_POLICY``."""
-    if isinstance(policy, Policy):
-        return policy
+def load_policy(
+    policy: Policy | PolicySpec | Mapping[str, Any] | str | os.PathLike[str] | None,
+    host: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    mode: str = "enforce",
+) -> Policy:
+    """``policy=`` as given (a :class:`PolicySpec` bound to ``host``/``run_id``), or the resolved
+    policy a sandboxed step names in ``$TV_SANDBOX_POLICY``."""
+    if isinstance(policy, (Policy, PolicySpec)):
+        return bind_for_library(policy, host, run_id, mode)
+    if host is not None or run_id is not None:
+        raise TypeError("host= and run_id= bind a PolicySpec (what sandbox.loader.load_policy returns)")
     if isinstance(policy, Mapping):
         return Policy.from_dict(policy)
     src = os.fspath(policy) if policy is not None else os.environ.get(ENV_POLICY, "")
@@ -102,7 +119,8 @@ class Routing:
 
     def _deny(self, d: Decision, shown: str, op: Op) -> AccessDenied:
         self._emit(d, op, shown)
-        return d.error(shown, op, profile=self.policy.profile, layer=LAYER)
+        user = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
+        return d.error(shown, op, profile=self.policy.profile, layer=LAYER, resolved=user)
 
     def _emit(self, d: Decision, op: Op, shown: str, target: str | None = None) -> None:
         if self.on_event is not None:
@@ -117,6 +135,7 @@ class Routing:
                     "target": target or d.target,
                     "captured": d.captured,
                     "reason": d.reason,
+                    "hint": d.hint,
                 }
             )
 

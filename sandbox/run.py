@@ -107,11 +107,31 @@ class _Clock:
         self._t = now
 
 
-def _tee(src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any) -> None:
+def _tee(
+    src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any, running: Any
+) -> None:
     """Copy a step's stderr to ours (``dst``, when echoing) and to its log file, keeping the tail
-    for the report. Ends at end of file: when every process of the step has closed it."""
+    for the report.
+
+    Stops at end of file, or once the step has ended (``running``, a lock held while it runs, is
+    released) and what it wrote is drained: every process of the step is gone by then (see
+    :class:`sandbox.kernel.Child`), and a descriptor it passed to a process outside its run must
+    not hold the run open.
+    """
+    import select  # in the tee's thread, after the step's exec: off the start-up path
+
+    poller = select.poll()
+    poller.register(src, select.POLLIN | select.POLLHUP)
     try:
-        while chunk := os.read(src, 65536):
+        while True:
+            ended = not running.locked()
+            if not poller.poll(0 if ended else 100):
+                if ended:
+                    break
+                continue
+            chunk = os.read(src, 65536)
+            if not chunk:
+                break
             if dst is not None:
                 try:
                     dst.write(chunk)
@@ -306,14 +326,18 @@ class Run:
                 os.close(wfd)
                 if out_fd is not None:
                     os.close(out_fd)
-            pumped = allocate_lock()
+            pumped, running = allocate_lock(), allocate_lock()
             pumped.acquire()
+            running.acquire()
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
-            start_new_thread(_tee, (rfd, echo_to, log, tail, pumped))
+            start_new_thread(_tee, (rfd, echo_to, log, tail, pumped, running))
             self._clock.lap("launch")
-            result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
-            pumped.acquire()  # every process of the step has closed its stderr, or was ended
+            try:
+                result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
+            finally:
+                running.release()
+                pumped.acquire()  # the tee drained what the step wrote
         self._clock.lap("step")
         events = _events_since(self.events_file, n_events)
         tree = self._tree

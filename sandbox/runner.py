@@ -184,7 +184,8 @@ def kernel_plan(
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
-    The step gets its own user, mount and PID namespaces (a fresh /proc, a private /dev/shm),
+    The step gets its own user, mount and PID namespaces (a fresh /proc, a minimal /dev with a
+    private /dev/shm),
     every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
     of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
@@ -242,6 +243,7 @@ def kernel_plan(
         namespace=True,
         pid_namespace=True,
         private_shm=True,
+        minimal_dev=True,
     )
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 
 from sandbox.policy import Layout
 
+#: Where ``tv-sandbox demo`` makes its sample host in the temp dir: a name no sweep looks at (a
+#: workspace is ``tv-sandbox-<ID>-<seal>``, and only a proven one is ever removed).
+DEMO_PREFIX = "tvsb-demo-host-"
+
 SYMBOLS = ("BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT")
 
 LEGACY_SCRIPT = '''\

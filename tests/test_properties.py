@@ -135,6 +135,7 @@ calls = st.builds(
     as_bytes=st.booleans(),
 )
 
+
 def _show(c: Call, raw: str, shapes: tuple[str, ...], g: Outcome, f: Outcome) -> str:
     return (
         f"{c.verb} {raw!r}{' (bytes)' if c.as_bytes else ''} [{', '.join(shapes) or 'must agree'}]\n"

@@ -108,7 +108,9 @@ def test_a_step_cannot_override_the_runs_variables(host: Path) -> None:
     with _open(host, "env") as run:
         with pytest.raises(UsageError, match="TV_RUN_DIR"):
             run.step(StepSpec(["true"], env={"TV_RUN_DIR": "/tmp"}))
-        rec = run.step(StepSpec([PY, "-c", "import os; assert os.environ['EXTRA'] == '1'"], env={"EXTRA": "1"}))
+        rec = run.step(
+            StepSpec([PY, "-c", "import os; assert os.environ['EXTRA'] == '1'"], env={"EXTRA": "1"})
+        )
         run.close()
     assert rec.exit_code == 0
 
@@ -128,8 +130,22 @@ def test_an_interrupted_run_ends_its_step_exports_and_exits_128_plus_n(
     marker = f"7{sig}{os.getpid()}"
     (tmp_path / "ws").mkdir()
     proc = subprocess.Popen(
-        [PY, "-m", "sandbox", "run", "--root", str(host), "--run-id", "intr", "--workspace-dir",
-         str(tmp_path / "ws"), "--", "sh", "-c", f"echo started >&2; sleep 6{marker} & wait"],
+        [
+            PY,
+            "-m",
+            "sandbox",
+            "run",
+            "--root",
+            str(host),
+            "--run-id",
+            "intr",
+            "--workspace-dir",
+            str(tmp_path / "ws"),
+            "--",
+            "sh",
+            "-c",
+            f"echo started >&2; sleep 6{marker} & wait",
+        ],
         stderr=subprocess.PIPE,
     )
     assert proc.stderr is not None

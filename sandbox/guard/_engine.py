@@ -79,6 +79,9 @@ class _Token(_local):
 
 
 TOKEN = _Token()
+#: ``TOKEN.obj`` while the guard itself makes a redirect target's folders (the run folder, made on
+#: demand -- in library use it lies in the host): the hook lets every path through meanwhile.
+INTERNAL: object = object()
 
 #: The innermost active engine (None: no guard, or paused); the stack of installs.
 CURRENT: Engine | None = None
@@ -244,12 +247,14 @@ class Engine:
                 d.captured,
                 self.profile,
                 d.reason,
+                d.hint,
             )
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
         self.log(d, op, arg, d.path, None, "deny", layer)
-        return d.error(arg, op, profile=self.profile, layer=layer)
+        shown_path = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
+        return d.error(arg, op, profile=self.profile, layer=layer, resolved=shown_path)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -473,7 +478,11 @@ class Engine:
         if not isdir(parent):
             if not isdir(real.rpartition("/")[0] or "/"):
                 return
-            makedirs(parent)
+            before, TOKEN.obj = TOKEN.obj, INTERNAL
+            try:
+                makedirs(parent)
+            finally:
+                TOKEN.obj = before
         if len(self._dirs) >= _CACHE_MAX:
             self._dirs.clear()
         self._dirs.add(parent)
@@ -493,4 +502,15 @@ def flush_events() -> None:
                 pass
 
 
-__all__ = ["CURRENT", "NOOP", "STACK", "TOKEN", "Engine", "Fam", "invalidate_all", "like", "shown"]
+__all__ = [
+    "CURRENT",
+    "INTERNAL",
+    "NOOP",
+    "STACK",
+    "TOKEN",
+    "Engine",
+    "Fam",
+    "invalidate_all",
+    "like",
+    "shown",
+]

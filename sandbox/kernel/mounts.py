@@ -336,6 +336,51 @@ def private_shm(path: str = "/dev/shm") -> bool:
     return True
 
 
+#: The device nodes of a minimal /dev, bound from the host's (what bubblewrap's ``--dev`` and
+#: Docker give a container); pseudo-terminals come from a new devpts instance.
+MINIMAL_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def minimal_dev() -> None:
+    """Replace /dev with a tmpfs holding only :data:`MINIMAL_DEVICES` (bound from the host's
+    nodes), a new devpts instance on /dev/pts (``ptmx`` links into it: the step's terminals are its
+    own), an empty /dev/shm, and the ``fd``/``stdin``/``stdout``/``stderr`` links. Raw disks,
+    ``kmsg``, ``mem`` and every other node of the host's /dev are gone from the step's view."""
+    fds = {}
+    try:
+        for name in MINIMAL_DEVICES:
+            try:  # kept open across the cover: the host's nodes are hidden once /dev is
+                fds[name] = os.open("/dev/" + name, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+        _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", what="a tmpfs on /dev")
+        for name, fd in fds.items():
+            os.close(os.open("/dev/" + name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+            _mount(f"/proc/self/fd/{fd}", "/dev/" + name, None, MS_BIND, what=f"bind /dev/{name}")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    os.mkdir("/dev/pts", 0o755)
+    _mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
+        what="a new devpts instance on /dev/pts",
+    )
+    os.symlink("pts/ptmx", "/dev/ptmx")
+    os.mkdir("/dev/shm")
+    os.chmod("/dev/shm", 0o1777)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, "/dev/" + name)
+
+
 def mount_proc() -> None:
     """A fresh /proc for the calling process's PID namespace (call it from that namespace's
     PID 1): the step sees its own processes only. The kernel-wide knobs of :data:`PROC_READONLY`

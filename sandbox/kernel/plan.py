@@ -98,8 +98,10 @@ class KernelPlan:
 
     ``pid_namespace``: the step runs in its own PID namespace under a small init (see
     :func:`sandbox.kernel.spawn`), with a fresh /proc; needs ``namespace``. ``private_shm``: a
-    fresh tmpfs on /dev/shm; needs ``namespace``. ``nodev_nosuid``: with a namespace, every
-    writable root becomes a ``nodev,nosuid`` mount. ``drop_capabilities``: the command runs
+    fresh tmpfs on /dev/shm; needs ``namespace``. ``minimal_dev``: /dev holds only null, zero,
+    full, random, urandom, tty, its own pseudo-terminals and /dev/shm
+    (:func:`sandbox.kernel.mounts.minimal_dev`); needs ``namespace``. ``nodev_nosuid``: with a
+    namespace, every writable root becomes a ``nodev,nosuid`` mount. ``drop_capabilities``: the command runs
     with empty capability sets (bounding, ambient, inheritable, permitted) and no_new_privs.
     """
 
@@ -111,6 +113,7 @@ class KernelPlan:
     namespace: bool = False
     pid_namespace: bool = False
     private_shm: bool = False
+    minimal_dev: bool = False
     nodev_nosuid: bool = True
     drop_capabilities: bool = True
 
@@ -123,8 +126,8 @@ class KernelPlan:
                 "overlays, binds and readonly_root need namespace=True: "
                 "without a private mount namespace they would change the host's mounts"
             )
-        if (self.pid_namespace or self.private_shm) and not self.namespace:
-            raise ValueError("pid_namespace and private_shm need namespace=True")
+        if (self.pid_namespace or self.private_shm or self.minimal_dev) and not self.namespace:
+            raise ValueError("pid_namespace, private_shm and minimal_dev need namespace=True")
 
     def writable_roots(self) -> tuple[str, ...]:
         """Everything that stays writable: ``writable``, overlay targets, writable bind targets."""
@@ -161,7 +164,7 @@ class KernelPlan:
         )
 
 
-_FLAGS = ("pid_namespace", "private_shm", "nodev_nosuid", "drop_capabilities")
+_FLAGS = ("pid_namespace", "private_shm", "minimal_dev", "nodev_nosuid", "drop_capabilities")
 
 
 @record(frozen=True)
@@ -176,6 +179,7 @@ class AppliedLayers:
     readonly_binds: int = 0
     pid_namespace: bool = False
     private_shm: bool = False
+    minimal_dev: bool = False
     nodev_nosuid: bool = False
     capabilities_dropped: bool = False
     seconds: float = field(default=0.0, compare=False)
@@ -196,6 +200,7 @@ class AppliedLayers:
             readonly_binds=int(kv["readonly_binds"]),
             pid_namespace=kv.get("pid_namespace") == "1",
             private_shm=kv.get("private_shm") == "1",
+            minimal_dev=kv.get("minimal_dev") == "1",
             nodev_nosuid=kv.get("nodev_nosuid") == "1",
             capabilities_dropped=kv.get("capabilities_dropped") == "1",
             seconds=float(kv["seconds"]),
@@ -238,6 +243,8 @@ def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = Non
         mounts.remount_all_readonly(plan.writable_roots())
     if plan.namespace and plan.nodev_nosuid:
         mounts.seal_writable(plan.writable_roots())
+    if plan.minimal_dev:
+        mounts.minimal_dev()
     if plan.private_shm:
         mounts.private_shm()
     return userns, t0
@@ -271,6 +278,7 @@ def seal(
         readonly_binds=sum(1 for b in plan.binds if b.readonly),
         pid_namespace=pidns,
         private_shm=plan.private_shm,
+        minimal_dev=plan.minimal_dev,
         nodev_nosuid=plan.namespace and plan.nodev_nosuid,
         capabilities_dropped=plan.drop_capabilities,
         seconds=time.perf_counter() - t0,
@@ -289,6 +297,7 @@ _CONSEQUENCES = {
     "its run; its leftover processes are SIGKILLed by the launcher's keeper (a child subreaper) "
     "when the command ends",
     "private_shm": "no private /dev/shm: the step shares the host's",
+    "minimal_dev": "the host's /dev: the step reads the device nodes its uid may (raw disks, for root)",
     "capabilities": "capabilities not dropped",
 }
 
@@ -304,6 +313,7 @@ def missing_layers(applied: AppliedLayers | None, why: str = "") -> dict[str, st
         "mount_namespace": applied.namespace,
         "pid_namespace": applied.pid_namespace,
         "private_shm": applied.private_shm,
+        "minimal_dev": applied.minimal_dev,
         "capabilities": applied.capabilities_dropped,
     }
     suffix = f" ({why})" if why else ""

@@ -62,7 +62,10 @@ _FORWARDED = tuple(
     for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
     if hasattr(signal, n)
 )
-_WAITED = (signal.SIGCHLD, *_FORWARDED)
+#: Sent to the keeper by :meth:`Child.kill`: SIGKILL the whole step (SIGKILL itself cannot be
+#: caught, and killing the keeper would let the launcher's wait return before the step is gone).
+KILL_ALL = signal.SIGALRM
+_WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
 #: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group:
 #: the command, in that group too, got it already; forwarding it would deliver it twice.
 _SI_KERNEL = 0x80
@@ -97,9 +100,11 @@ class Child:
 
     ``pid`` is the launcher's child, the *keeper*: it lives until every process of the step is
     gone, so :meth:`wait` returns only then (and a descriptor the step held, such as its stderr,
-    is closed by then). ``init_pid`` is the process signals go to: PID 1 of the step's PID
-    namespace (which forwards them to the command, and whose death ends the namespace), or the
-    command itself when there is no PID namespace (the keeper then ends the rest).
+    is closed by then). Signals go to the keeper only -- our own child, whose pid cannot be
+    reused before we reap it -- which passes them on: a forwarded one to the command (through
+    the init of its PID namespace), :data:`KILL_ALL` as a SIGKILL of the whole step.
+    ``init_pid`` is, for information, the keeper's child: the init of the PID namespace, or the
+    command itself when there is none.
     """
 
     def __init__(
@@ -116,12 +121,6 @@ class Child:
         self._started = started
         self._launcher_rss = launcher_rss
         self._result: ChildResult | None = None
-        self._pidfd = -1
-        if init_pid is not None:
-            try:  # a pid may be reused once reaped; a pidfd names this process only
-                self._pidfd = os.pidfd_open(init_pid)
-            except OSError:
-                self._pidfd = -1  # already gone: signals go nowhere
 
     def _reaped(self, status: int, rusage: object) -> ChildResult:
         code = os.waitstatus_to_exitcode(status)
@@ -134,9 +133,6 @@ class Child:
             launcher_rss_bytes=self._launcher_rss,
             cpu_s=float(rusage.ru_utime + rusage.ru_stime),  # type: ignore[attr-defined]
         )
-        if self._pidfd >= 0:
-            os.close(self._pidfd)
-            self._pidfd = -1
         return self._result
 
     def wait(self) -> ChildResult:
@@ -158,27 +154,16 @@ class Child:
         return self._result
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """SIGKILL (the default) ends the whole step now: its PID 1 (the kernel then kills every
-        process of the namespace), or without a PID namespace the command (the keeper then kills
-        the rest). Another signal is forwarded to the command by the step's init. Nothing once
-        the step has been reaped."""
-        if self._result is not None:
-            return
-        if self._pidfd >= 0:
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass  # ended meanwhile
-        elif self.init_pid is None:
-            os.kill(self.pid, sig)
+        """SIGKILL (the default) ends the whole step now: the keeper SIGKILLs the init (the kernel
+        then kills every process of the namespace), or without a PID namespace the command and
+        then the rest. Another signal is forwarded to the command. Nothing once the step has
+        been reaped; :meth:`wait` as usual after it."""
+        if self._result is None:
+            os.kill(self.pid, KILL_ALL if sig == signal.SIGKILL else sig)
 
     def terminate(self) -> None:
-        """SIGTERM to the command (through the step's init); :meth:`wait` as usual after it."""
+        """SIGTERM to the command (forwarded by the keeper and the init)."""
         self.kill(signal.SIGTERM)
-
-    def __del__(self) -> None:
-        if self._pidfd >= 0:
-            os.close(self._pidfd)
 
     def __repr__(self) -> str:
         return f"Child(pid={self.pid}, applied={self.applied!r}, result={self._result!r})"
@@ -330,7 +315,7 @@ def _keeper(
             os.close(sw)
             os.write(wfd, f"init {init}\n".encode())
             os.close(wfd)
-            status = _reap(init)  # every process of the namespace is gone once init is reaped
+            status = _reap(init, keeper=True)  # every process of the namespace is gone once init is
             told = os.read(sr, 64).split()
             _end_as(int(told[0]) if told else status)
         if plan is not None and entered is not None:
@@ -342,7 +327,7 @@ def _keeper(
         main = _command(argv, env, cwd, keep, wfd)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
-        status = _reap(main)
+        status = _reap(main, keeper=True)
         _end_descendants()
         _end_as(status)
     except BaseException as e:
@@ -445,12 +430,15 @@ def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover -
         os._exit(127)
 
 
-def _reap(main: int) -> int:  # pragma: no cover - in the keeper or the init
+def _reap(main: int, *, keeper: bool = False) -> int:  # pragma: no cover - keeper or init
     """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
-    until ``main`` ends; return its wait status. The signals must be blocked already."""
+    until ``main`` ends; return its wait status. The signals must be blocked already. In the
+    keeper, :data:`KILL_ALL` SIGKILLs ``main`` (the init ends its namespace with it); the init
+    leaves it blocked: a process of the step cannot use it."""
     status: int | None = None
+    waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
     while status is None:
-        info = signal.sigwaitinfo(_WAITED)
+        info = signal.sigwaitinfo(waited)
         if info.si_signo == signal.SIGCHLD:
             while True:
                 try:
@@ -461,9 +449,9 @@ def _reap(main: int) -> int:  # pragma: no cover - in the keeper or the init
                     break
                 if pid == main:
                     status = st
-        elif info.si_code != _SI_KERNEL:
+        elif info.si_code != _SI_KERNEL or info.si_signo == KILL_ALL:
             try:
-                os.kill(main, info.si_signo)
+                os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
             except ProcessLookupError:
                 pass
     return status

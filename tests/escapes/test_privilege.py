@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import tree_snapshot
 
-from sandbox.errors import EXIT_USAGE
+from sandbox.errors import EXIT_EXPORT, EXIT_USAGE
 from sandbox.export import verify
 from sandbox.samples import make_host
 
@@ -224,7 +224,7 @@ def test_open_by_handle_at_reaches_nothing(box: Box) -> None:
     r, export, _ = box.run(code)
     box.report(export)
     assert box.snapshot() == before, r.stdout
-    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.returncode == EXIT_EXPORT, (r.returncode, r.stdout, r.stderr[-2000:])
     refused = [line for line in _stdout_lines(r) if line.startswith("refused")]
     assert refused and all("Operation not permitted" in line for line in refused), r.stdout
 
@@ -265,7 +265,7 @@ def test_mknod_is_refused_everywhere_and_writable_mounts_are_nodev_nosuid(box: B
     r, export, _ = box.run(code)
     box.report(export)
     lines = _stdout_lines(r)
-    assert r.returncode == 3 and not [x for x in lines if x.startswith("made")], (r.stdout, r.stderr[-2000:])
+    assert r.returncode == EXIT_EXPORT and not [x for x in lines if x.startswith("made")], (r.stdout, r.stderr[-2000:])
     assert len([x for x in lines if x.startswith("refused")]) == 10
     options = [x.split() for x in lines if x.startswith("options")]
     assert len(options) == 5
@@ -298,7 +298,7 @@ def test_a_step_cannot_signal_a_process_outside_its_run(box: Box) -> None:
         time.sleep(0.1)
         r, export, _ = box.run(KILL.replace("{pid}", str(victim.pid)))
         box.report(export)
-        assert r.returncode == 3, (r.stdout, r.stderr[-2000:])
+        assert r.returncode == EXIT_EXPORT, (r.stdout, r.stderr[-2000:])
         assert "visible False" in r.stdout
         assert victim.poll() is None, "the process outside the run was killed"
     finally:
@@ -515,3 +515,73 @@ def test_a_full_run_folder_filesystem_is_an_export_error_in_one_line(tmp_path: P
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+DEV = r"""
+import os
+print(" ".join(sorted(os.listdir("/dev"))))
+"""
+
+
+def test_dev_holds_only_the_minimal_devices(box: Box) -> None:
+    """No raw disk, kmsg or mem below /dev: a uid-0 step would own (and read) root's nodes."""
+    r, export, _ = box.run(DEV)
+    box.report(export)
+    assert r.stdout.split() == sorted(
+        [
+            "fd",
+            "full",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+        ]
+    ), r.stdout
+
+
+PASS_FD = r"""
+import array, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("\0{name}")
+s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [2]))])
+s.recv(1)
+"""
+
+
+def test_stderr_passed_to_a_process_outside_does_not_hold_the_run(box: Box) -> None:
+    """The step hands its stderr to a cooperating process outside its run (an abstract Unix
+    socket: no network namespace); the run still ends when the step's processes are gone."""
+    import socket
+    import threading
+
+    name = f"tvs-holder-{os.getpid()}-{box.user}"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind("\0" + name)
+    srv.listen(1)
+    held: list[int] = []
+
+    def hold() -> None:
+        conn, _ = srv.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1, 4)
+        held.extend(fds)
+        conn.send(b"k")
+        conn.close()
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    try:
+        r, export, elapsed = box.run(PASS_FD.replace("{name}", name), timeout=60)
+        box.report(export)
+        assert held, "the step did not pass its stderr"
+        assert r.returncode == 0 and elapsed < 10, (elapsed, r.stderr[-2000:])
+    finally:
+        for fd in held:
+            os.close(fd)
+        srv.close()
