@@ -160,7 +160,7 @@ def test_usage_errors(tmp_path: Path, name: str, setup: Setup, message: str) -> 
     )
     assert r.returncode == EXIT_USAGE, r.stderr
     assert r.stdout == ""
-    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("tv-sandbox: error: "), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("tv-sandbox: error"), r.stderr
     assert message in r.stderr
     assert tree_snapshot(tmp_path) == before
 
