@@ -65,16 +65,53 @@ def markdown(report: AuditReport) -> str:
             out += ["Nothing found: the script respects the run's layout.", ""]
         if s.suppressed:
             out += [f"{s.suppressed} finding(s) silenced by `# tvs: ignore` comments.", ""]
+        seen = _confirmations(s.findings)
         for f in _ordered(s):
+            if any(f is d for d in seen.values()):
+                continue  # said under the static finding it confirms
             mark = {Severity.ERROR: "**error**", Severity.WARNING: "**warning**", Severity.INFO: "info"}[
                 f.severity
             ]
             out.append(f"- {mark} `{f.id}` {f.title} -- `{f.where}` ({f.source})")
             out.append(f"  - Evidence: {f.detail}")
+            confirmed = seen.get(id(f))
+            if confirmed is not None:
+                out.append(f"  - Seen when it ran (`{confirmed.id}`): {confirmed.detail}")
             if f.fix:
                 out.append(f"  - Fix: {f.fix}")
         out.append("")
     return "\n".join(out)
+
+
+#: A static finding and the dynamic one that shows the same thing happening.
+_SAME_ISSUE = {
+    "TVS101": "TVS201",
+    "TVS102": "TVS201",
+    "TVS104": "TVS202",
+    "TVS105": "TVS203",
+    "TVS111": "TVS211",
+}
+
+
+def _confirmations(findings: list[Finding]) -> dict[int, Finding]:
+    """``id(static finding) -> the dynamic finding on the same line that confirms it``."""
+    out: dict[int, Finding] = {}
+    dynamic = [f for f in findings if f.source == "dynamic"]
+    for f in findings:
+        want = _SAME_ISSUE.get(f.id)
+        if f.source != "static" or want is None:
+            continue
+        match = next(
+            (
+                d
+                for d in dynamic
+                if d.id == want and d.file == f.file and d.line == f.line and d not in out.values()
+            ),
+            None,
+        )
+        if match is not None:
+            out[id(f)] = match
+    return out
 
 
 def as_json(report: AuditReport) -> str:

@@ -212,3 +212,12 @@ def test_ignore_comments_and_skipped_files(capsys: pytest.CaptureFixture[str], t
     assert code == 1
     _, out, _ = _cli(capsys, str(tmp_path / "tool.py"), "--static-only")
     assert out.splitlines()[0] == f"{tmp_path / 'tool.py'}: skipped: marked '# tvs: skip-file' (e.g. a host-side tool that runs outside the sandbox)"
+
+
+def test_markdown_review_joins_what_was_read_and_what_was_seen(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _cli(capsys, str(BEFORE), "--format", "md")
+    item = out[out.index("- **error** `TVS101`") :].splitlines()[:4]
+    assert item[1].startswith("  - Evidence: `open(AUDIT_FILE, \"w\")` writes data/lakehouse/selection_audit.json")
+    assert item[2].startswith("  - Seen when it ran (`TVS201`): write data/lakehouse/selection_audit.json: denied")
+    assert item[3] == "  - Fix: write it to $SELECTION_AUDIT (= $TV_RUN_DIR/data/selection_audit.json) instead"
+    assert "`TVS201`" not in out.replace("(`TVS201`)", "")  # not said twice
