@@ -255,13 +255,16 @@ def _add_beside(host: SandboxHost, folder: str) -> None:
 
 
 def _call(target: str | Callable[[], Any], argv: list[str]) -> None:
-    """Run a callable, ``path.py`` (as ``__main__``), ``path.py:func`` or ``module:func``."""
+    """Run a callable, ``path.py`` (as ``__main__``), ``path.py:func``, ``module:func`` or
+    ``module`` (its ``main()``)."""
     import runpy
 
     if callable(target):
         target()
         return
     where, _, func = target.rpartition(":") if ":" in target else (target, "", "")
+    if not func and not where.endswith(".py"):
+        func = "main"  # a module: its main()
     sys.argv = [where, *argv]
     if where.endswith(".py"):  # as `python script.py` does: its folder first on the import path
         sys.path.insert(0, os.path.dirname(where))
@@ -278,8 +281,8 @@ def _call(target: str | Callable[[], Any], argv: list[str]) -> None:
 @pytest.fixture
 def sandbox_run(sandbox_host: SandboxHost) -> Callable[..., RunResult]:
     """``sandbox_run(target, *argv, mode="enforce", env=None) -> RunResult``: run a script path,
-    ``"module:function"`` or a callable on ``sandbox_host`` (cwd = the host, the run environment
-    set) and record what it did."""
+    ``"module:function"``, a module (its ``main``) or a callable on ``sandbox_host`` (cwd = the host,
+    the run environment set) and record what it did."""
     host = sandbox_host
 
     def run(

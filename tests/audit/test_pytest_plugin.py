@@ -90,7 +90,7 @@ def test_script_function(sandbox_host, sandbox_run):
 
 def test_module_function(sandbox_host, sandbox_run, monkeypatch):
     monkeypatch.syspath_prepend(HERE)
-    result = sandbox_run("userstep:main", "--flag")
+    result = sandbox_run("userstep", "--flag")  # a module: its main()
     assert [(e["path"], e["action"]) for e in result.writes] == [("flag.txt", "redirect")]
     assert result.exit_code == 3
 '''
