@@ -239,7 +239,9 @@ class Run:
         req = prep.request
         env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
         env.update(ws.env(req.profile))
-        self.env: dict[str, str] = env
+        # the explain shim (sandbox.native) rides along when this machine can build it
+        self.env: dict[str, str] = ws.native_env(env)
+        self.carried: list[str] = []  # what consolidation moved from the workspace into the run folder
         self.policy_file = os.path.join(ws.base, POLICY_FILE)
         self.events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
 
@@ -339,6 +341,7 @@ class Run:
                 running.release()
                 pumped.acquire()  # the tee drained what the step wrote
         self._clock.lap("step")
+        self._after_step()
         events = _events_since(self.events_file, n_events)
         tree = self._tree
         self._tree = None
@@ -384,6 +387,23 @@ class Run:
         )
         self.steps.append(rec)
         return rec
+
+    def _after_step(self) -> None:
+        """What a step leaves for the launcher to gather, once every process of it is gone: without
+        the overlay, its writes into the workspace skeleton (moved into the run folder: no output
+        lost in a fallback); the explain shim's raw lines (decided by the policy: every native
+        denial and overlay redirect explained and counted)."""
+        plan = self._plan
+        if plan is None or not plan.overlays:
+            carried = workspace_mod.consolidate(self.ws)
+            if carried:
+                self.carried.extend(carried)
+        native = report_mod.explain_native(self.ws.run_storage, self.policy, self.events_file)
+        if native.unenforced:
+            self.warnings.append(
+                f"{native.unenforced} write(s) the policy denies reached the host: no kernel layer stopped "
+                "them (see host_changes in the report)"
+            )
 
     def _start(self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int) -> Child:
         if self._launched is None:
@@ -514,6 +534,8 @@ class Run:
         from sandbox.export import write_error as export_write_error
 
         prep, req, ws = self.prep, self.prep.request, self.ws
+        # A step's own file at a name of the launcher's is kept aside, never silently replaced.
+        self.warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
         # After the steps, and never through what a step left there: the record is the launcher's.
         try:  # a full run-folder filesystem fails here first: an export error, in one line
             write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
@@ -560,6 +582,7 @@ class Run:
             lakehouse_diff=lake_diff,
             status=status,
         )
+        rep["gathered_from_workspace"] = list(self.carried)  # no overlay: moved into the run folder
         if self.interrupted or self.cancelled:
             rep["cut"] = {"status": status, "why": self.cancelled or _signame(self.interrupted or 0)}
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import tree_snapshot
 
-from sandbox.errors import EXIT_EXPORT, EXIT_USAGE
+from sandbox.errors import EXIT_USAGE
 from sandbox.export import verify
 from sandbox.samples import make_host
 
@@ -224,7 +224,7 @@ def test_open_by_handle_at_reaches_nothing(box: Box) -> None:
     r, export, _ = box.run(code)
     box.report(export)
     assert box.snapshot() == before, r.stdout
-    assert r.returncode == EXIT_EXPORT, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr[-2000:])
     refused = [line for line in _stdout_lines(r) if line.startswith("refused")]
     assert refused and all("Operation not permitted" in line for line in refused), r.stdout
 
@@ -265,7 +265,7 @@ def test_mknod_is_refused_everywhere_and_writable_mounts_are_nodev_nosuid(box: B
     r, export, _ = box.run(code)
     box.report(export)
     lines = _stdout_lines(r)
-    assert r.returncode == EXIT_EXPORT and not [x for x in lines if x.startswith("made")], (r.stdout, r.stderr[-2000:])
+    assert r.returncode == 3 and not [x for x in lines if x.startswith("made")], (r.stdout, r.stderr[-2000:])
     assert len([x for x in lines if x.startswith("refused")]) == 10
     options = [x.split() for x in lines if x.startswith("options")]
     assert len(options) == 5
@@ -298,7 +298,7 @@ def test_a_step_cannot_signal_a_process_outside_its_run(box: Box) -> None:
         time.sleep(0.1)
         r, export, _ = box.run(KILL.replace("{pid}", str(victim.pid)))
         box.report(export)
-        assert r.returncode == EXIT_EXPORT, (r.stdout, r.stderr[-2000:])
+        assert r.returncode == 3, (r.stdout, r.stderr[-2000:])
         assert "visible False" in r.stdout
         assert victim.poll() is None, "the process outside the run was killed"
     finally:
