@@ -217,7 +217,7 @@ def _dynamic(
         _renamed(f, result.file) if f.file == dyn.file or os.path.abspath(f.file) == mine else f
         for f in dyn.findings
     ]
-    result.events, result.dynamic = dyn.events, dyn.dynamic
+    result.events, result.dynamic, result.notes = dyn.events, dyn.dynamic, dyn.notes
 
 
 def _suppress(result: ScriptResult, source: str) -> None:

@@ -81,6 +81,7 @@ def audit_dynamic(
         with Run.open(prep, echo=False) as run:
             rec = run.step(StepSpec(argv, name="audit", env={"TV_AUDIT_SEED": host}, timeout_s=timeout_s))
             outcome = run.close()
+        result.notes = list(outcome.warnings)  # e.g. the kernel layer unavailable: guard only
         export = outcome.destination
         trace = _read_json(os.path.join(export, "logs", TRACE))
         if rec.cut == "timeout":

@@ -186,6 +186,7 @@ class ScriptResult:
     dynamic: str = "skipped"  # skipped | ok | failed | timeout | error
     suppressed: int = 0  # findings silenced by a ``# tvs: ignore[...]`` comment on their line
     skipped: str = ""  # why the script was not audited (``# tvs: skip-file``)
+    notes: list[str] = dataclasses.field(default_factory=list)  # the sandboxed run's warnings
 
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), default=None)
@@ -227,6 +228,7 @@ class AuditReport:
                     "dynamic": s.dynamic,
                     "suppressed": s.suppressed,
                     "skipped": s.skipped,
+                    "notes": s.notes,
                     "findings": [f.to_dict() for f in s.findings],
                     "events": s.events,
                 }

@@ -39,6 +39,7 @@ def text(report: AuditReport) -> str:
     for s in report.scripts:
         if s.skipped:
             lines.append(f"{s.file}: skipped: {s.skipped}")
+        lines += [f"{s.file}: note (the audit's own sandboxed run): {n}" for n in s.notes]
         for f in _ordered(s):
             if f.id in _ONE_LINE:
                 lines.append(f"{f.where}: {f.severity.label} {f.id} {f.title}: {f.detail}")
@@ -59,6 +60,7 @@ def markdown(report: AuditReport) -> str:
         out += [f"## `{s.file}` ({verdict})", ""]
         if report.static_only is False:
             out += [f"Dynamic audit: {s.dynamic}; {len(s.events)} file operations recorded.", ""]
+        out += [f"Note: {n}" for n in s.notes] + ([""] if s.notes else [])
         if s.skipped:
             out += [f"Skipped: {s.skipped}.", ""]
         elif not s.findings:

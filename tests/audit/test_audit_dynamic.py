@@ -122,3 +122,14 @@ def test_on_a_copy_of_the_users_host(tmp_path: Path) -> None:
         (e["op"], e["path"], e["rule"]) for e in script.events
     }
     assert tree_snapshot(host) == before  # a copy was used; nothing exported into the user's host
+
+
+def test_without_the_kernel_layer_native_writes_are_still_reported() -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow writes natively; it is a dev dependency")
+    before = tree_snapshot(CORPUS)
+    report = audit_paths([str(CORPUS / "native_write.py")], kernel="off")
+    (f,) = [f for f in report.findings if f.id == "TVS204"]
+    assert f.severity is Severity.ERROR and f.path == "data/lakehouse/native.parquet"
+    assert "without the kernel layer" in f.detail  # found as a change of the throwaway host
+    assert any("kernel layer is turned off" in n for n in report.scripts[0].notes)
+    assert tree_snapshot(CORPUS) == before
