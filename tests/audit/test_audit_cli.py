@@ -34,6 +34,8 @@ def test_json_is_the_documented_document(capsys: pytest.CaptureFixture[str]) -> 
     assert doc["profile"] == "production" and doc["policy"] == "production" and doc["static_only"] is False
     before, after = doc["scripts"]
     assert before["file"] == str(BEFORE) and before["dynamic"] == "ok"
+    assert set(before) == {"file", "dynamic", "suppressed", "skipped", "notes", "findings", "events"}
+    assert set(doc) == {"schema", "schema_version", "profile", "policy", "static_only", "counts", "scripts"}
     keys = {"id", "title", "severity", "source", "file", "line", "detail", "fix", "op", "path", "rule"}
     assert all(set(f) == keys for f in before["findings"])
     ids = {(f["id"], f["source"], f["line"]) for f in before["findings"]}
@@ -46,7 +48,8 @@ def test_json_is_the_documented_document(capsys: pytest.CaptureFixture[str]) -> 
     assert [f for f in after["findings"] if f["severity"] != "info"] == []
     ops = {(e["op"], e["action"], e["rule"]) for e in after["events"]}
     assert ("write", "allow", "run-folder") in ops
-    assert all({"file", "line", "path", "resolved", "target"} <= set(e) for e in after["events"])
+    event_keys = {"op", "path", "resolved", "rel", "action", "rule", "target", "reason", "hint", "file", "line", "via"}
+    assert all(set(e) == event_keys for e in after["events"])
     assert doc["counts"]["error"] == sum(f["severity"] == "error" for s in doc["scripts"] for f in s["findings"])
 
 
