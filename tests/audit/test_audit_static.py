@@ -122,3 +122,15 @@ def test_kernel_required_policy_makes_shells_info(tmp_path: Path) -> None:
 def test_every_id_has_a_title_and_a_fix() -> None:
     for kind in CATALOGUE.values():
         assert kind.id.startswith("TVS") and len(kind.id) == 6 and kind.title and kind.fix
+
+
+def test_the_library_never_imports_pytest_or_pyfakefs() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sandbox, sandbox.cli, sandbox.audit, sandbox.audit.static, sandbox.audit.dynamic, "
+        "sandbox.audit.render\nprint(sorted(m for m in ('pytest', '_pytest', 'pyfakefs') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
