@@ -35,6 +35,7 @@ ENV_POLICY = "TV_SANDBOX_POLICY"
 ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (see sandbox.guard.bootstrap)
 ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
 LAYER = "fsspec"
+READ_HOPS = 4  # how many further copies a read follows (see Routing._read_place)
 
 
 class _Route(NamedTuple):
@@ -146,7 +147,7 @@ class Routing:
         resolve = partial(self._resolve, follow=follow)
         if op is Op.READ:
             assert r.decision.target is not None
-            return r.decision, resolve(r.decision.target)
+            return r.decision, self._read_place(resolve(r.decision.target), follow)
         d = self.policy.settle(r.decision, op, resolve)
         if d.action is Action.REDIRECT and d.target is not None:
             real = resolve(d.target)
@@ -154,6 +155,24 @@ class Routing:
                 return d, real
             d = replace(d, action=Action.DENY, reason="the redirect does not settle in the run folder")
         raise self._deny(d, r.shown, op)
+
+    def _read_place(self, real: str, follow: bool) -> str:
+        """Where a read redirected to the run folder's copy (``real``, resolved) looks. The copy
+        may lead -- through a link the run planted -- to a host path: an alias of the workspace
+        path, whose reads look in the run folder first too (the kernel layer shows the workspace
+        at the host's path). So the redirect is followed as ``Policy.settle`` follows a
+        mutation's, and the deepest copy that exists wins (an overlay's upper layer); none:
+        ``real``, as before. The guard follows as far (``sandbox.guard._engine.READ_HOPS``)."""
+        chain = [real]
+        for _ in range(READ_HOPS):
+            d = self.policy.decide(chain[-1], Op.READ)
+            if d.action is not Action.REDIRECT or d.target is None or self._overlay_maps(d):
+                break
+            chain.append(self._resolve(d.target, follow))
+        for place in reversed(chain[1:]):
+            if self._exists(place, follow):
+                return place
+        return real
 
     def _readable(self, path: Any, *, follow: bool = True) -> tuple[str, str]:
         """(shown, backend path) to read: a redirect's target when it exists, else the original."""

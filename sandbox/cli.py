@@ -165,9 +165,38 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     _audit_parser(sub)
     sub.add_parser("doctor", help="which enforcement layers this machine supports, and what each covers")
-    demo = sub.add_parser("demo", help="show `run` on a generated sample host (what `make demo` runs)")
+    demo = sub.add_parser(
+        "demo", help="run the sample pipeline on embedded Ray in a generated host (what `make demo` runs)"
+    )
     demo.add_argument("--dir", help="where to generate the sample host (default: a new temp folder)")
     demo.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
+    demo.add_argument("--steps", action="store_true", help="the single-step showcases of `run` instead")
+    # -- pipeline (sandbox.orchestrator) --
+    pipe = sub.add_parser(
+        "pipeline",
+        help="run a meta profile's sleeves on Ray, each a sandboxed multi-step run exported atomically",
+        description=(
+            "Preflight on the host (manifest, profiles, RUN_ID, scanner outputs under export/RUN_ID), then "
+            "one Ray actor per sleeve runs its profile's steps as one sandboxed run, exported to "
+            "HOST/<runs>/RUN_ID/<sleeve> as soon as it ends; the summary pipeline_summary.json is written "
+            "last. Exit status: 0 every sleeve succeeded, 1 any failed, 125 for an error of tv-sandbox "
+            "before dispatch, 130 on Ctrl-C (143 on SIGTERM)."
+        ),
+    )
+    pipe.add_argument("--root", required=True, metavar="HOST", help="the host's top folder")
+    pipe.add_argument("--profile", required=True, metavar="META", help="the meta profile to run")
+    pipe.add_argument("--run-id", required=True, metavar="ID", help="RUN_ID: [A-Za-z0-9_-]+")
+    pipe.add_argument("--manifest", metavar="FILE", help="default: HOST/configs/manifest.json")
+    pipe.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: embedded)")
+    pipe.add_argument("--max-parallel", type=int, metavar="N", help="sleeves at once (default: CPUs)")
+    pipe.add_argument("--step-timeout", type=float, metavar="S", help="a cap on every step's seconds")
+    pipe.add_argument("--mode", default="enforce", help="enforce or audit (as for run)")
+    pipe.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
+    pipe.add_argument("--overwrite", action="store_true", help="rerun every sleeve, replacing its export")
+    pipe.add_argument("--resume", action="store_true", help="rerun only the sleeves missing or failed")
+    pipe.add_argument("--workspace-dir", metavar="DIR", help="where workspaces are made (default: temp)")
+    pipe.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto")
+    pipe.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else")
     verify = sub.add_parser(
         "verify",
         help="check an exported run folder against its manifest.json (exit 0: intact, 1: not)",
@@ -345,7 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns["command"] == "demo":
             from sandbox.demo import main as demo
 
-            return demo(ns["dir"], kernel=ns["kernel"])
+            return demo(ns["dir"], kernel=ns["kernel"], steps=ns["steps"])
+        if ns["command"] == "pipeline":
+            from sandbox.orchestrator.command import main as pipeline
+
+            return pipeline(ns)
         _parser().print_help(sys.stderr)
         return EXIT_USAGE
     except SandboxError as e:

@@ -1,4 +1,5 @@
-"""``tv-sandbox demo``: the showcase of ``tv-sandbox run`` on a generated sample host.
+"""``tv-sandbox demo``: the pipeline showcase (:mod:`sandbox.demo_pipeline`), and with ``--steps``
+the showcase of ``tv-sandbox run`` on a generated sample host, below.
 
 Four runs of the seed's scripts, each printed with what happened and checked: a legacy step whose
 relative outputs land in its exported run folder; the seed's bug (the selection audit hard-coded
@@ -71,8 +72,19 @@ def _run(
     return out.exit_code
 
 
-def main(directory: str | None = None, *, kernel: str = "auto") -> int:
-    """Run the showcase in ``directory`` (a fresh temp folder by default). 0 when all checks hold."""
+def main(directory: str | None = None, *, kernel: str = "auto", steps: bool = False) -> int:
+    """The pipeline showcase (:mod:`sandbox.demo_pipeline`), or with ``steps`` the single-step
+    showcases of ``tv-sandbox run``, in ``directory`` (a fresh temp folder by default). 0 when all
+    checks hold."""
+    if not steps:
+        from sandbox.demo_pipeline import main as pipeline_demo
+
+        return pipeline_demo(directory, kernel=kernel)
+    return steps_main(directory, kernel=kernel)
+
+
+def steps_main(directory: str | None = None, *, kernel: str = "auto") -> int:
+    """The single-step showcases (``tv-sandbox demo --steps``)."""
     base = Path(directory or tempfile.mkdtemp(prefix=DEMO_PREFIX))
     host = make_host(base / "host")
     lake = host / "data" / "lakehouse"

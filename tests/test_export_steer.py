@@ -253,3 +253,23 @@ def test_enospc_writing_is_one_line_and_leaves_no_stage(
     monkeypatch.setattr(os, "pwrite", real)
     assert "no space left on device" in str(e.value) and str(e.value).endswith("nothing was exported")
     assert os.listdir(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize("value", [0, -1, "1G", 1.5, True])
+def test_a_bad_export_limit_in_a_policy_is_refused(value: object) -> None:
+    from sandbox.errors import PolicyError
+    from sandbox.loader import export_max_bytes
+
+    with pytest.raises(PolicyError) as e:
+        export_max_bytes({"export": {"max_bytes": value}}, "p.toml")
+    assert "export.max_bytes" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_export_limit_of_a_policy() -> None:
+    from sandbox.errors import PolicyError
+    from sandbox.loader import export_max_bytes
+
+    assert export_max_bytes({}) is None and export_max_bytes({"export": {}}) is None
+    assert export_max_bytes({"export": {"max_bytes": 1 << 30}}) == 1 << 30
+    with pytest.raises(PolicyError):
+        export_max_bytes({"export": {"max_byte": 1}})

@@ -121,6 +121,7 @@ class Child:
         self._started = started
         self._launcher_rss = launcher_rss
         self._result: ChildResult | None = None
+        self._pidfd = _open_pidfd(init_pid, pid) if init_pid is not None else -1
 
     def _reaped(self, status: int, rusage: object) -> ChildResult:
         code = os.waitstatus_to_exitcode(status)
@@ -141,17 +142,41 @@ class Child:
         if self._result is None:
             _, status, rusage = os.wait4(self.pid, 0)
             self._reaped(status, rusage)
+            self._init_gone()
         assert self._result is not None
         return self._result
 
     def poll(self) -> ChildResult | None:
-        """The result if the step has ended, else None, without blocking."""
+        """The result if the step has ended, else None, without blocking (long: a keeper killed
+        from outside leaves its init a moment to end)."""
         if self._result is None:
             pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
             if pid == 0:
                 return None
             self._reaped(status, rusage)
+            self._init_gone()
         return self._result
+
+    def _init_gone(self) -> None:
+        """Block until the keeper's child has ended too. The keeper reaps it before it exits, so
+        this returns at once -- unless the keeper was killed from outside (the OOM killer, a
+        stray SIGKILL): its init then dies of its parent-death signal, and the kernel ends the
+        PID namespace with it; a pidfd of a namespace's init polls readable only once every
+        process of the namespace is gone. Without a PID namespace, the command (also killed by
+        its parent-death signal) is waited for; what it started may outlive it."""
+        if self._pidfd < 0:
+            return
+        import select  # after the step: off the start-up path
+
+        try:
+            select.select([self._pidfd], [], [])
+        finally:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "_pidfd", -1) >= 0:
+            os.close(self._pidfd)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """SIGKILL (the default) ends the whole step now: the keeper SIGKILLs the init (the kernel
@@ -260,6 +285,24 @@ def spawn(
     return Child(pid, applied, started, launcher_rss, init_pid)
 
 
+def _open_pidfd(pid: int, keeper: int) -> int:
+    """A pidfd of the keeper's child ``pid``, or -1 when it is gone. Checked after opening: the
+    process must be the keeper's child (a pid reaped by the keeper may already name another)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            ppid = int(fh.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        ppid = -1
+    if ppid != keeper:
+        os.close(fd)
+        return -1
+    return fd
+
+
 def _map_identity(pid: int) -> bool:
     """Write the identity uid/gid maps of ``pid``'s new user namespace; False when we may not
     (the child then maps its own id only)."""
@@ -289,6 +332,9 @@ def _keeper(
                 os.dup2(fd, target)  # dup2 makes the copy inheritable
         for fd in keep:
             os.set_inheritable(fd, True)
+        # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
+        # steps' pipes, a Ray worker's sockets, locked files) that long.
+        _close_fds_except([*keep, wfd, gor])
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean

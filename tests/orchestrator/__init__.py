@@ -1,0 +1,1 @@
+"""Tests of sandbox.orchestrator (a package, so its conftest never shadows tests/conftest.py)."""
