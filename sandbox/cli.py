@@ -137,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     sub.add_parser("doctor", help="which enforcement layers this machine supports, and what each covers")
+    worker = sub.add_parser(
+        "worker",
+        help="start a Ray worker in a sandboxed run (the py_executable of sandboxed_run's runtime_env)",
+    )
+    worker.add_argument("--run-state", required=True, metavar="FILE", help="written by sandboxed_run")
+    worker.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- PYTHON ...")
     demo = sub.add_parser("demo", help="show `run` on a generated sample host (what `make demo` runs)")
     demo.add_argument("--dir", help="where to generate the sample host (default: a new temp folder)")
     demo.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
@@ -197,11 +203,20 @@ def _doctor() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[:2] == ["worker", "--run-state"]:  # Ray's worker start-up: no argparse on this path
+            from sandbox.worker_launch import main as worker_main
+
+            return worker_main(args[1:])
         ns = _fast_run(args)
         if ns is None:
             ns = vars(_parser().parse_args(args))
         if ns["command"] == "run":
             return _run(ns)
+        if ns["command"] == "worker":
+            from sandbox.worker_launch import main as worker_main
+
+            cmd = ns["cmd"][1:] if ns["cmd"][:1] == ["--"] else ns["cmd"]
+            return worker_main(["--run-state", ns["run_state"], "--", *cmd])
         if ns["command"] == "doctor":
             return _doctor()
         if ns["command"] == "demo":
