@@ -104,8 +104,10 @@ def _join_namespace(state: Mapping[str, Any]) -> None:
     lib = _libc.libc()
     kinds = [("user", CLONE_NEWUSER)] if state.get("userns") else []
     # Open both first: after joining the user namespace, /proc/<holder> may no longer be ours.
-    fds = [(os.open(f"/proc/{holder}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag, name) for name, flag in
-           [*kinds, ("mnt", CLONE_NEWNS)]]
+    fds = [
+        (os.open(f"/proc/{holder}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag, name)
+        for name, flag in [*kinds, ("mnt", CLONE_NEWNS)]
+    ]
     try:
         for fd, flag, name in fds:
             _libc.check(lib.setns(fd, flag), f"join the run's {name} namespace (holder pid {holder})")

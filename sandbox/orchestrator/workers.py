@@ -81,8 +81,16 @@ class _Kernel:
 class SandboxedRun:
     """One run whose Ray workers are sandboxed. Build it with :func:`sandboxed_run`."""
 
-    def __init__(self, prep: Prepared, ws: Workspace, policy: Policy, kernel: _Kernel, env: dict[str, str],
-                 ray_dirs: dict[str, str], node_id: str) -> None:
+    def __init__(
+        self,
+        prep: Prepared,
+        ws: Workspace,
+        policy: Policy,
+        kernel: _Kernel,
+        env: dict[str, str],
+        ray_dirs: dict[str, str],
+        node_id: str,
+    ) -> None:
         self.prep = prep
         self.workspace = ws
         self.policy = policy
@@ -170,19 +178,24 @@ class SandboxedRun:
         SIGKILL on its process group, as the raylet itself ends a worker, so what a task started
         in the background goes with it.
         """
-        import ray
         from ray._raylet import ActorID
 
         records = []
         for a in self._actors():
             crashed, why = _crash(a)
-            records.append({
-                "actor_id": a["ActorID"], "class": a["ActorClassName"], "pid": a["Pid"],
-                "state": a["State"], "crashed": crashed, "death": why,
-            })
+            records.append(
+                {
+                    "actor_id": a["ActorID"],
+                    "class": a["ActorClassName"],
+                    "pid": a["Pid"],
+                    "state": a["State"],
+                    "crashed": crashed,
+                    "death": why,
+                }
+            )
             if a["State"] != "DEAD":
                 with contextlib.suppress(Exception):  # already gone between the read and the kill
-                    ray._private.worker.global_worker.core_worker.kill_actor(
+                    _driver().core_worker.kill_actor(
                         ActorID.from_hex(a["ActorID"]), True
                     )
         killed = {a["pid"] for a in records if a["state"] != "DEAD"}
@@ -209,6 +222,13 @@ class SandboxedRun:
         return records
 
 
+def _driver() -> Any:
+    """Ray's driver-side worker object (private API, typed loosely on purpose)."""
+    import ray
+
+    return ray._private.worker.global_worker
+
+
 def _crash(actor: dict[str, Any]) -> tuple[bool, str]:
     """Did the actor's worker die of something other than an intended end (ray.kill, scope)?"""
     cause = actor.get("DeathCause")
@@ -219,9 +239,9 @@ def _crash(actor: dict[str, Any]) -> tuple[bool, str]:
         return False, ""
     ctx = getattr(cause, which)
     if which == "actor_died_error_context":
-        from ray.core.generated.common_pb2 import ActorDiedErrorContext
+        from ray.core.generated import common_pb2
 
-        reason = ActorDiedErrorContext.Reason.Name(ctx.reason)
+        reason = getattr(common_pb2, "ActorDiedErrorContext").Reason.Name(ctx.reason)  # noqa: B009  # untyped
         return reason in _CRASH_REASONS, f"{reason}: {ctx.error_message}"[:500]
     return True, f"{which}: {getattr(ctx, 'error_message', '')}"[:500]
 
@@ -231,7 +251,7 @@ def _ray_dirs() -> tuple[dict[str, str], str]:
 
     if not ray.is_initialized():
         ray.init()  # what Ray does on the first .remote(); call ray.init yourself to configure it
-    node = ray._private.worker.global_worker.node
+    node = _driver().node
     dirs = {
         "temp": os.path.realpath(node.get_temp_dir_path()),
         "session": os.path.realpath(node.get_session_dir_path()),
@@ -261,13 +281,23 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
     # The holder keeps the view; Ray's temp dir stays a writable *mount* there (Ray chmods its
     # folders at start-up), writes in it are left to the workers' Landlock (logs/ only).
     holder_plan = KernelPlan(
-        writable=(*plan.writable, ray_dirs["temp"]), overlays=plan.overlays, binds=plan.binds,
-        readonly_root=True, landlock=False, namespace=True,
+        writable=(*plan.writable, ray_dirs["temp"]),
+        overlays=plan.overlays,
+        binds=plan.binds,
+        readonly_root=True,
+        landlock=False,
+        namespace=True,
     )
     rfd, wfd = os.pipe()
     try:
-        holder = spawn(["cat"], env={"PATH": os.defpath}, cwd="/", plan=holder_plan, stdin=rfd,
-                       stdout=os.open(os.devnull, os.O_WRONLY))
+        holder = spawn(
+            ["cat"],
+            env={"PATH": os.defpath},
+            cwd="/",
+            plan=holder_plan,
+            stdin=rfd,
+            stdout=os.open(os.devnull, os.O_WRONLY),
+        )
     except KernelUnavailable as e:
         os.close(wfd)
         refusals.append(str(e))
@@ -277,9 +307,12 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
         return _Kernel(
             "namespace",
             landlock=[*plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS],
-            holder=holder, holder_stdin=wfd,
+            holder=holder,
+            holder_stdin=wfd,
             layers=report_mod.Layers(
-                landlock_abi=abi, mount_namespace=True, overlay=bool(applied and applied.overlay),
+                landlock_abi=abi,
+                mount_namespace=True,
+                overlay=bool(applied and applied.overlay),
                 readonly_mounts=bool(applied and applied.readonly_root),
                 missing={} if abi else {"landlock": landlock.unavailable_reason(landlock.query_abi()[1])},
             ),
@@ -292,12 +325,17 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
         ll_plan = kernel_plan(ws, prep.request.mode, policy, namespace=False)
         roots = [*ll_plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS]
         try:
-            spawn(_probe_true(), env={}, cwd="/", plan=KernelPlan(writable=tuple(roots), landlock=True)).wait()
+            spawn(
+                _probe_true(), env={}, cwd="/", plan=KernelPlan(writable=tuple(roots), landlock=True)
+            ).wait()
         except KernelUnavailable as e:
             refusals.append(str(e))
         else:
-            return _Kernel("landlock", landlock=roots, layers=report_mod.Layers(
-                landlock_abi=abi, missing={"mount_namespace": "; ".join(refusals)}))
+            return _Kernel(
+                "landlock",
+                landlock=roots,
+                layers=report_mod.Layers(landlock_abi=abi, missing={"mount_namespace": "; ".join(refusals)}),
+            )
     else:
         refusals.append(landlock.unavailable_reason(err))
     why = "; ".join(refusals)
@@ -312,13 +350,30 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
     return _Kernel("off", layers=report_mod.Layers(missing={"kernel": message}))
 
 
-def _open(root: str | os.PathLike[str], run_id: str, *, profile: str, mode: str, policy: str | None,
-          kernel: str, overwrite: bool, workspace_base: str | None) -> SandboxedRun:
+def _open(
+    root: str | os.PathLike[str],
+    run_id: str,
+    *,
+    profile: str,
+    mode: str,
+    policy: str | None,
+    kernel: str,
+    overwrite: bool,
+    workspace_base: str | None,
+) -> SandboxedRun:
     ray_dirs, node_id = _ray_dirs()
     # argv is a placeholder until runner's multi-step Run API (preflight accepts an empty argv) lands
-    req = RunRequest(host=os.fspath(root), run_id=run_id, argv=["<ray workers>"], profile=profile,
-                     policy_file=policy, mode=mode, kernel=kernel, overwrite=overwrite,
-                     workspace_base=workspace_base)
+    req = RunRequest(
+        host=os.fspath(root),
+        run_id=run_id,
+        argv=["<ray workers>"],
+        profile=profile,
+        policy_file=policy,
+        mode=mode,
+        kernel=kernel,
+        overwrite=overwrite,
+        workspace_base=workspace_base,
+    )
     prep = preflight(req)
     ws = workspace_mod.create(prep.host, run_id, prep.spec.layout, base_dir=workspace_base, mirror=False)
     try:
@@ -326,9 +381,14 @@ def _open(root: str | os.PathLike[str], run_id: str, *, profile: str, mode: str,
             if ray_dirs[key] == ws.host or ray_dirs[key].startswith(ws.host + os.sep):
                 raise KernelUnavailable(f"Ray's {key} dir {ray_dirs[key]} lies inside the host {ws.host}")
         pol = prep.spec.bind(
-            host=ws.host, workspace=ws.root, run_id=run_id, mode=mode,
+            host=ws.host,
+            workspace=ws.root,
+            run_id=run_id,
+            mode=mode,
             temp_dirs=(ws.tmp, ray_dirs["logs"]),  # what Ray writes itself: as the kernel allows it
-            run_storage=ws.run_storage, mount_targets=ws.mount_targets, profile=profile,
+            run_storage=ws.run_storage,
+            mount_targets=ws.mount_targets,
+            profile=profile,
         )
         os.makedirs(os.path.join(ws.run_storage, "logs"), exist_ok=True)
         os.mkdir(os.path.join(ws.base, WORKERS_DIR))
@@ -339,14 +399,20 @@ def _open(root: str | os.PathLike[str], run_id: str, *, profile: str, mode: str,
         env[ENV_EVENTS] = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
         env[ENV_OVERLAY] = "1" if k.kind == "namespace" else "0"
         run = SandboxedRun(prep, ws, pol, k, env, ray_dirs, node_id)
-        write_state(run._state_file, {
-            "run_id": run_id, "kernel": k.kind, "landlock": k.landlock,
-            "landlock_required": k.layers.landlock_abi > 0,
-            "holder_pid": k.holder.pid if k.holder else 0,
-            "holder_start": start_time(k.holder.pid) if k.holder else None,
-            "userns": bool(k.holder and k.holder.applied and k.holder.applied.user_namespace),
-            "cwd": ws.root, "workers_dir": run._workers_dir,
-        })
+        write_state(
+            run._state_file,
+            {
+                "run_id": run_id,
+                "kernel": k.kind,
+                "landlock": k.landlock,
+                "landlock_required": k.layers.landlock_abi > 0,
+                "holder_pid": k.holder.pid if k.holder else 0,
+                "holder_start": start_time(k.holder.pid) if k.holder else None,
+                "userns": bool(k.holder and k.holder.applied and k.holder.applied.user_namespace),
+                "cwd": ws.root,
+                "workers_dir": run._workers_dir,
+            },
+        )
         return run
     except BaseException:
         ws.remove()
@@ -379,14 +445,24 @@ def _close(run: SandboxedRun, status: str) -> WorkersOutcome:
     events_file = run.env[ENV_EVENTS]
     events = read_events(events_file) if os.path.exists(events_file) else []
     step = report_mod.StepRecord(
-        argv=["<ray workers>", *sorted({a["class"] for a in actors})], exit_code=code, signal=None,
-        duration_s=0.0, peak_rss_bytes=0,
+        argv=["<ray workers>", *sorted({a["class"] for a in actors})],
+        exit_code=code,
+        signal=None,
+        duration_s=0.0,
+        peak_rss_bytes=0,
         stderr_tail="\n".join(f"{a['class']} (pid {a['pid']}): {a['death']}" for a in crashed),
     )
     rep = report_mod.build(
-        run_id=run.run_id, profile=prep.request.profile, mode=prep.request.mode,
-        policy_name=prep.spec.name, policy_sha256=prep.spec.sha256, policy_source=prep.spec.source,
-        layers=run.layers, steps=[step], events=events, event_summary=summarise(events),
+        run_id=run.run_id,
+        profile=prep.request.profile,
+        mode=prep.request.mode,
+        policy_name=prep.spec.name,
+        policy_sha256=prep.spec.sha256,
+        policy_source=prep.spec.source,
+        layers=run.layers,
+        steps=[step],
+        events=events,
+        event_summary=summarise(events),
         scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
         protected={n: os.path.join(ws.host, rel) for n, rel in prep.spec.layout.mounts().items()},
         warnings=prep.warnings,
@@ -395,9 +471,14 @@ def _close(run: SandboxedRun, status: str) -> WorkersOutcome:
     rep["ray"] = {"actors": actors, "workers_started": len(run._started_pids()), "dirs": run.ray_dirs}
     report_mod.write(ws.run_storage, rep)
     export_run(
-        ws.run_storage, prep.destination, run_id=run.run_id, exit_code=code,
+        ws.run_storage,
+        prep.destination,
+        run_id=run.run_id,
+        exit_code=code,
         status="succeeded" if status == "succeeded" else "failed",  # the manifest knows these two
-        policy_name=prep.spec.name, policy_sha256=prep.spec.sha256, overwrite=prep.request.overwrite,
+        policy_name=prep.spec.name,
+        policy_sha256=prep.spec.sha256,
+        overwrite=prep.request.overwrite,
         extra={"profile": prep.request.profile, "mode": prep.request.mode, "layers": rep["layers"]},
     )
     return WorkersOutcome(status, code, prep.destination, rep)
@@ -424,8 +505,16 @@ def sandboxed_run(
     Raises the preflight's one-line errors (``UsageError``, ``PreflightError``,
     ``KernelUnavailable``) before anything is written.
     """
-    run = _open(root, run_id, profile=profile, mode=mode, policy=policy, kernel=kernel,
-                overwrite=overwrite, workspace_base=workspace_base)
+    run = _open(
+        root,
+        run_id,
+        profile=profile,
+        mode=mode,
+        policy=policy,
+        kernel=kernel,
+        overwrite=overwrite,
+        workspace_base=workspace_base,
+    )
     status = "failed"
     try:
         try:
