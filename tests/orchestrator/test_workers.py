@@ -86,6 +86,11 @@ class Body:
         os._exit(3)
 
 
+def _get(ref: Any) -> Any:
+    """ray.get with a deadline: a lost actor makes the test fail, not hang the suite."""
+    return ray.get(ref, timeout=120)
+
+
 class Host:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -155,7 +160,7 @@ def test_escape_attempts_inside_an_actor(host: Host, mode: str) -> None:
         _need_kernel(run)
         body = Body.options(runtime_env=run.runtime_env).remote()
         for a in PY_ATTEMPTS:
-            seen[a.id] = ray.get(body.attempt.remote(host.code(a)))
+            seen[a.id] = _get(body.attempt.remote(host.code(a)))
     assert host.snapshot() == before, "an attempt inside an actor changed the host"
     export = host.export(f"esc-{mode}")
     assert run.outcome is not None and run.outcome.status == "succeeded"
@@ -189,26 +194,26 @@ def test_pyarrow_refused_relative_writes_exported_workers_share_the_run(host: Ho
         _need_kernel(run)
         a = Body.options(runtime_env=run.runtime_env).remote()
         b = Body.options(runtime_env=run.runtime_env).remote()
-        refused = ray.get(
+        refused = _get(
             a.attempt.remote(
                 "import pandas as pd; pd.DataFrame({'a': [1]}).to_parquet('data/lakehouse/n.parquet')"
             )
         )
-        native = ray.get(
+        native = _get(
             a.attempt.remote(
                 "import pyarrow as pa, pyarrow.parquet as pq; "
                 "pq.write_table(pa.table({'a': [1]}), 'data/lakehouse/m.parquet')"
             )
         )
-        wrote = ray.get(
+        wrote = _get(
             a.attempt.remote(
                 "import os, pandas as pd; os.makedirs('reports', exist_ok=True); "
                 "pd.DataFrame({'a': [1]}).to_parquet('data/out.parquet'); open('reports/a.txt', 'w').write('A')"
             )
         )
         # another worker of the run reads it through its own view of the same run folder
-        read = ray.get(b.attempt.remote("assert open('reports/a.txt').read() == 'A'"))
-        where = ray.get(b.where.remote())
+        read = _get(b.attempt.remote("assert open('reports/a.txt').read() == 'A'"))
+        where = _get(b.where.remote())
     assert host.snapshot() == before
     for seen in (refused, native):  # pyarrow's C++ write: the kernel's EROFS/EACCES, explained
         assert seen != "ok" and ("Read-only file system" in seen or "Permission denied" in seen), seen
@@ -228,29 +233,15 @@ def test_two_concurrent_runs_do_not_mix(host: Host) -> None:
         _need_kernel(ra)
         a = Body.options(runtime_env=ra.runtime_env).remote()
         b = Body.options(runtime_env=rb.runtime_env).remote()
-        assert ray.get(a.attempt.remote("open('same.txt', 'w').write('A')")) == "ok"
-        assert ray.get(b.attempt.remote("open('same.txt', 'w').write('B')")) == "ok"
+        assert _get(a.attempt.remote("open('same.txt', 'w').write('A')")) == "ok"
+        assert _get(b.attempt.remote("open('same.txt', 'w').write('B')")) == "ok"
         # each sees only its own run: B's run folder is out of A's reach, and the other way round
-        into_b = ray.get(a.attempt.remote(f"open({rb.run_storage + '/x.txt'!r}, 'w')"))
-        into_a = ray.get(b.attempt.remote(f"open({ra.run_storage + '/x.txt'!r}, 'w')"))
+        into_b = _get(a.attempt.remote(f"open({rb.run_storage + '/x.txt'!r}, 'w')"))
+        into_a = _get(b.attempt.remote(f"open({ra.run_storage + '/x.txt'!r}, 'w')"))
     assert into_b != "ok" and into_a != "ok", (into_b, into_a)
     assert (host.export("mixA") / "same.txt").read_text() == "A"
     assert (host.export("mixB") / "same.txt").read_text() == "B"
     assert not (host.export("mixA") / "x.txt").exists() and not (host.export("mixB") / "x.txt").exists()
-
-
-def test_a_crashed_worker_leaves_an_exported_failed_run(host: Host) -> None:
-    with host.run("crash") as run:
-        body = Body.options(runtime_env=run.runtime_env).remote()
-        assert ray.get(body.attempt.remote("open('partial.txt', 'w').write('half')")) == "ok"
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(body.crash.remote())
-    assert run.outcome is not None and run.outcome.status == "failed"
-    export = host.export("crash")
-    assert json.loads((export / "manifest.json").read_text())["status"] == "failed"
-    assert (export / "partial.txt").read_text() == "half"
-    actors = _report(export)["ray"]["actors"]
-    assert actors[0]["crashed"] and "WORKER_DIED" in actors[0]["death"]
 
 
 def test_an_exception_or_ctrl_c_in_the_body_exports_a_failed_run(host: Host) -> None:
@@ -269,8 +260,8 @@ def test_guard_alone_when_the_kernel_layer_is_off(host: Host) -> None:
     with host.run("guard", kernel="off") as run:
         assert not run.layers.kernel and run.runtime_env["env_vars"]["TV_SANDBOX_OVERLAY"] == "0"
         body = Body.options(runtime_env=run.runtime_env).remote()
-        seen = ray.get(body.attempt.remote("open('data/lakehouse/g.csv', 'w')"))
-        ok = ray.get(body.attempt.remote("open('guarded.txt', 'w').write('g')"))
+        seen = _get(body.attempt.remote("open('data/lakehouse/g.csv', 'w')"))
+        ok = _get(body.attempt.remote("open('guarded.txt', 'w').write('g')"))
     assert "tv-sandbox denied write" in seen and ok == "ok", (seen, ok)
     assert host.snapshot() == before
     assert (host.export("guard") / "guarded.txt").read_text() == "g"
@@ -283,3 +274,20 @@ def test_bad_inputs_write_nothing(host: Host) -> None:
     with pytest.raises(UsageError, match="unknown mode"), host.run("m", mode="loose"):
         pass
     assert sorted(os.listdir(host.wsbase)) == before
+
+
+def test_a_crashed_worker_leaves_an_exported_failed_run(host: Host) -> None:
+    # Last on purpose: after this test (a worker dying mid-task), with several runs before it, the
+    # next new actor of the session once never got its ALIVE notification on the driver (the GCS
+    # had created it). Not reproduced outside the full sequence; see the report of issue 11.
+    with host.run("crash") as run:
+        body = Body.options(runtime_env=run.runtime_env).remote()
+        assert _get(body.attempt.remote("open('partial.txt', 'w').write('half')")) == "ok"
+        with pytest.raises(ray.exceptions.RayActorError):
+            _get(body.crash.remote())
+    assert run.outcome is not None and run.outcome.status == "failed"
+    export = host.export("crash")
+    assert json.loads((export / "manifest.json").read_text())["status"] == "failed"
+    assert (export / "partial.txt").read_text() == "half"
+    actors = _report(export)["ray"]["actors"]
+    assert actors[0]["crashed"] and "WORKER_DIED" in actors[0]["death"]
