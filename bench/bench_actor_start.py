@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +71,16 @@ def main() -> int:
                 plain_env=lambda r: start(env_only),
                 sandboxed=lambda r: start(run.runtime_env),
             )
+            # The launcher's own share, without Ray's noise: `<py_executable> -c pass` as Ray runs it
+            # (bash -c "exec ...", the run's env_vars) vs the bare interpreter the same way.
+            env = dict(os.environ, **run.runtime_env["env_vars"])
+            bare_cmd = f"exec {shlex.quote(sys.executable)} -c pass"
+            launched_cmd = f"exec {run.runtime_env['py_executable']} -c pass"
+            pieces = interleaved(
+                args.rounds * 2,
+                bare=lambda r: subprocess.run(["bash", "-c", bare_cmd], env=env, check=True),
+                launcher=lambda r: subprocess.run(["bash", "-c", launched_cmd], env=env, check=True),
+            )
             t = time.perf_counter()
         closed = time.perf_counter() - t
         m = {k: median(v) * 1000 for k, v in res.items()}
@@ -81,6 +93,8 @@ def main() -> int:
         over = m["sandboxed"] - m["plain_env"]
         print(line("sandboxed - plain+env (ms)", over, "<= 100", over <= 100))
         print(line("sandboxed - plain (ms)", m["sandboxed"] - m["plain"], "(info)", True))
+        launcher = (median(pieces["launcher"]) - median(pieces["bare"])) * 1000
+        print(line("launcher alone: join namespace + Landlock + exec (ms)", launcher, "(info)", True))
         print(
             f"  run open {opened * 1000:.1f} ms, close (end workers, report, export) {closed * 1000:.1f} ms"
         )
