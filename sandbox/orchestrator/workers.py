@@ -195,9 +195,7 @@ class SandboxedRun:
             )
             if a["State"] != "DEAD":
                 with contextlib.suppress(Exception):  # already gone between the read and the kill
-                    _driver().core_worker.kill_actor(
-                        ActorID.from_hex(a["ActorID"]), True
-                    )
+                    _driver().core_worker.kill_actor(ActorID.from_hex(a["ActorID"]), True)
         killed = {a["pid"] for a in records if a["state"] != "DEAD"}
         deadline = time.monotonic() + timeout_s
         grace = time.monotonic() + min(3.0, timeout_s / 2)
@@ -288,19 +286,18 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
         landlock=False,
         namespace=True,
     )
+    # The holder is `cat` reading a pipe only we write to: it ends when the run closes it (or
+    # when the thread that opened the run dies: spawn's parent-death signal).
     rfd, wfd = os.pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
     try:
-        holder = spawn(
-            ["cat"],
-            env={"PATH": os.defpath},
-            cwd="/",
-            plan=holder_plan,
-            stdin=rfd,
-            stdout=os.open(os.devnull, os.O_WRONLY),
-        )
+        holder = spawn(["cat"], env={"PATH": os.defpath}, cwd="/", plan=holder_plan, stdin=rfd, stdout=null)
     except KernelUnavailable as e:
         os.close(wfd)
         refusals.append(str(e))
+    except BaseException:
+        os.close(wfd)
+        raise
     else:
         applied = holder.applied
         abi = landlock.abi_version()
@@ -319,6 +316,7 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
         )
     finally:
         os.close(rfd)
+        os.close(null)
     ws.mirror()
     abi, err = landlock.query_abi()
     if abi > 0:
