@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +292,51 @@ def test_a_crashed_worker_leaves_an_exported_failed_run(host: Host) -> None:
     assert (export / "partial.txt").read_text() == "half"
     actors = _report(export)["ray"]["actors"]
     assert actors[0]["crashed"] and "WORKER_DIED" in actors[0]["death"]
+
+
+def test_launcher_refuses_without_its_run_and_stays_cheap(tmp_path: Path) -> None:
+    """`tv-sandbox worker` after its run closed (or on another node): one line, no interpreter
+    started; and its path to `exec` imports neither ray nor the modules of the start-up budget."""
+    gone = tmp_path / "worker_state.marshal"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "worker",
+            "--run-state",
+            str(gone),
+            "--",
+            sys.executable,
+            "-c",
+            "print('ran')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "ran" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is gone" in lines[0], r.stderr
+    code = (
+        "import sys; before = set(sys.modules); import sandbox.cli, sandbox.worker_launch, sandbox.kernel.landlock; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    heavy = {
+        "ray",
+        "enum",
+        "re",
+        "json",
+        "typing",
+        "dataclasses",
+        "tomllib",
+        "hashlib",
+        "pathlib",
+        "argparse",
+    }
+    assert not loaded & heavy, sorted(loaded & heavy)
