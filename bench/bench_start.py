@@ -5,6 +5,10 @@ the whole run is counted: preflight, workspace, launch (namespace, overlay, Land
 bootstrap in the child, the report and the atomic export. Goal: <= 50 ms. With --phases, one
 sandboxed run prints where the time goes (TV_SANDBOX_TIMINGS=1).
 
+Also measured, in this process: the cost of the step's PID namespace (the init process, its fresh
+/proc, the private /dev/shm) -- ``spawn(["true"])`` under the runner's full plan, with and without
+them, interleaved.
+
 Usage: python bench/bench_start.py [--runs 20] [--phases]
 """
 
@@ -16,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -72,6 +77,16 @@ def main() -> int:
         print(f"# launcher: {' '.join(launcher)}")
         print(line("tv-sandbox run (kernel layer on) minus bare, ms", d_k, "<= 50", d_k <= 50))
         print(line("tv-sandbox run --kernel off minus bare, ms", d_g, "<= 50", d_g <= 50))
+        with_ns, without = pid_namespace_cost(tmp, args.runs)
+        print(
+            line(
+                "spawn(true) full plan, PID namespace + private /dev/shm minus without, ms",
+                (with_ns - without) * 1000,
+                "<= 5",
+                (with_ns - without) * 1000 <= 5,
+            )
+        )
+        print(f"#   spawn(true) full plan: {with_ns * 1000:.1f} ms with, {without * 1000:.1f} ms without")
         if args.phases:
             env = dict(os.environ, TV_SANDBOX_TIMINGS="1")
             r = subprocess.run(sandboxed("auto"), env=env, capture_output=True, text=True)
@@ -80,6 +95,39 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pid_namespace_cost(tmp: Path, runs: int) -> tuple[float, float]:
+    """Median seconds of ``spawn(["true"]).wait()`` under the runner's full plan, with the PID
+    namespace and the private /dev/shm, and without them."""
+    from sandbox.kernel import KernelPlan, Overlay, spawn
+
+    d = {n: tmp / "pidns" / n for n in ("host", "run", "work", "ws", "tmp")}
+    for p in d.values():
+        p.mkdir(parents=True)
+
+    def plan(pidns: bool) -> KernelPlan:
+        return KernelPlan(
+            writable=(str(d["tmp"]), "/dev/shm"),
+            overlays=(Overlay((str(d["host"]),), str(d["run"]), str(d["work"]), str(d["ws"])),),
+            readonly_root=True,
+            landlock=True,
+            namespace=True,
+            pid_namespace=pidns,
+            private_shm=pidns,
+        )
+
+    plans = {"with": plan(True), "without": plan(False)}
+
+    def one(name: str) -> Callable[[int], None]:
+        def go(r: int) -> None:
+            child = spawn(["true"], env=dict(os.environ), cwd=str(d["ws"]), plan=plans[name])
+            assert child.wait().exit_code == 0
+
+        return go
+
+    t = interleaved(runs * 2, with_ns=one("with"), without=one("without"))
+    return median(t["with_ns"]), median(t["without"])
 
 
 if __name__ == "__main__":

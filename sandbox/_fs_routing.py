@@ -17,7 +17,16 @@ from typing import Any, NamedTuple
 from sandbox import _paths
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
-from sandbox.policy import Action, Decision, Op, Policy, load_resolved, overlay_maps
+from sandbox.policy import (
+    Action,
+    Decision,
+    Op,
+    Policy,
+    PolicySpec,
+    bind_for_library,
+    load_resolved,
+    overlay_maps,
+)
 
 TYPE_CHECKING = False
 EventSink = Callable[[dict[str, Any]], None]  # receives each deny / redirect record
@@ -26,6 +35,7 @@ ENV_POLICY = "TV_SANDBOX_POLICY"
 ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (see sandbox.guard.bootstrap)
 ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
 LAYER = "fsspec"
+READ_HOPS = 4  # how many further copies a read follows (see Routing._read_place)
 
 
 class _Route(NamedTuple):
@@ -34,10 +44,18 @@ class _Route(NamedTuple):
     decision: Decision
 
 
-def load_policy(policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None) -> Policy:
-    """``policy=`` as given, or the resolved policy a sandboxed step names in ``$TV_SANDBOX_POLICY``."""
-    if isinstance(policy, Policy):
-        return policy
+def load_policy(
+    policy: Policy | PolicySpec | Mapping[str, Any] | str | os.PathLike[str] | None,
+    host: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    mode: str = "enforce",
+) -> Policy:
+    """``policy=`` as given (a :class:`PolicySpec` bound to ``host``/``run_id``), or the resolved
+    policy a sandboxed step names in ``$TV_SANDBOX_POLICY``."""
+    if isinstance(policy, (Policy, PolicySpec)):
+        return bind_for_library(policy, host, run_id, mode)
+    if host is not None or run_id is not None:
+        raise TypeError("host= and run_id= bind a PolicySpec (what sandbox.loader.load_policy returns)")
     if isinstance(policy, Mapping):
         return Policy.from_dict(policy)
     src = os.fspath(policy) if policy is not None else os.environ.get(ENV_POLICY, "")
@@ -102,7 +120,8 @@ class Routing:
 
     def _deny(self, d: Decision, shown: str, op: Op) -> AccessDenied:
         self._emit(d, op, shown)
-        return d.error(shown, op, profile=self.policy.profile, layer=LAYER)
+        user = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
+        return d.error(shown, op, profile=self.policy.profile, layer=LAYER, resolved=user)
 
     def _emit(self, d: Decision, op: Op, shown: str, target: str | None = None) -> None:
         if self.on_event is not None:
@@ -117,6 +136,7 @@ class Routing:
                     "target": target or d.target,
                     "captured": d.captured,
                     "reason": d.reason,
+                    "hint": d.hint,
                 }
             )
 
@@ -127,7 +147,7 @@ class Routing:
         resolve = partial(self._resolve, follow=follow)
         if op is Op.READ:
             assert r.decision.target is not None
-            return r.decision, resolve(r.decision.target)
+            return r.decision, self._read_place(resolve(r.decision.target), follow)
         d = self.policy.settle(r.decision, op, resolve)
         if d.action is Action.REDIRECT and d.target is not None:
             real = resolve(d.target)
@@ -135,6 +155,24 @@ class Routing:
                 return d, real
             d = replace(d, action=Action.DENY, reason="the redirect does not settle in the run folder")
         raise self._deny(d, r.shown, op)
+
+    def _read_place(self, real: str, follow: bool) -> str:
+        """Where a read redirected to the run folder's copy (``real``, resolved) looks. The copy
+        may lead -- through a link the run planted -- to a host path: an alias of the workspace
+        path, whose reads look in the run folder first too (the kernel layer shows the workspace
+        at the host's path). So the redirect is followed as ``Policy.settle`` follows a
+        mutation's, and the deepest copy that exists wins (an overlay's upper layer); none:
+        ``real``, as before. The guard follows as far (``sandbox.guard._engine.READ_HOPS``)."""
+        chain = [real]
+        for _ in range(READ_HOPS):
+            d = self.policy.decide(chain[-1], Op.READ)
+            if d.action is not Action.REDIRECT or d.target is None or self._overlay_maps(d):
+                break
+            chain.append(self._resolve(d.target, follow))
+        for place in reversed(chain[1:]):
+            if self._exists(place, follow):
+                return place
+        return real
 
     def _readable(self, path: Any, *, follow: bool = True) -> tuple[str, str]:
         """(shown, backend path) to read: a redirect's target when it exists, else the original."""

@@ -1,7 +1,9 @@
 """``tv-sandbox`` / ``python -m sandbox``: the only module that prints and exits.
 
-``main(argv) -> int`` maps every error class to its exit status (see :mod:`sandbox.errors`) and
-prints it as one line on stderr, prefixed ``tv-sandbox:``.
+``main(argv) -> int`` maps every error class to its exit status (see :mod:`sandbox.errors`:
+Docker's ``docker run`` convention -- the command's own status, 125 for an error of tv-sandbox
+itself, 126 for a command that cannot be executed, 127 for one that is not found) and prints it as
+one line on stderr, prefixed ``tv-sandbox:``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ import os
 import sys
 import time
 
-from sandbox.errors import EXIT_INTERNAL, EXIT_USAGE, SandboxError, UsageError
+from sandbox.errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    ExportError,
+    SandboxError,
+    UsageError,
+    exec_failure,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,6 +28,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROG = "tv-sandbox"
+_EXIT_HELP = """exit status (Docker's `docker run` convention):
+  the command's own  the step ran; its status passes through
+  125                an error of tv-sandbox itself: before the command ran (bad option, RUN_ID,
+                     host layout or policy; kernel layer required but missing) or, after it ran,
+                     a failed export (the message says which; the previous export is intact)
+  126                the command was found but cannot be executed
+  127                the command was not found
+  130 / 143          interrupted (Ctrl-C / SIGTERM)
+verify: 0 the run folder matches its manifest, 1 it does not, 125 it cannot be checked"""
 
 # `run`'s options: the name argparse gives each, and whether it takes a value.
 _RUN_OPTIONS = {
@@ -86,12 +104,17 @@ def _parser() -> argparse.ArgumentParser:
     import argparse
 
     class _Parser(argparse.ArgumentParser):
-        """argparse, but a usage error is one line and exit 2 like every other bad input."""
+        """argparse, but a usage error is one line and exit 125 like every other bad input."""
 
         def error(self, message: str) -> None:  # type: ignore[override]
             raise UsageError(f"{message} (see `{self.prog} --help`)")
 
-    p = _Parser(prog=PROG, description="Run legacy pipeline steps in a filesystem sandbox.")
+    p = _Parser(
+        prog=PROG,
+        description="Run legacy pipeline steps in a filesystem sandbox.",
+        epilog=_EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser(
         "run",
@@ -99,9 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Run CMD in a fresh workspace of HOST (cwd), with the lakehouse and scanner exports "
             "read-only and every output redirected into $TV_RUN_DIR, then export the run folder "
-            "atomically to HOST/<runs>/<RUN_ID>. Exit status: CMD's; 2 for an error before CMD ran; "
-            "3 when the export failed."
+            "atomically to HOST/<runs>/<RUN_ID>."
         ),
+        epilog=_EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--root", required=True, metavar="HOST", help="the host's top folder")
     run.add_argument("--run-id", required=True, metavar="ID", help="RUN_ID: [A-Za-z0-9_-]+")
@@ -110,7 +134,10 @@ def _parser() -> argparse.ArgumentParser:
         help="production or development (default: TV_PROFILE, production unless 'development')",
     )
     run.add_argument(
-        "--policy", metavar="FILE", help="a policy file (default: the built-in one of the profile)"
+        "--policy",
+        metavar="FILE|NAME",
+        help="a policy file, or the name of a built-in one (production, development, source-layout; "
+        "default: the built-in one of the profile)",
     )
     run.add_argument(
         "--mode",
@@ -143,15 +170,53 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--run-state", required=True, metavar="FILE", help="written by sandboxed_run")
     worker.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- PYTHON ...")
-    demo = sub.add_parser("demo", help="show `run` on a generated sample host (what `make demo` runs)")
+    demo = sub.add_parser(
+        "demo", help="run the sample pipeline on embedded Ray in a generated host (what `make demo` runs)"
+    )
     demo.add_argument("--dir", help="where to generate the sample host (default: a new temp folder)")
     demo.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
+    demo.add_argument("--steps", action="store_true", help="the single-step showcases of `run` instead")
+    # -- pipeline (sandbox.orchestrator) --
+    pipe = sub.add_parser(
+        "pipeline",
+        help="run a meta profile's sleeves on Ray, each a sandboxed multi-step run exported atomically",
+        description=(
+            "Preflight on the host (manifest, profiles, RUN_ID, scanner outputs under export/RUN_ID), then "
+            "one Ray actor per sleeve runs its profile's steps as one sandboxed run, exported to "
+            "HOST/<runs>/RUN_ID/<sleeve> as soon as it ends; the summary pipeline_summary.json is written "
+            "last. Exit status: 0 every sleeve succeeded, 1 any failed, 125 for an error of tv-sandbox "
+            "before dispatch, 130 on Ctrl-C (143 on SIGTERM)."
+        ),
+    )
+    pipe.add_argument("--root", required=True, metavar="HOST", help="the host's top folder")
+    pipe.add_argument("--profile", required=True, metavar="META", help="the meta profile to run")
+    pipe.add_argument("--run-id", required=True, metavar="ID", help="RUN_ID: [A-Za-z0-9_-]+")
+    pipe.add_argument("--manifest", metavar="FILE", help="default: HOST/configs/manifest.json")
+    pipe.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: embedded)")
+    pipe.add_argument("--max-parallel", type=int, metavar="N", help="sleeves at once (default: CPUs)")
+    pipe.add_argument("--step-timeout", type=float, metavar="S", help="a cap on every step's seconds")
+    pipe.add_argument("--mode", default="enforce", help="enforce or audit (as for run)")
+    pipe.add_argument("--kernel", default="auto", help="auto, off or require (as for run)")
+    pipe.add_argument("--overwrite", action="store_true", help="rerun every sleeve, replacing its export")
+    pipe.add_argument("--resume", action="store_true", help="rerun only the sleeves missing or failed")
+    pipe.add_argument("--workspace-dir", metavar="DIR", help="where workspaces are made (default: temp)")
+    pipe.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto")
+    pipe.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else")
+    verify = sub.add_parser(
+        "verify",
+        help="check an exported run folder against its manifest.json (exit 0: intact, 1: not)",
+    )
+    verify.add_argument("run_folder", metavar="RUN_FOLDER", help="HOST/<runs>/<RUN_ID>")
     return p
 
 
 def _run(ns: dict[str, Any]) -> int:
-    from sandbox.loader import resolve_profile
+    from sandbox.loader import profile_warning, resolve_profile
     from sandbox.runner import RunRequest, execute, preflight
+
+    warn = profile_warning(ns["profile"])
+    if warn:
+        print(f"{PROG}: warning: {warn}", file=sys.stderr)
 
     cmd = list(ns["cmd"])
     if cmd and cmd[0] == "--":
@@ -171,15 +236,26 @@ def _run(ns: dict[str, Any]) -> int:
     t0 = time.perf_counter()
     prep = preflight(req)
     t_pre = time.perf_counter() - t0
+    from sandbox.run import install_interrupt_handlers
+
+    install_interrupt_handlers()  # Ctrl-C and SIGTERM end the step's processes, then export
     outcome = execute(prep)
+    from sandbox.report import summary_line
+
     rep = outcome.report
-    ev = rep.get("events", {}).get("by_action", {})
-    print(
-        f"{PROG}: run {req.run_id} {rep['status']} (exit {outcome.exit_code}); "
-        f"{ev.get('deny', 0)} denied, {ev.get('redirect', 0)} redirected; exported to {outcome.destination}",
-        file=sys.stderr,
-    )
-    for w in prep.warnings:  # known once the launch has tried the kernel layer
+    if outcome.status == "interrupted":
+        print(
+            f"{PROG}: run {req.run_id} interrupted ({rep.get('cut', {}).get('why', 'signal')}): the step's "
+            f"processes were ended; exported, marked interrupted, to {outcome.destination}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"{PROG}: run {req.run_id} {rep['status']} (exit {outcome.exit_code}); "
+            f"{summary_line(rep)}; exported to {outcome.destination}",
+            file=sys.stderr,
+        )
+    for w in outcome.warnings:  # known once the launch has tried the kernel layer
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     for line in rep.get("explanations", []):
         print(f"{PROG}: {line}", file=sys.stderr)
@@ -193,11 +269,41 @@ def _run(ns: dict[str, Any]) -> int:
     return outcome.exit_code
 
 
+def _verify(folder: str) -> int:
+    """``tv-sandbox verify RUN_FOLDER``: 0 when the folder matches its manifest exactly, else 1
+    with one line per problem; 125 when there is no folder to check."""
+    from sandbox.manifest import MANIFEST_NAME, verify
+
+    if not os.path.isdir(folder):
+        raise UsageError(f"{folder} is not a folder: pass an exported run folder (HOST/<runs>/<RUN_ID>)")
+    problems = verify(folder)
+    for line in problems[:200]:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    if len(problems) > 200:
+        print(f"{PROG}: ... and {len(problems) - 200} more", file=sys.stderr)
+    if problems:
+        print(
+            f"{PROG}: {folder} does NOT match its {MANIFEST_NAME} ({len(problems)} problems)", file=sys.stderr
+        )
+        return 1
+    print(f"{PROG}: {folder} matches its {MANIFEST_NAME}", file=sys.stderr)
+    return 0
+
+
 def _doctor() -> int:
     from sandbox.kernel import describe, probe
 
     print(describe(probe()))
     return 0
+
+
+def _stage(e: BaseException) -> str:
+    """Which stage an error stopped, for its one line: CI reads 125 and the words say which."""
+    if isinstance(e, ExportError):
+        return "error after the command ran (export failed)"
+    if isinstance(e, SandboxError) and e.exit_status != EXIT_USAGE:
+        return "error, the command did not run"  # 126 / 127: the message names the command
+    return "error before the command ran"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,17 +325,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return worker_main(["--run-state", ns["run_state"], "--", *cmd])
         if ns["command"] == "doctor":
             return _doctor()
+        if ns["command"] == "verify":
+            return _verify(ns["run_folder"])
         if ns["command"] == "demo":
             from sandbox.demo import main as demo
 
-            return demo(ns["dir"], kernel=ns["kernel"])
+            return demo(ns["dir"], kernel=ns["kernel"], steps=ns["steps"])
+        if ns["command"] == "pipeline":
+            from sandbox.orchestrator.command import main as pipeline
+
+            return pipeline(ns)
         _parser().print_help(sys.stderr)
         return EXIT_USAGE
     except SandboxError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_status
-    except KeyboardInterrupt:
-        return 130
+        err = exec_failure(e)
+        print(f"{PROG}: {_stage(err)}: {err}", file=sys.stderr)
+        return err.exit_status if isinstance(err, SandboxError) else EXIT_USAGE
+    except KeyboardInterrupt as e:  # before a run began, or after it was exported
+        signum = getattr(e, "signum", 2)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 128 + signum
     except Exception as e:  # a bug: say so in one line, keep the traceback available
         if os.environ.get("TV_SANDBOX_DEBUG"):
             raise

@@ -1,4 +1,5 @@
-"""``tv-sandbox demo``: the showcase of ``tv-sandbox run`` on a generated sample host.
+"""``tv-sandbox demo``: the pipeline showcase (:mod:`sandbox.demo_pipeline`), and with ``--steps``
+the showcase of ``tv-sandbox run`` on a generated sample host, below.
 
 Four runs of the seed's scripts, each printed with what happened and checked: a legacy step whose
 relative outputs land in its exported run folder; the seed's bug (the selection audit hard-coded
@@ -17,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sandbox.export import verify
+from sandbox.report import summary_line
 from sandbox.runner import RunRequest, execute, preflight
-from sandbox.samples import make_host
+from sandbox.samples import DEMO_PREFIX, make_host
 
 
 def _tree_digest(root: Path) -> str:
@@ -52,7 +54,6 @@ def _run(
         print(f"  warning: {w}")
     out = execute(prep, stderr=sys.stdout.buffer)
     rep = out.report
-    by = rep["events"].get("by_action", {})
     layers = rep["layers"]
     active = (
         ["python guard"]
@@ -61,8 +62,7 @@ def _run(
     )
     problems = verify(out.destination)
     print(
-        f"  -> exit {out.exit_code}, {rep['status']}; {by.get('deny', 0)} denied, "
-        f"{by.get('redirect', 0)} redirected; layers: {', '.join(active)}\n"
+        f"  -> exit {out.exit_code}, {rep['status']}; {summary_line(rep)}; layers: {', '.join(active)}\n"
         f"  -> exported to {out.destination} (manifest {'verifies' if not problems else 'BROKEN: ' + '; '.join(problems)})"
     )
     for e in rep["events"].get("denials", [])[:2]:
@@ -72,9 +72,20 @@ def _run(
     return out.exit_code
 
 
-def main(directory: str | None = None, *, kernel: str = "auto") -> int:
-    """Run the showcase in ``directory`` (a fresh temp folder by default). 0 when all checks hold."""
-    base = Path(directory or tempfile.mkdtemp(prefix="tv-sandbox-demo-"))
+def main(directory: str | None = None, *, kernel: str = "auto", steps: bool = False) -> int:
+    """The pipeline showcase (:mod:`sandbox.demo_pipeline`), or with ``steps`` the single-step
+    showcases of ``tv-sandbox run``, in ``directory`` (a fresh temp folder by default). 0 when all
+    checks hold."""
+    if not steps:
+        from sandbox.demo_pipeline import main as pipeline_demo
+
+        return pipeline_demo(directory, kernel=kernel)
+    return steps_main(directory, kernel=kernel)
+
+
+def steps_main(directory: str | None = None, *, kernel: str = "auto") -> int:
+    """The single-step showcases (``tv-sandbox demo --steps``)."""
+    base = Path(directory or tempfile.mkdtemp(prefix=DEMO_PREFIX))
     host = make_host(base / "host")
     lake = host / "data" / "lakehouse"
     print(f"sample host: {host}\n  lakehouse: {sorted(p.name for p in lake.iterdir())}")

@@ -5,7 +5,7 @@ interpreter of a run (and by whoever else holds an :class:`EventLog`). A line is
 
     {"time": 1767225600.123, "pid": 4242, "layer": "python", "op": "write", "action": "deny",
      "rule": "lakehouse-read-only", "path": "data/lakehouse/x.csv", "resolved": "/host/data/...",
-     "target": null, "captured": false, "profile": "production", "reason": "..."}
+     "target": null, "captured": false, "profile": "production", "reason": "...", "hint": "..."}
 
 ``time`` is in seconds, to the millisecond; ``path`` is the path as the program gave it,
 ``resolved`` what the policy decided on, ``target`` where a redirect acted.
@@ -55,6 +55,7 @@ FIELDS = (
     "captured",
     "profile",
     "reason",
+    "hint",
 )
 TRIM = 200  # denials / redirects kept in a summary
 
@@ -76,7 +77,7 @@ class EventLog:
         self._first = 0.0
         self._stamp, self._stamp_ms = "0.0", -1  # "time" of the current millisecond, formatted once
         self._batch, self._delay = batch, max_delay
-        self._fixed: dict[tuple[str, str, str, str, bool, str, str], tuple[str, str]] = {}
+        self._fixed: dict[tuple[str, str, str, str, bool, str, str, str], tuple[str, str]] = {}
         self._pid = _getpid()
         _OPEN.append(self)
 
@@ -92,10 +93,11 @@ class EventLog:
         captured: bool = False,
         profile: str = "",
         reason: str = "",
+        hint: str = "",
     ) -> None:
         """Record one event (positional for the guard's hot path; see :data:`FIELDS`)."""
         now = time()
-        key = (layer, op, action, rule, captured, profile, reason)
+        key = (layer, op, action, rule, captured, profile, reason, hint)
         fixed = self._fixed.get(key)
         if fixed is None:  # the fields a write loop repeats, encoded once (half the cost of a line)
             if len(self._fixed) >= 4096:
@@ -103,7 +105,7 @@ class EventLog:
             fixed = self._fixed[key] = (
                 f'"layer": {_enc(layer)}, "op": {_enc(op)}, "action": {_enc(action)}, "rule": {_enc(rule)}, ',
                 f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
-                f'"reason": {_enc(reason)}}}\n',
+                f'"reason": {_enc(reason)}, "hint": {_enc(hint)}}}\n',
             )
         ms = int(now * 1000)
         if ms != self._stamp_ms:  # formatting a float costs more than the rest of a line: once a ms
@@ -132,6 +134,7 @@ class EventLog:
             bool(record.get("captured", False)),
             str(record.get("profile", "")),
             str(record.get("reason", "")),
+            str(record.get("hint", "")),
         )
 
     def flush(self) -> None:

@@ -51,12 +51,22 @@ from sandbox.manifest import SCHEMA_VERSION as SCHEMA_VERSION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from typing import Any
 
-__all__ = ["MANIFEST_NAME", "ExportResult", "export_run", "read_manifest", "recover", "verify"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MANIFEST_NAME",
+    "ExportResult",
+    "export_run",
+    "read_manifest",
+    "recover",
+    "verify",
+]
 
 _CHUNK = 1 << 18
+#: The default of the policy's ``[export] max_bytes``: the sum of the sizes of a run's files.
+DEFAULT_MAX_BYTES = 1 << 40
 _COMMIT_TRIES = 50  # rounds of "dest changed under us" with concurrent --overwrite exports
 _MAX_PENDING = 128  # open staged files and folders awaiting their fsync
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -79,6 +89,7 @@ class ExportResult:
     manifest: dict[str, Any]
     replaced_previous: bool
     recovered: tuple[str, ...] = field(default=())
+    linked: int = 0  # files hard-linked into the export rather than copied
 
 
 class _Failed(Exception):
@@ -104,13 +115,23 @@ def export_run(
     policy_sha256: str,
     overwrite: bool = False,
     extra: Mapping[str, Any] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    by_link: bool = True,
     _fault: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the run folder ``src`` to ``dest`` atomically, with ``dest/manifest.json``.
 
+    ``max_bytes`` bounds the sum of the files' sizes (holes included: a huge sparse file costs
+    its hashing time). ``by_link``: when ``src`` and ``dest`` share a filesystem, files are
+    hard-linked into the stage rather than copied (only a file with no other link: never an
+    inode something outside the run folder also names); the run folder keeps its files until the
+    workspace is removed, so a failed export loses nothing. Folders, links and the manifest are
+    made, and everything fsynced, exactly as by a copy.
+
     Raises :class:`PreflightError` (before writing anything) when ``dest`` exists and not
     ``overwrite``; :class:`ExportError` (one line: what failed, where, what to do) when the copy or
-    the commit fails -- the stage is removed and the previous export, if any, is untouched.
+    the commit fails, the size limit included -- the stage is removed and the previous export,
+    if any, is untouched.
     """
     fault = _fault or _no_fault
     if status not in STATUSES:
@@ -156,11 +177,13 @@ def export_run(
             policy_name=policy_name,
             policy_sha256=policy_sha256,
         )
-        manifest, replaced = _stage_and_commit(pfd, src_s, dest_s, existed, overwrite, header, run, fault)
+        manifest, replaced, linked = _stage_and_commit(
+            pfd, src_s, dest_s, existed, overwrite, header, run, fault, max_bytes, by_link
+        )
     finally:
         os.close(pfd)
     totals = manifest["totals"]
-    return ExportResult(dest_s, totals["files"], totals["bytes"], manifest, replaced, recovered)
+    return ExportResult(dest_s, totals["files"], totals["bytes"], manifest, replaced, recovered, linked)
 
 
 def _stage_and_commit(
@@ -172,7 +195,9 @@ def _stage_and_commit(
     header: dict[str, Any],
     run: dict[str, Any],
     fault: Callable[[str], None],
-) -> tuple[dict[str, Any], bool]:
+    max_bytes: int,
+    by_link: bool,
+) -> tuple[dict[str, Any], bool, int]:
     parent, name = os.path.split(dest)
     run_id = header["run_id"]
     try:
@@ -184,13 +209,18 @@ def _stage_and_commit(
     old_name = _old_name(name, tag)
     moved_old = committed = replaced = False
     dfd: int | None = None
-    stager = _Stager(fault)
+    stager = _Stager(fault, max_bytes=max_bytes, link=False)
+    rfd = -1
     try:
         try:
-            root_mode = stat.S_IMODE(os.stat(src).st_mode) & 0o777
+            rfd = os.open(src, _DIR_FLAGS | os.O_NOFOLLOW)
+            st = os.fstat(rfd)
         except OSError as exc:
             raise _Failed("reading", src, exc) from None
-        stager.tree(src, stage, "")
+        root_mode = stat.S_IMODE(st.st_mode) & 0o777
+        # The same filesystem: link the files into the stage instead of copying their data.
+        stager.link = by_link and st.st_dev == os.fstat(sfd).st_dev
+        stager.tree(rfd, sfd, src, stage, "")
         stager.flush()
         fault("before-manifest")
         manifest = manifest_mod.build(
@@ -266,7 +296,7 @@ def _stage_and_commit(
         if replaced:  # the old tree: under the stage name after an exchange, else under the old name
             _remove(pfd, old_name if moved_old else stage_name)
         fault("done")
-        return manifest, replaced
+        return manifest, replaced, stager.linked
     except BaseException as exc:
         stager.discard()
         if moved_old and not committed:
@@ -290,15 +320,29 @@ def _stage_and_commit(
         raise
     finally:
         os.close(sfd)
+        if rfd >= 0:
+            os.close(rfd)
         if dfd is not None and dfd >= 0:
             os.close(dfd)
 
 
 class _Stager:
-    """Copies a tree into the stage, recording what the manifest lists."""
+    """Copies (or links) a tree into the stage, recording what the manifest lists.
 
-    def __init__(self, fault: Callable[[str], None]) -> None:
+    It walks the run folder by directory descriptors, never by path: every entry is looked at
+    with ``fstatat(AT_SYMLINK_NOFOLLOW)`` and opened relative to its folder's descriptor with
+    ``O_NOFOLLOW`` -- a link is copied as a link and never followed, so a folder swapped for a
+    link to elsewhere cannot pull an outside file in, and the mode recorded is the entry's own
+    (from ``fstat`` of what was opened). A file is opened ``O_NONBLOCK`` and kept only if
+    ``fstat`` says regular, so a FIFO swapped in cannot block the export; fifos, sockets and
+    devices are never opened, only listed under ``"skipped"``.
+    """
+
+    def __init__(self, fault: Callable[[str], None], *, max_bytes: int, link: bool) -> None:
         self.fault = fault
+        self.max_bytes = max_bytes
+        self.link = link  # same filesystem: hard-link files into the stage instead of copying them
+        self.linked = 0
         self.files: list[dict[str, Any]] = []
         self.symlinks: list[dict[str, Any]] = []
         self.dirs: list[dict[str, Any]] = []
@@ -306,6 +350,7 @@ class _Stager:
         self.skipped: list[dict[str, Any]] = []
         self.bytes = 0
         self.view = memoryview(bytearray(_CHUNK))
+        self.zeros = bytes(_CHUNK)
         self.pending: list[tuple[int, str]] = []  # written, writeback started, not yet fsynced
 
     def flush(self) -> None:
@@ -339,106 +384,211 @@ class _Stager:
                 raise
         self.pending.append((fd, path))
 
-    def tree(self, src: str, dst: str, rel: str) -> None:
+    def tree(self, sfd: int, dfd: int, src: str, dst: str, rel: str) -> None:
+        """Stage the entries of the folder open at ``sfd`` (path ``src``, for messages) into the
+        one open at ``dfd`` (``dst``)."""
         try:
-            with os.scandir(src) as it:
-                entries = list(it)
+            names = os.listdir(sfd)
         except OSError as exc:
             raise _Failed("reading", src, exc) from None
-        for entry in entries:
-            r = rel + entry.name
-            d = os.path.join(dst, entry.name)
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    kind, mode = "dir", stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) & 0o777
-                elif entry.is_symlink():
-                    kind, target = "link", os.readlink(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    kind = "file"
-                else:
-                    st = entry.stat(follow_symlinks=False)
-                    # an overlayfs whiteout (char device 0/0): the run deleted this
-                    kind = "whiteout" if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else _kind(st.st_mode)
-            except OSError as exc:
-                raise _Failed("reading", entry.path, exc) from None
-            if not rel and entry.name == MANIFEST_NAME:
+        for name in names:
+            r = rel + name
+            here = os.path.join(src, name)
+            d = os.path.join(dst, name)
+            if not rel and name == MANIFEST_NAME:
                 self.skipped.append({"path": r, "kind": "reserved name"})
-            elif kind == "dir":
-                self._mkdir(d)
-                self.tree(entry.path, d, r + "/")
-                self._seal_dir(d, mode)
-                self.dirs.append({"path": r, "mode": mode})
-                self.fault("staged-dir")
-            elif kind == "link":
+                continue
+            try:
+                st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+            except OSError as exc:
+                raise _Failed("reading", here, exc) from None
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                self._dir(sfd, dfd, name, here, d, r)
+            elif stat.S_ISLNK(mode):
                 try:
-                    os.symlink(target, d)
+                    target = os.readlink(name, dir_fd=sfd)
+                except OSError as exc:
+                    raise _Failed("reading", here, exc) from None
+                try:
+                    os.symlink(target, name, dir_fd=dfd)
                 except OSError as exc:
                     raise _Failed("writing", d, exc) from None
-                self.symlinks.append({"path": r, "target": target})
-            elif kind == "file":
-                self._copy(entry.path, d, r)
-                self.fault("staged-file")
-            elif kind == "whiteout":
-                self.deleted.append(r)
+                self.symlinks.append({"path": r, "target": os.fsdecode(target)})
+            elif stat.S_ISREG(mode):
+                self._file(sfd, dfd, name, here, d, r)
+            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+                self.deleted.append(r)  # an overlayfs whiteout (char device 0/0): the run deleted this
             else:
-                self.skipped.append({"path": r, "kind": kind})
+                self.skipped.append({"path": r, "kind": _kind(mode)})
 
-    def _mkdir(self, d: str) -> None:
+    def _dir(self, sfd: int, dfd: int, name: str, here: str, d: str, r: str) -> None:
         try:
-            os.mkdir(d, 0o700)
+            cfd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=sfd)
         except OSError as exc:
-            raise _Failed("writing", d, exc) from None
-
-    def _seal_dir(self, d: str, mode: int) -> None:
+            raise _Failed("reading", here, exc) from None
         try:
-            fd = os.open(d, _DIR_FLAGS)
-        except OSError as exc:
-            raise _Failed("writing", d, exc) from None
-        self._defer(fd, d)
-        try:
-            os.fchmod(fd, mode)
-        except OSError as exc:
-            raise _Failed("writing", d, exc) from None
-
-    def _copy(self, src: str, dst: str, rel: str) -> None:
-        try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _Failed("reading", src, exc) from None
-        try:
-            mode = stat.S_IMODE(os.fstat(sfd).st_mode) & 0o777  # setuid/setgid/sticky never exported
+            mode = stat.S_IMODE(os.fstat(cfd).st_mode) & 0o777
             try:
-                dfd = os.open(dst, _NEW_FILE, 0o600)
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                nfd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dfd)
             except OSError as exc:
-                raise _Failed("writing", dst, exc) from None
-            self._defer(dfd, dst)
-            digest = hashlib.sha256()
-            size = 0
-            view = self.view
-            while True:
-                try:
-                    n = os.readv(sfd, [view])
-                except OSError as exc:
-                    raise _Failed("reading", src, exc) from None
-                if not n:
-                    break
-                chunk = view[:n]
-                digest.update(chunk)
-                try:
-                    _write_all(dfd, chunk)
-                except OSError as exc:
-                    raise _Failed("writing", dst, exc) from None
-                size += n
+                raise _Failed("writing", d, exc) from None
             try:
-                os.fchmod(dfd, mode)
-                if size:  # start writeback now; flush() waits for it
-                    os.posix_fadvise(dfd, 0, 0, os.POSIX_FADV_DONTNEED)
+                self.tree(cfd, nfd, here, d, r + "/")
+                os.fchmod(nfd, mode)
             except OSError as exc:
-                raise _Failed("writing", dst, exc) from None
+                os.close(nfd)
+                raise _Failed("writing", d, exc) from None
+            except BaseException:
+                os.close(nfd)
+                raise
+            self._defer(nfd, d)
         finally:
-            os.close(sfd)
-        self.files.append({"path": rel, "size": size, "sha256": digest.hexdigest(), "mode": mode})
+            os.close(cfd)
+        self.dirs.append({"path": r, "mode": mode})
+        self.fault("staged-dir")
+
+    def _file(self, sfd: int, dfd: int, name: str, here: str, d: str, r: str) -> None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
+        except OSError as exc:
+            raise _Failed("reading", here, exc) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # swapped since the fstatat: never read from it
+                self.skipped.append({"path": r, "kind": _kind(st.st_mode)})
+                return
+            size = st.st_size
+            if self.bytes + size > self.max_bytes:
+                err = OSError(
+                    errno.EFBIG,
+                    f"the run folder holds more than the export limit of {self.max_bytes} bytes",
+                )
+                raise _Failed("exporting", here, err)
+            mode = stat.S_IMODE(st.st_mode) & 0o777  # setuid/setgid/sticky never exported
+            if self.link and st.st_nlink == 1 and self._link(sfd, dfd, name):
+                digest = self._hash(fd, here, size)
+                self.linked += 1
+                try:
+                    os.fchmod(fd, mode)
+                except OSError as exc:
+                    raise _Failed("writing", d, exc) from None
+                self._defer(fd, d)  # the data the step wrote must be durable: fsync the inode
+                fd = -1
+            else:
+                digest = self._copy(fd, dfd, name, here, d, size, mode)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.files.append({"path": r, "size": size, "sha256": digest, "mode": mode})
         self.bytes += size
+        self.fault("staged-file")
+
+    def _link(self, sfd: int, dfd: int, name: str) -> bool:
+        """Hard-link the entry itself (never what a link names) into the stage; False where the
+        filesystem refuses (the caller copies)."""
+        try:
+            os.link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            return True
+        except OSError:
+            self.link = False  # one refusal (EXDEV, EPERM, EMLINK...): copy the rest
+            return False
+
+    def _segments(self, fd: int, here: str, size: int) -> Iterator[tuple[int, int]]:
+        """``(offset, length)`` of the data of a file, its holes left out (SEEK_DATA/SEEK_HOLE;
+        one segment where the filesystem does not tell)."""
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole after pos
+                    return
+                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    yield pos, size - pos
+                    return
+                raise _Failed("reading", here, exc) from None
+            end = min(end, size)
+            if end > start:
+                yield start, end - start
+            pos = end
+
+    def _read(self, fd: int, here: str, offset: int, length: int) -> Iterator[memoryview]:
+        view = self.view
+        while length > 0:
+            want = min(length, len(view))
+            try:
+                n = os.preadv(fd, [view[:want]], offset)
+            except OSError as exc:
+                raise _Failed("reading", here, exc) from None
+            if not n:
+                return  # shrank meanwhile: the hash and size say what was there
+            yield view[:n]
+            offset += n
+            length -= n
+
+    def _hash_zeros(self, digest: Any, n: int) -> None:
+        zeros = self.zeros
+        while n > 0:
+            k = min(n, len(zeros))
+            digest.update(zeros[:k] if k < len(zeros) else zeros)
+            n -= k
+
+    def _hash(self, fd: int, here: str, size: int) -> str:
+        digest = hashlib.sha256()
+        pos = 0
+        for offset, length in self._segments(fd, here, size):
+            self._hash_zeros(digest, offset - pos)
+            for chunk in self._read(fd, here, offset, length):
+                digest.update(chunk)
+            pos = offset + length
+        self._hash_zeros(digest, size - pos)
+        return digest.hexdigest()
+
+    def _copy(self, sfd: int, dfd: int, name: str, here: str, d: str, size: int, mode: int) -> str:
+        """Copy the data of a regular file, holes left as holes, hashing it in the same pass."""
+        try:
+            out = os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)
+        except OSError as exc:
+            raise _Failed("writing", d, exc) from None
+        self._defer(out, d)
+        digest = hashlib.sha256()
+        pos = 0
+        try:
+            for offset, length in self._segments(sfd, here, size):
+                self._hash_zeros(digest, offset - pos)
+                at = offset
+                for chunk in self._read(sfd, here, offset, length):
+                    digest.update(chunk)
+                    _pwrite_all(out, chunk, at)
+                    at += len(chunk)
+                pos = offset + length
+            self._hash_zeros(digest, size - pos)
+            os.ftruncate(out, size)  # the trailing hole, if any
+            os.fchmod(out, mode)
+            if size:  # start writeback now; flush() waits for it
+                os.posix_fadvise(out, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            raise _Failed("writing", d, exc) from None
+        return digest.hexdigest()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def write_error(run_id: str, dest: str | os.PathLike[str], path: str, exc: OSError) -> ExportError:
+    """The one-line :class:`ExportError` for a launcher's own write into the run folder that
+    failed before the export (the policy record, the report: ENOSPC of a full run-folder
+    filesystem shows there first). Nothing was exported by then; a previous export is intact."""
+    dest_s = os.path.abspath(os.fspath(dest))
+    failed = _Failed("writing", path, exc)
+    return ExportError(_failure_message(run_id, dest_s, failed, os.path.lexists(dest_s), False))
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -570,6 +720,9 @@ def _failure_message(run_id: str, dest: str, failed: _Failed, existed: bool, com
     code = err.errno
     if code == errno.ENOSPC:
         what, todo = "no space left on device", "free space on that filesystem and re-run"
+    elif code == errno.EFBIG and failed.doing == "exporting":
+        what = err.strerror or "too large"
+        todo = "raise [export] max_bytes in the policy, or have the step write less"
     elif code == errno.EDQUOT:
         what, todo = "disk quota exceeded", "free space or raise the quota and re-run"
     elif code in (errno.EACCES, errno.EPERM) and failed.doing == "reading":

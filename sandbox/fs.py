@@ -26,8 +26,10 @@ proves that, under a deny-all policy, none of them reaches the wrapped filesyste
 A redirect target is resolved and decided again (``Policy.settle``): a symlink a run plants in its
 own folder cannot carry a redirected write out of it.
 
-The policy comes from ``policy=`` (a :class:`~sandbox.policy.Policy`, its ``to_dict()``, or the
-path of that dict as a ``.json`` file), else from ``$TV_SANDBOX_POLICY`` (set in every sandboxed
+The policy comes from ``policy=`` (a :class:`~sandbox.policy.Policy`, its ``to_dict()``, the
+path of that dict as a ``.json`` file, or what ``sandbox.loader.load_policy`` returns with the
+run's ``host=`` and ``run_id=``: ``fsspec.filesystem("sandbox", policy=spec, host=H, run_id=R)``),
+else from ``$TV_SANDBOX_POLICY`` (set in every sandboxed
 step; see :func:`sandbox.policy.load_resolved`). With a
 local backend the local side of ``get``/``put`` is the same filesystem and is checked too; with a
 remote backend the local side is the caller's business (the Python guard covers it in a step).
@@ -50,7 +52,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike, stringify_path, tokenize
 
 from sandbox._fs_routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
-from sandbox.policy import Action, Op, Policy
+from sandbox.policy import Action, Op, Policy, PolicySpec
 
 PROTOCOL = "sandbox"
 __all__ = ["ENV_POLICY", "LAYER", "PROTOCOL", "SandboxFileSystem", "load_policy"]
@@ -71,13 +73,16 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
 
     def __init__(
         self,
-        policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        policy: Policy | PolicySpec | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         fs: Any = None,
         target_protocol: str | None = None,
         target_options: Mapping[str, Any] | None = None,
         on_event: EventSink | None = None,
         overlay: bool | None = None,
         fo: str | None = None,  # the path of a chained URL (sandbox::memory://...); paths come per call
+        host: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        mode: str = "enforce",
         **storage_options: Any,
     ) -> None:
         super().__init__(**storage_options)
@@ -88,7 +93,7 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
         if getattr(fs, "asynchronous", False):
             raise ValueError("SandboxFileSystem is synchronous: wrap the backend with asynchronous=False")
         self.fs = fs
-        self.policy = load_policy(policy)
+        self.policy = load_policy(policy, host, run_id, mode)
         self._local = isinstance(fs, LocalFileSystem)
         in_step = policy is None  # the run's own policy, from a sandboxed step's environment
         if on_event is None and in_step and os.environ.get(ENV_EVENTS):

@@ -18,6 +18,7 @@ from sandbox.policy import (
     Op,
     PolicySpec,
     Rule,
+    kernel_compilable,
 )
 
 TYPE_CHECKING = False
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-_TOP_KEYS = {"policy", "layout", "rule"}
+_TOP_KEYS = {"policy", "layout", "rule", "export"}
+_EXPORT_KEYS = {"max_bytes"}
 _POLICY_KEYS = {"name", "profile", "description", "kernel"}
 _LAYOUT_KEYS = {"lakehouse", "exports", "runs", "run_folders"}
 _RULE_KEYS = {"name", "paths", "ops", "action", "reason", "hint"}
@@ -47,9 +49,33 @@ def policies_dir() -> str:
     return packaged if os.path.isdir(packaged) else os.path.join(os.path.dirname(here), "policies")
 
 
+def built_in_names() -> list[str]:
+    """The names ``--policy NAME`` accepts: the built-in policy files, without ``.toml``."""
+    try:
+        return sorted(n[:-5] for n in os.listdir(policies_dir()) if n.endswith(".toml"))
+    except OSError:
+        return []
+
+
+def profile_warning(cli_profile: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """One line to print when ``TV_PROFILE`` holds a value that is no profile (``developement``):
+    the run falls back to production, and a typo must not pass silently. None otherwise."""
+    if cli_profile is not None:
+        return None
+    env = os.environ if environ is None else environ
+    value = env.get("TV_PROFILE")
+    if value is None or value in PROFILES or value == "":
+        return None
+    return (
+        f"TV_PROFILE={value!r} is not a profile ({', '.join(PROFILES)}); running as production "
+        "-- set TV_PROFILE=development or pass --profile"
+    )
+
+
 def resolve_profile(cli_profile: str | None, environ: Mapping[str, str] | None = None) -> str:
     """``--profile``, else ``TV_PROFILE``; anything but ``development`` -- unset included -- is
-    production. An explicit ``--profile`` must name a known profile."""
+    production (:func:`profile_warning` words the warning for an unknown value). An explicit
+    ``--profile`` must name a known profile."""
     if cli_profile is not None:
         if cli_profile not in PROFILES:
             raise UsageError(
@@ -61,16 +87,34 @@ def resolve_profile(cli_profile: str | None, environ: Mapping[str, str] | None =
     return "development" if env.get("TV_PROFILE") == "development" else "production"
 
 
+def _built_in(name: str) -> str | None:
+    """The file of the built-in policy ``name`` (``source-layout``), when ``name`` is one."""
+    if not _is_name(name) or name.endswith(".toml") or name.startswith("."):
+        return None
+    path = os.path.join(policies_dir(), f"{name}.toml")
+    return path if os.path.isfile(path) else None
+
+
 def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "production") -> PolicySpec:
-    """Load ``path``, or the built-in policy of ``profile``, and validate all of it."""
+    """Load ``path`` -- a policy file, or the name of a built-in policy (``source-layout``) -- or,
+    when None, the built-in policy of ``profile``, and validate all of it: its syntax and schema,
+    its profile, and that every layer can enforce each rule alike
+    (:func:`sandbox.policy.kernel_compilable`)."""
     if path is None:
         path = os.path.join(policies_dir(), f"{profile}.toml")
     src = os.fspath(path)
+    if not os.path.exists(src):
+        src = _built_in(src) or src
     try:
         with open(src, "rb") as fh:
             raw = fh.read()
     except FileNotFoundError:
-        raise PolicyError(src, "", "no such policy file; pass --policy FILE with an existing file") from None
+        raise PolicyError(
+            src,
+            "",
+            "no such policy file or built-in policy; pass --policy with an existing file or one of "
+            + ", ".join(built_in_names()),
+        ) from None
     except IsADirectoryError:
         raise PolicyError(src, "", "is a folder, not a policy file") from None
     except OSError as e:
@@ -83,6 +127,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "p
             f"this policy is for profile {spec.profile!r} but the run's profile is {profile!r}; "
             f"pass --profile {spec.profile} or a policy written for {profile}",
         )
+    kernel_compilable(spec)
     return spec
 
 
@@ -189,6 +234,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
     description = pol.get("description", "")
     _typed(description, str, src, "policy.description") if description else None
 
+    export_max_bytes(data, src)  # [export]: read by the exporter's caller, validated here
     lay = _typed(data.get("layout", None) or _missing(src, "layout"), dict, src, "layout")
     _unknown(lay, _LAYOUT_KEYS, src, "layout")
     dirs = {
@@ -261,6 +307,22 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
                 raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
         rules.append(Rule(rname, pats, frozenset(ops), Action.named(action), reason, hint))
     return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data)
+
+
+def export_max_bytes(data: Mapping[str, Any], src: str = "<memory>") -> int | None:
+    """``[export] max_bytes`` of a policy document (None: the exporter's default): the most a
+    run's files may add up to. A positive integer."""
+    table = data.get("export")
+    if table is None:
+        return None
+    _typed(table, dict, src, "export")
+    _unknown(table, _EXPORT_KEYS, src, "export")
+    value = table.get("max_bytes")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise PolicyError(src, "export.max_bytes", f"must be a positive number of bytes, not {value!r}")
+    return value
 
 
 def _missing(src: str, table: str) -> Any:

@@ -48,7 +48,7 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "tv-sandbox-manifest"
 SCHEMA_VERSION = 1
-STATUSES = ("succeeded", "failed")
+STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
 
 _CHUNK = 1 << 18
 

@@ -24,6 +24,7 @@ How a path is decided (first match wins):
 
 from __future__ import annotations
 
+import os
 import posixpath
 
 from sandbox._paths import is_within, parts
@@ -45,14 +46,18 @@ __all__ = [
     "OP_GROUPS",
     "OVERLAY_RULES",
     "PROFILES",
+    "RESERVED_RULE",
+    "RESERVED_RUN_FILES",
     "Action",
     "Decision",
+    "KernelPaths",
     "Layout",
     "Op",
     "Policy",
     "PolicySpec",
     "Rule",
     "RunContext",
+    "kernel_compilable",
     "load_resolved",
     "overlay_maps",
     "save_resolved",
@@ -71,6 +76,32 @@ OVERLAY_RULES = frozenset({"workspace-redirect", "read-through", "audit-read-thr
 def overlay_maps(d: Decision) -> bool:
     """Would the kernel layer's overlay carry out ``d`` by itself (see :data:`OVERLAY_RULES`)?"""
     return d.captured or d.rule in OVERLAY_RULES
+
+
+#: The sandbox's own files in a run folder (relative to ``$TV_RUN_DIR``; ``*`` within one name):
+#: the report, the export's manifest, the record of the policy, the event log, the steps' logs and
+#: audit mode's lakehouse diff. A step's mutation of one is denied by the built-in rule
+#: ``sandbox-reserved-name`` (before the policy file's rules: no policy can allow it), so a
+#: step's file is never silently replaced by the sandbox's. Documented in README.md.
+RESERVED_RUN_FILES: tuple[str, ...] = (
+    "sandbox_report.json",
+    "manifest.json",
+    "config/policy.json",
+    "logs/sandbox_events.jsonl",
+    "logs/sandbox_native.jsonl",
+    "logs/*.stderr.log",
+    "logs/*.stdout.log",
+    "reports/lakehouse_diff.json",
+)
+RESERVED_RULE = Rule(
+    "sandbox-reserved-name",
+    tuple("{run_dir}/" + n for n in RESERVED_RUN_FILES),
+    MUTATING,
+    Action.DENY,
+    "this name in the run folder is tv-sandbox's own (report, manifest, policy record, event log, "
+    "step logs, lakehouse diff)",
+    "write your file under another name, e.g. in $TV_RUN_DIR/reports/ or $TV_RUN_DIR/data/",
+)
 
 
 @record(frozen=True)
@@ -122,16 +153,31 @@ class PolicySpec:
     def bind(
         self,
         *,
-        host: str,
-        workspace: str,
+        host: str | os.PathLike[str],
         run_id: str,
+        workspace: str | None = None,
         mode: str = "enforce",
         temp_dirs: Sequence[str] = (),
         run_storage: str | None = None,
         mount_targets: Mapping[str, str] | None = None,
         profile: str | None = None,
     ) -> Policy:
-        """Place this policy on one run. All paths must be absolute and already real (realpath)."""
+        """Place this policy on one run.
+
+        The launcher passes every path absolute and already real (realpath). A library user passes
+        ``host`` and ``run_id`` only (``load_policy("production").bind(host=..., run_id=...)``):
+        then the host is its own workspace -- a relative or host path is redirected to
+        ``HOST/<runs>/<run_id>/<rel>``, the run folder, made on the first write -- and ``host`` and
+        the mounts' real targets are resolved here.
+        """
+        if workspace is None:
+            host = os.path.realpath(host)
+            workspace = host
+            if mount_targets is None:
+                mount_targets = {
+                    n: os.path.realpath(os.path.join(host, r)) for n, r in self.layout.mounts().items()
+                }
+        host = os.fspath(host)
         return Policy(
             self,
             RunContext(
@@ -220,7 +266,7 @@ class Policy:
         self.spec, self.ctx = spec, ctx
         lay = spec.layout
         ph = lay.placeholders(ctx.run_id)
-        self._rules = tuple(r.compile(ph) for r in spec.rules)
+        self._rules = tuple(r.compile(ph) for r in (RESERVED_RULE, *spec.rules))
         self.workspace = ctx.workspace
         self.run_rel: tuple[str, ...] = tuple(c for c in ph["run_dir"].split("/") if c)
         self.run_dir = posixpath.join(ctx.workspace, *self.run_rel)
@@ -274,6 +320,28 @@ class Policy:
             f"Policy({self.spec.name!r}, profile={c.profile!r}, mode={c.mode!r}, "
             f"workspace={c.workspace!r}, run_dir={self.run_dir!r}, host={c.host!r})"
         )
+
+    def user_path(self, path: str) -> str:
+        """A resolved ``path`` as the user knows it, for messages and event logs: relative to the
+        workspace (which is the host's layout) when it lies in the workspace, the host, a mount's
+        real target or the run folder's storage -- ``data/lakehouse/x``, never the temporary
+        ``/tmp/tv-sandbox-.../ws/data/lakehouse/x`` -- else unchanged."""
+        zone, rel = self._locate(parts(path))
+        if zone in (_OUTSIDE, _TEMP):
+            return path
+        return "/".join(rel) or "."
+
+    def kernel_paths(self) -> KernelPaths:
+        """The host paths the kernel layer must bind read-only or writable, beyond the mounts, so
+        that every layer enforces this policy's rules the same way (see :class:`KernelPaths`).
+
+        A rule on a folder outside the mounts (``deny configs/**``, ``allow data/cache/**``) is a
+        bind; a rule that only restates the kernel layer's default (a file of a read-only mount)
+        needs none. ``ValueError`` names a rule the kernel layer cannot enforce alike: a glob where
+        the default differs, a read denial, a redirect inside a mount, a denial inside the run
+        folder. Pure: decided on paths, no I/O.
+        """
+        return _kernel_paths(self)
 
     # -- the decision -----------------------------------------------------------------------------
 
@@ -442,6 +510,141 @@ class Policy:
             self.run_path(rel),
             reason="outputs of a run land in its run folder",
         )
+
+
+@record(frozen=True)
+class KernelPaths:
+    """What the kernel layer must add to its plan so that it enforces a policy's rules on paths
+    outside the mounts' defaults exactly as the Python guard does (``Policy.kernel_paths``).
+
+    Paths are relative to the workspace -- and, identically, to the host -- and sorted parents
+    first: bind them in this order, after the workspace overlay and the mounts' binds.
+    ``readonly``: bind ``HOST/<rel>`` read-only over ``<workspace>/<rel>`` (audit mode: a capture
+    overlay whose upper layer is ``$TV_RUN_DIR/audit/<rel>``, as for the mounts). ``writable``:
+    bind ``HOST/<rel>`` writable there and allow it in Landlock (an ``allow`` rule writes the host,
+    as development's lakehouse does). A path that does not exist on the host is skipped (nothing to
+    bind: a denied name that does not exist is created, if at all, in the run folder).
+    """
+
+    readonly: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+
+
+_WILD = ("*", "?", "[")
+_RO, _RW, _REDIRECT = "read-only", "writable", "redirected"
+
+
+def _kernel_refusal(rule: Rule, pattern: str, problem: str) -> ValueError:
+    return ValueError(
+        f"rule {rule.name!r} ({pattern}): {problem}. The kernel layer enforces a rule only on a "
+        "whole folder or file named without wildcards (e.g. 'configs/**' or 'data/cache'), as a "
+        "read-only or writable bind; reads are never denied by it. Name the folder, or drop the rule"
+    )
+
+
+def _kernel_paths(policy: Policy) -> KernelPaths:
+    """See :meth:`Policy.kernel_paths`; raises ``ValueError`` naming the rule the kernel cannot do."""
+    enforce = policy if policy.mode == "enforce" else Policy(policy.spec, replace(policy.ctx, mode="enforce"))
+    ws = enforce.ctx.workspace
+
+    def effective(rel: tuple[str, ...]) -> str:
+        a = enforce.decide(posixpath.join(ws, *rel), Op.WRITE).action
+        return _RO if a is Action.DENY else _RW if a is Action.ALLOW else _REDIRECT
+
+    opened = {name: effective((*mrel, "\x00")) == _RW for name, mrel in enforce._mount_rels.items()}
+
+    def default(rel: tuple[str, ...]) -> str:
+        if is_within(rel, enforce.run_rel):
+            return _RW
+        m = enforce._mount_of(rel)
+        if m is None:
+            return _REDIRECT
+        return _RW if opened[m] else _RO
+
+    ro: set[tuple[str, ...]] = set()
+    rw: set[tuple[str, ...]] = set()
+    for cr in enforce._rules:
+        rule = cr.rule
+        if rule is RESERVED_RULE:  # the run folder's own files: see report.set_aside_step_files
+            continue
+        shown = ", ".join(rule.paths)
+        if Op.READ in rule.ops and rule.action is Action.DENY:
+            raise _kernel_refusal(rule, shown, "it denies reads, which only the Python guard can do")
+        if not rule.ops & MUTATING:
+            continue
+        for pat in cr.patterns:
+            tree = bool(pat) and pat[-1] == "**"
+            rel = pat[:-1] if tree else pat
+            wild = next((i for i, c in enumerate(rel) if any(w in c for w in _WILD)), None)
+            if wild is not None:  # a glob: fine only where the rule does what the kernel does anyway
+                want = {Action.DENY: _RO, Action.ALLOW: _RW}.get(rule.action, _REDIRECT)
+                if want != default(rel[:wild]):
+                    raise _kernel_refusal(
+                        rule, shown, f"{'/'.join(pat)} is a glob where the kernel layer's default differs"
+                    )
+                continue
+            if not rel:
+                raise _kernel_refusal(rule, shown, "it names the whole workspace")
+            eff = effective((*rel, "\x00") if tree else rel)
+            base = default(rel)
+            if eff == base:
+                continue
+            if is_within(rel, enforce.run_rel):
+                raise _kernel_refusal(rule, shown, "the run folder stays writable under the kernel layer")
+            if eff == _REDIRECT:
+                raise _kernel_refusal(
+                    rule, shown, "a redirect inside a mount (the kernel layer binds the mounts whole)"
+                )
+            (ro if eff == _RO else rw).add(rel)
+    order = sorted(ro | rw, key=lambda r: (len(r), r))
+    return KernelPaths(
+        readonly=tuple("/".join(r) for r in order if r in ro),
+        writable=tuple("/".join(r) for r in order if r in rw),
+    )
+
+
+def bind_for_library(
+    policy: Policy | PolicySpec,
+    host: str | os.PathLike[str] | None,
+    run_id: str | None,
+    mode: str = "enforce",
+) -> Policy:
+    """``policy`` bound to a run: as it is when already bound (then ``host``/``run_id`` must be
+    None), else ``policy.bind(host=host, run_id=run_id, mode=mode)``. What the guard and the fsspec
+    filesystem do with ``policy=`` (one explained ``TypeError`` for what they cannot use)."""
+    if isinstance(policy, Policy):
+        if host is not None or run_id is not None:
+            raise TypeError("host= and run_id= bind a PolicySpec; this policy is already bound to its run")
+        return policy
+    if isinstance(policy, PolicySpec):
+        if host is None or run_id is None:
+            raise TypeError(
+                f"policy {policy.name!r} is not bound to a run yet: pass host= and run_id= too, or "
+                "bind it first: load_policy(...).bind(host=HOST, run_id=RUN_ID)"
+            )
+        return policy.bind(host=host, run_id=run_id, mode=mode)
+    raise TypeError(
+        f"policy must be a Policy (bound) or a PolicySpec (from load_policy), not {type(policy).__name__}"
+    )
+
+
+def kernel_compilable(spec: PolicySpec) -> KernelPaths:
+    """Check that the kernel layer can enforce every rule of ``spec`` as the Python guard does
+    (``Policy.kernel_paths`` of the spec placed on a sample run); :class:`~sandbox.errors.PolicyError`
+    naming the rule and what the kernel layer can enforce when it cannot. Pure."""
+    from sandbox.errors import PolicyError
+
+    h = "/tv-sandbox-check/host"
+    policy = spec.bind(
+        host=h,
+        workspace="/tv-sandbox-check/ws",
+        run_id="RUN_ID",
+        mount_targets={n: posixpath.join(h, r) for n, r in spec.layout.mounts().items()},
+    )
+    try:
+        return policy.kernel_paths()
+    except ValueError as e:
+        raise PolicyError(spec.source, "rule", str(e)) from None
 
 
 def save_resolved(policy: Policy, path: str) -> None:

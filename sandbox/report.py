@@ -30,7 +30,14 @@ _KERNEL_DENIAL_MARKERS = ("Read-only file system", "Permission denied", "Operati
 
 @record
 class StepRecord:
-    """One sandboxed command."""
+    """One sandboxed step: its command, how it ended, and what its whole process tree cost.
+
+    ``cpu_s`` is the user + system time of every process of the step; ``peak_rss_bytes`` the
+    highest total resident memory of its process tree seen while it ran (at least the largest
+    single process's). ``cut`` says why tv-sandbox ended the step, when it did: ``"timeout"``,
+    ``"cancelled"`` or ``"interrupted"`` (None: it ended by itself); ``cut_reason`` in words.
+    ``denied``/``redirected`` count the step's own events.
+    """
 
     argv: list[str]
     exit_code: int
@@ -38,6 +45,12 @@ class StepRecord:
     duration_s: float
     peak_rss_bytes: int
     stderr_tail: str = ""
+    name: str = "step"
+    cpu_s: float = 0.0
+    denied: int = 0
+    redirected: int = 0
+    cut: str | None = None
+    cut_reason: str = ""
 
 
 @record
@@ -74,11 +87,217 @@ def scattered_artifacts(run_storage: str, run_folders: Sequence[str]) -> list[st
     return sorted(p for p in out if p not in ours)
 
 
+#: The files the launcher writes into the run folder *after* the steps (the exporter writes the
+#: manifest into its stage). Each is a reserved name (:data:`sandbox.policy.RESERVED_RUN_FILES`):
+#: the guard and fsspec refuse a step's write to one, but a native or shell write under the kernel
+#: layer lands -- so, before writing its own, the launcher sets the step's aside.
+LAUNCHER_FILES = ("config/policy.json", REPORT_NAME, "manifest.json", LAKEHOUSE_DIFF)
+STEP_COPY_SUFFIX = ".from-step"
+
+
+def set_aside_step_files(run_storage: str) -> list[str]:
+    """Move each file a step left at a name the launcher is about to write (:data:`LAUNCHER_FILES`)
+    to ``<name>.from-step`` (``.from-step-2``... when taken): the sandbox never silently replaces a
+    step's file. Returns one line per file moved, for the report's warnings. A name that is a
+    folder or a symlink is moved too (``rename`` never follows the link)."""
+    lines: list[str] = []
+    for rel in LAUNCHER_FILES:
+        path = os.path.join(run_storage, rel)
+        parent = os.path.dirname(path)
+        if os.path.islink(parent) or not os.path.lexists(path):
+            continue  # a linked folder is replaced whole by write_into's own checks
+        for n in range(1, 100):
+            new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
+            if not os.path.lexists(new):
+                os.rename(path, new)
+                lines.append(
+                    f"a step wrote {rel}, a name reserved for tv-sandbox's own file: kept as "
+                    f"{os.path.relpath(new, run_storage)}"
+                )
+                break
+    return lines
+
+
+NATIVE_LAYER = "kernel"  # a write the kernel layer refused to native code, explained by the shim
+OVERLAY_LAYER = "overlay"  # a native write the overlay redirected into the run folder
+HOST_LAYER = "native"  # a native write the policy allows on the host (development's lakehouse)
+UNENFORCED = "unenforced"  # the action of a write the policy denies that reached the host anyway
+_OPS = {"write": "write", "delete": "delete", "rename": "rename", "mkdir": "mkdir", "rmdir": "rmdir",
+        "link": "link", "metadata": "metadata"}  # fmt: skip
+
+
+@record
+class NativeCounts:
+    """What :func:`explain_native` added to the event log."""
+
+    denied: int = 0
+    redirected: int = 0
+    captured: int = 0  # audit mode: native writes the capture overlays took
+    allowed: int = 0  # host changes the policy allows (development): listed in the report
+    unexplained: int = 0  # refused by the kernel where the policy would not deny (a file's own mode)
+    unenforced: int = 0  # the policy denies it, yet it succeeded (no kernel layer): the host changed
+
+
+def explain_native(run_storage: str, policy: Any, events_file: str) -> NativeCounts:
+    """Turn the explain shim's raw lines (:mod:`sandbox.native`) into explained events of the run's
+    event log; call it after each step (and before counting the step's events).
+
+    Each raw line names a call, the path as the program gave it and the folder it was relative to.
+    The path is placed (lexically) and decided by the policy, as the guard would have decided it:
+
+    * refused by the kernel and DENY by the policy: a ``deny`` (layer ``kernel``) with the rule,
+      reason and hint, and the user's path (``data/lakehouse/x``, not the workspace's);
+    * refused with EROFS where the policy would not deny: a ``deny`` of rule ``kernel-read-only``;
+      other EACCES/EPERM there are the file's own permissions, not the sandbox's: not recorded;
+    * a successful write the policy REDIRECTs (the overlay carried it into the run folder): a
+      ``redirect`` (layer ``overlay``; in audit mode a capture) -- unless the Python guard already
+      logged it (same process, same path);
+    * a successful write the policy ALLOWs on a mount (development's lakehouse): an ``allow``
+      (layer ``native``), so the report lists what the run changed there;
+    * a successful write the policy DENIES (no kernel layer: ``--kernel off``): an ``unenforced``
+      event -- the host changed against the policy, and the report says so.
+
+    The raw log is consumed (renamed, read, removed): the next call sees only newer lines.
+    """
+    import json
+
+    from sandbox.events import EventLog, read_events
+
+    raw = os.path.join(run_storage, "logs", "sandbox_native.jsonl")
+    taken = raw + ".reading"
+    counts = NativeCounts()
+    try:
+        os.rename(raw, taken)
+    except FileNotFoundError:
+        try:
+            EventLog(events_file).close()  # the run's event log exists even when nothing happened
+        except OSError:
+            pass
+        return counts
+    seen: set[tuple[int, str]] = set()  # (pid, path) the guard logged already
+    if os.path.exists(events_file):
+        for ev in read_events(events_file):
+            for key in ("resolved", "path"):
+                v = ev.get(key)
+                if isinstance(v, str) and isinstance(ev.get("pid"), int):
+                    seen.add((ev["pid"], os.path.normpath(v) if v.startswith("/") else v))
+    log = EventLog(events_file)
+    try:
+        with open(taken, "rb") as fh:
+            for line in fh:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict):
+                    _explain_one(ev, policy, seen, log, counts)
+    finally:
+        log.close()
+        try:
+            os.unlink(taken)
+        except OSError:
+            pass
+    return counts
+
+
+def _explain_one(
+    ev: Mapping[str, Any], policy: Any, seen: set[tuple[int, str]], log: Any, counts: NativeCounts
+) -> None:
+    """One raw line of the shim: the events it stands for (see :func:`explain_native`)."""
+    from functools import partial  # after the step: not on the start-up path
+
+    from sandbox.policy import Action, Op
+
+    try:
+        op = Op.named(_OPS[ev["op"]])
+        err, pid = int(ev["errno"]), int(ev["pid"])
+        paths = [str(ev["path"]), *([str(ev["path2"])] if ev.get("path2") else [])]
+    except (ValueError, KeyError, TypeError):
+        return
+    base = str(ev.get("dir") or "/")
+    for given in paths:
+        full = os.path.normpath(os.path.join(base, given))
+        d = policy.decide(full, op)
+        user = policy.user_path(full)
+        shown = os.path.join(policy.ctx.host, user) if not user.startswith("/") else user
+        emit = partial(log.emit, op=op, path=user, resolved=shown, profile=policy.profile, hint=d.hint)
+        if err:
+            if d.action is Action.DENY:
+                emit(layer=NATIVE_LAYER, action="deny", rule=d.rule, reason=d.reason)
+            elif err == 30:  # EROFS where the policy would not deny: the kernel layer's own read-only
+                emit(layer=NATIVE_LAYER, action="deny", rule="kernel-read-only",
+                     reason="the kernel layer keeps this place read-only",
+                     hint="write under $TV_RUN_DIR (a relative path lands there)")  # fmt: skip
+            else:
+                counts.unexplained += 1  # the file's own permissions: not the sandbox's doing
+                continue
+            counts.denied += 1
+            return  # a rename refused once is one denial, whichever end it was
+        if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
+            continue  # the guard logged it already
+        if d.action is Action.REDIRECT:  # the overlay carried it (audit mode: a capture overlay)
+            emit(layer=OVERLAY_LAYER, action="redirect", rule=d.rule, target=d.target,
+                 captured=d.captured, reason=d.reason)  # fmt: skip
+            if d.captured:
+                counts.captured += 1
+            else:
+                counts.redirected += 1
+        elif d.action is Action.ALLOW and policy._mount_of(tuple(user.split("/"))) is not None:
+            emit(layer=HOST_LAYER, action="allow", rule=d.rule, reason=d.reason)
+            counts.allowed += 1
+        elif d.action is Action.DENY:  # no kernel layer stopped it: the host changed
+            why = f"{d.reason} -- but no kernel layer enforced it: the change reached the host"
+            emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
+            counts.unenforced += 1
+
+
+def host_changes(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What a run changed on the host's mounts, in order, for the report: each write its policy
+    allows there (development's lakehouse) and each it denies that no kernel layer stopped --
+    ``{"op", "path", "rule", "allowed"}``."""
+    return [
+        {
+            "op": str(e.get("op")),
+            "path": str(e.get("path")),
+            "rule": str(e.get("rule")),
+            "allowed": e.get("action") == "allow",
+        }
+        for e in events
+        if e.get("action") in ("allow", UNENFORCED)
+    ]
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """The counts of the CLI's closing line: ``N denied, M redirected`` and, in audit mode,
+    ``captured K (lakehouse diff: c created, m modified, d deleted)``."""
+    ev = report.get("events", {})
+    by = ev.get("by_action", {})
+    captured = int(ev.get("captured", 0))
+    denied = int(by.get("deny", 0))
+    redirected = int(by.get("redirect", 0)) - captured
+    text = f"{denied} denied, {redirected} redirected"
+    if report.get("mode") == "audit":
+        diff = report.get("lakehouse_diff") or {}
+        counts = diff.get("counts", diff)
+        text += (
+            f", captured {captured} (lakehouse diff: {int(counts.get('created', 0))} created, "
+            f"{int(counts.get('modified', 0))} modified, {int(counts.get('deleted', 0))} deleted)"
+        )
+    changed = report.get("host_changes") or []
+    if changed:
+        against = sum(1 for c in changed if not c.get("allowed"))
+        text += f", {len(changed)} host change(s)"
+        text += f" ({against} AGAINST the policy: no kernel layer)" if against else " allowed by the policy"
+    return text
+
+
 def explain_failure(step: StepRecord, layers: Layers, protected: Mapping[str, str]) -> str | None:
     """A few lines telling a kernel-layer denial from a bug, or None when nothing points to one."""
     if step.exit_code == 0 or not layers.kernel:
         return None
-    hits = [m for m in _KERNEL_DENIAL_MARKERS if m in step.stderr_tail]
+    # a denial the guard or fsspec raised explains itself ("... -- tv-sandbox: rule ..."): not the kernel's
+    raw = "\n".join(ln for ln in step.stderr_tail.splitlines() if "-- tv-sandbox: rule " not in ln)
+    hits = [m for m in _KERNEL_DENIAL_MARKERS if m in raw]
     if not hits:
         return None
     mounts = ", ".join(f"{name} ({path})" for name, path in protected.items())
@@ -107,11 +326,14 @@ def build(
     protected: Mapping[str, str],
     warnings: Sequence[str] = (),
     lakehouse_diff: Mapping[str, Any] | None = None,
+    status: str | None = None,
 ) -> dict[str, Any]:
     """The report. ``lakehouse_diff``: the summary :func:`sandbox.lakediff.write` returns (audit
-    mode; None -- shown as null -- in enforce mode, which makes no diff)."""
+    mode; None -- shown as null -- in enforce mode, which makes no diff). ``status`` defaults to
+    ``succeeded`` when every step exited 0, else ``failed``."""
     explanations = [e for s in steps if (e := explain_failure(s, layers, protected))]
-    status = "succeeded" if steps and all(s.exit_code == 0 for s in steps) else "failed"
+    if status is None:
+        status = "succeeded" if steps and all(s.exit_code == 0 for s in steps) else "failed"
     return {
         "schema": "tv-sandbox-report",
         "schema_version": 1,
@@ -129,6 +351,8 @@ def build(
         "explanations": explanations,
         "warnings": list(warnings),
         "lakehouse_diff": dict(lakehouse_diff) if lakehouse_diff is not None else None,
+        # development: what the run changed on the host through a mount its policy opens
+        "host_changes": host_changes(events),
     }
 
 

@@ -125,8 +125,17 @@ class Decision:
     def denied(self) -> bool:
         return self.action is Action.DENY
 
-    def error(self, filename: Any, op: Op | str, *, profile: str = "", layer: str = "python") -> AccessDenied:
-        """The :class:`AccessDenied` an enforcer raises for this (denying) decision."""
+    def error(
+        self,
+        filename: Any,
+        op: Op | str,
+        *,
+        profile: str = "",
+        layer: str = "python",
+        resolved: str | None = None,
+    ) -> AccessDenied:
+        """The :class:`AccessDenied` an enforcer raises for this (denying) decision; ``resolved``
+        is the decided path as the user knows it (``Policy.user_path``; default: ``path``)."""
         return AccessDenied(
             filename,
             op=str(op),
@@ -135,7 +144,7 @@ class Decision:
             hint=self.hint,
             profile=profile,
             layer=layer,
-            resolved=self.path,
+            resolved=self.path if resolved is None else resolved,
         )
 
 

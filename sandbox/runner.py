@@ -1,15 +1,16 @@
-"""One sandboxed step, start to export: the piece ``tv-sandbox run`` and the orchestrator reuse.
+"""Before and at the start of a run: preflight, the kernel plan, and the launch of a step.
 
 ``preflight`` checks everything that can be checked before anything is written (RUN_ID, host
-layout, policy, existing export) and raises one explained error. ``execute`` builds the workspace,
-launches the command through the kernel layer (when available) with the Python guard bootstrapped
-from its environment, writes the report and exports the run folder atomically -- failed runs too,
-marked failed.
+layout, policy, existing export) and raises one explained error. ``kernel_plan`` turns a
+workspace and its policy into the mounts and Landlock rules of a step; ``_launch`` starts a run's
+first step with the strongest layer the kernel accepts, ``start_step`` every later one. The run
+itself -- workspace, steps, report, export -- is :class:`sandbox.run.Run`; ``execute`` is its
+one-step case (``tv-sandbox run``).
 
 Start-up cost is part of the contract (<= 50 ms over a bare interpreter), so the path up to the
 step's ``exec`` imports only what it uses: no ``json``, ``re``, ``dataclasses``, ``threading`` or
 ``shutil`` here. What the run needs afterwards (the exporter, hashing, JSON) is imported while the
-step runs (:func:`_meanwhile`), and the kernel layer is not probed in advance: the launch tries the
+step runs (``sandbox.run._meanwhile``), and the kernel layer is not probed in advance: the launch tries the
 full plan and falls back, only when the kernel refuses, to Landlock alone, then to the guard alone
 (or, when the kernel layer is required, refuses to run).
 """
@@ -17,15 +18,13 @@ full plan and falls back, only when the kernel refuses, to Landlock alone, then 
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
 from sandbox._record import field, record
 from sandbox.errors import KernelUnavailable, PreflightError, UsageError
 from sandbox.loader import NAME_CHARS, load_policy
-from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec, save_resolved
+from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec
 from sandbox.workspace import Workspace
 
 TYPE_CHECKING = False
@@ -34,10 +33,10 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from sandbox.kernel import Child, KernelPlan
+    from sandbox.run import Interrupted, Run, StepSpec  # noqa: F401  # re-exported lazily
 
 KERNEL_CHOICES = ("auto", "off", "require")
 _RUN_ID_CHARS = NAME_CHARS - {"."}
-_STDERR_TAIL = 8192
 POLICY_FILE = "policy.marshal"  # in the workspace's base folder: read by the step's interpreters
 POLICY_RECORD = "config/policy.json"  # in the run folder: the exported record of the policy
 
@@ -78,11 +77,16 @@ class Prepared:
 
 @record
 class RunOutcome:
+    """How a run ended: its exit status (the last step's; 128 + N when a signal N cut it), where
+    it was exported, its report, and its status (succeeded, failed, cancelled, interrupted)."""
+
     exit_code: int
     destination: str
     report: dict[str, Any]
     workspace: str | None  # kept workspace, if asked
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (bench/, doctor)
+    status: str = "succeeded"
+    warnings: list[str] = field(default_factory=list)
 
 
 def _dir_problem(path: str) -> str | None:
@@ -108,8 +112,6 @@ def preflight(req: RunRequest) -> Prepared:
         raise UsageError(f"unknown mode {req.mode!r}: use one of {', '.join(MODES)}")
     if req.kernel not in KERNEL_CHOICES:
         raise UsageError(f"unknown kernel setting {req.kernel!r}: use one of {', '.join(KERNEL_CHOICES)}")
-    if not req.argv:
-        raise UsageError("no command to run: put it after '--', e.g. tv-sandbox run ... -- python step.py")
     problem = _dir_problem(req.host)
     if problem:
         raise PreflightError(f"host root {req.host} {problem}: pass --root with the pipeline's top folder")
@@ -143,8 +145,7 @@ def preflight(req: RunRequest) -> Prepared:
         base = os.path.realpath(req.workspace_base)
         if _dir_problem(base):
             raise PreflightError(f"--workspace-dir {req.workspace_base} {_dir_problem(base)}")
-        if base == host or base.startswith(host + os.sep):
-            raise PreflightError(f"--workspace-dir {base} lies inside the host; choose a folder outside it")
+    _check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
     kernel = req.kernel
     if spec.kernel == "require" and kernel == "auto":
         kernel = "require"
@@ -153,12 +154,40 @@ def preflight(req: RunRequest) -> Prepared:
     return Prepared(req, host, spec, dest, kernel)
 
 
+def _check_workspace_base(workspace_base: str | None, host: str, targets: Mapping[str, str]) -> None:
+    """The workspace (the step's writable temp dir, run storage and overlay) must lie outside the
+    host and outside every mount: inside, the step's writable binds would cover the very paths
+    the read-only mounts protect, and the kernel layer could not both hold. Checks
+    ``--workspace-dir``, else every ``TMPDIR``, ``TEMP`` and ``TMP`` set and the temp dir the
+    workspace would go to."""
+    if workspace_base is not None:
+        places = [("--workspace-dir", workspace_base)]
+    else:
+        places = [
+            (f"${name}", os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)
+        ]
+        places.append(("the temp dir", workspace_mod.temp_root()))
+    protected = [("the host", host), *((f"the {name} mount", real) for name, real in targets.items())]
+    for what, path in places:
+        real = os.path.realpath(path)
+        for label, root in protected:
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
+                raise PreflightError(
+                    f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
+                    f"{fix} to a folder outside the host and its mounts"
+                )
+
+
 def kernel_plan(
     ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
-    The workspace becomes an overlay of the host whose upper layer is the run folder, the run
+    The step gets its own user, mount and PID namespaces (a fresh /proc, a minimal /dev with a
+    private /dev/shm),
+    every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
+    of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
     audit mode: overlays whose upper layer is $TV_RUN_DIR/audit/<mount>), and the whole view is
     bound over the host's own path too, so a host-absolute path behaves as its workspace path.
@@ -212,216 +241,156 @@ def kernel_plan(
         readonly_root=True,
         landlock=True,
         namespace=True,
+        pid_namespace=True,
+        private_shm=True,
+        minimal_dev=True,
     )
 
 
-class _Clock:
-    """Phase timings of a run (``TV_SANDBOX_TIMINGS=1`` prints them): where the start-up goes."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = now - self._t
-        self._t = now
-
-
-def _tee(src: int, dst: IO[bytes], log: IO[bytes], tail: bytearray, done: Any) -> None:
-    """Copy a step's stderr to ours and to its log file, keeping the tail for the report."""
-    try:
-        while chunk := os.read(src, 65536):
-            dst.write(chunk)
-            dst.flush()
-            log.write(chunk)
-            tail.extend(chunk)
-            del tail[:-_STDERR_TAIL]
-    finally:
-        os.close(src)
-        done.release()
-
-
-def _launch(
-    prep: Prepared, ws: Workspace, policy: Policy, base_env: dict[str, str], stderr: int
-) -> tuple[Child, KernelPlan | None]:
-    """Start the step with the strongest kernel layer this machine accepts.
-
-    Tried in order, each only when the one before was refused by the kernel (``KernelUnavailable``
-    from the forked child, before ``exec``): mount namespace + overlay + read-only binds +
-    Landlock; Landlock alone; the Python guard alone -- the last with a warning in the report,
-    or not at all when the kernel layer is required (exit 2, before the command ran).
-    """
+def start_step(
+    ws: Workspace,
+    env: Mapping[str, str],
+    argv: Sequence[str],
+    plan: KernelPlan | None,
+    *,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> Child:
+    """Start one step under ``plan`` (None: the Python guard alone) with the guard bootstrapped
+    from its environment; ``env`` is the run environment of the step."""
     from sandbox.guard.bootstrap import child_env
     from sandbox.kernel import spawn
 
-    req = prep.request
     policy_file = os.path.join(ws.base, POLICY_FILE)
     events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
+    full = child_env(
+        env, policy_file=policy_file, events_file=events_file, overlay=bool(plan and plan.overlays)
+    )
+    return spawn(list(argv), env=full, cwd=ws.root, plan=plan, stdout=stdout, stderr=stderr)
+
+
+@record
+class Launched:
+    """A started first step, and what the launch settled for the whole run."""
+
+    child: Child
+    plan: KernelPlan | None  # the kernel plan every step of the run gets (None: guard alone)
+    missing: dict[str, str]  # layer -> why it is not active (empty: every layer is)
+    warnings: list[str]
+
+
+def _launch(
+    prep: Prepared,
+    ws: Workspace,
+    policy: Policy,
+    env: Mapping[str, str],
+    argv: Sequence[str],
+    *,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> Launched:
+    """Start a run's first step with the strongest kernel layer this machine accepts.
+
+    Tried in order, each only when the one before was refused by the kernel (``KernelUnavailable``
+    from the forked child, before ``exec``): user + mount + PID namespaces, overlay, read-only
+    binds and Landlock; Landlock alone; the Python guard alone. Every fallback is a warning line,
+    and ``missing`` names each part of the full layer the step runs without. When the kernel layer
+    is required (``--kernel require``, or the policy's ``kernel = "require"``) only the full layer
+    will do: anything less refuses to run (exit 125, before the command ran). The plan it settles
+    on is the one every later step of the run gets.
+    """
+    req = prep.request
+
+    from sandbox.kernel import missing_layers
 
     def start(plan: KernelPlan | None) -> Child:
-        env = child_env(
-            base_env, policy_file=policy_file, events_file=events_file, overlay=bool(plan and plan.overlays)
-        )
-        return spawn(list(req.argv), env=env, cwd=ws.root, plan=plan, stderr=stderr)
+        return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr)
 
     if prep.kernel == "off":
-        return start(None), None
+        why = "turned off (--kernel off, or the policy's kernel = \"off\")"
+        return Launched(
+            start(None),
+            None,
+            missing_layers(None, why),
+            [f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
+             "(pyarrow, sqlite), shell commands and non-Python children can change it"],
+        )
     from sandbox.kernel import landlock
 
+    required = prep.kernel == "require"
     refusals: list[str] = []
+    abi, err = landlock.query_abi()
+    if abi == 0:
+        refusals.append(landlock.unavailable_reason(err))
     for namespace in (True, False):
+        if required and refusals:
+            break  # only the full layer will do
         if not namespace:
             ws.mirror()  # without the overlay, the workspace is the symlink skeleton
-            abi, err = landlock.query_abi()
             if abi == 0:
-                refusals.append(landlock.unavailable_reason(err))
                 break
         plan = kernel_plan(ws, req.mode, policy, namespace=namespace)
         try:
-            return start(plan), plan
+            child = start(plan)
         except KernelUnavailable as e:
             refusals.append(str(e))
+            continue
+        why = "; ".join(refusals)
+        warnings = []
+        if refusals:
+            what = (
+                "no Landlock"
+                if namespace
+                else "only Landlock and the Python guard are active; what the step writes into the "
+                "workspace is gathered into the run folder after each step"
+            )
+            warnings.append(f"kernel layer incomplete ({why}); {what}")
+        return Launched(child, plan, missing_layers(child.applied, why), warnings)
     why = "; ".join(refusals)
-    if prep.kernel == "require":
+    if required:
         raise KernelUnavailable(
-            f"the kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
+            f"the full kernel layer is required (policy {prep.spec.name}) but unavailable ({why}); "
             'run `tv-sandbox doctor`, or use a policy with kernel = "warn"'
         )
-    prep.warnings.append(f"kernel layer unavailable ({why}); only the Python guard is active")
-    return start(None), None
+    return Launched(
+        start(None),
+        None,
+        missing_layers(None, why),
+        [f"kernel layer unavailable ({why}); only the Python guard is active"],
+    )
 
 
-def _meanwhile(req: RunRequest) -> None:
-    """What the launcher does while its step runs: load what the end of the run needs (off the
-    start-up path, on the other core) and sweep what launchers killed before us left behind."""
-    import hashlib  # noqa: F401
-    import json  # noqa: F401
+def export_limit(prep: Prepared) -> int:
+    """``max_bytes`` for :func:`sandbox.export.export_run`: the policy's ``[export] max_bytes``,
+    else the exporter's default."""
+    from sandbox.export import DEFAULT_MAX_BYTES
+    from sandbox.loader import export_max_bytes
 
-    from sandbox import export, report  # noqa: F401
-    from sandbox.events import read_events  # noqa: F401
-
-    workspace_mod.sweep(req.workspace_base)
+    limit = export_max_bytes(prep.spec.data, prep.spec.source)
+    return DEFAULT_MAX_BYTES if limit is None else limit
 
 
 def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
-    """Run a prepared request: workspace, step, report, export. Returns the command's status."""
-    from _thread import allocate_lock, start_new_thread
+    """Run a prepared one-step request: workspace, step, report, export (``tv-sandbox run``).
 
-    req = prep.request
-    clock = _Clock()
-    ws = workspace_mod.create(
-        prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base, mirror=prep.kernel == "off"
-    )
-    clock.lap("workspace")
-    try:
-        policy = ws.bind(prep.spec, mode=req.mode, profile=req.profile)
-        logs = os.path.join(ws.run_storage, "logs")
-        os.makedirs(logs, exist_ok=True)
-        save_resolved(policy, os.path.join(ws.base, POLICY_FILE))
-        events_file = os.path.join(logs, report_mod.EVENTS_NAME)
-        base_env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
-        base_env.update(ws.env(req.profile))
-        rfd, wfd = os.pipe()
-        tail = bytearray()
-        out = stderr or sys.stderr.buffer
-        with open(os.path.join(logs, "step.stderr.log"), "wb") as log:
-            try:
-                child, plan = _launch(prep, ws, policy, base_env, wfd)
-            except BaseException:
-                os.close(rfd)
-                raise
-            finally:
-                os.close(wfd)
-            # A bare thread: ``threading`` costs an import on the start-up path, and this one
-            # needs no more than a lock to be joined.
-            pumped = allocate_lock()
-            pumped.acquire()
-            start_new_thread(_tee, (rfd, out, log, tail, pumped))
-            clock.lap("launch")
-            try:
-                _meanwhile(req)
-            finally:
-                result = child.wait()
-                pumped.acquire()
-            clock.lap("step")
-        import json
+    Returns the outcome; its ``exit_code`` is the command's status. A run of several steps is a
+    :class:`sandbox.run.Run`; this is the one-step case of it.
+    """
+    from sandbox.run import Run, StepSpec
 
-        from sandbox._paths import write_into
-        from sandbox.events import read_events, summarise
-        from sandbox.export import export_run
+    if not prep.request.argv:
+        raise UsageError("no command to run: put it after '--', e.g. tv-sandbox run ... -- python step.py")
 
-        # After the step, and never through what the step left there: the record is the launcher's.
-        write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
-        applied = getattr(child, "applied", None)
-        layers = report_mod.Layers(
-            python_guard=True,
-            landlock_abi=getattr(applied, "landlock_abi", 0) if applied else 0,
-            mount_namespace=bool(getattr(applied, "namespace", False)) if applied else False,
-            overlay=bool(getattr(applied, "overlay", False)) if applied else False,
-            readonly_mounts=bool(getattr(applied, "readonly_root", False)) if applied else False,
-            missing={} if plan is not None else {"kernel": "; ".join(prep.warnings) or "turned off"},
-        )
-        step = report_mod.StepRecord(
-            argv=list(req.argv),
-            exit_code=result.exit_code,
-            signal=result.signal,
-            duration_s=round(result.duration_s, 6),
-            peak_rss_bytes=result.peak_rss_bytes,
-            stderr_tail=tail.decode("utf-8", "replace")[-4000:],
-        )
-        events = read_events(events_file) if os.path.exists(events_file) else []
-        protected = {name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()}
-        lake_diff = None
-        if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
-            from sandbox import lakediff
+    with Run.open(prep, stderr=stderr) as run:
+        run.step(StepSpec(argv=list(prep.request.argv), name="step"))
+        return run.close()
 
-            mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
-            lake_diff = lakediff.write(
-                ws.run_storage,
-                report_mod.LAKEHOUSE_DIFF,
-                mounts,
-                events,
-                run_id=req.run_id,
-                run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
-            )
-        rep = report_mod.build(
-            run_id=req.run_id,
-            profile=req.profile,
-            mode=req.mode,
-            policy_name=prep.spec.name,
-            policy_sha256=prep.spec.sha256,
-            policy_source=prep.spec.source,
-            layers=layers,
-            steps=[step],
-            events=events,
-            event_summary=summarise(events),
-            scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
-            protected=protected,
-            warnings=prep.warnings,
-            lakehouse_diff=lake_diff,
-        )
-        report_mod.write(ws.run_storage, rep)
-        clock.lap("report")
-        export_run(
-            ws.run_storage,
-            prep.destination,
-            run_id=req.run_id,
-            status=rep["status"],
-            exit_code=result.exit_code,
-            policy_name=prep.spec.name,
-            policy_sha256=prep.spec.sha256,
-            overwrite=req.overwrite,
-            extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
-        )
-        clock.lap("export")
-        kept = ws.base if req.keep_workspace else None
-        if kept:  # a kept workspace is the user's now: never swept as a dead launcher's leftover
-            os.unlink(os.path.join(ws.base, workspace_mod.OWNER_FILE))
-            with open(os.path.join(ws.base, workspace_mod.KEPT_FILE), "w"):
-                pass
-        return RunOutcome(result.exit_code, prep.destination, rep, kept, clock.laps)
-    finally:
-        if not req.keep_workspace:
-            ws.remove()
-        clock.lap("cleanup")
+
+def __getattr__(name: str) -> Any:
+    # ``from sandbox.runner import Run, StepSpec``: the multi-step run lives in sandbox.run, which
+    # imports this module; resolved lazily so neither import is paid before it is used.
+    if name in ("Run", "StepSpec", "Interrupted"):
+        from sandbox import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,6 @@ the Python guard applies to ``$TV_RUN_DIR/<rel>``.
 from __future__ import annotations
 
 import os
-import time
 
 from sandbox._record import field, record
 from sandbox.policy import Layout, Policy, PolicySpec
@@ -104,18 +103,35 @@ class Workspace:
             profile=profile,
         )
 
+    @property
+    def native_events(self) -> str:
+        """The explain shim's raw log (``$TV_RUN_DIR/logs/sandbox_native.jsonl``, a reserved name)."""
+        return os.path.join(self.run_storage, "logs", "sandbox_native.jsonl")
+
+    def native_env(self, env: Mapping[str, str], *, build: bool = True) -> dict[str, str]:
+        """``env`` plus the explain shim (:mod:`sandbox.native`) for a step of this workspace: its
+        raw log, and the places whose successful writes it records -- the workspace under its own
+        path and the host's (the kernel layer binds the view over it), minus ``$TV_RUN_DIR``.
+        Without a shim (no compiler...), ``env`` as it is: native denials stay unexplained."""
+        from sandbox import native
+
+        lib = native.shim_path(build=build)
+        host_run = os.path.join(self.host, self.layout.runs, self.run_id)
+        return native.child_env(
+            env, self.native_events, lib, watch=(self.root, self.host), skip=(self.run_dir, host_run)
+        )
+
     def mirror(self) -> None:
         """Build the symlink skeleton of ``ws/`` (see the module docstring), once. The kernel
         layer's overlay does not need it -- it shows the host itself there -- so a launch builds it
         only when it runs without the overlay (Landlock alone, the guard alone)."""
         if os.listdir(self.root):
             return
-        special = {rel: self.mount_targets[name] for name, rel in self.layout.mounts().items()}
-        special[f"{self.layout.runs}/{self.run_id}"] = self.run_storage
-        _mirror(self.host, self.root, special)
+        _mirror(self.host, self.root, _skeleton(self)[1])
 
     def remove(self) -> None:
-        _rmtree(self.base)
+        """Remove the workspace, its ``owner`` marker last (see :func:`_remove_owned`)."""
+        _remove_owned(self.base)
 
 
 _PREFIX = "tv-sandbox-"
@@ -125,6 +141,27 @@ def _rmtree(path: str) -> None:
     import shutil  # not on the start-up path: a run removes its workspace after its step
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_owned(base: str) -> None:
+    """Remove a workspace folder with its ``owner`` marker last: a remover killed halfway (the
+    launcher itself, or another launcher's sweep) leaves what is left still provably owned, for
+    a later sweep to finish."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        names = []
+    for name in names:
+        if name != OWNER_FILE:
+            path = os.path.join(base, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                _rmtree(path)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+    _rmtree(base)
 
 
 def temp_root() -> str:
@@ -140,20 +177,34 @@ def temp_root() -> str:
     return os.getcwd()
 
 
-def _make_base(run_id: str, base_dir: str | None) -> str:
-    """A new private folder ``tv-sandbox-<ID>-<random>`` (what ``tempfile.mkdtemp`` does)."""
-    parent = base_dir if base_dir is not None else temp_root()
-    for _ in range(100):
-        path = os.path.join(parent, f"{_PREFIX}{run_id}-{os.urandom(6).hex()}")
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        return os.path.realpath(path)
-    raise FileExistsError(f"no free workspace name in {parent}")
-
+# -- ownership: what lets a later run prove a folder is a dead launcher's workspace ----------------
+#
+# A workspace is ``tv-sandbox-<RUN_ID>-<seal>``, made 0700, holding ``owner`` -- written 0600 by
+# the launcher, O_EXCL, never following a link -- with the launcher's pid, its start time (clock
+# ticks since boot: with the pid it names one process, never a reused pid) and a random token; the
+# seal is the first 16 hex digits of blake2b(token). The sweep removes a folder only when all of it
+# holds: a real folder owned by this user with no access for others, ``owner`` a regular file of
+# this user, private (0600), one link, in this format, whose token seals the folder's name, and whose
+# launcher is gone. A folder that merely looks like ours -- the name, an old mtime, a marker
+# copied from another workspace or written by hand without the token's seal -- is never touched.
+# The seal ties marker and name: a marker copied into another folder, or a folder renamed to look
+# like one, does not verify. (Someone who reads this and forges both on purpose can have the folder
+# removed -- as they could remove it themselves; a step cannot: under the kernel layer it cannot
+# write the temp dir at all, and the Python guard denies it.)
+# A launcher killed in the microseconds between ``mkdir`` and the marker leaves an empty folder
+# (or one with a partial marker): it is never swept, as it cannot be proved ours -- a few bytes.
 
 OWNER_FILE = "owner"
+KEPT_FILE = "kept"
+_OWNER_MAGIC = "tv-sandbox workspace owner v1"
+
+
+def _seal(token: str) -> str:
+    try:  # the C module alone: hashlib would load OpenSSL on the start-up path (~4 ms)
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - an interpreter built without it
+        from hashlib import blake2b
+    return blake2b(token.encode(), digest_size=8).hexdigest()
 
 
 def _start_time(pid: int) -> str | None:
@@ -166,22 +217,73 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(b")", 1)[1].split()[19].decode()
 
 
-KEPT_FILE = "kept"
+def _make_base(run_id: str, base_dir: str | None) -> str:
+    """A new private folder ``tv-sandbox-<ID>-<seal>`` with its ``owner`` marker (see above)."""
+    parent = base_dir if base_dir is not None else temp_root()
+    pid = os.getpid()
+    me = f"{pid} {_start_time(pid)}"
+    for _ in range(100):
+        token = os.urandom(16).hex()
+        path = os.path.join(parent, f"{_PREFIX}{run_id}-{_seal(token)}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(os.path.join(path, OWNER_FILE), flags, 0o600)
+        try:
+            os.write(fd, f"{_OWNER_MAGIC}\n{me} {token}\n".encode())
+        finally:
+            os.close(fd)
+        return os.path.realpath(path)
+    raise FileExistsError(f"no free workspace name in {parent}")
 
 
-def _stale_unowned(path: str) -> bool:
+def owner_of(path: str) -> tuple[int, str] | None:
+    """(pid, start time) of the launcher that provably made the workspace ``path``, or None when
+    ``path`` is not provably a workspace of this tool and this user (see the comment above)."""
+    import stat
+
+    name = os.path.basename(path)
+    if not name.startswith(_PREFIX) or "-" not in name[len(_PREFIX) :]:
+        return None
+    uid = os.getuid()
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
-        return False
-    return not os.path.exists(os.path.join(path, KEPT_FILE)) and time.time() - st.st_mtime > 2.0
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    try:
+        fd = os.open(os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mst = os.fstat(fd)
+        if not stat.S_ISREG(mst.st_mode) or mst.st_uid != uid or mst.st_mode & 0o077:
+            return None
+        if mst.st_nlink != 1 or mst.st_size > 256:
+            return None
+        text = os.read(fd, 256).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    lines = text.split("\n")
+    if len(lines) != 3 or lines[0] != _OWNER_MAGIC or lines[2]:
+        return None
+    fields = lines[1].split(" ")
+    if len(fields) != 3 or not fields[0].isdigit() or len(fields[2]) != 32:
+        return None
+    if _seal(fields[2]) != name.rpartition("-")[2]:
+        return None
+    return int(fields[0]), fields[1]
 
 
 def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Remove workspaces left behind by launchers that died (SIGKILL, power loss) in ``base_dir``.
 
-    A workspace records its launcher (pid and start time); one whose launcher is gone is removed.
-    Never touches a folder without that record. Returns the removed paths.
+    Only what :func:`owner_of` proves is a workspace of this tool and user, made by a launcher that
+    is gone; never by name or age. Kept workspaces (``--keep-workspace``) have no ``owner`` marker
+    and are never swept. Returns the removed paths.
     """
     base = os.fspath(base_dir) if base_dir is not None else temp_root()
     removed: list[str] = []
@@ -191,21 +293,25 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(base, name)
-        try:
-            with open(os.path.join(path, OWNER_FILE)) as fh:
-                pid_s, start = fh.read().split()
-        except (OSError, ValueError):
-            # no record: a launcher killed between creating the folder and recording itself
-            # (microseconds); anything older than a few seconds without one is such a leftover
-            # -- unless it was kept on purpose (--keep-workspace leaves a "kept" marker)
-            if _stale_unowned(path):
-                _rmtree(path)
-                removed.append(path)
+        owner = owner_of(path)
+        if owner is None:
             continue
-        if _start_time(int(pid_s)) != start:
-            _rmtree(path)
+        pid, start = owner
+        if _start_time(pid) != start:
+            _remove_owned(path)
             removed.append(path)
     return removed
+
+
+def keep(ws: Workspace) -> None:
+    """Hand a workspace to the user (``--keep-workspace``): its marker goes, so no sweep removes
+    it, and a ``kept`` file says why."""
+    try:
+        os.unlink(os.path.join(ws.base, OWNER_FILE))
+    except FileNotFoundError:
+        pass
+    with open(os.path.join(ws.base, KEPT_FILE), "w"):
+        pass
 
 
 def mount_targets(host: str, layout: Layout) -> dict[str, str]:
@@ -228,8 +334,6 @@ def create(
     base = _make_base(run_id, os.fspath(base_dir) if base_dir is not None else None)
     ws = Workspace(host_s, run_id, layout, base, dict(targets or mount_targets(host_s, layout)))
     try:
-        with open(os.path.join(base, OWNER_FILE), "w") as fh:
-            fh.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
         for sub in (ws.root, ws.tmp, ws.overlay_work, ws.run_storage):
             os.mkdir(sub, 0o700 if sub == ws.tmp else 0o755)
         for folder in layout.run_folders:
@@ -240,6 +344,140 @@ def create(
         ws.remove()
         raise
     return ws
+
+
+def _skeleton(ws: Workspace) -> tuple[set[str], dict[str, str]]:
+    """The real folders and the symlinks (rel -> target) :meth:`Workspace.mirror` made."""
+    special = {rel: ws.mount_targets[name] for name, rel in ws.layout.mounts().items()}
+    special[f"{ws.layout.runs}/{ws.run_id}"] = ws.run_storage
+    real_dirs: set[str] = {""}
+    for rel in special:
+        comps = rel.split("/")
+        real_dirs.update("/".join(comps[:i]) for i in range(1, len(comps)))
+    return real_dirs, special
+
+
+CONFLICT_SUFFIX = ".from-workspace"
+
+
+def consolidate(ws: Workspace) -> list[str]:
+    """Move into the run folder whatever the step wrote into the workspace skeleton; return the
+    run-folder-relative paths of the files (and symlinks) carried, sorted.
+
+    Without the kernel layer's overlay (Landlock alone, the guard alone) the workspace is the
+    symlink skeleton of :meth:`Workspace.mirror`: a native or shell write to ``data/x.parquet``
+    lands in its real folder ``ws/data/``, which is removed with the workspace. Everything there
+    that the skeleton did not make -- files, folders, symlinks the step created -- is *moved*
+    (``rename``: the workspace and the run folder's storage are one file system; nothing is
+    copied, nothing left behind) to ``$TV_RUN_DIR/<rel>``, where the guard puts a Python write to
+    the same path. A name the run folder already has (the guard redirected a write there) keeps
+    the run folder's file, and the workspace's goes beside it as ``<rel>.from-workspace``.
+
+    Never follows a symlink: the skeleton's own links (to the host, the mounts, the run folder)
+    are recognised by their targets and left; a link the step made is moved as a link. Call it
+    after the step, before the report and the export.
+    """
+    if not os.path.isdir(ws.root):
+        return []
+    real_dirs, special = _skeleton(ws)
+    carried: list[str] = []
+    store = _Store(ws.run_storage)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        here = os.path.join(ws.root, rel_dir) if rel_dir else ws.root
+        try:
+            names = sorted(os.listdir(here))
+        except OSError:
+            continue
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            path = os.path.join(here, name)
+            if os.path.islink(path):
+                host_twin = os.path.join(ws.host, rel)
+                if os.readlink(path) in (special.get(rel), host_twin):
+                    continue  # the skeleton's own link
+            elif rel in real_dirs and os.path.isdir(path):
+                stack.append(rel)
+                continue
+            carried.extend(store.carry(path, rel))
+    return sorted(carried)
+
+
+UNPLACED = "unplaced"
+
+
+class _Store:
+    """Where :func:`consolidate` moves things: the run folder's storage, entered folder by folder
+    without following a link the step may have planted there (``$TV_RUN_DIR/data -> /etc`` must
+    not carry the launcher's rename out of the run folder). What cannot be placed at its own path
+    goes below a fresh folder ``unplaced/`` (``unplaced-<n>/`` when that name is taken)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._unplaced: str | None = None
+
+    def _real_dir(self, rel_dir: str) -> bool:
+        """Make ``root/rel_dir`` folder by folder; False when a component is not a real folder."""
+        here = self.root
+        for comp in (c for c in rel_dir.split("/") if c):
+            here = os.path.join(here, comp)
+            try:
+                os.mkdir(here, 0o755)
+            except FileExistsError:
+                pass
+            except OSError:
+                return False
+            if os.path.islink(here) or not os.path.isdir(here):
+                return False
+        return True
+
+    def _fallback(self) -> str:
+        if self._unplaced is None:
+            for n in range(1000):
+                name = UNPLACED if n == 0 else f"{UNPLACED}-{n}"
+                try:
+                    os.mkdir(os.path.join(self.root, name), 0o755)
+                except FileExistsError:
+                    continue
+                self._unplaced = name
+                break
+            else:  # pragma: no cover - a thousand planted names
+                raise FileExistsError(f"no free folder name for unplaced outputs in {self.root}")
+        return self._unplaced
+
+    def carry(self, src: str, rel: str) -> list[str]:
+        parent = rel.rpartition("/")[0]
+        if not self._real_dir(parent):
+            rel = f"{self._fallback()}/{rel}"
+            if not self._real_dir(rel.rpartition("/")[0]):  # pragma: no cover - a fresh folder
+                return []
+        return _carry(src, os.path.join(self.root, rel), rel, self)
+
+
+def _carry(src: str, dst: str, rel: str, store: _Store) -> list[str]:
+    """Move ``src`` to ``dst`` (merging folders); the run-folder-relative files moved."""
+    if os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst):
+        out: list[str] = []
+        for name in sorted(os.listdir(src)):
+            out.extend(_carry(os.path.join(src, name), os.path.join(dst, name), f"{rel}/{name}", store))
+        try:
+            os.rmdir(src)
+        except OSError:
+            pass
+        return out
+    if os.path.lexists(dst):
+        dst, rel = dst + CONFLICT_SUFFIX, rel + CONFLICT_SUFFIX
+        if os.path.lexists(dst):
+            return store.carry(src, f"{store._fallback()}/{rel}") if not rel.startswith(UNPLACED) else []
+    os.rename(src, dst)
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        return [
+            os.path.join(rel, os.path.relpath(os.path.join(d, f), dst))
+            for d, dirs, files in os.walk(dst)
+            for f in [*files, *(x for x in dirs if os.path.islink(os.path.join(d, x)))]
+        ]
+    return [rel]
 
 
 def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:

@@ -491,14 +491,16 @@ def _model(w: World, p: str, op: Op, follow: bool) -> tuple[str, Action, str, st
 
 
 def _merged(w: World, p: str) -> str:
-    """Where a read of ``p`` looks (read-your-writes: the run folder's copy first)."""
-    real = resolve(p)
-    d = w.policy.decide(real, Op.READ)
-    if d.action is Action.REDIRECT and d.target is not None:
-        t = resolve(d.target)
-        if os.path.exists(t):
-            return t
-    return real
+    """Where a read of ``p`` looks (read-your-writes: the run folder's copy first; when that copy
+    leads to a host path -- an alias of the workspace path -- that path's copy in turn, as far as
+    ``Policy.settle`` follows a mutation's: the deepest that exists)."""
+    chain = [resolve(p)]
+    for _ in range(4):
+        d = w.policy.decide(chain[-1], Op.READ)
+        if d.action is not Action.REDIRECT or d.target is None:
+            break
+        chain.append(resolve(d.target))
+    return next((t for t in reversed(chain[1:]) if os.path.exists(t)), chain[0])
 
 
 def known_shapes(w: World, c: Call) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Every bad input to `tv-sandbox run`: one clear line on stderr, exit 2, nothing written."""
+"""Every bad input to `tv-sandbox run`: one clear line on stderr, exit 125, nothing written."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from conftest import tree_snapshot
 
 from sandbox.cli import main
+from sandbox.errors import EXIT_SANDBOX
 from sandbox.samples import make_host
 
 Setup = Callable[[Path], None]
@@ -185,9 +186,9 @@ def test_bad_input(
     before = tree_snapshot(tmp_path)
     code = main(_argv(host, tmp_path, extra))
     err = capsys.readouterr().err
-    assert code == 2, err
+    assert code == EXIT_SANDBOX == 125, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tv-sandbox: error: "), err
+    assert len(lines) == 1 and lines[0].startswith("tv-sandbox: error before the command ran: "), err
     assert says in lines[0], lines[0]
     assert tree_snapshot(tmp_path) == before  # nothing written: not the host, not a workspace
 
@@ -205,7 +206,7 @@ def test_read_only_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         subprocess.run(["mount", "-o", "remount,bind,ro", str(host)], check=True)
         code = main(["run", "--root", str(host), "--run-id", "R1", "--", sys.executable, "-c", "pass"])
         err = capsys.readouterr().err
-        assert code == 2 and "read-only" in err and len(err.strip().splitlines()) == 1, err
+        assert code == 125 and "read-only" in err and len(err.strip().splitlines()) == 1, err
     finally:
         subprocess.run(["umount", str(host)], check=True)
 
@@ -227,4 +228,4 @@ def test_python_m_sandbox_is_the_same_cli(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+    assert r.returncode == 125 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr

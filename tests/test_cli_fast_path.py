@@ -65,7 +65,9 @@ def test_fast_path_knows_every_option_of_run() -> None:
     parser = _parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     run = sub.choices["run"]
-    options = {s: a for a in run._actions for s in a.option_strings if s.startswith("--") and a.dest != "help"}
+    options = {
+        s: a for a in run._actions for s in a.option_strings if s.startswith("--") and a.dest != "help"
+    }
     assert set(options) == set(_RUN_OPTIONS)
     for flag, (dest, takes_value) in _RUN_OPTIONS.items():
         action = options[flag]

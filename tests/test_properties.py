@@ -33,6 +33,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sandbox._paths import is_within, parts, resolve
+from sandbox.fs import SandboxFileSystem
+from sandbox.guard import guarded
 from sandbox.loader import load_policy
 from sandbox.policy import MUTATING, Action, Op
 from sandbox.samples import make_host
@@ -135,6 +137,7 @@ calls = st.builds(
     as_bytes=st.booleans(),
 )
 
+
 def _show(c: Call, raw: str, shapes: tuple[str, ...], g: Outcome, f: Outcome) -> str:
     return (
         f"{c.verb} {raw!r}{' (bytes)' if c.as_bytes else ''} [{', '.join(shapes) or 'must agree'}]\n"
@@ -209,6 +212,10 @@ FIXED: dict[str, Call] = {
     # the original of a redirect that leads on through a planted link is where the link leads
     "mkdir-existed-in-the-read-view-only": Call("mkdir", "{host}/", ("to_host", "artifacts")),
     "delete-through-a-planted-link-to-the-host": Call("delete", "", ("to_host", "artifacts")),
+    # a read's run-folder copy led through the run's link to a host path, whose own copy (the host
+    # path is an alias of the workspace path) was not looked at: neither saw the folder `reports`,
+    # the guard's rename failed on it, fsspec's backend mv moved into it
+    "read-through-an-alias-the-run-folder-links-to": Call("rename_to", "", ("to_host", "to_host", "reports")),
 }
 
 
@@ -220,6 +227,25 @@ def test_fixed_disagreement_stays_fixed(worlds: Worlds, name: str) -> None:
     shown = _show(c, c.raw(worlds.get()), (), g, f)
     assert not g.escaped() and not f.escaped(), shown
     assert g == f, shown
+
+
+def test_a_read_follows_the_run_folders_link_to_an_alias(worlds: Worlds) -> None:
+    """``to_host`` is the run's link to the host, and ``$HOST/to_host`` an alias of the workspace's
+    ``to_host``, so ``to_host/to_host/reports`` is the workspace's ``reports``: the run folder's
+    (empty) copy first, then the host's own files -- for both enforcers, as the kernel shows it."""
+    w = worlds.get()
+    w.clean()
+    fs = SandboxFileSystem(policy=w.policy)
+    cwd = os.getcwd()
+    os.chdir(w.ws.root)
+    try:
+        p = "to_host/to_host/reports"
+        with guarded(w.policy):
+            g = (os.path.isdir(p), Path(p, "x.csv").read_text(), Path(p, "nope").exists())
+        f = (fs.isdir(p), fs.cat_file(f"{p}/x.csv").decode(), fs.exists(f"{p}/nope"))
+    finally:
+        os.chdir(cwd)
+    assert g == f == (True, "host-only\n", False)
 
 
 def test_the_resolver_climbs_as_the_kernel_does(world: World) -> None:

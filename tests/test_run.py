@@ -125,7 +125,7 @@ def test_exit_status_is_the_commands_and_failed_runs_are_exported(host: Path) ->
 def test_overwrite_swaps_atomically(host: Path) -> None:
     assert run(host, "R", sys.executable, "-c", "open('a.txt', 'w').write('1')").returncode == 0
     r = run(host, "R", sys.executable, "-c", "pass")
-    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert r.returncode == 125 and "--overwrite" in r.stderr
     r = run(host, "R", sys.executable, "-c", "open('b.txt', 'w').write('2')", extra=("--overwrite",))
     assert r.returncode == 0, r.stderr
     out = host / RUNS / "R"
@@ -204,11 +204,41 @@ def test_without_namespaces_the_launch_falls_back_to_landlock(
     _refusing(monkeypatch, lambda plan: plan.namespace)
     before = lake(host)
     out = execute(preflight(RunRequest(host=str(host), run_id="ll", argv=[sys.executable, "-c", STEP])))
-    assert out.exit_code == 0 and out.report["warnings"] == []
+    # Never a silent downgrade: one warning line, and the report names what is missing.
+    assert out.exit_code == 0 and len(out.report["warnings"]) == 1
+    assert "only Landlock and the Python guard are active" in out.report["warnings"][0]
     layers = out.report["layers"]
     assert layers["landlock_abi"] > 0 and not layers["mount_namespace"] and not layers["overlay"]
+    assert {"mount_namespace", "pid_namespace", "user_namespace", "private_shm"} <= set(layers["missing"])
+    assert "unshare: Operation not permitted" in layers["missing"]["pid_namespace"]
     assert (host / RUNS / "ll" / "reports" / "out.txt").read_text() == "x"  # the guard redirected it
     assert lake(host) == before
+
+
+@pytest.mark.parametrize("refused", ["namespaces", "landlock"])
+def test_require_means_the_full_layer(
+    host: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--kernel require refuses to run with anything less than namespaces + overlay + read-only
+    binds + Landlock: no fallback to Landlock alone, none to the namespaces without Landlock."""
+    from sandbox.cli import main
+    from sandbox.kernel import landlock
+
+    if refused == "namespaces":
+        _refusing(monkeypatch, lambda plan: plan.namespace)
+    else:
+        monkeypatch.setattr(landlock, "query_abi", lambda: (0, 38))
+    (tmp_path / "ws").mkdir()
+    before = tree_snapshot(host)
+    argv = ["run", "--root", str(host), "--run-id", "req", "--kernel", "require"]
+    code = main([*argv, "--workspace-dir", str(tmp_path / "ws"), "--", sys.executable, "-c", STEP])
+    err = capsys.readouterr().err
+    assert code != 0 and "full kernel layer is required" in err and len(err.strip().splitlines()) == 1
+    assert tree_snapshot(host) == before and list((tmp_path / "ws").iterdir()) == []
 
 
 @pytest.mark.parametrize("kernel", ["auto", "require"])
@@ -228,7 +258,7 @@ def test_when_the_kernel_refuses_everything(
     code = main([*argv, "--workspace-dir", str(tmp_path / "ws"), "--", sys.executable, "-c", STEP])
     assert list((tmp_path / "ws").iterdir()) == []
     if kernel == "require":
-        assert code == 2 and tree_snapshot(host) == before
+        assert code == 125 and tree_snapshot(host) == before
         return
     assert code == 0
     report = json.loads((host / RUNS / "none" / "sandbox_report.json").read_text())

@@ -84,11 +84,12 @@ def test_sigkill_at_random_moments(tmp_path: Path, victim: str) -> None:
         assert tree_snapshot(host / "data" / "lakehouse") == lake
     if victim == "launcher":
         assert {"absent", "complete"} <= set(states) or len(set(states)) == 1, states
-        # a later run sweeps the workspaces the killed launchers left behind (one killed while
-        # creating its folder has no record yet: swept once it is a few seconds old)
-        time.sleep(2.5)
+        # a later run sweeps the workspaces the killed launchers left behind; one killed in the
+        # microseconds between creating its folder and writing its marker cannot be proved ours:
+        # it stays, holding nothing but (part of) the marker
         subprocess.run(_cmd(host, "after", base, files=1), check=True, capture_output=True)
-        assert [p.name for p in base.iterdir()] == []
+        for left in base.iterdir():
+            assert {p.name for p in left.iterdir()} <= {"owner"}, list(left.rglob("*"))
     else:
         assert all(s == "complete" for s in states), states  # the launcher survives its step
 
@@ -111,7 +112,7 @@ def test_eight_concurrent_runs(tmp_path: Path) -> None:
         for f in (out / "reports").iterdir():
             assert f.read_text() == rid * 50  # nothing mixed between runs
     dup_codes = sorted(c for c, _ in codes[5:])
-    assert dup_codes[0] == 0 and all(c in (0, 2, 3) for c in dup_codes), codes[5:]
+    assert dup_codes[0] == 0 and all(c in (0, 125) for c in dup_codes), codes[5:]
     assert dup_codes.count(0) == 1, "exactly one duplicate RUN_ID may be exported without --overwrite"
     assert verify(host / RUNS / "dup") == []
     assert tree_snapshot(host / "data" / "lakehouse") == lake
@@ -142,6 +143,25 @@ LINGER = (
     "    open(beat, 'w').write(str(i))\n"
     "    time.sleep(0.01)\n"
 )
+
+
+def _host_pid(pid: int, marker: str) -> int:
+    """The pid, in our PID namespace, of the step that reported ``pid`` from its own (the kernel
+    layer gives a step a PID namespace: its ``os.getpid()`` is small there): the process whose
+    command line holds ``marker`` and whose last NSpid is ``pid``."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if marker.encode() not in Path(f"/proc/{name}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if nspid and int(nspid[-1]) == pid:
+            return int(name)
+    raise AssertionError(f"no process with {marker!r} and the in-namespace pid {pid}")
 
 
 def _running(pid: int, started: str) -> bool:
@@ -175,7 +195,7 @@ def test_step_dies_with_sigkilled_launcher(
             if not line:  # the launcher (and the step) ended before the step said its pid
                 _, err = proc.communicate(timeout=30)
                 pytest.fail(f"the step never started (exit {proc.returncode}): {err}")
-        pid = int(line.split()[1])
+        pid = _host_pid(int(line.split()[1]), "beat.txt")
         started = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
         assert _running(pid, started)
         time.sleep(0.2)  # well into its writing loop

@@ -26,8 +26,9 @@ import os
 import sys
 
 from sandbox._record import replace
+from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
-from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, TOKEN, Engine
+from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, INTERNAL, TOKEN, Engine
 from sandbox.guard._files import structural
 from sandbox.policy import Op
 
@@ -80,7 +81,21 @@ def _open(g: Engine, a: tuple[Any, ...]) -> None:
         if g.read_rules:
             check(g, path, Op.READ, None, True)
         return
+    if flags & _APPEND_ONLY == os.O_APPEND and _is_event_log(path):
+        return  # an EventLog (fsspec's, in a step) appending to the run's log: a reserved name
     check(g, path, Op.WRITE, None, (flags & _EXCL) != _EXCL and not flags & os.O_NOFOLLOW)
+
+
+_APPEND_ONLY = os.O_APPEND | os.O_TRUNC
+
+
+def _is_event_log(path: Any) -> bool:
+    """Is ``path`` the run's event log (``TV_SANDBOX_EVENTS``), as :class:`EventLog` opens it?"""
+    log = os.environ.get("TV_SANDBOX_EVENTS")
+    try:
+        return bool(log) and _engine._to_str(path) == log
+    except (TypeError, ValueError):
+        return False
 
 
 def _mmap(g: Engine, a: tuple[Any, ...]) -> None:
@@ -143,14 +158,17 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     if g is None:
         return
     tok = TOKEN.obj
-    if tok is not None and args[0] is tok:
+    if tok is not None and (args[0] is tok or tok is INTERNAL):
         return  # decided by a wrapper, which also keeps the caches right
     if event in _INVALIDATE:
         if _changes_resolution(event, args):
             _engine.invalidate_all()
     elif event == "os.chdir":
         _engine.invalidate_all(cwd=True)
-    _HANDLERS[event](g, args)
+    try:
+        _HANDLERS[event](g, args)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
 
 
 def ensure_hook() -> None:

@@ -50,6 +50,7 @@ from sandbox._record import replace
 from sandbox.errors import AccessDenied
 from sandbox.guard._files import (
     copy_up_path,
+    exists,
     has_links,
     isdir,
     lexists,
@@ -79,6 +80,9 @@ class _Token(_local):
 
 
 TOKEN = _Token()
+#: ``TOKEN.obj`` while the guard itself makes a redirect target's folders (the run folder, made on
+#: demand -- in library use it lies in the host): the hook lets every path through meanwhile.
+INTERNAL: object = object()
 
 #: The innermost active engine (None: no guard, or paused); the stack of installs.
 CURRENT: Engine | None = None
@@ -91,6 +95,9 @@ _S_ISLNK = stat.S_ISLNK
 _UNSTABLE = ("/proc/", "/dev/fd/")  # what these name changes with the open descriptors
 NOOP = "\x00noop"  # ``removable``: an audit capture of a host original, nothing to do
 _MISS: Any = object()
+#: How many further copies a read follows (as ``Policy.settle`` re-decides a mutation's redirect;
+#: ``sandbox/_fs_routing.py`` follows as many).
+READ_HOPS = 4
 
 
 class Fam:
@@ -209,7 +216,11 @@ class Engine:
             return Fam(d.action, real, None, d, not reads and d.action is ALLOW and has_links(real))
         dest = self.head_real(d.target)
         if reads:
-            return Fam(d.action, real, dest, d, False, False)
+            # the copy's folder leads on (a link the run planted, to a host path): the exact path
+            again = self.policy.decide_children(dest, READ)
+            if again is None or again.action is not ALLOW:
+                return None
+            return Fam(d.action, real, dest, d, False, has_links(dest))
         again = self.policy.decide_children(dest, op)  # settle: every entry there must be allowed
         if again is None or again.action is not ALLOW:
             return None
@@ -244,12 +255,14 @@ class Engine:
                 d.captured,
                 self.profile,
                 d.reason,
+                d.hint,
             )
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
         self.log(d, op, arg, d.path, None, "deny", layer)
-        return d.error(arg, op, profile=self.profile, layer=layer)
+        shown_path = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
+        return d.error(arg, op, profile=self.profile, layer=layer, resolved=shown_path)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -269,7 +282,8 @@ class Engine:
                     if fam.dest is None:
                         return None
                     t = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
-                    return t if type(arg) is str else like(arg, t)
+                    if not (follow and fam.links_dst and self._is_link(t)):
+                        return t if type(arg) is str else like(arg, t)
         real = self._resolve_exact(p, dir_fd, follow)
         d = self.decide(real, READ)
         if d.action is ALLOW:
@@ -278,7 +292,26 @@ class Engine:
             raise self.deny(d, arg, READ)
         if d.target is None or self._on_original(d):
             return None
-        return like(arg, d.target)
+        return like(arg, self._read_place(d.target, follow))
+
+    def _read_place(self, t: str, follow: bool) -> str:
+        """Where a read redirected to ``t`` (the run folder's copy) looks. The copy may lead --
+        through a link the run planted -- to a host path: an alias of the workspace path, whose
+        reads look in the run folder first too (the kernel layer shows the workspace at the host's
+        path). So the redirect is followed as ``Policy.settle`` follows a mutation's, and the
+        deepest copy that exists wins (an overlay's upper layer); none: ``t``, as before."""
+        real = self._resolve_exact(t, None, follow)  # cached folder + an lstat: the common case
+        chain = [t]
+        for _ in range(READ_HOPS):
+            d = self.decide(real, READ)
+            if d.action is not REDIRECT or d.target is None or self._on_original(d):
+                break
+            chain.append(d.target)
+            real = _paths.resolve(d.target, follow=follow)
+        for place in reversed(chain[1:]):
+            if (exists if follow else lexists)(place):
+                return place
+        return t
 
     def _resolve_exact(self, p: str, dir_fd: int | None, follow: bool) -> str:
         if dir_fd is None:
@@ -473,7 +506,11 @@ class Engine:
         if not isdir(parent):
             if not isdir(real.rpartition("/")[0] or "/"):
                 return
-            makedirs(parent)
+            before, TOKEN.obj = TOKEN.obj, INTERNAL
+            try:
+                makedirs(parent)
+            finally:
+                TOKEN.obj = before
         if len(self._dirs) >= _CACHE_MAX:
             self._dirs.clear()
         self._dirs.add(parent)
@@ -493,4 +530,15 @@ def flush_events() -> None:
                 pass
 
 
-__all__ = ["CURRENT", "NOOP", "STACK", "TOKEN", "Engine", "Fam", "invalidate_all", "like", "shown"]
+__all__ = [
+    "CURRENT",
+    "INTERNAL",
+    "NOOP",
+    "STACK",
+    "TOKEN",
+    "Engine",
+    "Fam",
+    "invalidate_all",
+    "like",
+    "shown",
+]

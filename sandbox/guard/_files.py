@@ -48,6 +48,14 @@ def lexists(path: str) -> bool:
     return True
 
 
+def exists(path: str) -> bool:
+    try:
+        o_stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def has_links(folder: str) -> bool:
     """Does ``folder`` hold a symlink (or too many entries to tell cheaply)? Missing: no."""
     try:

@@ -21,7 +21,7 @@ from sandbox.guard._engine import Engine
 from sandbox.guard._files import o_open
 from sandbox.guard._listing import read_wrappers
 from sandbox.guard._os import GuardedFileIO, guarded_open, os_wrappers
-from sandbox.policy import Policy
+from sandbox.policy import Policy, PolicySpec, bind_for_library
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -140,14 +140,25 @@ class _Paused:
             _refresh()
 
 
-def install(policy: Policy, *, events: Any = None, overlay: bool = False) -> Guard:
+def install(
+    policy: Policy | PolicySpec,
+    *,
+    events: Any = None,
+    overlay: bool = False,
+    host: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    mode: str = "enforce",
+) -> Guard:
     """Install the Python guard for ``policy`` in this process and return it (see the package doc).
 
+    ``policy``: a bound :class:`~sandbox.policy.Policy`, or what ``load_policy`` returns (a
+    :class:`~sandbox.policy.PolicySpec`) with the run it applies to -- ``host`` and ``run_id``
+    (and ``mode``) -- bound here as ``PolicySpec.bind(host=..., run_id=...)`` does.
     ``events``: an :class:`~sandbox.events.EventLog` every deny and redirect is appended to.
     ``overlay``: the kernel layer's overlay is active (workspace redirects run on the original path).
     """
     global _patches
-    eng = Engine(policy, events, overlay)
+    eng = Engine(bind_for_library(policy, host, run_id, mode), events, overlay)
     with _LOCK:
         if _patches is None:
             _patches = _patch_all()
@@ -157,9 +168,18 @@ def install(policy: Policy, *, events: Any = None, overlay: bool = False) -> Gua
     return Guard(eng)
 
 
-def guarded(policy: Policy, *, events: Any = None, overlay: bool = False) -> Guard:
-    """``with guarded(policy): ...`` -- install now, uninstall at the end of the block."""
-    return install(policy, events=events, overlay=overlay)
+def guarded(
+    policy: Policy | PolicySpec,
+    *,
+    events: Any = None,
+    overlay: bool = False,
+    host: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    mode: str = "enforce",
+) -> Guard:
+    """``with guarded(policy): ...`` -- install now, uninstall at the end of the block (the
+    arguments are :func:`install`'s)."""
+    return install(policy, events=events, overlay=overlay, host=host, run_id=run_id, mode=mode)
 
 
 def active() -> Guard | None:

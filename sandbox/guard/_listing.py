@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
 from sandbox.guard._engine import Engine
 from sandbox.policy import Op
@@ -29,7 +30,10 @@ _MISSING = (FileNotFoundError, NotADirectoryError)
 def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> os.stat_result:
     g = _engine.CURRENT
     if g is not None and not isinstance(path, int):
-        t = g.read_target(path, dir_fd, follow_symlinks)
+        try:
+            t = g.read_target(path, dir_fd, follow_symlinks)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         if t is not None:
             try:
                 return o_stat(t, follow_symlinks=follow_symlinks)
@@ -43,7 +47,10 @@ def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) 
 def lstat(path: Any, *, dir_fd: int | None = None) -> os.stat_result:
     g = _engine.CURRENT
     if g is not None:
-        t = g.read_target(path, dir_fd, False)
+        try:
+            t = g.read_target(path, dir_fd, False)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         if t is not None:
             try:
                 return o_lstat(t)
@@ -65,7 +72,10 @@ def access(
         return o_access(
             path, mode, dir_fd=dir_fd, effective_ids=effective_ids, follow_symlinks=follow_symlinks
         )
-    t = g.read_target(path, dir_fd, follow_symlinks)
+    try:
+        t = g.read_target(path, dir_fd, follow_symlinks)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     ok = False
     if t is not None:
         ok = o_access(t, mode, effective_ids=effective_ids, follow_symlinks=follow_symlinks)
@@ -73,7 +83,10 @@ def access(
         ok = o_access(path, mode, dir_fd=dir_fd, effective_ids=effective_ids, follow_symlinks=follow_symlinks)
     if ok and mode & os.W_OK:  # writable as far as the file's bits go; is it for the policy?
         try:
-            g.write_target(path, Op.WRITE, dir_fd=dir_fd, follow=follow_symlinks, copy_up=False)
+            try:
+                g.write_target(path, Op.WRITE, dir_fd=dir_fd, follow=follow_symlinks, copy_up=False)
+            except AccessDenied as e:
+                raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         except PermissionError:
             return False
     return ok
@@ -82,7 +95,10 @@ def access(
 def readlink(path: Any, *, dir_fd: int | None = None) -> Any:
     g = _engine.CURRENT
     if g is not None:
-        t = g.read_target(path, dir_fd, False)
+        try:
+            t = g.read_target(path, dir_fd, False)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         if t is not None:
             try:
                 return o_readlink(t)
@@ -93,7 +109,10 @@ def readlink(path: Any, *, dir_fd: int | None = None) -> Any:
 
 def _upper(g: Engine, path: Any) -> Any:
     """The run folder's copy of a folder to list, when the read is redirected and it exists."""
-    return g.read_target(path)
+    try:
+        return g.read_target(path)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
 
 
 def listdir(path: Any = None) -> list[Any]:
@@ -211,7 +230,10 @@ def chdir(path: Any) -> None:
         try:
             o_chdir(path)
         except FileNotFoundError:
-            t = g.read_target(path) if g is not None and not isinstance(path, int) else None
+            try:
+                t = g.read_target(path) if g is not None and not isinstance(path, int) else None
+            except AccessDenied as e:
+                raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
             if t is None:
                 raise
             o_chdir(t)

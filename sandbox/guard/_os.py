@@ -14,6 +14,7 @@ import errno
 import os
 from abc import ABCMeta
 
+from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
 from sandbox.guard._engine import NOOP, TOKEN
 from sandbox.guard._files import (
@@ -85,7 +86,10 @@ def guarded_open(
     if kind is None:
         kind = _mode_kind(mode) if type(mode) is str else 0
     if kind == 0:
-        t = g.read_target(file)
+        try:
+            t = g.read_target(file)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         if t is not None:
             try:
                 f = o_open(t, mode, buffering, encoding, errors, newline, closefd, opener)
@@ -95,7 +99,10 @@ def guarded_open(
                 _show_as(f, file)
                 return f
         return o_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-    target = g.write_target(file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3)
+    try:
+        target = g.write_target(file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     path = TOKEN.obj = file if target is None else target
     try:
         f = o_open(path, mode, buffering, encoding, errors, newline, closefd, opener)
@@ -132,7 +139,10 @@ class GuardedFileIO(o_FileIO, metaclass=_FileIOType):
         kind = _mode_kind(mode) if type(mode) is str else 0
         target: Any
         if kind == 0:
-            target = g.read_target(file)
+            try:
+                target = g.read_target(file)
+            except AccessDenied as e:
+                raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
             if target is not None:
                 try:
                     super().__init__(target, mode, closefd, opener)
@@ -143,7 +153,10 @@ class GuardedFileIO(o_FileIO, metaclass=_FileIOType):
                     return
             super().__init__(file, mode, closefd, opener)
             return
-        target = g.write_target(file, Op.WRITE, copy_up=kind == 2, excl=kind == 3)
+        try:
+            target = g.write_target(file, Op.WRITE, copy_up=kind == 2, excl=kind == 3)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         TOKEN.obj = path = file if target is None else target
         try:
             super().__init__(path, mode, closefd, opener)
@@ -158,7 +171,10 @@ def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = No
     if g is None:
         return o_os_open(path, flags, mode, dir_fd=dir_fd)
     if not flags & _WRITE_FLAGS:
-        t = g.read_target(path, dir_fd, not flags & _O_NOFOLLOW)
+        try:
+            t = g.read_target(path, dir_fd, not flags & _O_NOFOLLOW)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         if t is not None:
             try:
                 return o_os_open(t, flags, mode)
@@ -168,7 +184,10 @@ def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = No
     excl = bool(flags & os.O_CREAT and flags & os.O_EXCL)
     follow = not excl and not flags & _O_NOFOLLOW
     keep = not excl and not flags & os.O_TRUNC
-    target = g.write_target(path, Op.WRITE, dir_fd=dir_fd, follow=follow, copy_up=keep, excl=excl)
+    try:
+        target = g.write_target(path, Op.WRITE, dir_fd=dir_fd, follow=follow, copy_up=keep, excl=excl)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     TOKEN.obj = p = path if target is None else target
     try:
         return o_os_open(p, flags, mode, dir_fd=dir_fd if target is None else None)
@@ -211,10 +230,16 @@ def _metadata(
         if g is None:
             return orig(path, *args, **kw)
         if isinstance(path, int):
-            g.check_fd(path, op)
+            try:
+                g.check_fd(path, op)
+            except AccessDenied as e:
+                raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
             return orig(path, *args, **kw)
         follow = kw.get("follow_symlinks", follow_default)
-        target = g.write_target(path, op, dir_fd=kw.get("dir_fd"), follow=follow, copy_up=copy_up)
+        try:
+            target = g.write_target(path, op, dir_fd=kw.get("dir_fd"), follow=follow, copy_up=copy_up)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         return _call(orig, path, target, *args, **kw)
 
     return _named_as(orig, wrapper)
@@ -224,7 +249,10 @@ def _fd_only(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
     def wrapper(fd: int, *args: Any) -> Any:
         g = _engine.CURRENT
         if g is not None:
-            g.check_fd(fd, op)
+            try:
+                g.check_fd(fd, op)
+            except AccessDenied as e:
+                raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         return orig(fd, *args)
 
     return _named_as(orig, wrapper)
@@ -237,7 +265,10 @@ def _creator(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
         g = _engine.CURRENT
         if g is None:
             return orig(path, *args, dir_fd=dir_fd)
-        target = g.write_target(path, op, dir_fd=dir_fd, follow=False, excl=True)
+        try:
+            target = g.write_target(path, op, dir_fd=dir_fd, follow=False, excl=True)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         return _call(orig, path, target, *args, dir_fd=dir_fd)
 
     return _named_as(orig, wrapper)
@@ -250,7 +281,10 @@ def _remover(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
         g = _engine.CURRENT
         if g is None:
             return orig(path, dir_fd=dir_fd)  # type: ignore[no-any-return]
-        target = g.removable(path, op, dir_fd)
+        try:
+            target = g.removable(path, op, dir_fd)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         if target == NOOP:
             return None
         # a folder or a link going away changes how paths resolve; a file does not
@@ -272,8 +306,14 @@ def _mover(orig: Callable[..., Any]) -> Callable[..., Any]:
         g = _engine.CURRENT
         if g is None:
             return orig(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)  # type: ignore[no-any-return]
-        s = g.removable(src, Op.RENAME, src_dir_fd, keep=True)
-        d = g.write_target(dst, Op.RENAME, dir_fd=dst_dir_fd, follow=False)
+        try:
+            s = g.removable(src, Op.RENAME, src_dir_fd, keep=True)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
+        try:
+            d = g.write_target(dst, Op.RENAME, dir_fd=dst_dir_fd, follow=False)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         s_arg, s_fd = (src, src_dir_fd) if s is None else (s, None)
         d_arg, d_fd = (dst, dst_dir_fd) if d is None else (d, None)
         changes = structural(s_arg, s_fd) or structural(d_arg, d_fd)  # a folder or link moves/goes
@@ -311,8 +351,14 @@ def _link(
     # CPython calls link(2) -- which does not follow a symlink source on Linux -- unless a dir_fd is
     # given (then linkat(2), following as asked): decide what the kernel will really link.
     follow = follow_symlinks and (src_dir_fd is not None or dst_dir_fd is not None)
-    d = g.write_target(dst, Op.LINK, dir_fd=dst_dir_fd, follow=False)
-    s = g.write_target(src, Op.LINK, dir_fd=src_dir_fd, follow=follow, copy_up=True)
+    try:
+        d = g.write_target(dst, Op.LINK, dir_fd=dst_dir_fd, follow=False)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
+    try:
+        s = g.write_target(src, Op.LINK, dir_fd=src_dir_fd, follow=follow, copy_up=True)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     TOKEN.obj = s_arg = src if s is None else s
     d_arg, s_fd, d_fd = (
         dst if d is None else d,
@@ -340,7 +386,10 @@ def _symlink(src: Any, dst: Any, target_is_directory: bool = False, *, dir_fd: i
     g = _engine.CURRENT
     if g is None:
         return _o_symlink(src, dst, target_is_directory, dir_fd=dir_fd)
-    d = g.write_target(dst, Op.LINK, dir_fd=dir_fd, follow=False)
+    try:
+        d = g.write_target(dst, Op.LINK, dir_fd=dir_fd, follow=False)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     TOKEN.obj = src
     try:
         _o_symlink(src, dst if d is None else d, target_is_directory, dir_fd=dir_fd if d is None else None)
@@ -355,9 +404,15 @@ def _truncate(path: Any, length: int) -> None:
     if g is None:
         return _o_truncate(path, length)
     if isinstance(path, int):
-        g.check_fd(path, Op.WRITE)
+        try:
+            g.check_fd(path, Op.WRITE)
+        except AccessDenied as e:
+            raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
         return _o_truncate(path, length)
-    target = g.write_target(path, Op.WRITE, copy_up=True)
+    try:
+        target = g.write_target(path, Op.WRITE, copy_up=True)
+    except AccessDenied as e:
+        raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     _call(_o_truncate, path, target, length)
     return None
 

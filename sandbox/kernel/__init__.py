@@ -13,7 +13,7 @@ from sandbox._lazy import attributes
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sandbox.kernel.landlock import abi_version, restrict_writes
-    from sandbox.kernel.plan import AppliedLayers, Bind, KernelPlan, Overlay, apply
+    from sandbox.kernel.plan import AppliedLayers, Bind, KernelPlan, Overlay, apply, missing_layers
     from sandbox.kernel.probing import KernelSupport, describe, probe
     from sandbox.kernel.spawning import Child, ChildResult, spawn
 
@@ -25,6 +25,7 @@ _WHERE = {
     "KernelPlan": "plan",
     "Overlay": "plan",
     "apply": "plan",
+    "missing_layers": "plan",
     "KernelSupport": "probing",
     "describe": "probing",
     "probe": "probing",
@@ -44,6 +45,7 @@ __all__ = [
     "abi_version",
     "apply",
     "describe",
+    "missing_layers",
     "probe",
     "restrict_writes",
     "spawn",

@@ -5,6 +5,7 @@ and only a process that applies or probes the kernel layer pays it."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 TYPE_CHECKING = False
@@ -19,7 +20,12 @@ SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_VERSION_3 = 0x20080522
 
 _lib: Any = None
 
@@ -42,6 +48,8 @@ def libc() -> Any:
         lib.unshare.restype = ctypes.c_int
         lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
         lib.prctl.restype = ctypes.c_int
+        lib.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.capset.restype = ctypes.c_int
         _lib = lib
     return _lib
 
@@ -61,6 +69,46 @@ def set_parent_death_signal(sig: int) -> None:
     (which no_new_privs neutralises), and cleared by a change of effective or filesystem ids.
     Safe in a forked child once :func:`libc` was loaded before the fork (no ``dlsym`` here)."""
     check(libc().prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def drop_all_capabilities() -> None:
+    """Leave the calling process, and everything it ``exec``s, without any capability.
+
+    What bubblewrap's ``drop_all_caps`` + ``drop_cap_bounding_set`` do: every capability leaves
+    the bounding set (so no ``exec``, of a set-user-ID-root or file-capability binary or of
+    anything as uid 0, can regain it), the ambient set is cleared, then ``capset`` empties the
+    effective, permitted and inheritable sets. ``no_new_privs`` is set too. Needs CAP_SETPCAP
+    for the bounding set: call it while the process still holds it (root of its user
+    namespace). Capabilities the kernel does not know (EINVAL) are skipped.
+    """
+    lib = libc()
+    last = _last_cap()
+    for cap in range(last + 1):
+        if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 and ctypes.get_errno() != errno.EINVAL:
+            check(-1, f"drop capability {cap} from the bounding set")
+    if (
+        lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1
+        and ctypes.get_errno() != errno.EINVAL
+    ):
+        check(-1, "clear the ambient capabilities")
+    check(lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}: all zero
+    check(lib.capset(header, data), "capset (clear every capability)")
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 63  # every bit a 64-bit set can hold; the kernel answers EINVAL past its last
+
+
+def set_child_subreaper() -> None:
+    """``prctl(PR_SET_CHILD_SUBREAPER)``: orphaned descendants are re-parented to this process
+    (not to init), so it can find and end them."""
+    check(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def check(result: int, what: str, filename: str | None = None) -> int:

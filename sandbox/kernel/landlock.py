@@ -59,6 +59,9 @@ _WRITE_ABI1 = (
 )
 #: The rights a rule on a non-directory may carry; the others only make sense on a folder.
 _FILE_RIGHTS = ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE
+#: Handled but granted nowhere: no writable root lets the step make a device node (the
+#: overlay's whiteouts are made by overlayfs with the mounter's credentials, not the step's).
+NEVER_GRANTED = ACCESS_FS_MAKE_CHAR | ACCESS_FS_MAKE_BLOCK
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -115,7 +118,8 @@ def handled_rights(abi: int) -> int:
 def restrict_writes(writable: Sequence[str], *, abi: int | None = None) -> None:
     """Restrict the calling thread, and every process it starts later, to writing below ``writable``.
 
-    Each path gets a rule granting every handled right beneath it (a folder), or only
+    Each path gets a rule granting every handled right beneath it but MAKE_CHAR and MAKE_BLOCK
+    (device nodes are refused everywhere) (a folder), or only
     WRITE_FILE|TRUNCATE (a file or device such as ``/dev/null``). Paths are resolved now: a rule
     binds to the inode found, so mounts made later at those paths are not covered -- call this
     after the mount namespace is set up. Sets ``PR_SET_NO_NEW_PRIVS`` (required, and it keeps a
@@ -157,7 +161,8 @@ def _add_rule(ruleset: int, path: str, handled: int) -> None:
         ) from None
     try:
         is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        rule = _PathBeneathAttr(allowed_access=handled if is_dir else handled & _FILE_RIGHTS, parent_fd=fd)
+        granted = handled & ~NEVER_GRANTED
+        rule = _PathBeneathAttr(allowed_access=granted if is_dir else granted & _FILE_RIGHTS, parent_fd=fd)
         _libc.check(
             _libc.syscall(_libc.SYS_LANDLOCK_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0),
             f"landlock_add_rule({path})",

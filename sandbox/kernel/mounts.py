@@ -18,10 +18,11 @@ from sandbox.kernel import _libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -39,6 +40,8 @@ PR_CAPBSET_DROP = 24
 CAP_SYS_ADMIN = 21
 
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 
@@ -55,7 +58,12 @@ _KEEP_FLAGS = {
 
 #: Kernel interfaces that stay writable: /dev/shm holds multiprocessing semaphores, /dev/pts the
 #: terminals, /proc/self the process's own knobs. Landlock still limits what may be created there.
-ALWAYS_WRITABLE = ("/proc", "/sys", "/dev")
+#: /sys is not among them: a step has nothing to write there (Docker mounts it read-only too).
+ALWAYS_WRITABLE = ("/proc", "/dev")
+
+#: Below a fresh /proc, what Docker and bubblewrap keep read-only: kernel-wide knobs that a
+#: process owning root's uid could otherwise write where no capability is checked.
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 
 class _MountAttr(ctypes.Structure):
@@ -83,8 +91,16 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
+_made_user_namespace = False  # set by unshare_mount_namespace: this process entered a user namespace
+
+
 def in_user_namespace() -> bool:
-    """Whether this process runs in a user namespace other than the initial one (full uid map)."""
+    """Whether this process runs in a user namespace other than the initial one.
+
+    True after :func:`unshare_mount_namespace` made one (an identity map of the whole range looks
+    like the initial namespace's), or when the uid map is not the initial one's full map."""
+    if _made_user_namespace:
+        return True
     try:
         with open("/proc/self/uid_map", encoding="ascii") as fh:
             return fh.read().split() != ["0", "0", "4294967295"]
@@ -92,27 +108,61 @@ def in_user_namespace() -> bool:
         return False
 
 
-def unshare_mount_namespace(*, user_namespace: bool | None = None) -> bool:
-    """Move the calling process into a new, private mount namespace.
+def identity_maps() -> tuple[str, str]:
+    """``(uid_map, gid_map)`` texts mapping every id this process's namespace knows to itself:
+    what a root launcher writes for its step's user namespace, so files keep their owners."""
 
-    Real root needs only CLONE_NEWNS. Anyone else (``user_namespace`` None and euid != 0, or
-    ``user_namespace=True``) also gets a new user namespace in which it is root: uid and gid map
-    ``0 <uid> 1``, ``setgroups`` denied (the kernel requires that before an unprivileged gid_map).
+    def identity(path: str) -> str:
+        with open(path, encoding="ascii") as fh:
+            rows = [line.split() for line in fh if line.strip()]
+        return "".join(f"{inside} {inside} {count}\n" for inside, _outside, count in rows)
+
+    return identity("/proc/self/uid_map"), identity("/proc/self/gid_map")
+
+
+def write_maps(pid: int, uid_map: str, gid_map: str) -> None:
+    """Write the uid and gid maps of ``pid``'s (new) user namespace from outside it: mapping more
+    than one's own id needs CAP_SETUID/CAP_SETGID in the *parent* namespace, which the process
+    that just unshared does not have there."""
+    _write(f"/proc/{pid}/uid_map", uid_map)
+    _write(f"/proc/{pid}/gid_map", gid_map)
+
+
+def unshare_mount_namespace(
+    *,
+    user_namespace: bool | None = None,
+    pid_namespace: bool = False,
+    mapped_by_parent: Callable[[], bool] | None = None,
+) -> bool:
+    """Move the calling process into a new, private mount namespace, in a new user namespace.
+
+    A user namespace is made whoever calls (``user_namespace`` None or True), root included:
+    a process in a child user namespace holds no capability of the initial one, so whatever
+    root may do outside (open_by_handle_at, mknod, kill, raw I/O...) is gone for the step.
+    ``user_namespace=False`` makes only the mount namespace (real root; tests and probes).
+
+    The ids: ``mapped_by_parent`` (when given, and the caller is root) asks the parent to write
+    an identity map of the whole range (:func:`identity_maps`, :func:`write_maps`) and returns
+    whether it did; otherwise the process maps itself: uid and gid ``0 <id> 1`` (root inside),
+    ``setgroups`` denied (the kernel requires that before an unprivileged gid_map).
+    ``pid_namespace``: also a new PID namespace for the children forked from now on.
     The process must be single-threaded (the kernel refuses CLONE_NEWUSER otherwise).
     Returns whether a user namespace was created.
     """
+    global _made_user_namespace
     uid, gid = os.geteuid(), os.getegid()
-    userns = uid != 0 if user_namespace is None else user_namespace
+    userns = True if user_namespace is None else user_namespace
     lib = _libc.libc()
-    rc = lib.unshare(CLONE_NEWNS | (CLONE_NEWUSER if userns else 0))
-    if rc == -1 and not userns and user_namespace is None and ctypes.get_errno() == errno.EPERM:
-        userns = True  # root without CAP_SYS_ADMIN (e.g. inside another sandbox): as anyone else
-        rc = lib.unshare(CLONE_NEWNS | CLONE_NEWUSER)
-    _libc.check(rc, "unshare a mount namespace" + (" in a new user namespace" if userns else ""))
+    flags = CLONE_NEWNS | (CLONE_NEWUSER if userns else 0) | (CLONE_NEWPID if pid_namespace else 0)
+    rc = lib.unshare(flags)
+    what = "unshare a mount namespace" + (" in a new user namespace" if userns else "")
+    _libc.check(rc, what + (" with a PID namespace" if pid_namespace else ""))
     if userns:
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1")
-        _write("/proc/self/gid_map", f"0 {gid} 1")
+        _made_user_namespace = True
+        if not (uid == 0 and mapped_by_parent is not None and mapped_by_parent()):
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"0 {uid} 1")
+            _write("/proc/self/gid_map", f"0 {gid} 1")
     return userns
 
 
@@ -232,6 +282,115 @@ def overlay(lower: Sequence[str], upper: str, work: str, target: str) -> None:
             missing = [p for p in (*lower, upper, work, target) if not os.path.isdir(p)]
             why = f" ({', '.join(missing)}: no such folder)" if missing else ""
             raise OSError(first.errno, f"{first.strerror}{why}", target) from None
+
+
+def _set_attrs(path: str, attrs: int, *, recursive: bool) -> None:
+    """``mount_setattr`` of ``attrs`` on the mount at ``path``; before 5.12, a bind remount that
+    repeats the read-only state and the locked flags."""
+    attr = _MountAttr(attr_set=attrs)
+    flags = AT_RECURSIVE if recursive else 0
+    rc = _libc.syscall(_libc.SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), 32)
+    if rc == 0:
+        return
+    if ctypes.get_errno() != errno.ENOSYS:
+        _libc.check(rc, f"set mount options of {path}", path)
+    extra = (MS_NOSUID if attrs & MOUNT_ATTR_NOSUID else 0) | (MS_NODEV if attrs & MOUNT_ATTR_NODEV else 0)
+    for point, opts in _topmost(mount_table()):
+        if point == path or (recursive and _below(point, path)):
+            flags = MS_REMOUNT | MS_BIND | extra | (MS_RDONLY if "ro" in opts else 0)
+            for name, bit in _KEEP_FLAGS.items():
+                if name in opts:
+                    flags |= bit
+            _mount(None, point, None, flags, what=f"remount {point} nodev,nosuid")
+
+
+def seal_writable(paths: Sequence[str]) -> None:
+    """Make every writable place of the step ``nodev,nosuid`` (and the mounts below it): a device
+    node made or brought there opens nothing, a set-user-ID file there raises nothing. A path
+    that is not a mount point is first bound onto itself, so the options are its own. Paths
+    below /proc and /dev are left alone (/dev/shm gets its own mount: :func:`private_shm`)."""
+    table = mount_table()
+    for path in dict.fromkeys(os.path.realpath(p) for p in paths):
+        if any(_below(path, k) for k in ALWAYS_WRITABLE) or not os.path.isdir(path):
+            continue
+        if not _is_mount_point(path, table):
+            _mount(path, path, None, MS_BIND | MS_REC, what=f"seal {path} (bind it onto itself)")
+            table = mount_table()
+        _set_attrs(path, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+
+
+def private_shm(path: str = "/dev/shm") -> bool:
+    """A fresh tmpfs on ``path`` (``nodev,nosuid,noexec``, sticky and world-writable as
+    /dev/shm is): the step's POSIX shared memory and semaphores, gone with its namespace; the
+    host's /dev/shm stays out of its reach. False when there is no such folder."""
+    if not os.path.isdir(path):
+        return False
+    _mount(
+        "tmpfs",
+        path,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=1777",
+        what=f"a private tmpfs on {path}",
+    )
+    return True
+
+
+#: The device nodes of a minimal /dev, bound from the host's (what bubblewrap's ``--dev`` and
+#: Docker give a container); pseudo-terminals come from a new devpts instance.
+MINIMAL_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def minimal_dev() -> None:
+    """Replace /dev with a tmpfs holding only :data:`MINIMAL_DEVICES` (bound from the host's
+    nodes), a new devpts instance on /dev/pts (``ptmx`` links into it: the step's terminals are its
+    own), an empty /dev/shm, and the ``fd``/``stdin``/``stdout``/``stderr`` links. Raw disks,
+    ``kmsg``, ``mem`` and every other node of the host's /dev are gone from the step's view."""
+    fds = {}
+    try:
+        for name in MINIMAL_DEVICES:
+            try:  # kept open across the cover: the host's nodes are hidden once /dev is
+                fds[name] = os.open("/dev/" + name, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+        _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", what="a tmpfs on /dev")
+        for name, fd in fds.items():
+            os.close(os.open("/dev/" + name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+            _mount(f"/proc/self/fd/{fd}", "/dev/" + name, None, MS_BIND, what=f"bind /dev/{name}")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    os.mkdir("/dev/pts", 0o755)
+    _mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
+        what="a new devpts instance on /dev/pts",
+    )
+    os.symlink("pts/ptmx", "/dev/ptmx")
+    os.mkdir("/dev/shm")
+    os.chmod("/dev/shm", 0o1777)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, "/dev/" + name)
+
+
+def mount_proc() -> None:
+    """A fresh /proc for the calling process's PID namespace (call it from that namespace's
+    PID 1): the step sees its own processes only. The kernel-wide knobs of :data:`PROC_READONLY`
+    are bound read-only over themselves."""
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, what="mount a fresh /proc")
+    for name in PROC_READONLY:
+        p = "/proc/" + name
+        if os.path.lexists(p):
+            _mount(p, p, None, MS_BIND | MS_REC, what=f"bind {p} onto itself")
+            _set_readonly(p, recursive=True)
 
 
 def _is_mount_point(path: str, table: Sequence[tuple[str, frozenset[str]]]) -> bool:

@@ -4,8 +4,12 @@ The plan says *what* (which folders stay writable, which overlays and binds make
 the runner decides it from the policy and the workspace. ``apply`` only executes it, in the
 calling process, in a fixed order::
 
-    unshare the mount namespace -> make it private -> overlays -> binds
-        -> everything else read-only -> lock the mounts -> Landlock
+    unshare user + mount (+ PID) namespaces -> make it private -> overlays -> binds
+        -> everything else read-only -> writable places nodev,nosuid -> private /dev/shm
+        -> [PID 1 of the new PID namespace: a fresh /proc] -> Landlock -> drop every capability
+
+:func:`enter` is the part before the PID namespace's first process exists, :func:`seal` the part
+that process (or, without a PID namespace, the launcher's child itself) does; :func:`apply` both.
 
 Mounts come before Landlock because a Landlock rule binds to the inode its path reaches when the
 rule is added (and a Landlocked process may not mount). The read-only pass comes after the binds
@@ -21,7 +25,7 @@ from sandbox._record import asdict, field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
 #: Devices a step may always write (the policy's device rule): what ``> /dev/null``, a terminal,
@@ -91,6 +95,14 @@ class KernelPlan:
     namespace; required by overlays, binds and ``readonly_root``, which would otherwise change the
     host's own mount table. With a namespace, the command runs without CAP_SYS_ADMIN, so it cannot
     undo the mounts (see :func:`sandbox.kernel.mounts.lock_mounts`).
+
+    ``pid_namespace``: the step runs in its own PID namespace under a small init (see
+    :func:`sandbox.kernel.spawn`), with a fresh /proc; needs ``namespace``. ``private_shm``: a
+    fresh tmpfs on /dev/shm; needs ``namespace``. ``minimal_dev``: /dev holds only null, zero,
+    full, random, urandom, tty, its own pseudo-terminals and /dev/shm
+    (:func:`sandbox.kernel.mounts.minimal_dev`); needs ``namespace``. ``nodev_nosuid``: with a
+    namespace, every writable root becomes a ``nodev,nosuid`` mount. ``drop_capabilities``: the command runs
+    with empty capability sets (bounding, ambient, inheritable, permitted) and no_new_privs.
     """
 
     writable: tuple[str, ...] = ()
@@ -99,6 +111,11 @@ class KernelPlan:
     readonly_root: bool = False
     landlock: bool = True
     namespace: bool = False
+    pid_namespace: bool = False
+    private_shm: bool = False
+    minimal_dev: bool = False
+    nodev_nosuid: bool = True
+    drop_capabilities: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "writable", tuple(_absolute("writable path", p) for p in self.writable))
@@ -109,6 +126,8 @@ class KernelPlan:
                 "overlays, binds and readonly_root need namespace=True: "
                 "without a private mount namespace they would change the host's mounts"
             )
+        if (self.pid_namespace or self.private_shm or self.minimal_dev) and not self.namespace:
+            raise ValueError("pid_namespace, private_shm and minimal_dev need namespace=True")
 
     def writable_roots(self) -> tuple[str, ...]:
         """Everything that stays writable: ``writable``, overlay targets, writable bind targets."""
@@ -126,7 +145,7 @@ class KernelPlan:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KernelPlan:
         """The inverse of :meth:`to_dict`; unknown keys are an error (a plan is never half-read)."""
-        known = {"writable", "overlays", "binds", "readonly_root", "landlock", "namespace"}
+        known = {"writable", "overlays", "binds", "readonly_root", "landlock", "namespace", *_FLAGS}
         unknown = set(d) - known
         if unknown:
             raise ValueError(
@@ -141,7 +160,11 @@ class KernelPlan:
             readonly_root=bool(d.get("readonly_root", False)),
             landlock=bool(d.get("landlock", True)),
             namespace=bool(d.get("namespace", False)),
+            **{k: bool(d[k]) for k in _FLAGS if k in d},
         )
+
+
+_FLAGS = ("pid_namespace", "private_shm", "minimal_dev", "nodev_nosuid", "drop_capabilities")
 
 
 @record(frozen=True)
@@ -154,6 +177,11 @@ class AppliedLayers:
     overlay: bool = False
     readonly_root: bool = False
     readonly_binds: int = 0
+    pid_namespace: bool = False
+    private_shm: bool = False
+    minimal_dev: bool = False
+    nodev_nosuid: bool = False
+    capabilities_dropped: bool = False
     seconds: float = field(default=0.0, compare=False)
 
     def encode(self) -> str:
@@ -170,39 +198,77 @@ class AppliedLayers:
             overlay=kv["overlay"] == "1",
             readonly_root=kv["readonly_root"] == "1",
             readonly_binds=int(kv["readonly_binds"]),
+            pid_namespace=kv.get("pid_namespace") == "1",
+            private_shm=kv.get("private_shm") == "1",
+            minimal_dev=kv.get("minimal_dev") == "1",
+            nodev_nosuid=kv.get("nodev_nosuid") == "1",
+            capabilities_dropped=kv.get("capabilities_dropped") == "1",
             seconds=float(kv["seconds"]),
         )
 
 
 def apply(plan: KernelPlan, *, extra_writable: Sequence[str] = DEVICE_PATHS) -> AppliedLayers:
-    """Enact ``plan`` on the calling process, irrevocably. Call it in a forked, single-threaded
-    child before ``exec`` (see :func:`sandbox.kernel.spawn`), never in a long-lived process.
+    """Enact ``plan`` on the calling process, irrevocably: :func:`enter` then :func:`seal`. Call
+    it in a forked, single-threaded child before ``exec`` (see :func:`sandbox.kernel.spawn`),
+    never in a long-lived process. A PID namespace needs the fork between the two that
+    :func:`sandbox.kernel.spawn` does; here its fresh /proc is mounted only if we are its PID 1.
 
     ``extra_writable`` (the device nodes by default) join the Landlock rules when they exist.
     Raises ``OSError`` whose message names the step that failed; the process is then in an
     undefined state and must exit.
     """
+    entered = enter(plan)
+    return seal(plan, entered, extra_writable=extra_writable)
+
+
+def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = None) -> tuple[bool, float]:
+    """The namespaces and mounts of ``plan``; returns ``(user namespace made, start time)`` for
+    :func:`seal`. ``mapped_by_parent``: see :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
     # Here, not at the top: a plan is data the runner builds without loading ctypes. spawn()
     # imports both before it forks, so in its child this is a dictionary lookup.
-    from sandbox.kernel import landlock, mounts
+    from sandbox.kernel import mounts
 
     t0 = time.perf_counter()
     userns = False
     if plan.namespace:
-        userns = mounts.unshare_mount_namespace()
+        userns = mounts.unshare_mount_namespace(
+            pid_namespace=plan.pid_namespace, mapped_by_parent=mapped_by_parent
+        )
         mounts.make_private()
     for o in plan.overlays:
         mounts.overlay(o.lower, o.upper, o.work, o.target)
     for b in plan.binds:
         mounts.bind(b.src, b.dst, readonly=b.readonly)
-    roots = plan.writable_roots()
     if plan.readonly_root:
-        mounts.remount_all_readonly(roots)
-    if plan.namespace:
-        mounts.lock_mounts()
+        mounts.remount_all_readonly(plan.writable_roots())
+    if plan.namespace and plan.nodev_nosuid:
+        mounts.seal_writable(plan.writable_roots())
+    if plan.minimal_dev:
+        mounts.minimal_dev()
+    if plan.private_shm:
+        mounts.private_shm()
+    return userns, t0
+
+
+def seal(
+    plan: KernelPlan, entered: tuple[bool, float], *, extra_writable: Sequence[str] = DEVICE_PATHS
+) -> AppliedLayers:
+    """The rest of ``plan``, in the process that will fork (or be) the command: a fresh /proc
+    when it is PID 1 of the plan's PID namespace, Landlock, then no capability left."""
+    from sandbox.kernel import _libc, landlock, mounts
+
+    userns, t0 = entered
+    pidns = plan.pid_namespace and os.getpid() == 1
+    if pidns:
+        mounts.mount_proc()
+    roots = plan.writable_roots()
     abi = landlock.abi_version() if plan.landlock else 0
     if abi > 0:
         landlock.restrict_writes([*roots, *(p for p in extra_writable if os.path.exists(p))], abi=abi)
+    if plan.drop_capabilities:
+        _libc.drop_all_capabilities()
+    elif plan.namespace:
+        mounts.lock_mounts()
     return AppliedLayers(
         landlock_abi=abi,
         namespace=plan.namespace,
@@ -210,5 +276,45 @@ def apply(plan: KernelPlan, *, extra_writable: Sequence[str] = DEVICE_PATHS) -> 
         overlay=bool(plan.overlays),
         readonly_root=plan.readonly_root,
         readonly_binds=sum(1 for b in plan.binds if b.readonly),
+        pid_namespace=pidns,
+        private_shm=plan.private_shm,
+        minimal_dev=plan.minimal_dev,
+        nodev_nosuid=plan.namespace and plan.nodev_nosuid,
+        capabilities_dropped=plan.drop_capabilities,
         seconds=time.perf_counter() - t0,
     )
+
+
+#: What a step lacks when a part of the full kernel layer is missing, for the report's ``missing``.
+_CONSEQUENCES = {
+    "landlock": "no Landlock: writes outside the run folder are stopped only by the read-only "
+    "mounts and the Python guard",
+    "user_namespace": "no user namespace: the step's uid is the launcher's own in the initial "
+    "namespace (its capabilities are still dropped)",
+    "mount_namespace": "no mount namespace, so no overlay and no read-only mounts: chmod, chown, "
+    "utime and xattrs of host files are not refused by the kernel",
+    "pid_namespace": "no PID namespace: the step can see and signal processes of its uid outside "
+    "its run; its leftover processes are SIGKILLed by the launcher's keeper (a child subreaper) "
+    "when the command ends",
+    "private_shm": "no private /dev/shm: the step shares the host's",
+    "minimal_dev": "the host's /dev: the step reads the device nodes its uid may (raw disks, for root)",
+    "capabilities": "capabilities not dropped",
+}
+
+
+def missing_layers(applied: AppliedLayers | None, why: str = "") -> dict[str, str]:
+    """Each part of the full kernel layer that ``applied`` lacks -> what that leaves open (and
+    ``why``, the kernel's refusal, when given). ``applied`` None: the whole layer is missing."""
+    if applied is None:
+        return {"kernel": why or "turned off"}
+    have = {
+        "landlock": applied.landlock_abi > 0,
+        "user_namespace": applied.user_namespace,
+        "mount_namespace": applied.namespace,
+        "pid_namespace": applied.pid_namespace,
+        "private_shm": applied.private_shm,
+        "minimal_dev": applied.minimal_dev,
+        "capabilities": applied.capabilities_dropped,
+    }
+    suffix = f" ({why})" if why else ""
+    return {k: _CONSEQUENCES[k] + suffix for k, ok in have.items() if not ok}

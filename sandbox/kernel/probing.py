@@ -90,7 +90,8 @@ def _in_child(body: Callable[[Callable[[str], None]], None]) -> list[str]:
 def _mount_checks(scratch: str) -> Callable[[Callable[[str], None]], None]:
     def body(say: Callable[[str], None]) -> None:
         try:
-            userns = mounts.unshare_mount_namespace()
+            # as a step's keeper does: user, mount and PID namespaces in one call
+            userns = mounts.unshare_mount_namespace(pid_namespace=True)
             mounts.make_private()
         except OSError as e:
             say(f"mount_namespace fail {e.strerror}")
@@ -259,8 +260,11 @@ def describe(support: KernelSupport) -> str:
     layer("landlock", support.landlock_abi > 0, f" (ABI {support.landlock_abi})")
     ns = "yes" if support.mount_namespace else f"NO -- {support.reasons.get('mount_namespace', '')}"
     uns = "yes" if support.user_namespaces else f"no ({support.reasons.get('user_namespaces', '')})"
-    lines.append(f"  {'Mount namespace:':<20} {ns}; user namespaces: {uns}")
-    lines.append("      private to each step: its mounts are invisible to the host and vanish with it.")
+    lines.append(f"  {'Namespaces:':<20} mount + PID: {ns}; user namespaces: {uns}")
+    lines.append(
+        "      private to each step: its mounts and processes are invisible to the host and vanish with "
+        "it; it sees and signals only its own processes, holds no capability, and ends whole."
+    )
     layer("readonly_bind", support.readonly_bind)
     layer("overlay", support.overlay)
     lines.append(f"  {'Python guard:':<20} always")

@@ -10,10 +10,26 @@ of the parent could hold (no logging, no ``sys.stderr``, no imports).
 A failure before ``exec`` travels back over a close-on-exec pipe as one line; end of file on it
 means ``exec`` succeeded.
 
-The command dies with its launcher: the child asks for SIGKILL on parent death
-(``PR_SET_PDEATHSIG``) just before ``exec``, so a SIGKILLed ``tv-sandbox run`` leaves no step
-writing into its run folder. That covers the direct child only: processes the command starts
-itself outlive it (no PID namespace is unshared; the next run's sweep removes the workspace).
+The processes of a step (the design of bubblewrap's ``do_init`` and of tini)::
+
+    launcher
+      `- keeper            the forked child: applies the plan's namespaces and mounts, then waits
+           `- init         PID 1 of the step's PID namespace: a fresh /proc, Landlock, no
+                `- command  capability left; forks the command, reaps orphans, forwards
+                             SIGTERM/SIGINT/... to it, and exits when it ends -- the kernel then
+                             kills every other process of the namespace.
+
+The keeper exits with the command's status (or dies of its signal) once the init is gone, i.e.
+once *every* process of the step is gone: waiting for the keeper is waiting for the whole step,
+and the step's stderr pipe is at end of file then. Without a PID namespace (a plan without one,
+Landlock alone, or no plan) the keeper is itself the init: a child subreaper
+(``PR_SET_CHILD_SUBREAPER``), so orphans of the command -- double-forked daemons included --
+are re-parented to it, and when the command ends it SIGKILLs its children until none is left.
+
+The step dies with its launcher: the keeper asks for SIGKILL on its parent's death
+(``PR_SET_PDEATHSIG``), the init on the keeper's, the command on the init's. With a PID
+namespace, the init's death ends every process of the step; without one, the command's
+descendants outlive a SIGKILLed launcher (the next run's sweep removes the workspace).
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ import time
 from sandbox._record import record
 from sandbox.errors import KernelUnavailable, UsageError
 from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before fork: see _child
-from sandbox.kernel.plan import AppliedLayers, KernelPlan, apply
+from sandbox.kernel.plan import AppliedLayers, KernelPlan, enter, seal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,6 +54,22 @@ else:
 # Python ignores SIGPIPE (and SIGXFSZ); an ignored signal stays ignored across exec, so a shell
 # pipeline like `yes | head` would see EPIPE errors instead of dying quietly. Restore them.
 _RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n))
+
+#: What the keeper and the init wait for (blocked, taken with sigwaitinfo): a child's end, and
+#: the signals they forward to the command.
+_FORWARDED = tuple(
+    getattr(signal, n)
+    for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+    if hasattr(signal, n)
+)
+#: Sent to the keeper by :meth:`Child.kill`: SIGKILL the whole step (SIGKILL itself cannot be
+#: caught, and killing the keeper would let the launcher's wait return before the step is gone).
+KILL_ALL = signal.SIGALRM
+_WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
+#: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group:
+#: the command, in that group too, got it already; forwarding it would deliver it twice.
+_SI_KERNEL = 0x80
+_PR_SET_DUMPABLE = 4
 
 
 @record(frozen=True)
@@ -55,6 +87,7 @@ class ChildResult:
     duration_s: float
     peak_rss_bytes: int
     launcher_rss_bytes: int = 0
+    cpu_s: float = 0.0  # user + system time of the command and every descendant it waited for
 
     @property
     def command_peak_rss_bytes(self) -> int | None:
@@ -63,16 +96,32 @@ class ChildResult:
 
 
 class Child:
-    """A started command. ``applied`` says which kernel layers it runs under (None: no plan)."""
+    """A started step. ``applied`` says which kernel layers it runs under (None: no plan).
+
+    ``pid`` is the launcher's child, the *keeper*: it lives until every process of the step is
+    gone, so :meth:`wait` returns only then (and a descriptor the step held, such as its stderr,
+    is closed by then). Signals go to the keeper only -- our own child, whose pid cannot be
+    reused before we reap it -- which passes them on: a forwarded one to the command (through
+    the init of its PID namespace), :data:`KILL_ALL` as a SIGKILL of the whole step.
+    ``init_pid`` is, for information, the keeper's child: the init of the PID namespace, or the
+    command itself when there is none.
+    """
 
     def __init__(
-        self, pid: int, applied: AppliedLayers | None, started: float, launcher_rss: int = 0
+        self,
+        pid: int,
+        applied: AppliedLayers | None,
+        started: float,
+        launcher_rss: int = 0,
+        init_pid: int | None = None,
     ) -> None:
         self.pid = pid
         self.applied = applied
+        self.init_pid = init_pid
         self._started = started
         self._launcher_rss = launcher_rss
         self._result: ChildResult | None = None
+        self._pidfd = _open_pidfd(init_pid, pid) if init_pid is not None else -1
 
     def _reaped(self, status: int, rusage: object) -> ChildResult:
         code = os.waitstatus_to_exitcode(status)
@@ -83,30 +132,63 @@ class Child:
             duration_s=time.monotonic() - self._started,
             peak_rss_bytes=int(rusage.ru_maxrss) * 1024,  # type: ignore[attr-defined]  # KiB on Linux
             launcher_rss_bytes=self._launcher_rss,
+            cpu_s=float(rusage.ru_utime + rusage.ru_stime),  # type: ignore[attr-defined]
         )
         return self._result
 
     def wait(self) -> ChildResult:
-        """Wait for the command to end (once; later calls return the same result)."""
+        """Wait until the command has ended and every process it started is gone (once; later
+        calls return the same result)."""
         if self._result is None:
             _, status, rusage = os.wait4(self.pid, 0)
             self._reaped(status, rusage)
+            self._init_gone()
         assert self._result is not None
         return self._result
 
     def poll(self) -> ChildResult | None:
-        """The result if the command has ended, else None, without blocking."""
+        """The result if the step has ended, else None, without blocking (long: a keeper killed
+        from outside leaves its init a moment to end)."""
         if self._result is None:
             pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
             if pid == 0:
                 return None
             self._reaped(status, rusage)
+            self._init_gone()
         return self._result
 
+    def _init_gone(self) -> None:
+        """Block until the keeper's child has ended too. The keeper reaps it before it exits, so
+        this returns at once -- unless the keeper was killed from outside (the OOM killer, a
+        stray SIGKILL): its init then dies of its parent-death signal, and the kernel ends the
+        PID namespace with it; a pidfd of a namespace's init polls readable only once every
+        process of the namespace is gone. Without a PID namespace, the command (also killed by
+        its parent-death signal) is waited for; what it started may outlive it."""
+        if self._pidfd < 0:
+            return
+        import select  # after the step: off the start-up path
+
+        try:
+            select.select([self._pidfd], [], [])
+        finally:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "_pidfd", -1) >= 0:
+            os.close(self._pidfd)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the command; nothing once it has been reaped (its pid may be reused)."""
+        """SIGKILL (the default) ends the whole step now: the keeper SIGKILLs the init (the kernel
+        then kills every process of the namespace), or without a PID namespace the command and
+        then the rest. Another signal is forwarded to the command. Nothing once the step has
+        been reaped; :meth:`wait` as usual after it."""
         if self._result is None:
-            os.kill(self.pid, sig)
+            os.kill(self.pid, KILL_ALL if sig == signal.SIGKILL else sig)
+
+    def terminate(self) -> None:
+        """SIGTERM to the command (forwarded by the keeper and the init)."""
+        self.kill(signal.SIGTERM)
 
     def __repr__(self) -> str:
         return f"Child(pid={self.pid}, applied={self.applied!r}, result={self._result!r})"
@@ -126,16 +208,20 @@ def spawn(
     """Run ``argv`` (looked up on ``env["PATH"]``) in ``cwd`` with ``plan`` applied first.
 
     ``stdin``/``stdout``/``stderr`` are descriptors duplicated onto 0/1/2 (None: inherit ours).
-    Every other descriptor is closed in the child except ``pass_fds``: an inherited descriptor
+    Every other descriptor is closed in the command except ``pass_fds``: an inherited descriptor
     open for writing on a host file would bypass both Landlock and the read-only mounts.
     ``cwd`` is entered after the mounts, so it may be an overlay's target.
 
     Raises :class:`~sandbox.errors.KernelUnavailable` when the plan could not be applied, and
     :class:`~sandbox.errors.UsageError` when the command cannot be executed (not found, not
-    executable) or ``cwd`` cannot be entered -- both after the child has been reaped, both one
-    line; the original ``OSError`` is the ``__cause__``.
+    executable) or ``cwd`` cannot be entered -- both after the step's processes have been
+    reaped, both one line; the original ``OSError`` is the ``__cause__``.
 
-    The command is SIGKILLed when the *thread* calling ``spawn`` exits (Linux ties the
+    A root launcher writes the identity uid/gid map of the step's user namespace (the keeper
+    asks for it over the report pipe: only a process of the parent namespace may map more than
+    its own id), so files keep their owners inside.
+
+    The step is SIGKILLed when the *thread* calling ``spawn`` exits (Linux ties the
     parent-death signal to the forking thread, not the process): call it from the main thread
     (``tv-sandbox run`` and the demo do), or from a thread that outlives the command -- one
     that goes on to :meth:`Child.wait`, as :func:`sandbox.runner.execute` does.
@@ -147,40 +233,88 @@ def spawn(
     _libc.libc()  # load libc now (prctl, the plan): the child must not dlopen (or import) anything
     parent = os.getpid()  # the child compares getppid() to it: did we die before its prctl?
     keep = sorted({int(fd) for fd in pass_fds if int(fd) > 2})
-    rfd, wfd = os.pipe()  # both close-on-exec
+    rfd, wfd = os.pipe()  # both close-on-exec; the child's report
+    gor, gow = os.pipe()  # our answer to its request for a uid map
     started = time.monotonic()
     try:
         pid = os.fork()
     except BaseException:
-        os.close(rfd)
-        os.close(wfd)
+        for fd in (rfd, wfd, gor, gow):
+            os.close(fd)
         raise
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        _child(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, parent)
+        os.close(rfd)
+        os.close(gow)
+        _keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent)
     os.close(wfd)
-    with os.fdopen(rfd, "rb") as fh:
-        report = fh.read().decode("utf-8", "replace").splitlines()
+    os.close(gor)
     applied: AppliedLayers | None = None
     launcher_rss = 0
-    for line in report:
-        stage, _, rest = line.partition(" ")
-        if stage == "applied":
-            applied = AppliedLayers.decode(rest)
-        elif stage == "rss":
-            launcher_rss = int(rest)
-        elif stage in ("setup", "kernel", "exec"):
-            os.waitpid(pid, 0)
-            errno_text, _, message = rest.partition(" ")
-            cause = OSError(int(errno_text), message)
-            if stage == "kernel":
-                raise KernelUnavailable(f"kernel layer could not be applied: {message}") from cause
-            if stage == "exec":
-                raise UsageError(message) from cause
-            raise cause  # a bad descriptor: the caller's bug, as the OSError it is
-    return Child(pid, applied, started, launcher_rss)
+    init_pid: int | None = None
+    failure: tuple[str, str] | None = None
+    pending = b""
+    try:
+        while chunk := os.read(rfd, 4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                stage, _, rest = raw.decode("utf-8", "replace").partition(" ")
+                if stage == "userns":
+                    os.write(gow, b"1" if _map_identity(pid) else b"0")
+                elif stage == "applied":
+                    applied = AppliedLayers.decode(rest)
+                elif stage == "rss":
+                    launcher_rss = int(rest)
+                elif stage == "init":
+                    init_pid = int(rest)
+                elif stage in ("setup", "kernel", "exec") and failure is None:
+                    failure = (stage, rest)
+    finally:
+        os.close(rfd)
+        os.close(gow)
+    if failure is not None:
+        os.waitpid(pid, 0)
+        stage, rest = failure
+        errno_text, _, message = rest.partition(" ")
+        cause = OSError(int(errno_text), message)
+        if stage == "kernel":
+            raise KernelUnavailable(f"kernel layer could not be applied: {message}") from cause
+        if stage == "exec":
+            raise UsageError(message) from cause
+        raise cause  # a bad descriptor: the caller's bug, as the OSError it is
+    return Child(pid, applied, started, launcher_rss, init_pid)
 
 
-def _child(
+def _open_pidfd(pid: int, keeper: int) -> int:
+    """A pidfd of the keeper's child ``pid``, or -1 when it is gone. Checked after opening: the
+    process must be the keeper's child (a pid reaped by the keeper may already name another)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            ppid = int(fh.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        ppid = -1
+    if ppid != keeper:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def _map_identity(pid: int) -> bool:
+    """Write the identity uid/gid maps of ``pid``'s new user namespace; False when we may not
+    (the child then maps its own id only)."""
+    try:
+        uid_map, gid_map = mounts.identity_maps()
+        mounts.write_maps(pid, uid_map, gid_map)
+        return True
+    except OSError:
+        return False
+
+
+def _keeper(
     argv: list[str],
     env: dict[str, str],
     cwd: str,
@@ -188,6 +322,7 @@ def _child(
     stdio: tuple[int | None, int | None, int | None],
     keep: list[int],
     wfd: int,
+    gor: int,
     parent: int,
 ) -> None:  # pragma: no cover - runs in the child
     stage = "setup"
@@ -197,15 +332,104 @@ def _child(
                 os.dup2(fd, target)  # dup2 makes the copy inheritable
         for fd in keep:
             os.set_inheritable(fd, True)
+        # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
+        # steps' pipes, a Ray worker's sockets, locked files) that long.
+        _close_fds_except([*keep, wfd, gor])
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
+        entered: tuple[bool, float] | None = None
         if plan is not None:
             stage = "kernel"
-            applied = apply(plan)
-            os.write(wfd, f"applied {applied.encode()}\n".encode())
+
+            def mapped_by_parent() -> bool:
+                os.write(wfd, b"userns\n")
+                return os.read(gor, 1) == b"1"
+
+            entered = enter(plan, mapped_by_parent=mapped_by_parent)
         stage = "setup"
+        os.close(gor)
         _die_with(parent)
+        # Blocked before any fork: a child's end or a signal to forward is never missed.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
+        if plan is not None and entered is not None and plan.pid_namespace:
+            sr, sw = os.pipe()
+            init = os.fork()
+            if init == 0:
+                os.close(sr)
+                _init(argv, env, cwd, plan, entered, keep, wfd, sw)
+            os.close(sw)
+            os.write(wfd, f"init {init}\n".encode())
+            os.close(wfd)
+            status = _reap(init, keeper=True)  # every process of the namespace is gone once init is
+            told = os.read(sr, 64).split()
+            _end_as(int(told[0]) if told else status)
+        if plan is not None and entered is not None:
+            stage = "kernel"
+            applied = seal(plan, entered)
+            os.write(wfd, f"applied {applied.encode()}\n".encode())
+            stage = "setup"
+        _libc.set_child_subreaper()
+        main = _command(argv, env, cwd, keep, wfd)
+        os.write(wfd, f"init {main}\n".encode())
+        os.close(wfd)
+        status = _reap(main, keeper=True)
+        _end_descendants()
+        _end_as(status)
+    except BaseException as e:
+        _fail(wfd, stage, e)
+
+
+def _init(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    plan: KernelPlan,
+    entered: tuple[bool, float],
+    keep: list[int],
+    wfd: int,
+    sw: int,
+) -> None:  # pragma: no cover - PID 1 of the step's namespace
+    stage = "kernel"
+    try:
+        _libc.set_parent_death_signal(signal.SIGKILL)  # the keeper's death ends the namespace
+        applied = seal(plan, entered)
+        os.write(wfd, f"applied {applied.encode()}\n".encode())
+        # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
+        # fork that costs). Nothing must happen between the two in the child: the namespace's
+        # death already ends the command with us, so it needs no parent-death signal.
+        stage = "exec"
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
+        os.write(wfd, f"rss {_peak_rss()}\n".encode())
+        _close_fds_except([*keep, wfd, sw])  # wfd and sw are close-on-exec
+        try:
+            main = os.posix_spawn(_which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
+        stage = "setup"
+        os.close(wfd)
+        status = _reap(main)
+        os.write(sw, f"{status}\n".encode())
+        # Returning would unwind into the launcher's code; exiting ends the namespace: the
+        # kernel SIGKILLs every process left in it and reaps them before we are gone.
+        os._exit(0)
+    except BaseException as e:
+        _fail(wfd, stage, e)
+
+
+def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int) -> int:
+    """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` and execs."""
+    me = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    stage = "setup"  # pragma: no cover - the command's process until exec
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _die_with(me)
         stage = "exec"
         try:
             os.chdir(cwd)
@@ -218,22 +442,127 @@ def _child(
         except OSError as e:
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
     except BaseException as e:
-        err = getattr(e, "errno", None) or 0
-        text = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
-        msg = " ".join(text.split())  # one line, whatever the message held
+        _fail(wfd, stage, e)
+    raise AssertionError("unreachable")
+
+
+def _which(name: str, env: Mapping[str, str]) -> str:  # pragma: no cover - in the init
+    """What ``execvpe`` would run for ``name`` with ``env["PATH"]``: ``posix_spawnp`` would search
+    the caller's own PATH instead. Raises the ``OSError`` ``execvpe`` would."""
+    if "/" in name:
+        return name
+    err: OSError = FileNotFoundError(2, "No such file or directory")
+    for d in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
+        path = os.path.join(d or ".", name)
         try:
-            os.write(wfd, f"{stage} {err} {msg}\n".encode())
-        finally:
-            os._exit(127)
+            st = os.stat(path)
+        except OSError as e:
+            if e.errno not in (2, 20):  # ENOENT, ENOTDIR: keep looking, as execvp does
+                err = e
+            continue
+        if (st.st_mode & 0o170000) == 0o100000 and os.access(path, os.X_OK):
+            return path
+        err = PermissionError(13, "Permission denied")
+    raise err
+
+
+def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover - in a child
+    err = getattr(e, "errno", None) or 0
+    text = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
+    msg = " ".join(text.split())  # one line, whatever the message held
+    try:
+        os.write(wfd, f"{stage} {err} {msg}\n".encode())
+    finally:
+        os._exit(127)
+
+
+def _reap(main: int, *, keeper: bool = False) -> int:  # pragma: no cover - keeper or init
+    """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
+    until ``main`` ends; return its wait status. The signals must be blocked already. In the
+    keeper, :data:`KILL_ALL` SIGKILLs ``main`` (the init ends its namespace with it); the init
+    leaves it blocked: a process of the step cannot use it."""
+    status: int | None = None
+    waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
+    while status is None:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo == signal.SIGCHLD:
+            while True:
+                try:
+                    pid, st = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid == main:
+                    status = st
+        elif info.si_code != _SI_KERNEL or info.si_signo == KILL_ALL:
+            try:
+                os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
+            except ProcessLookupError:
+                pass
+    return status
+
+
+def _end_descendants() -> None:  # pragma: no cover - in the keeper, without a PID namespace
+    """SIGKILL our children until none is left. As a subreaper we inherit every orphan of the
+    step, so this reaches double-forked daemons too; each round re-reads who our children are
+    (a killed one's children were just re-parented to us)."""
+    me = str(os.getpid())
+    while True:
+        try:  # the usual end: no child left, no /proc to read
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        for pid in _children(me):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        time.sleep(0.001)
+
+
+def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
+    """Pids whose parent is ``ppid``, from /proc (``/proc/<pid>/task/<tid>/children`` needs
+    CONFIG_PROC_CHILDREN, which kernels may lack)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1].decode() == ppid:
+            found.append(int(name))
+    return found
+
+
+def _end_as(status: int) -> None:  # pragma: no cover - in the keeper
+    """Exit as the command did: with its code, or killed by its signal (without a core dump)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        _libc.libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (sig,))
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status))
 
 
 def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Have the kernel SIGKILL this process when ``parent`` (the launcher's forking thread) exits.
+    """Have the kernel SIGKILL this process when ``parent`` (the forking thread) exits.
 
-    After the plan: a change of credentials clears the setting, and whatever a plan does to ours
-    (a user namespace) is then behind us. If the launcher died before the prctl -- between the
-    fork and here, the plan included -- no signal will come, but we were re-parented (to init or
-    a subreaper), so ``getppid()`` no longer names it: end now, as the signal would have.
+    After the plan's namespaces: a change of credentials clears the setting. If the parent died
+    before the prctl, no signal will come, but we were re-parented, so ``getppid()`` no longer
+    names it: end now, as the signal would have.
     """
     _libc.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:

@@ -100,7 +100,9 @@ ATTEMPTS: tuple[Attempt, ...] = (
         f"import os; fd = os.open('{LF}', os.O_RDONLY); os.fchmod(fd, 0o700)",
         "metadata",
     ),
-    _py("os-chown", f"import os; os.chown('{LF}', 1, 1)", "metadata"),
+    # Giving a file away needs CAP_CHOWN, which no step holds (it keeps no capability at all):
+    # refused in audit mode too, where the copy in the audit overlay would otherwise take it.
+    _py("os-chown", f"import os; os.chown('{LF}', 1, 1)", "metadata", audit="error"),
     _py("os-utime", f"import os; os.utime('{LF}', (1, 1))", "metadata"),
     _py(
         "os-utime-fd",

@@ -161,3 +161,23 @@ def test_restrict_writes_in_a_child(roots: tuple[Path, Path]) -> None:
 def test_restrict_writes_without_landlock_raises() -> None:
     said = in_child(lambda: restrict_writes(["/tmp"], abi=0))
     assert said.startswith("OSError 38") and "not supported" in said
+
+
+def test_landlock_grants_no_device_nodes_even_to_a_capable_root(roots: tuple[Path, Path]) -> None:
+    """Landlock alone, capabilities kept (root with CAP_MKNOD, as before this layer dropped
+    them): a char or block node in a writable root is still refused; a fifo there is not."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="needs CAP_MKNOD to show that Landlock is what refuses")
+    inside, _ = roots
+    plan = KernelPlan(writable=(str(inside),), landlock=True, drop_capabilities=False)
+    code = (
+        "import os, stat\n"
+        "for kind, mode in (('char', stat.S_IFCHR), ('block', stat.S_IFBLK), ('fifo', stat.S_IFIFO)):\n"
+        "    try:\n"
+        f"        os.mknod({str(inside)!r} + '/n-' + kind, mode | 0o600, os.makedev(1, 3))\n"
+        "        print(kind, 'made')\n"
+        "    except OSError as e:\n"
+        "        print(kind, e.errno)\n"
+    )
+    r = py(code, plan)
+    assert r.out.splitlines() == ["char 13", "block 13", "fifo made"], r.out + r.err

@@ -180,8 +180,17 @@ def test_the_command_cannot_undo_the_mounts(kernel_support: object, host: Path, 
 
 
 def test_a_nested_namespace_falls_back_to_a_user_namespace(kernel_support: object, tree) -> None:  # type: ignore[no-untyped-def]
-    """Root without CAP_SYS_ADMIN (inside a sandbox) gets its mount namespace as anyone else would."""
-    plan = KernelPlan(writable=(str(tree("work")),), readonly_root=True, namespace=True, landlock=False)
+    """Root without CAP_SYS_ADMIN of its namespace (inside a sandbox that keeps the others, such
+    as a container) gets its mount namespace as anyone else would. (A step of ours keeps no
+    capability at all, so it cannot even map its root into a nested namespace: the kernel wants
+    CAP_SETFCAP for that; see tests/escapes/test_privilege.py.)"""
+    plan = KernelPlan(
+        writable=(str(tree("work")),),
+        readonly_root=True,
+        namespace=True,
+        landlock=False,
+        drop_capabilities=False,
+    )
     paths = [str(Path(__file__).parents[2]), str(Path(__file__).parent)]
     code = (
         f"import sys; sys.path[:0] = {paths!r}\n"

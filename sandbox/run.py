@@ -1,0 +1,740 @@
+"""A run: opened once, several steps in one workspace and one run folder, closed once.
+
+::
+
+    prep = preflight(RunRequest(host=HOST, run_id="R7", argv=[]))
+    with Run.open(prep) as run:                        # workspace, bound policy, logs/
+        run.step(StepSpec(["python", "select.py"], name="select"))
+        run.step(StepSpec("python report.py > reports/report.log", name="report", timeout_s=600))
+        outcome = run.close()                          # report, atomic export, workspace removed
+
+Step 2 reads what step 1 wrote: both run in the same workspace, with the same run folder, under
+the same kernel plan (decided by the first launch, see :func:`sandbox.runner._launch`). Each step
+is one record of the report: its command, exit status, wall and CPU time, the peak memory of its
+whole process tree, its own denials and redirects, and -- when tv-sandbox ended it -- why.
+
+Ending a step ends its whole process tree: a timeout, :meth:`Run.cancel` (from any thread: a Ray
+actor's cancel method, say) and an interrupt (Ctrl-C, SIGTERM: :class:`Interrupted`) each
+terminate every process of the step, then kill what is left after a grace period, before the
+report and the export. Whatever happens, :meth:`Run.close` (or leaving the ``with``) exports the
+run folder -- failed, cancelled and interrupted runs too, marked so -- and removes the workspace.
+
+Start-up is a budget here too (``tv-sandbox run`` goes through this module before the step's
+``exec``): no ``json``, ``threading``, ``signal`` or ``psutil`` until the step is running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from sandbox import report as report_mod
+from sandbox import workspace as workspace_mod
+from sandbox._record import record
+from sandbox.errors import ExportError, SandboxError, UsageError
+from sandbox.policy import save_resolved
+from sandbox.runner import (
+    POLICY_FILE,
+    POLICY_RECORD,
+    Launched,
+    RunOutcome,
+    _launch,
+    export_limit,
+    start_step,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+    from typing import IO, Any
+
+    from sandbox.kernel import Child, ChildResult, KernelPlan
+    from sandbox.policy import Policy
+    from sandbox.runner import Prepared
+    from sandbox.workspace import Workspace
+else:
+    import _signal as signal  # the functions and numbers of ``signal``, without its enums
+
+_STDERR_TAIL = 8192
+GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended
+_SAMPLE_S = 0.1  # how often the process tree's memory is sampled while a step runs
+_SIGINT, _SIGTERM = 2, 15
+
+
+class Interrupted(KeyboardInterrupt):
+    """The launcher was asked to stop (Ctrl-C: SIGINT, or SIGTERM): the run is ended, exported
+    marked ``interrupted``, and the CLI exits ``128 + signum`` (130, 143)."""
+
+    def __init__(self, signum: int = _SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class RunClosed(RuntimeError):
+    """A step was asked of a run that was cancelled, interrupted or closed."""
+
+
+@record
+class StepSpec:
+    """One step of a run. ``argv``: a command (run directly, looked up on PATH) or a string (run
+    with ``sh -c``). ``env``: extra environment; it cannot override the run's own variables.
+    ``timeout_s``: the step's whole process tree is ended after that many seconds."""
+
+    argv: Sequence[str] | str
+    name: str = "step"
+    env: Mapping[str, str] | None = None
+    timeout_s: float | None = None
+
+    def command(self) -> list[str]:
+        if isinstance(self.argv, str):
+            return ["sh", "-c", self.argv]
+        return [os.fsdecode(a) for a in self.argv]
+
+
+class _Clock:
+    """Phase timings of a run (``TV_SANDBOX_TIMINGS=1`` prints them): where the start-up goes."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+def _tee(
+    src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any, running: Any
+) -> None:
+    """Copy a step's stderr to ours (``dst``, when echoing) and to its log file, keeping the tail
+    for the report.
+
+    Stops at end of file, or once the step has ended (``running``, a lock held while it runs, is
+    released) and what it wrote is drained: every process of the step is gone by then (see
+    :class:`sandbox.kernel.Child`), and a descriptor it passed to a process outside its run must
+    not hold the run open.
+    """
+    import select  # in the tee's thread, after the step's exec: off the start-up path
+
+    poller = select.poll()
+    poller.register(src, select.POLLIN | select.POLLHUP)
+    try:
+        while True:
+            ended = not running.locked()
+            if not poller.poll(0 if ended else 100):
+                if ended:
+                    break
+                continue
+            chunk = os.read(src, 65536)
+            if not chunk:
+                break
+            if dst is not None:
+                try:
+                    dst.write(chunk)
+                    dst.flush()
+                except (OSError, ValueError):  # our stderr is gone (a closed terminal): keep logging
+                    dst = None
+            log.write(chunk)
+            tail.extend(chunk)
+            del tail[:-_STDERR_TAIL]
+    finally:
+        os.close(src)
+        done.release()
+
+
+def _meanwhile(base_dir: str | None) -> None:
+    """What the launcher does while its first step runs: load what the end of the run needs (off
+    the start-up path, on the other core) and sweep what launchers killed before us left behind."""
+    import hashlib  # noqa: F401
+    import json  # noqa: F401
+
+    from sandbox import export, report  # noqa: F401
+    from sandbox.events import read_events  # noqa: F401
+
+    workspace_mod.sweep(base_dir)
+
+
+class _Tree:
+    """The processes of a running step, seen from outside: memory sampling and ending them."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.peak_rss = 0
+        self._stop = False
+        self.finished = False  # the step was reaped by the thread waiting for it
+
+    def _procs(self) -> list[Any]:
+        import psutil
+
+        try:
+            top = psutil.Process(self.child.pid)
+            return [top, *top.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def sample(self) -> None:
+        """Sum the resident memory of every process of the step, every ``_SAMPLE_S``, until the
+        step ends (runs in its own thread). A step shorter than one period is never sampled (its
+        ``ru_maxrss`` stands) and costs no ``psutil`` import."""
+        time.sleep(_SAMPLE_S / 2)
+        if self._stop:
+            return
+        import psutil
+
+        while not self._stop:
+            total = 0
+            for p in self._procs():
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_rss = max(self.peak_rss, total)
+            time.sleep(_SAMPLE_S)
+
+    def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
+        """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not
+        ended after ``grace``. The kernel layer makes the step's end its whole tree's end (a PID
+        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only.
+        ``reap``: this thread is the only one waiting for the step, so it may reap it."""
+        self.child.terminate()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.finished or (reap and self.child.poll() is not None):
+                return
+            time.sleep(0.02)
+        self.child.kill()
+
+
+class Run:
+    """An open run: a workspace with its bound policy, steps run one after another, closed once.
+
+    Make one with :meth:`open`. ``echo=True`` (the CLI) passes the steps' stdout through and
+    copies their stderr to ours; ``echo=False`` (a Ray actor) keeps both in the run's logs only:
+    ``logs/<step>.stdout.log`` and ``logs/<step>.stderr.log`` (stderr is logged either way).
+    """
+
+    def __init__(
+        self, prep: Prepared, ws: Workspace, policy: Policy, *, echo: bool, stderr: IO[bytes] | None
+    ) -> None:
+        self.prep = prep
+        self.ws = ws
+        self.policy = policy
+        self.steps: list[report_mod.StepRecord] = []
+        self.warnings: list[str] = list(prep.warnings)
+        self.missing: dict[str, str] = {}
+        self.interrupted: int | None = None  # the signal that interrupted the run
+        self.cancelled: str | None = None  # why the run was cancelled
+        self._echo = echo
+        self._stderr = stderr
+        self._launched: Launched | None = None
+        self._plan: KernelPlan | None = None
+        self._tree: _Tree | None = None
+        self._closed: RunOutcome | None = None
+        self._clock = _Clock()
+        self._lock: Any = None
+        req = prep.request
+        env = {k: v for k, v in (req.env or os.environ).items() if not k.startswith("TV_SANDBOX_")}
+        env.update(ws.env(req.profile))
+        # the explain shim (sandbox.native) rides along when this machine can build it
+        self.env: dict[str, str] = ws.native_env(env)
+        self.carried: list[str] = []  # what consolidation moved from the workspace into the run folder
+        self.policy_file = os.path.join(ws.base, POLICY_FILE)
+        self.events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
+
+    @classmethod
+    def open(cls, prep: Prepared, *, echo: bool = True, stderr: IO[bytes] | None = None) -> Run:
+        """Build the workspace and place the policy on it; nothing runs yet."""
+        from _thread import allocate_lock
+
+        req = prep.request
+        clock = _Clock()
+        ws = workspace_mod.create(
+            prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base, mirror=prep.kernel == "off"
+        )
+        try:
+            policy = ws.bind(prep.spec, mode=req.mode, profile=req.profile)
+            os.makedirs(os.path.join(ws.run_storage, "logs"), exist_ok=True)
+            save_resolved(policy, os.path.join(ws.base, POLICY_FILE))
+            run = cls(prep, ws, policy, echo=echo, stderr=stderr)
+        except BaseException:
+            ws.remove()
+            raise
+        run._lock = allocate_lock()
+        run._clock = clock
+        clock.lap("workspace")
+        return run
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _step_name(self, name: str) -> str:
+        base = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "step"
+        taken = {s.name for s in self.steps}
+        out, n = base, 2
+        while out in taken:
+            out, n = f"{base}-{n}", n + 1
+        return out
+
+    def _step_env(self, spec: StepSpec) -> dict[str, str]:
+        extra = dict(spec.env or {})
+        clash = sorted(k for k in extra if k in self.env and k in self.ws.env(self.prep.request.profile))
+        clash += sorted(k for k in extra if k.startswith("TV_SANDBOX_"))
+        if clash:
+            raise UsageError(
+                f"step {spec.name!r}: env cannot override the run's own variables ({', '.join(clash)}); "
+                "remove them from the step's env"
+            )
+        return {**self.env, **extra}
+
+    def step(self, spec: StepSpec) -> report_mod.StepRecord:
+        """Run one step to its end (or its timeout, or a cancel) and return its record.
+
+        Raises :class:`RunClosed` when the run was cancelled or interrupted before the step
+        began; :class:`~sandbox.errors.KernelUnavailable` / :class:`~sandbox.errors.UsageError`
+        when it could not start (kernel layer required but refused; command not found).
+        """
+        if self._closed is not None or self.cancelled or self.interrupted:
+            raise RunClosed(
+                f"run {self.prep.request.run_id} is {self._state()}: step {spec.name!r} not started"
+            )
+        from _thread import allocate_lock, start_new_thread
+
+        name = self._step_name(spec.name)
+        argv = spec.command()
+        env = self._step_env(spec)
+        logs = os.path.join(self.ws.run_storage, "logs")
+        n_events = _count_lines(self.events_file)
+        rfd, wfd = os.pipe()
+        tail = bytearray()
+        out_fd: int | None = None
+        if not self._echo:
+            out_fd = os.open(
+                os.path.join(logs, f"{name}.stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+            )
+        echo_to = (self._stderr or sys.stderr.buffer) if self._echo else None
+        with open(os.path.join(logs, f"{name}.stderr.log"), "wb") as log:
+            try:
+                child = self._start(argv, env, out_fd, wfd)
+            except UsageError as e:  # the command could not be executed: its step failed, as in a shell
+                os.close(rfd)
+                return self._not_started(name, argv, e, log, echo_to)
+            except BaseException:
+                os.close(rfd)
+                raise
+            finally:
+                os.close(wfd)
+                if out_fd is not None:
+                    os.close(out_fd)
+            pumped, running = allocate_lock(), allocate_lock()
+            pumped.acquire()
+            running.acquire()
+            # Bare threads: ``threading`` costs an import on the start-up path; these need no more
+            # than a lock to be joined.
+            start_new_thread(_tee, (rfd, echo_to, log, tail, pumped, running))
+            self._clock.lap("launch")
+            try:
+                result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
+            finally:
+                running.release()
+                pumped.acquire()  # the tee drained what the step wrote
+        self._clock.lap("step")
+        self._after_step()
+        events = _events_since(self.events_file, n_events)
+        tree = self._tree
+        self._tree = None
+        rec = report_mod.StepRecord(
+            argv=argv,
+            exit_code=result.exit_code,
+            signal=result.signal,
+            duration_s=round(result.duration_s, 6),
+            peak_rss_bytes=max(result.peak_rss_bytes, tree.peak_rss if tree else 0),
+            stderr_tail=tail.decode("utf-8", "replace")[-4000:],
+            name=name,
+            cpu_s=round(result.cpu_s, 6),
+            denied=sum(1 for e in events if e.get("action") == "deny"),
+            redirected=sum(1 for e in events if e.get("action") == "redirect"),
+            cut=cut,
+            cut_reason=why,
+        )
+        self.steps.append(rec)
+        return rec
+
+    def _not_started(
+        self, name: str, argv: list[str], err: UsageError, log: IO[bytes], echo_to: IO[bytes] | None
+    ) -> report_mod.StepRecord:
+        """A step whose command could not be executed: 127 when it was not found, else 126 (what
+        a shell and ``docker run`` answer), its message in the step's stderr log."""
+        import errno
+
+        cause = err.__cause__
+        code = 127 if isinstance(cause, OSError) and cause.errno == errno.ENOENT else 126
+        line = f"tv-sandbox: {err}\n".encode()
+        log.write(line)
+        if echo_to is not None:
+            echo_to.write(line)
+            echo_to.flush()
+        rec = report_mod.StepRecord(
+            argv=argv,
+            exit_code=code,
+            signal=None,
+            duration_s=0.0,
+            peak_rss_bytes=0,
+            stderr_tail=line.decode(),
+            name=name,
+        )
+        self.steps.append(rec)
+        return rec
+
+    def _after_step(self) -> None:
+        """What a step leaves for the launcher to gather, once every process of it is gone: without
+        the overlay, its writes into the workspace skeleton (moved into the run folder: no output
+        lost in a fallback); the explain shim's raw lines (decided by the policy: every native
+        denial and overlay redirect explained and counted)."""
+        plan = self._plan
+        if plan is None or not plan.overlays:
+            carried = workspace_mod.consolidate(self.ws)
+            if carried:
+                self.carried.extend(carried)
+        native = report_mod.explain_native(self.ws.run_storage, self.policy, self.events_file)
+        if native.unenforced:
+            self.warnings.append(
+                f"{native.unenforced} write(s) the policy denies reached the host: no kernel layer stopped "
+                "them (see host_changes in the report)"
+            )
+
+    def _start(self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int) -> Child:
+        if self._launched is None:
+            launched = _launch(self.prep, self.ws, self.policy, env, argv, stdout=out_fd, stderr=err_fd)
+            self._launched, self._plan = launched, launched.plan
+            self.missing.update(launched.missing)
+            self.warnings.extend(launched.warnings)
+            child = launched.child
+        else:
+            child = start_step(self.ws, env, argv, self._plan, stdout=out_fd, stderr=err_fd)
+        with self._lock:
+            self._tree = _Tree(child)
+        return child
+
+    def _wait(
+        self, child: Child, timeout: float | None, *, first: bool
+    ) -> tuple[ChildResult, str | None, str]:
+        """Wait for the step; end its tree on a timeout or an interrupt. Returns the result and
+        why tv-sandbox cut it (None, ``"timeout"``, ``"interrupted"``; a cancel says itself)."""
+        from _thread import allocate_lock, start_new_thread
+
+        tree = self._tree
+        assert tree is not None
+        cut: str | None = None
+        why = ""
+        ended = allocate_lock()
+        ended.acquire()
+        timed_out: list[bool] = []
+
+        def watchdog() -> None:
+            if timeout is not None and not ended.acquire(timeout=max(timeout, 0.0)):
+                timed_out.append(True)
+                tree.end()
+
+        try:
+            start_new_thread(tree.sample, ())
+            start_new_thread(watchdog, ())
+            if first:
+                _meanwhile(self.prep.request.workspace_base)
+            result = child.wait()
+        except KeyboardInterrupt as e:  # Ctrl-C (SIGINT) or Interrupted (SIGTERM, our handler)
+            self.interrupted = getattr(e, "signum", _SIGINT)
+            cut = "interrupted"
+            why = (
+                f"tv-sandbox was interrupted ({_signame(self.interrupted)}); the step's processes were ended"
+            )
+            with _deferred_interrupts():
+                tree.end(reap=True)
+                result = child.wait()
+        finally:
+            tree.finished = tree._stop = True
+            ended.release()
+        if cut is None and timed_out:
+            cut, why = (
+                "timeout",
+                f"the step ran longer than its timeout of {timeout:g} s; its processes were ended",
+            )
+        elif cut is None and self.cancelled:
+            cut, why = (
+                "cancelled",
+                f"the run was cancelled ({self.cancelled}); the step's processes were ended",
+            )
+        return result, cut, why
+
+    def cancel(self, why: str = "cancelled") -> None:
+        """End the running step's whole process tree and refuse later steps. Thread-safe;
+        idempotent. The run is exported marked ``cancelled`` when closed."""
+        with self._lock:
+            if self.cancelled is None:
+                self.cancelled = why or "cancelled"
+            tree = self._tree
+        if tree is not None:
+            tree.end()
+
+    def _state(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        if self.cancelled:
+            return "cancelled"
+        return "closed" if self._closed is not None else "open"
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """What the run would be exported as now."""
+        if self.interrupted:
+            return "interrupted"
+        if self.cancelled:
+            return "cancelled"
+        return "succeeded" if self.steps and all(s.exit_code == 0 for s in self.steps) else "failed"
+
+    @property
+    def exit_code(self) -> int:
+        """The last step's status; 128 + N when signal N interrupted the run."""
+        if self.interrupted:
+            return 128 + self.interrupted
+        return self.steps[-1].exit_code if self.steps else 1
+
+    def close(self, *, status: str | None = None) -> RunOutcome:
+        """Report and export the run (once; later calls return the same outcome), then remove the
+        workspace. ``status`` overrides the computed one (``failed`` for a run that raised)."""
+        if self._closed is not None:
+            return self._closed
+        with _deferred_interrupts():  # an export is short and must not be cut in half by Ctrl-C
+            try:
+                outcome = self._report_and_export(status or self.status)
+            finally:
+                if not self.prep.request.keep_workspace:
+                    self.ws.remove()
+                self._clock.lap("cleanup")
+        self._closed = outcome
+        return outcome
+
+    def discard(self) -> None:
+        """Remove the workspace without reporting or exporting: for a run refused before any of
+        its commands ran (an error of tv-sandbox itself writes nothing to the host)."""
+        if self._closed is None and not self.prep.request.keep_workspace:
+            self.ws.remove()
+        self._closed = RunOutcome(125, self.prep.destination, {}, None, status="failed")
+
+    def _report_and_export(self, status: str) -> RunOutcome:
+        import json
+
+        from sandbox._paths import write_into
+        from sandbox.events import read_events, summarise
+        from sandbox.export import export_run
+        from sandbox.export import write_error as export_write_error
+
+        prep, req, ws = self.prep, self.prep.request, self.ws
+        # A step's own file at a name of the launcher's is kept aside, never silently replaced.
+        self.warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
+        # After the steps, and never through what a step left there: the record is the launcher's.
+        try:  # a full run-folder filesystem fails here first: an export error, in one line
+            write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
+        applied = self._launched.child.applied if self._launched else None
+        layers = report_mod.Layers(
+            python_guard=True,
+            landlock_abi=getattr(applied, "landlock_abi", 0) if applied else 0,
+            mount_namespace=bool(getattr(applied, "namespace", False)) if applied else False,
+            overlay=bool(getattr(applied, "overlay", False)) if applied else False,
+            readonly_mounts=bool(getattr(applied, "readonly_root", False)) if applied else False,
+            missing=dict(self.missing),
+        )
+        events = read_events(self.events_file) if os.path.exists(self.events_file) else []
+        protected = {name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()}
+        lake_diff = None
+        if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
+            from sandbox import lakediff
+
+            mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
+            lake_diff = lakediff.write(
+                ws.run_storage,
+                report_mod.LAKEHOUSE_DIFF,
+                mounts,
+                events,
+                run_id=req.run_id,
+                run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
+            )
+        rep = report_mod.build(
+            run_id=req.run_id,
+            profile=req.profile,
+            mode=req.mode,
+            policy_name=prep.spec.name,
+            policy_sha256=prep.spec.sha256,
+            policy_source=prep.spec.source,
+            layers=layers,
+            steps=self.steps,
+            events=events,
+            event_summary=summarise(events),
+            scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
+            protected=protected,
+            warnings=self.warnings,
+            lakehouse_diff=lake_diff,
+            status=status,
+        )
+        rep["gathered_from_workspace"] = list(self.carried)  # no overlay: moved into the run folder
+        if self.interrupted or self.cancelled:
+            rep["cut"] = {"status": status, "why": self.cancelled or _signame(self.interrupted or 0)}
+        try:
+            report_mod.write(ws.run_storage, rep)
+        except OSError as e:
+            raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
+        self._clock.lap("report")
+        _check_space(req.run_id, ws.run_storage, prep.destination)
+        exit_code = self.exit_code
+        export_run(
+            ws.run_storage,
+            prep.destination,
+            run_id=req.run_id,
+            status=status,
+            exit_code=exit_code,
+            policy_name=prep.spec.name,
+            policy_sha256=prep.spec.sha256,
+            overwrite=req.overwrite,
+            extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+            max_bytes=export_limit(prep),
+        )
+        self._clock.lap("export")
+        kept = ws.base if req.keep_workspace else None
+        if kept:  # a kept workspace is the user's now: never swept as a dead launcher's leftover
+            os.unlink(os.path.join(ws.base, workspace_mod.OWNER_FILE))
+            with open(os.path.join(ws.base, workspace_mod.KEPT_FILE), "w"):
+                pass
+        return RunOutcome(
+            exit_code,
+            prep.destination,
+            rep,
+            kept,
+            self._clock.laps,
+            status=status,
+            warnings=list(self.warnings),
+        )
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._closed is not None:
+            return
+        if exc is None:
+            self.close()
+            return
+        if isinstance(exc, SandboxError) and not self.steps:
+            self.discard()  # refused before any command ran (kernel layer required...): nothing to export
+            return
+        if isinstance(exc, KeyboardInterrupt) and not self.interrupted:
+            self.interrupted = getattr(exc, "signum", _SIGINT)
+        try:
+            self.close(status=None if (self.interrupted or self.cancelled) else "failed")
+        except Exception as e:  # the original error matters more; the export's is attached
+            exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
+
+
+def _signame(signum: int) -> str:
+    return {_SIGINT: "SIGINT", _SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+
+
+class _deferred_interrupts:
+    """Hold SIGINT and SIGTERM back for the duration (only the main thread gets signals; elsewhere
+    this does nothing) and deliver them -- as the handlers in force would -- afterwards."""
+
+    def __enter__(self) -> None:
+        self._held: list[int] = []
+        self._old: dict[int, Any] = {}
+        for sig in (_SIGINT, _SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, lambda n, _f: self._held.append(n))
+            except ValueError:  # not the main thread: signals are not ours to handle here
+                break
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        for sig in self._held[:1]:
+            signal.raise_signal(sig)
+
+
+def install_interrupt_handlers() -> None:
+    """Make SIGTERM end a run like Ctrl-C does (an :class:`Interrupted` in the main thread), so the
+    CLI exports it marked interrupted and exits 143. Call from the main thread."""
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    def on_int(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    signal.signal(_SIGTERM, on_term)
+    signal.signal(_SIGINT, on_int)
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for _ in fh)
+    except FileNotFoundError:
+        return 0
+
+
+def _events_since(path: str, n: int) -> list[dict[str, Any]]:
+    """The events logged after the first ``n`` lines: one step's."""
+    import json
+
+    out: list[dict[str, Any]] = []
+    try:
+        with open(path, "rb") as fh:
+            for i, raw in enumerate(fh):
+                if i < n:
+                    continue
+                try:
+                    ev = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict):
+                    out.append(ev)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _tree_bytes(top: str) -> int:
+    """What copying ``top`` would allocate: the blocks of its regular files (sparse stays sparse)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(top):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            total += st.st_blocks * 512
+    return total
+
+
+def _check_space(run_id: str, src: str, dest: str) -> None:
+    """Refuse, with one line, an export that cannot fit at its destination (ENOSPC half-way would
+    leave the previous export intact, but after minutes of copying)."""
+    parent = os.path.dirname(dest)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        st = os.statvfs(parent)
+    except OSError:
+        return  # the export itself reports what is wrong with the destination
+    need, free = _tree_bytes(src), st.f_bavail * st.f_frsize
+    if need > free:
+        raise ExportError(
+            f"run {run_id} was not exported: its run folder needs {need / 2**20:.1f} MiB but "
+            f"{parent} has {free / 2**20:.1f} MiB free; free space there and run it again"
+        )

@@ -1,0 +1,592 @@
+"""A step keeps no privilege outside its sandbox, outlives nothing, and cannot steer the exporter.
+
+Each attack of the security review, through a real `tv-sandbox run` with every layer on, as root
+(the default in CI and in most Ray containers) and, where the machine allows, as an unprivileged
+user (``setpriv --reuid=65534``): the attacks run in ``python -I -S`` (no Python guard), so only
+the kernel layer stands in their way. The host and a folder outside it must be byte-identical
+afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import tree_snapshot
+
+from sandbox.errors import EXIT_USAGE
+from sandbox.export import verify
+from sandbox.samples import make_host
+
+RUNS = "artifacts/summaries/runs"
+LAKEFILE = "data/lakehouse/BINANCE_BTCUSDT_1d.csv"
+REQUIRE = os.environ.get("TV_SANDBOX_REQUIRE_KERNEL") == "1"
+NOBODY = 65534
+REPO = str(Path(__file__).parents[2])
+#: The attack programs' own exit statuses (not tv-sandbox's): every attempt refused / one got through.
+REFUSED, ESCAPED = 3, 9
+
+
+def _unprivileged_python() -> str | None:
+    """A Python >= 3.11 the unprivileged user may run (the venv's may live under /root), or None
+    when this machine cannot run the CLI as that user (not root, no setpriv, no user namespaces)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"):
+        return None
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if subprocess.run([*drop, "unshare", "-Ur", "true"], capture_output=True).returncode:
+        return None
+    # A venv may link to an interpreter under /root, which the user cannot reach: the check
+    # resolves the links as the user, the way the step's exec will.
+    for py in (sys.executable, "/usr/bin/python3"):
+        probe = (
+            "import os, sys; assert sys.version_info >= (3, 11); open(os.path.realpath(sys.argv[1]), 'rb')"
+        )
+        check = [*drop, py, "-c", probe, py]
+        if os.path.exists(py) and subprocess.run(check, capture_output=True, cwd="/").returncode == 0:
+            return py
+    return None
+
+
+UNPRIVILEGED = _unprivileged_python()
+USERS = ["root", "unprivileged"]
+
+
+class Box:
+    """A host and a folder outside it, owned by the user the launcher runs as."""
+
+    def __init__(self, user: str) -> None:
+        if user == "unprivileged" and UNPRIVILEGED is None:
+            pytest.skip(
+                reason="cannot run the CLI as an unprivileged user here (setpriv, userns or a Python)"
+            )
+        if user == "root" and os.geteuid() != 0:
+            user = "self"
+        self.user = user
+        self.root = Path(tempfile.mkdtemp(prefix="tvs-priv-", dir="/tmp"))
+        self.root.chmod(0o755)
+        self.host = make_host(self.root / "host")
+        self.outside = self.root / "outside"
+        self.outside.mkdir()
+        (self.outside / "file.txt").write_text("outside\n")
+        self.ws = self.root / "ws"
+        self.ws.mkdir()
+        self.python = UNPRIVILEGED if user == "unprivileged" else sys.executable
+        assert self.python is not None
+        if user == "unprivileged":
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                for name in [*dirnames, *filenames]:
+                    os.lchown(os.path.join(dirpath, name), NOBODY, NOBODY)
+            os.chown(self.root, NOBODY, NOBODY)
+        self.n = 0
+
+    def prefix(self) -> list[str]:
+        if self.user == "unprivileged":
+            return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        return []
+
+    def snapshot(self) -> dict[str, object]:
+        host = {k: v for k, v in tree_snapshot(self.host).items() if not k.startswith(RUNS)}
+        return {"host": host, "outside": tree_snapshot(self.outside)}
+
+    def run(
+        self, code: str, *, kernel: str = "require", env: dict[str, str] | None = None, timeout: float = 60
+    ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
+        """``tv-sandbox run`` of ``python -I -S -c code``; returns the process, the export and the
+        wall time."""
+        self.n += 1
+        run_id = f"p{self.n}"
+        argv = [
+            *self.prefix(),
+            self.python,
+            "-m",
+            "sandbox",
+            "run",
+            "--root",
+            str(self.host),
+            "--run-id",
+            run_id,
+            "--workspace-dir",
+            str(self.ws),
+            "--kernel",
+            kernel if REQUIRE or kernel != "require" else "auto",
+            "--",
+            self.python,
+            "-I",
+            "-S",
+            "-c",
+            code,
+        ]
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("TV_", "PYTHON"))}
+        base.update(PYTHONPATH=REPO, HOME=str(self.root), TMPDIR=str(self.ws), **(env or {}))
+        t0 = time.monotonic()
+        r = subprocess.run(argv, capture_output=True, text=True, env=base, timeout=timeout, cwd="/")
+        return r, self.host / RUNS / run_id, time.monotonic() - t0
+
+    def report(self, export: Path) -> dict[str, object]:
+        rep: dict[str, object] = json.loads((export / "sandbox_report.json").read_text())
+        layers = rep["layers"]
+        assert isinstance(layers, dict)
+        if not layers["kernel"] or layers["missing"]:
+            if REQUIRE:
+                pytest.fail(f"the full kernel layer was not active in CI: {layers['missing']}")
+            pytest.skip(reason=f"the full kernel layer is unavailable here: {layers['missing']}")
+        return rep
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(params=USERS)
+def box(request: pytest.FixtureRequest) -> Iterator[Box]:
+    b = Box(request.param)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _stdout_lines(r: subprocess.CompletedProcess[str]) -> list[str]:
+    return r.stdout.splitlines()
+
+
+# -- capabilities ---------------------------------------------------------------------------------
+
+CAPS = r"""
+import os
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"):
+    print(k, status[k].strip())
+print("uid_map", " ".join(open("/proc/self/uid_map").read().split()))
+"""
+
+
+def test_a_step_holds_no_capability(box: Box) -> None:
+    r, export, _ = box.run(CAPS)
+    box.report(export)
+    got = dict(line.split(" ", 1) for line in _stdout_lines(r))
+    for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert got[k] == "0000000000000000", (k, got)
+    assert got["NoNewPrivs"] == "1"
+    if box.user == "root":  # identity map: files keep their owners inside
+        assert got["uid_map"] == "0 0 4294967295", got
+
+
+# -- open_by_handle_at (CAP_DAC_READ_SEARCH) -------------------------------------------------------
+
+HANDLE = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+def handle(path):
+    h, mount_id = Handle(handle_bytes=128), ctypes.c_int()
+    if libc.name_to_handle_at(-100, path.encode(), ctypes.byref(h), ctypes.byref(mount_id), 0) != 0:
+        print("name_to_handle_at", path, os.strerror(ctypes.get_errno()))
+        return None
+    return h
+base = os.open(os.environ["TMPDIR"], os.O_RDONLY | os.O_DIRECTORY)  # the writable bind
+escaped = 0
+for path, flags in (("/", os.O_RDONLY | os.O_DIRECTORY), ("{lakefile}", os.O_WRONLY | os.O_APPEND),
+                    ("{outside}", os.O_WRONLY | os.O_APPEND)):
+    h = handle(path)
+    if h is None:
+        continue
+    fd = libc.open_by_handle_at(base, ctypes.byref(h), flags)
+    if fd < 0:
+        print("refused", path, os.strerror(ctypes.get_errno()))
+        continue
+    escaped += 1
+    if path == "/":
+        for target in ("{lakefile}", "{outside}"):
+            try:
+                t = os.open(target.lstrip("/"), os.O_WRONLY | os.O_APPEND, dir_fd=fd)
+                os.write(t, b"escaped through a handle\n")
+            except OSError as e:
+                print("write", target, e)
+    else:
+        os.write(fd, b"escaped through a handle\n")
+sys.exit(9 if escaped else 3)
+"""
+
+
+def test_open_by_handle_at_reaches_nothing(box: Box) -> None:
+    before = box.snapshot()
+    code = HANDLE.replace("{lakefile}", str(box.host / LAKEFILE)).replace(
+        "{outside}", str(box.outside / "file.txt")
+    )
+    r, export, _ = box.run(code)
+    box.report(export)
+    assert box.snapshot() == before, r.stdout
+    assert r.returncode == REFUSED, (r.returncode, r.stdout, r.stderr[-2000:])
+    refused = [line for line in _stdout_lines(r) if line.startswith("refused")]
+    assert refused and all("Operation not permitted" in line for line in refused), r.stdout
+
+
+# -- mknod, nodev/nosuid, /dev/shm ----------------------------------------------------------------
+
+MKNOD = r"""
+import os, stat, sys
+places = {"tmp": os.environ["TMPDIR"], "run": os.environ["TV_RUN_DIR"], "cwd": os.getcwd(),
+          "shm": "/dev/shm", "host": "{host}"}
+made = 0
+for name, where in places.items():
+    for kind, mode, dev in (("char", stat.S_IFCHR, os.makedev(1, 11)), ("block", stat.S_IFBLK, os.makedev(7, 0))):
+        p = os.path.join(where, f"node-{kind}")
+        try:
+            os.mknod(p, mode | 0o666, dev)
+            made += 1
+            print("made", name, kind)
+        except OSError as e:
+            print("refused", name, kind, e.errno)
+points = {}
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    points[f[4]] = set(f[5].split(","))
+for name, where in places.items():
+    real = os.path.realpath(where)
+    best = max((p for p in points if real == p or real.startswith(p.rstrip("/") + "/")), key=len)
+    print("options", name, best, ",".join(sorted(points[best] & {"nodev", "nosuid", "ro", "rw"})))
+open("/dev/shm/tvs-private-{tag}", "w").write("x")
+sys.exit(9 if made else 3)
+"""
+
+
+def test_mknod_is_refused_everywhere_and_writable_mounts_are_nodev_nosuid(box: Box) -> None:
+    before = box.snapshot()
+    tag = f"{os.getpid()}-{box.user}"
+    code = MKNOD.replace("{host}", str(box.host)).replace("{tag}", tag)
+    r, export, _ = box.run(code)
+    box.report(export)
+    lines = _stdout_lines(r)
+    assert r.returncode == REFUSED and not [x for x in lines if x.startswith("made")], (
+        r.stdout,
+        r.stderr[-2000:],
+    )
+    assert len([x for x in lines if x.startswith("refused")]) == 10
+    options = [x.split() for x in lines if x.startswith("options")]
+    assert len(options) == 5
+    for _, name, _point, opts in options:
+        assert {"nodev", "nosuid", "rw"} <= set(opts.split(",")), (name, opts)
+    # /dev/shm was the step's own tmpfs: nothing of it reached the host's
+    assert not os.path.exists(f"/dev/shm/tvs-private-{tag}")
+    assert box.snapshot() == before
+
+
+# -- signals: the step sees and reaches only its own processes -------------------------------------
+
+KILL = r"""
+import os, sys
+pid = {pid}
+print("visible", os.path.exists(f"/proc/{pid}"))
+try:
+    os.kill(pid, 9)
+    print("killed")
+    sys.exit(9)
+except OSError as e:
+    print("refused", e.errno)
+    sys.exit(3)
+"""
+
+
+def test_a_step_cannot_signal_a_process_outside_its_run(box: Box) -> None:
+    victim = subprocess.Popen([*box.prefix(), "sleep", "60"])
+    try:
+        time.sleep(0.1)
+        r, export, _ = box.run(KILL.replace("{pid}", str(victim.pid)))
+        box.report(export)
+        assert r.returncode == REFUSED, (r.stdout, r.stderr[-2000:])
+        assert "visible False" in r.stdout
+        assert victim.poll() is None, "the process outside the run was killed"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+# -- processes that outlive the step --------------------------------------------------------------
+
+DAEMON = r"""
+import os, sys, time
+run = os.environ["TV_RUN_DIR"]
+os.makedirs(os.path.join(run, "data", "victim"), exist_ok=True)
+open(os.path.join(run, "data", "victim", "kept.txt"), "w").write("kept")
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        # a daemon: holds stderr, waits for the step to end, then forges the report, adds a file,
+        # and swaps a folder for a link to a folder outside and a file for a fifo
+        time.sleep(1.0)
+        open(os.path.join(run, "sandbox_report.json"), "w").write('{"status": "forged"}')
+        open(os.path.join(run, "late.txt"), "w").write("late")
+        os.rename(os.path.join(run, "data", "victim"), os.path.join(run, "data", "gone"))
+        os.symlink("{outside}", os.path.join(run, "data", "victim"))
+        os.mkfifo(os.path.join(run, "data", "fifo"))
+        time.sleep(3600)
+    os._exit(0)
+print("main done")
+"""
+
+
+def test_a_daemon_ends_with_the_step_and_cannot_forge_its_export(box: Box) -> None:
+    r, export, elapsed = box.run(DAEMON.replace("{outside}", str(box.outside)), timeout=60)
+    rep = box.report(export)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert elapsed < 10, f"the run waited for the step's daemon: {elapsed:.1f} s"
+    assert rep["status"] == "succeeded"
+    assert not (export / "late.txt").exists() and not (export / "data" / "fifo").exists()
+    assert (export / "data" / "victim" / "kept.txt").read_text() == "kept"
+    assert verify(export) == []
+    time.sleep(1.5)  # the daemon would act now, were it alive
+    assert json.loads((export / "sandbox_report.json").read_text())["status"] == "succeeded"
+    assert verify(export) == [] and not (export / "late.txt").exists()
+
+
+@pytest.mark.parametrize("holder", ["sleep 30 &", "sleep infinity &"])
+def test_a_background_stderr_holder_does_not_hold_the_run(box: Box, holder: str) -> None:
+    code = f"import subprocess; subprocess.run(['sh', '-c', {holder!r}])"
+    r, export, elapsed = box.run(code, timeout=60)
+    box.report(export)
+    assert r.returncode == 0 and elapsed < 10, (elapsed, r.stderr[-2000:])
+
+
+def test_terminating_a_launcher_ends_the_whole_step(box: Box) -> None:
+    """SIGTERM to `tv-sandbox run` (as a job scheduler sends it): the step and its daemon end."""
+    marker = f"tvs-term-{os.getpid()}-{box.user}"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execvp('sleep', ['{marker}', '300'])\n"
+        "time.sleep(300)\n"
+    )
+    argv_env = {"TV_RUN_DIR_UNUSED": "1"}
+    proc = subprocess.Popen(
+        [
+            *box.prefix(),
+            str(box.python),
+            "-m",
+            "sandbox",
+            "run",
+            "--root",
+            str(box.host),
+            "--run-id",
+            "term",
+            "--workspace-dir",
+            str(box.ws),
+            "--",
+            str(box.python),
+            "-I",
+            "-S",
+            "-c",
+            code,
+        ],
+        env={**os.environ, "PYTHONPATH": REPO, "TMPDIR": str(box.ws), **argv_env},
+        cwd="/",
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _with_marker(marker):
+            time.sleep(0.05)
+        assert _with_marker(marker), "the step's daemon never started"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _with_marker(marker):
+        time.sleep(0.05)
+    assert not _with_marker(marker), "the step's daemon outlived its launcher"
+
+
+def _with_marker(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+# -- the run folder's content cannot steer the export ---------------------------------------------
+
+SPARSE = r"""
+import os
+with open(os.path.join(os.environ["TV_RUN_DIR"], "data", "sparse.bin"), "wb") as fh:
+    fh.truncate(1 << 30)
+    fh.write(b"head")
+"""
+
+
+def test_a_sparse_gib_exports_sparse(box: Box) -> None:
+    r, export, _ = box.run(SPARSE)
+    box.report(export)
+    st = os.stat(export / "data" / "sparse.bin")
+    assert r.returncode == 0 and st.st_size == 1 << 30 and st.st_blocks * 512 < 1 << 20
+
+
+# -- a workspace inside the host ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inside", ["configs", "data/lakehouse", "data/lakehouse/sub"])
+def test_tmpdir_inside_the_host_is_refused_before_anything_runs(inside: str, tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    (host / "data" / "lakehouse" / "sub").mkdir(exist_ok=True)
+    (host / inside).mkdir(parents=True, exist_ok=True)
+    before = tree_snapshot(host)
+    env = {**os.environ, "TMPDIR": str(host / inside)}
+    argv = [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "run",
+        "--root",
+        str(host),
+        "--run-id",
+        "t",
+        "--kernel",
+        "require",
+    ]
+    r = subprocess.run([*argv, "--", "true"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == EXIT_USAGE, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TMPDIR" in lines[0] and "inside" in lines[0], r.stderr
+    assert tree_snapshot(host) == before
+
+
+def test_a_workspace_dir_inside_a_mount_that_lies_outside_the_host_is_refused(tmp_path: Path) -> None:
+    """The lakehouse may be a link to a big disk elsewhere: a workspace there is refused too."""
+    host = make_host(tmp_path / "host")
+    lake = host / "data" / "lakehouse"
+    elsewhere = tmp_path / "bigdisk"
+    shutil.move(str(lake), elsewhere)
+    lake.symlink_to(elsewhere)
+    argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", "t"]
+    r = subprocess.run(
+        [*argv, "--workspace-dir", str(elsewhere), "--", "true"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == EXIT_USAGE and "lakehouse mount" in r.stderr, r.stderr
+
+
+# -- a full run-folder filesystem ------------------------------------------------------------------
+
+
+def test_a_full_run_folder_filesystem_is_an_export_error_in_one_line(tmp_path: Path) -> None:
+    """The step fills the filesystem of its run folder: the launcher's own records cannot be
+    written; that is the export-error status with one line, the previous export intact, no stage
+    in the runs folder and no workspace left."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+    if res.returncode:
+        if REQUIRE:
+            pytest.fail(f"cannot mount a tmpfs: {res.stderr!r}")
+        pytest.skip(reason=f"cannot mount a tmpfs: {res.stderr!r}")
+    try:
+        host = make_host(tmp_path / "host")
+        argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--workspace-dir", str(small)]
+        ok = subprocess.run([*argv, "--run-id", "full", "--", "true"], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        fill = "import os\ntry:\n    open(os.environ['TV_RUN_DIR'] + '/data/big.bin', 'wb').write(b'x' * 3_000_000)\nexcept OSError:\n    pass\n"
+        r = subprocess.run(
+            [*argv, "--run-id", "full", "--overwrite", "--", sys.executable, "-I", "-S", "-c", fill],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        from sandbox.errors import EXIT_EXPORT
+
+        assert r.returncode == EXIT_EXPORT, r.stderr
+        lines = [x for x in r.stderr.splitlines() if x.startswith("tv-sandbox: error")]
+        assert len(lines) == 1 and "no space left on device" in lines[0], r.stderr
+        assert "the previous export is intact" in lines[0]
+        runs = host / RUNS
+        assert os.listdir(runs) == ["full"] and verify(runs / "full") == []
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+DEV = r"""
+import os
+print(" ".join(sorted(os.listdir("/dev"))))
+"""
+
+
+def test_dev_holds_only_the_minimal_devices(box: Box) -> None:
+    """No raw disk, kmsg or mem below /dev: a uid-0 step would own (and read) root's nodes."""
+    r, export, _ = box.run(DEV)
+    box.report(export)
+    assert r.stdout.split() == sorted(
+        [
+            "fd",
+            "full",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+        ]
+    ), r.stdout
+
+
+PASS_FD = r"""
+import array, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("\0{name}")
+s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [2]))])
+s.recv(1)
+"""
+
+
+def test_stderr_passed_to_a_process_outside_does_not_hold_the_run(box: Box) -> None:
+    """The step hands its stderr to a cooperating process outside its run (an abstract Unix
+    socket: no network namespace); the run still ends when the step's processes are gone."""
+    import socket
+    import threading
+
+    name = f"tvs-holder-{os.getpid()}-{box.user}"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind("\0" + name)
+    srv.listen(1)
+    held: list[int] = []
+
+    def hold() -> None:
+        conn, _ = srv.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1, 4)
+        held.extend(fds)
+        conn.send(b"k")
+        conn.close()
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    try:
+        r, export, elapsed = box.run(PASS_FD.replace("{name}", name), timeout=60)
+        box.report(export)
+        assert held, "the step did not pass its stderr"
+        assert r.returncode == 0 and elapsed < 10, (elapsed, r.stderr[-2000:])
+    finally:
+        for fd in held:
+            os.close(fd)
+        srv.close()

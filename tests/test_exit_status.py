@@ -1,0 +1,188 @@
+"""Exit statuses that cannot be confused (Docker's `docker run` convention), through the real CLI:
+the command's own status, 125 for tv-sandbox's own errors, 126 cannot execute, 127 not found."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_argv, sandbox_run
+
+from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SANDBOX
+from sandbox.samples import make_host
+
+RUNS = "artifacts/summaries/runs"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    return make_host(tmp_path / "host")
+
+
+def test_the_constants_are_dockers() -> None:
+    assert (EXIT_SANDBOX, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND) == (125, 126, 127)
+
+
+@pytest.mark.parametrize("status", [1, 2, 3, 70])
+def test_the_commands_own_status_passes_through(host: Path, status: int) -> None:
+    """`make` and `python missing.py` exit 2: that is the step's failure, never tv-sandbox's."""
+    r = sandbox_run(host, f"S{status}", sys.executable, "-c", f"raise SystemExit({status})")
+    assert r.returncode == status, r.stderr
+    assert "error" not in r.stderr.splitlines()[-1]
+
+
+def test_python_missing_script_is_the_commands_2(host: Path) -> None:
+    r = sandbox_run(host, "M", sys.executable, "scripts/no_such_script.py")
+    assert r.returncode == 2 and "can't open file" in r.stderr, r.stderr
+
+
+def test_a_command_not_found_is_127(host: Path) -> None:
+    r = sandbox_run(host, "NF", "tv-sandbox-no-such-command")
+    assert r.returncode == EXIT_NOT_FOUND, r.stderr
+    assert "tv-sandbox-no-such-command" in r.stderr and "No such file" in r.stderr, r.stderr
+    assert "lakehouse" not in r.stderr
+
+
+def test_a_command_that_cannot_be_executed_is_126(host: Path, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    r = sandbox_run(host, "NX", str(script))
+    assert r.returncode == EXIT_CANNOT_EXECUTE, r.stderr
+    assert "Permission denied" in r.stderr, r.stderr
+
+
+def test_an_error_before_the_command_ran_is_125_and_says_so(host: Path) -> None:
+    r = sandbox_run(host, "bad/id", "true")
+    assert r.returncode == EXIT_SANDBOX
+    assert r.stderr.startswith("tv-sandbox: error before the command ran: invalid RUN_ID"), r.stderr
+
+
+def test_a_usage_error_of_argparse_is_125(host: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "sandbox", "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == EXIT_SANDBOX and "invalid choice" in r.stderr
+
+
+def test_help_documents_the_statuses() -> None:
+    r = subprocess.run([sys.executable, "-m", "sandbox", "run", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for word in ("125", "126", "127", "Docker"):
+        assert word in r.stdout, r.stdout
+
+
+def test_readme_documents_the_statuses() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for word in ("`125`", "`126`", "`127`"):
+        assert word in readme
+    assert "`2` for any error" not in readme
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+
+def test_verify_a_run_folder(host: Path) -> None:
+    r = sandbox_run(host, "V", sys.executable, "-c", "open('data/x.txt', 'w').write('x')")
+    assert r.returncode == 0, r.stderr
+    out = host / RUNS / "V"
+    ok = subprocess.run([sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "matches" in ok.stderr, ok.stderr
+    (out / "data" / "x.txt").write_text("y")  # same size, other content
+    bad = subprocess.run(
+        [sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "content differs" in bad.stderr and "data/x.txt" in bad.stderr
+    (out / "manifest.json").unlink()
+    gone = subprocess.run(
+        [sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True
+    )
+    assert gone.returncode == 1 and "cannot read the manifest" in gone.stderr
+    none = subprocess.run(
+        [sys.executable, "-m", "sandbox", "verify", str(out / "nope")], capture_output=True, text=True
+    )
+    assert none.returncode == EXIT_SANDBOX and "is not a folder" in none.stderr
+
+
+# -- policies by name, TV_PROFILE ---------------------------------------------------------------
+
+
+def test_a_built_in_policy_by_name(tmp_path: Path) -> None:
+    """`--policy source-layout` selects the built-in policy (it was "no such policy file")."""
+    from sandbox.loader import load_policy
+
+    host = make_host(tmp_path / "src", layout=load_policy("source-layout").layout)
+    r = subprocess.run(
+        run_argv(
+            host,
+            "SL",
+            sys.executable,
+            "-c",
+            "open('reports/r.txt', 'w').write('r')",
+            options=("--policy", "source-layout"),
+        ),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((host / "data/artifacts/summaries/runs/SL/sandbox_report.json").read_text())
+    assert rep["policy"]["name"] == "source-layout"
+
+
+def test_an_unknown_policy_name_lists_the_built_ins(host: Path) -> None:
+    r = sandbox_run(host, "U", "true", options=("--policy", "sourcelayout"))
+    assert r.returncode == EXIT_SANDBOX
+    assert "source-layout" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_an_unknown_tv_profile_warns_before_production(host: Path) -> None:
+    env = {**os.environ, "TV_PROFILE": "developement"}
+    r = subprocess.run(run_argv(host, "TP", "true"), capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "TV_PROFILE" in ln]
+    assert len(warn) == 1 and "developement" in warn[0] and "production" in warn[0], r.stderr
+    rep = json.loads((host / RUNS / "TP" / "sandbox_report.json").read_text())
+    assert rep["profile"] == "production"
+
+
+# -- policies bind every layer alike -------------------------------------------------------------
+
+POLICY = """[policy]
+name = "custom"
+profile = "production"
+[layout]
+lakehouse = "data/lakehouse"
+exports = "export"
+runs = "artifacts/summaries/runs"
+"""
+
+
+def test_a_rule_the_kernel_layer_cannot_enforce_is_refused_at_load(host: Path, tmp_path: Path) -> None:
+    """`deny configs/*.yaml` bound Python only (shell edits landed, unexplained): now refused."""
+    pol = tmp_path / "glob.toml"
+    pol.write_text(
+        POLICY + '[[rule]]\nname = "yaml"\npaths = ["configs/*.yaml"]\nops = ["mutate"]\naction = "deny"\n'
+        'reason = "configs are read-only"\n'
+    )
+    r = sandbox_run(host, "G", "true", options=("--policy", str(pol)))
+    assert r.returncode == EXIT_SANDBOX
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "rule 'yaml'" in line and "kernel layer" in line, line
+
+
+def test_a_folder_rule_is_a_kernel_bind(host: Path, tmp_path: Path) -> None:
+    from sandbox.loader import load_policy
+
+    pol = tmp_path / "folders.toml"
+    pol.write_text(
+        POLICY
+        + '[[rule]]\nname = "configs"\npaths = ["configs", "configs/**"]\nops = ["mutate"]\naction = "deny"\n'
+        'reason = "configs are read-only"\n'
+        '[[rule]]\nname = "cache"\npaths = ["data/cache/**"]\nops = ["all"]\naction = "allow"\n'
+    )
+    spec = load_policy(pol)
+    paths = spec.bind(host=host, run_id="K").kernel_paths()
+    assert paths.readonly == ("configs",) and paths.writable == ("data/cache",)
+    assert load_policy().bind(host=host, run_id="K").kernel_paths().readonly == ()

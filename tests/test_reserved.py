@@ -1,0 +1,99 @@
+"""Reserved names (issue 9, item 6): a step's write to one of the sandbox's own files in the run folder
+is refused with an explanation by a built-in rule -- by the guard (real CLI) and by fsspec -- and
+what the kernel layer lets a native writer leave there is set aside, never silently replaced."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RunEnv, sandbox_run
+
+from sandbox.errors import AccessDenied
+from sandbox.fs import SandboxFileSystem
+from sandbox.guard import guarded
+from sandbox.policy import RESERVED_RUN_FILES, Op
+from sandbox.report import LAUNCHER_FILES, STEP_COPY_SUFFIX, set_aside_step_files
+from sandbox.samples import make_host
+
+RUNS = "artifacts/summaries/runs"
+RESERVED_EXAMPLES = [
+    "manifest.json",
+    "sandbox_report.json",
+    "config/policy.json",
+    "logs/sandbox_events.jsonl",
+    "logs/select.stderr.log",
+    "logs/step.stdout.log",
+    "reports/lakehouse_diff.json",
+]
+
+
+@pytest.mark.parametrize("rel", RESERVED_EXAMPLES)
+def test_the_policy_denies_a_reserved_name(run_env: RunEnv, rel: str) -> None:
+    d = run_env.policy.decide(f"{run_env.ws.run_dir}/{rel}", Op.WRITE)
+    assert d.denied and d.rule == "sandbox-reserved-name" and d.hint, d
+    assert not run_env.policy.decide(f"{run_env.ws.run_dir}/{rel}", Op.READ).denied
+    # the same name elsewhere in the run folder is the step's
+    assert not run_env.policy.decide(f"{run_env.ws.run_dir}/data/{rel.rpartition('/')[2]}", Op.WRITE).denied
+
+
+def test_every_reserved_pattern_is_documented() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in RESERVED_RUN_FILES:
+        assert f"`{name}`" in readme, name
+
+
+def test_the_guard_refuses_relative_and_absolute_writes(run_env: RunEnv) -> None:
+    with guarded(run_env.policy):
+        for target in (f"{run_env.ws.run_dir}/manifest.json", "config/policy.json"):
+            path = Path(run_env.ws.root) / target if not target.startswith("/") else Path(target)
+            with pytest.raises(AccessDenied) as e, open(path, "w"):
+                pass
+            assert e.value.rule == "sandbox-reserved-name"
+    assert not (Path(run_env.ws.run_storage) / "manifest.json").exists()
+
+
+def test_fsspec_refuses_it(run_env: RunEnv) -> None:
+    fs = SandboxFileSystem(policy=run_env.policy)
+    with pytest.raises(PermissionError, match="sandbox-reserved-name"):
+        fs.pipe_file(f"{run_env.ws.run_dir}/sandbox_report.json", b"{}")
+
+
+def test_a_step_writing_the_manifest_through_the_cli(tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    step = (
+        "import os\n"
+        "try:\n"
+        "    open(os.path.join(os.environ['TV_RUN_DIR'], 'manifest.json'), 'w').write('mine')\n"
+        "except PermissionError as e:\n"
+        "    print('refused:', e)\n"
+        "open('data/manifest.json', 'w').write('mine')\n"
+    )
+    r = sandbox_run(host, "RES", sys.executable, "-c", step)
+    assert r.returncode == 0, r.stderr
+    assert "refused:" in r.stdout and "sandbox-reserved-name" in r.stdout, r.stdout
+    out = host / RUNS / "RES"
+    assert json.loads((out / "manifest.json").read_text())["schema"] == "tv-sandbox-manifest"
+    assert (out / "data" / "manifest.json").read_text() == "mine"
+    events = [json.loads(x) for x in (out / "logs" / "sandbox_events.jsonl").read_text().splitlines()]
+    assert any(e["rule"] == "sandbox-reserved-name" and e["action"] == "deny" for e in events)
+
+
+def test_what_a_native_writer_left_is_set_aside(tmp_path: Path) -> None:
+    """The kernel layer cannot refuse a shell's `> $TV_RUN_DIR/manifest.json`: the launcher moves it
+    aside before writing its own (runner: report.set_aside_step_files after the steps)."""
+    run = tmp_path / "run"
+    (run / "config").mkdir(parents=True)
+    (run / "reports").mkdir()
+    (run / "manifest.json").write_text("step's")
+    (run / "config" / "policy.json").write_text("step's policy")
+    (run / f"manifest.json{STEP_COPY_SUFFIX}").write_text("older")
+    lines = set_aside_step_files(str(run))
+    assert len(lines) == 2 and all("reserved" in ln for ln in lines)
+    assert not (run / "manifest.json").exists() and not (run / "config" / "policy.json").exists()
+    assert (run / f"manifest.json{STEP_COPY_SUFFIX}-2").read_text() == "step's"
+    assert (run / f"config/policy.json{STEP_COPY_SUFFIX}").read_text() == "step's policy"
+    assert set_aside_step_files(str(run)) == []
+    assert set(LAUNCHER_FILES) <= {n for n in RESERVED_RUN_FILES}
