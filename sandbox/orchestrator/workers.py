@@ -49,24 +49,23 @@ from sandbox.errors import KernelUnavailable
 from sandbox.guard.bootstrap import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY
 from sandbox.kernel.plan import DEVICE_PATHS, KernelPlan
 from sandbox.policy import Policy, save_resolved
-from sandbox.runner import POLICY_FILE, POLICY_RECORD, Prepared, RunRequest, kernel_plan, preflight
+from sandbox.runner import (
+    POLICY_FILE,
+    POLICY_RECORD,
+    Prepared,
+    RunOutcome,
+    RunRequest,
+    export_limit,
+    kernel_plan,
+    preflight,
+)
 from sandbox.worker_launch import ENV_RAY_SETUP_HOOK, SETUP_HOOK, WORKERS_DIR, start_time, write_state
 from sandbox.workspace import Workspace
 
-__all__ = ["SETUP_HOOK", "SandboxedRun", "WorkersOutcome", "sandboxed_run"]
+__all__ = ["SETUP_HOOK", "SandboxedRun", "sandboxed_run"]
 
 STATE_FILE = "worker_state.marshal"  # in the workspace base, outside every writable root
 _CRASH_REASONS = {"WORKER_DIED", "NODE_DIED", "OWNER_DIED"}
-
-
-@dataclass
-class WorkersOutcome:
-    """How a sandboxed run of Ray workers ended (``run.outcome`` after the ``with`` block)."""
-
-    status: str  # succeeded | failed | interrupted
-    exit_code: int
-    destination: str
-    report: dict[str, Any]
 
 
 @dataclass
@@ -100,7 +99,8 @@ class SandboxedRun:
         self.env = env
         self.ray_dirs = ray_dirs
         self.node_id = node_id
-        self.outcome: WorkersOutcome | None = None
+        self.outcome: RunOutcome | None = None  # status, destination, report... after the run
+        self.opened = time.monotonic()
         self._kernel = kernel
         self._state_file = os.path.join(ws.base, STATE_FILE)
         self._workers_dir = os.path.join(ws.base, WORKERS_DIR)
@@ -417,14 +417,15 @@ def _open(
         raise
 
 
-def _close(run: SandboxedRun, status: str) -> WorkersOutcome:
+def _close(run: SandboxedRun, status: str) -> RunOutcome:
+    """End the run's workers, then report and export it as :meth:`sandbox.run.Run.close` does."""
     import json
 
     from sandbox._paths import write_into
     from sandbox.events import read_events, summarise
     from sandbox.export import export_run
 
-    ws, prep = run.workspace, run.prep
+    ws, prep, req = run.workspace, run.prep, run.prep.request
     with contextlib.suppress(FileNotFoundError):
         os.unlink(run._state_file)  # no new worker of this run from now on
     try:
@@ -439,21 +440,35 @@ def _close(run: SandboxedRun, status: str) -> WorkersOutcome:
     if crashed and status == "succeeded":
         status = "failed"
     code = {"succeeded": 0, "interrupted": 130}.get(status, 1)
+    warnings = [*prep.warnings, *report_mod.set_aside_step_files(ws.run_storage)]
     write_into(ws.run_storage, POLICY_RECORD, json.dumps(run.policy.to_dict(), indent=1).encode())
     events_file = run.env[ENV_EVENTS]
     events = read_events(events_file) if os.path.exists(events_file) else []
+    lake_diff = None
+    if req.mode == "audit":  # what the workers changed in the mounts, captured: in the manifest
+        from sandbox import lakediff
+
+        mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
+        lake_diff = lakediff.write(
+            ws.run_storage,
+            report_mod.LAKEHOUSE_DIFF,
+            mounts,
+            events,
+            run_id=run.run_id,
+            run_dirs=[ws.run_dir],
+        )
     step = report_mod.StepRecord(
         argv=["<ray workers>", *sorted({a["class"] for a in actors})],
         exit_code=code,
         signal=None,
-        duration_s=0.0,
+        duration_s=round(time.monotonic() - run.opened, 6),
         peak_rss_bytes=0,
         stderr_tail="\n".join(f"{a['class']} (pid {a['pid']}): {a['death']}" for a in crashed),
     )
     rep = report_mod.build(
         run_id=run.run_id,
-        profile=prep.request.profile,
-        mode=prep.request.mode,
+        profile=req.profile,
+        mode=req.mode,
         policy_name=prep.spec.name,
         policy_sha256=prep.spec.sha256,
         policy_source=prep.spec.source,
@@ -463,9 +478,10 @@ def _close(run: SandboxedRun, status: str) -> WorkersOutcome:
         event_summary=summarise(events),
         scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
         protected={n: os.path.join(ws.host, rel) for n, rel in prep.spec.layout.mounts().items()},
-        warnings=prep.warnings,
+        warnings=warnings,
+        lakehouse_diff=lake_diff,
+        status=status,
     )
-    rep["status"] = status
     rep["ray"] = {"actors": actors, "workers_started": len(run._started_pids()), "dirs": run.ray_dirs}
     report_mod.write(ws.run_storage, rep)
     export_run(
@@ -473,13 +489,14 @@ def _close(run: SandboxedRun, status: str) -> WorkersOutcome:
         prep.destination,
         run_id=run.run_id,
         exit_code=code,
-        status="succeeded" if status == "succeeded" else "failed",  # the manifest knows these two
+        status=status,
         policy_name=prep.spec.name,
         policy_sha256=prep.spec.sha256,
-        overwrite=prep.request.overwrite,
-        extra={"profile": prep.request.profile, "mode": prep.request.mode, "layers": rep["layers"]},
+        overwrite=req.overwrite,
+        extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+        max_bytes=export_limit(prep),
     )
-    return WorkersOutcome(status, code, prep.destination, rep)
+    return RunOutcome(code, prep.destination, rep, None, status=status, warnings=warnings)
 
 
 @contextlib.contextmanager

@@ -252,8 +252,8 @@ def test_an_exception_or_ctrl_c_in_the_body_exports_a_failed_run(host: Host) -> 
     with pytest.raises(KeyboardInterrupt), host.run("ctrlc") as run2:
         raise KeyboardInterrupt
     assert run2.outcome is not None and run2.outcome.status == "interrupted"
-    for rid in ("boom", "ctrlc"):
-        assert json.loads((host.export(rid) / "manifest.json").read_text())["status"] == "failed"
+    for rid, status in (("boom", "failed"), ("ctrlc", "interrupted")):
+        assert json.loads((host.export(rid) / "manifest.json").read_text())["status"] == status
 
 
 def test_guard_alone_when_the_kernel_layer_is_off(host: Host) -> None:
