@@ -232,7 +232,7 @@ def test_pyarrow_refused_relative_writes_exported_workers_share_the_run(host: Ho
 def test_two_concurrent_runs_do_not_mix(host: Host) -> None:
     with host.run("mixA") as ra, host.run("mixB") as rb:
         _need_kernel(ra)
-        a = Body.options(runtime_env=ra.runtime_env).remote()
+        a = Body.options(**ra.options).remote()  # runtime_env + a hard affinity to this node
         b = Body.options(runtime_env=rb.runtime_env).remote()
         assert _get(a.attempt.remote("open('same.txt', 'w').write('A')")) == "ok"
         assert _get(b.attempt.remote("open('same.txt', 'w').write('B')")) == "ok"
