@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     _audit_parser(sub)
     sub.add_parser("doctor", help="which enforcement layers this machine supports, and what each covers")
+    worker = sub.add_parser(
+        "worker",
+        help="start a Ray worker in a sandboxed run (the py_executable of sandboxed_run's runtime_env)",
+    )
+    worker.add_argument("--run-state", required=True, metavar="FILE", help="written by sandboxed_run")
+    worker.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- PYTHON ...")
     demo = sub.add_parser(
         "demo", help="run the sample pipeline on embedded Ray in a generated host (what `make demo` runs)"
     )
@@ -360,6 +366,10 @@ def _stage(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[:2] == ["worker", "--run-state"]:  # Ray's worker start-up: no argparse on this path
+            from sandbox.worker_launch import main as worker_main
+
+            return worker_main(args[1:])
         ns = _fast_run(args)
         if ns is None:
             ns = vars(_parser().parse_args(args))
@@ -367,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(ns)
         if ns["command"] == "audit":
             return _audit(ns)
+        if ns["command"] == "worker":
+            from sandbox.worker_launch import main as worker_main
+
+            cmd = ns["cmd"][1:] if ns["cmd"][:1] == ["--"] else ns["cmd"]
+            return worker_main(["--run-state", ns["run_state"], "--", *cmd])
         if ns["command"] == "doctor":
             return _doctor()
         if ns["command"] == "verify":
