@@ -248,6 +248,32 @@ def test_a_read_follows_the_run_folders_link_to_an_alias(worlds: Worlds) -> None
     assert g == f == (True, "host-only\n", False)
 
 
+def test_a_read_follows_a_last_name_the_run_linked_to_an_alias(worlds: Worlds) -> None:
+    """A link the run planted, as the last name, to a host folder that exists only in the run
+    folder (``$HOST/new`` is the workspace's ``new``: its copy): there, for both enforcers -- in a
+    folder decided name by name (``data/``) and in one decided as a whole (``outputs/``)."""
+    w = worlds.get()
+    w.clean()
+    run = Path(w.ws.run_storage)
+    (run / "new").mkdir()
+    (run / "outputs").mkdir()
+    for folder in ("data", "outputs"):
+        os.symlink(w.host / "new", run / folder / "to_new")
+    w.dirty = True  # reset before the next call
+    fs = SandboxFileSystem(policy=w.policy)
+    cwd = os.getcwd()
+    os.chdir(w.ws.root)
+    try:
+        names = ["data/to_new", "outputs/to_new", "outputs/to_new/nope"]
+        with guarded(w.policy):
+            g = [os.path.isdir(n) for n in names]
+        f = [fs.isdir(n) for n in names]
+    finally:
+        os.chdir(cwd)
+        w.reset()
+    assert g == f == [True, True, False]
+
+
 def test_the_resolver_climbs_as_the_kernel_does(world: World) -> None:
     """`..` after a symlink climbs from the link's target, for ops that act on the last name too."""
     for follow in (True, False):

@@ -218,11 +218,13 @@ class Engine:
             return Fam(d.action, real, None, d, not reads and d.action is ALLOW and has_links(real))
         dest = self.head_real(d.target)
         if reads:
-            # the copy's folder leads on (a link the run planted, to a host path): the exact path
+            # the copy's folder leads on (a link the run planted, to a host path): the exact path.
+            # A link as the last name does too (``_read_place``); a folder too big to scan is taken
+            # to hold none: an lstat per read of a 20,000-file folder would cost every read.
             again = self.policy.decide_children(dest, READ)
             if again is None or again.action is not ALLOW:
                 return None
-            return Fam(d.action, real, dest, d, False, has_links(dest))
+            return Fam(d.action, real, dest, d, False, has_links(dest, big=False))
         again = self.policy.decide_children(dest, op)  # settle: every entry there must be allowed
         if again is None or again.action is not ALLOW:
             return None
@@ -307,7 +309,7 @@ class Engine:
             return t
         real_head = self.head_real(head)
         d = self.policy.decide_children(real_head, READ)
-        if d is not None and d.action is ALLOW and not has_links(real_head):
+        if d is not None and d.action is ALLOW and not has_links(real_head, big=False):
             if len(self._plain) >= _CACHE_MAX:
                 self._plain.clear()
             self._plain.add(head)

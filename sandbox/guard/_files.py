@@ -56,12 +56,14 @@ def exists(path: str) -> bool:
     return True
 
 
-def has_links(folder: str) -> bool:
-    """Does ``folder`` hold a symlink (or too many entries to tell cheaply)? Missing: no."""
+def has_links(folder: str, big: bool = True) -> bool:
+    """Does ``folder`` hold a symlink (or too many entries to tell cheaply: ``big``)? Missing: no."""
     try:
         with o_scandir(folder) as it:
             for n, e in enumerate(it):
-                if n >= _SCAN_MAX or e.is_symlink():
+                if n >= _SCAN_MAX:
+                    return big
+                if e.is_symlink():
                     return True
     except (FileNotFoundError, NotADirectoryError):
         return False
