@@ -22,6 +22,8 @@ _LAZY = {
     "SleeveResult": "sandbox.orchestrator.pipeline",
     "prepare_pipeline": "sandbox.orchestrator.pipeline",
     "run_pipeline": "sandbox.orchestrator.pipeline",
+    "SandboxedRun": "sandbox.orchestrator.workers",
+    "sandboxed_run": "sandbox.orchestrator.workers",
 }
 
 __all__ = sorted(_LAZY)

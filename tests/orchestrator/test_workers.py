@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -341,3 +342,20 @@ def test_launcher_refuses_without_its_run_and_stays_cheap(tmp_path: Path) -> Non
         "argparse",
     }
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def test_the_readme_ray_example_runs_as_written(ray_cluster: str, tmp_path: Path) -> None:
+    """README "Ray": the example, unchanged, attached to the session's cluster (``RAY_ADDRESS``:
+    its ``ray.init()`` joins it instead of starting a second one)."""
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("## Ray") :]
+    m = re.search(r"```python\n(.*?)```", section, re.S)
+    assert m, "no python block in the README's Ray section"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "RAY_ADDRESS": ray_cluster}
+    r = subprocess.run(
+        [sys.executable, "-c", m.group(1)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    status, dest = r.stdout.split()[-2:]
+    assert status == "succeeded" and (Path(dest) / "data" / "out.parquet").is_file(), r.stdout
