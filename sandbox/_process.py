@@ -39,6 +39,7 @@ def start_thread(fn: Any, args: tuple[Any, ...] = ()) -> None:
 
 
 STDERR_TAIL = 8192
+DRAIN_S = 1.0  # how long the tee drains a step's stderr after the step has ended
 GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended
 _SAMPLE_S = 0.1  # how often the process tree's memory is sampled while a step runs
 SIGINT, SIGTERM = 2, 15
@@ -66,13 +67,20 @@ def tee(src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: 
 
     poller = select.poll()
     poller.register(src, select.POLLIN | select.POLLHUP)
+    drain_until = 0.0
     try:
         while True:
             ended = not running.locked()
+            if ended and not drain_until:
+                # what the step wrote is in the pipe already; a writer outside the run that keeps
+                # writing (a descriptor passed out) gets DRAIN_S, not the power to hold the run
+                drain_until = time.monotonic() + DRAIN_S
             if not poller.poll(0 if ended else 100):
                 if ended:
                     break
                 continue
+            if ended and time.monotonic() > drain_until:
+                break
             chunk = os.read(src, 65536)
             if not chunk:
                 break
