@@ -135,6 +135,7 @@ class Routing:
                     "resolved": d.path,
                     "target": target or d.target,
                     "captured": d.captured,
+                    "profile": self.policy.profile,
                     "reason": d.reason,
                     "hint": d.hint,
                 }
@@ -215,7 +216,10 @@ class Routing:
         if not self.fs.isdir(folder) and self.fs.isdir(posixpath.dirname(original)):
             self.fs.makedirs(folder, exist_ok=True)
         if copy_up and not self._exists(target, follow) and self._exists(original, follow):
-            if self.fs.isdir(original):
+            if self._local and not follow and os.path.islink(original):
+                # a link as a link (link(2) links a symlink source itself), as the guard copies up
+                shutil.copy2(original, target, follow_symlinks=False)
+            elif self.fs.isdir(original):
                 self.fs.makedirs(target, exist_ok=True)
             elif self._local:
                 shutil.copy2(original, target)  # keeps the mode, as an overlay's copy-up does

@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from _thread import _local
 
 from sandbox import _paths
@@ -533,13 +534,18 @@ def _join(folder: str, name: str) -> str:
 
 
 def flush_events() -> None:
-    """Write out every engine's buffered events (before ``os._exit``, which skips ``atexit``)."""
+    """Write out every buffered event of this process (before ``os._exit``, which skips ``atexit``):
+    every engine's log, and every other :class:`~sandbox.events.EventLog` (the fsspec filesystem's
+    in a step): a redirect of either must not be lost because the process ended by ``os._exit``."""
     for eng in STACK:
         if eng is not None and eng.events is not None:
             try:
                 eng.events.flush()
             except OSError:  # a full disk must not turn an exit into a crash
                 pass
+    events = sys.modules.get("sandbox.events")  # not imported: no log is open (and none to import)
+    if events is not None:
+        events.flush_all()
 
 
 __all__ = [
