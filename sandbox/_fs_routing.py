@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from sandbox import _paths
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
+from sandbox.loader import load_resolved, policy_from_dict
 from sandbox.policy import (
     Action,
     Decision,
@@ -24,7 +25,6 @@ from sandbox.policy import (
     Policy,
     PolicySpec,
     bind_for_library,
-    load_resolved,
     overlay_maps,
 )
 
@@ -57,7 +57,7 @@ def load_policy(
     if host is not None or run_id is not None:
         raise TypeError("host= and run_id= bind a PolicySpec (what sandbox.loader.load_policy returns)")
     if isinstance(policy, Mapping):
-        return Policy.from_dict(policy)
+        return policy_from_dict(policy)
     src = os.fspath(policy) if policy is not None else os.environ.get(ENV_POLICY, "")
     if not src:
         raise ValueError(
@@ -72,7 +72,7 @@ def load_policy(
         raise ValueError(f"cannot read the policy file {src} ({e.strerror})") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(
-            f"{src} is not a resolved policy (see sandbox.policy.save_resolved): {e!r}"
+            f"{src} is not a resolved policy (see sandbox.loader.save_resolved): {e!r}"
         ) from None
 
 

@@ -42,7 +42,7 @@ from sandbox._process import (
 )
 from sandbox._record import record
 from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, ExportError, SandboxError, UsageError
-from sandbox.policy import save_resolved
+from sandbox.loader import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
     POLICY_RECORD,

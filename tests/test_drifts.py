@@ -22,7 +22,7 @@ from conftest import RunEnv
 from sandbox.events import EventLog, read_events
 from sandbox.fs import SandboxFileSystem
 from sandbox.guard import guarded
-from sandbox.policy import save_resolved
+from sandbox.loader import save_resolved
 
 ENFORCERS = ("python", "fsspec")
 
@@ -76,7 +76,7 @@ import fsspec.implementations.local  # before the guard: what the child imports 
 from sandbox.events import EventLog
 from sandbox.fs import SandboxFileSystem
 from sandbox.guard import install
-from sandbox.policy import load_resolved
+from sandbox.loader import load_resolved
 
 policy = load_resolved(sys.argv[1])
 install(policy, events=EventLog(sys.argv[2]))  # as a sandboxed interpreter boots (bootstrap.boot)
