@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,47 @@ def test_the_scan_sees_lazy_imports_and_skips_annotations(
     path.write_text(source)
     got = [m for m, _ in sandbox_imports(path, all_modules(), name="sandbox._probe")]
     assert got == expected
+
+
+# -- the public face: sandbox/__init__.py ----------------------------------------------------------
+
+
+def test_the_public_names_are_the_modules_own() -> None:
+    import sandbox
+    from sandbox import errors, export, fs, guard, loader, policy, rules, run
+
+    own = {
+        "load_policy": loader.load_policy,
+        "Policy": policy.Policy,
+        "PolicySpec": policy.PolicySpec,
+        "Op": rules.Op,
+        "Action": rules.Action,
+        "AccessDenied": errors.AccessDenied,
+        "install": guard.install,
+        "guarded": guard.guarded,
+        "SandboxFileSystem": fs.SandboxFileSystem,
+        "export_run": export.export_run,
+        "verify": export.verify,
+        "Run": run.Run,
+        "StepSpec": run.StepSpec,
+    }
+    assert sorted(sandbox.__all__) == sorted(own)
+    for name, value in own.items():
+        assert getattr(sandbox, name) is value, name
+    assert set(sandbox.__all__) <= set(dir(sandbox))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        sandbox.nope  # noqa: B018
+
+
+def test_import_sandbox_imports_nothing_heavy() -> None:
+    """Every sandboxed interpreter imports the package at start-up (its sitecustomize does)."""
+    code = (
+        "import sys; before = set(sys.modules); import sandbox; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(out.split())
+    assert "sandbox" in loaded  # the scan saw the import it checks
+    heavy = {"fsspec", "ray", "pyfakefs", "pytest", "json", "enum", "re", "typing", "dataclasses", "contextlib"}
+    assert not {m.partition(".")[0] for m in loaded} & heavy, sorted(loaded)
+    assert loaded <= {"sandbox", "sandbox._lazy", "__future__"}, sorted(loaded)
