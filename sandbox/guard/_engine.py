@@ -97,7 +97,7 @@ _UNSTABLE = ("/proc/", "/dev/fd/")  # what these name changes with the open desc
 NOOP = "\x00noop"  # ``removable``: an audit capture of a host original, nothing to do
 _MISS: Any = object()
 #: How many further copies a read follows (as ``Policy.settle`` re-decides a mutation's redirect;
-#: ``sandbox/_fs_routing.py`` follows as many).
+#: ``sandbox/fs/_routing.py`` follows as many).
 READ_HOPS = 4
 
 

@@ -51,8 +51,8 @@ from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike, stringify_path, tokenize
 
-from sandbox._fs_routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
 from sandbox.errors import AccessDenied
+from sandbox.fs._routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
 from sandbox.policy import Action, Op, Policy, PolicySpec
 
 PROTOCOL = "sandbox"

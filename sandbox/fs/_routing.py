@@ -1,8 +1,8 @@
 """How :class:`sandbox.fs.SandboxFileSystem` checks a call: the one route every path takes -- resolve,
 decide, raise on DENY -- and the execution of a decision before the backend is called (read-your-
-writes, copy-up, settling a redirect, the folder a redirect needs). A mixin, so that ``fs.py``
-holds the fsspec API and this module the policy side; neither imports the other's concerns
-(fsspec is imported in ``fs.py`` only).
+writes, copy-up, settling a redirect, the folder a redirect needs). A mixin, so that
+``_filesystem.py`` holds the fsspec API and this module the policy side; neither imports the
+other's concerns (fsspec is imported in ``_filesystem.py`` only).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Routing:
     policy: Policy
     on_event: EventSink | None
     _local: bool  # the backend is the local filesystem (symlinks, the kernel's resolution)
-    _overlay: bool  # the kernel layer's overlay maps workspace redirects (see fs.py)
+    _overlay: bool  # the kernel layer's overlay maps workspace redirects (see _filesystem.py)
 
     if TYPE_CHECKING:
 
