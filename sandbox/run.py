@@ -107,7 +107,8 @@ def _meanwhile(base_dir: str | None) -> None:
     import hashlib  # noqa: F401
     import json  # noqa: F401
 
-    from sandbox import export, report  # noqa: F401
+    import sandbox.export._exporter  # noqa: F401
+    from sandbox import report  # noqa: F401
     from sandbox.events import read_events  # noqa: F401
 
     workspace_mod.sweep(base_dir)
