@@ -27,7 +27,7 @@ test: venv lint bytecode
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check sandbox tests bench
+	$(BIN)/ruff check sandbox tests bench pipeline_scripts
 	$(BIN)/mypy
 
 bench: venv bytecode

@@ -24,6 +24,20 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # the functions and numbers of ``signal``, without its enums
 
+def start_thread(fn: Any, args: tuple[Any, ...] = ()) -> None:
+    """Start a bare thread (``threading`` costs an import on the start-up path) with SIGINT and
+    SIGTERM blocked in it: the kernel then delivers them to the main thread, whose blocking
+    ``wait4`` they interrupt. A signal that lands on another thread only sets Python's flag, and
+    the main thread would wait on for the step -- forever, for a step that sleeps."""
+    from _thread import start_new_thread
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, (SIGINT, SIGTERM))
+    try:
+        start_new_thread(fn, args)  # the new thread inherits the blocked mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 STDERR_TAIL = 8192
 GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended
 _SAMPLE_S = 0.1  # how often the process tree's memory is sampled while a step runs
@@ -101,7 +115,10 @@ class StepTree:
         time.sleep(_SAMPLE_S / 2)
         if self._stop:
             return
-        import psutil
+        try:
+            import psutil
+        except ImportError:  # an interpreter without it (a system python): ru_maxrss stands
+            return
 
         while not self._stop:
             total = 0
@@ -133,22 +150,29 @@ def signame(signum: int) -> str:
 
 class deferred_interrupts:
     """Hold SIGINT and SIGTERM back for the duration (only the main thread gets signals; elsewhere
-    this does nothing) and deliver them -- as the handlers in force would -- afterwards."""
+    this does nothing) and deliver them -- as the handlers in force would -- afterwards, or, with
+    ``redeliver=False``, leave them in :attr:`held` for the caller to act on."""
 
-    def __enter__(self) -> None:
-        self._held: list[int] = []
+    def __init__(self, *, redeliver: bool = True) -> None:
+        self.redeliver = redeliver
+        self.held: list[int] = []
+
+    def __enter__(self) -> deferred_interrupts:
+        self._held = self.held
         self._old: dict[int, Any] = {}
         for sig in (SIGINT, SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, lambda n, _f: self._held.append(n))
             except ValueError:  # not the main thread: signals are not ours to handle here
                 break
+        return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-        for sig in self._held[:1]:
-            signal.raise_signal(sig)
+        if self.redeliver:
+            for sig in self._held[:1]:
+                signal.raise_signal(sig)
 
 
 def install_interrupt_handlers() -> None:

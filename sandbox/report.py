@@ -118,6 +118,51 @@ def set_aside_step_files(run_storage: str) -> list[str]:
     return lines
 
 
+def secure_logs(run_storage: str) -> list[str]:
+    """Make ``$TV_RUN_DIR/logs`` safe for the launcher to open by name; call it whenever no process
+    of the step is alive and before the launcher reads or writes there.
+
+    ``logs`` must be a real folder, and each name the launcher opens in it -- the event log, the
+    explain shim's raw log, ``*.stdout.log`` / ``*.stderr.log`` -- a regular file or absent. What
+    the step left instead (a symlink to a host file, a FIFO that would block the launcher, a
+    device, a folder) is moved aside to ``<name>.from-step`` (``rename`` never follows a link), so
+    the launcher never writes through a step's link nor hangs on its FIFO. Returns one line per
+    entry moved, for the report's warnings."""
+    import stat
+
+    lines: list[str] = []
+
+    def aside(path: str, rel: str) -> None:
+        for n in range(1, 100):
+            new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
+            if not os.path.lexists(new):
+                os.rename(path, new)
+                lines.append(
+                    f"a step left {rel} as something tv-sandbox does not write through (not a regular "
+                    f"{'folder' if rel == 'logs' else 'file'}): kept as {os.path.relpath(new, run_storage)}"
+                )
+                return
+
+    logs = os.path.join(run_storage, "logs")
+    try:
+        st = os.lstat(logs)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        aside(logs, "logs")
+        st = None
+    if st is None:
+        os.mkdir(logs)
+    launcher_names = (EVENTS_NAME, NATIVE_RAW, NATIVE_RAW + ".reading")
+    for name in os.listdir(logs):
+        if name in launcher_names or name.endswith((".stdout.log", ".stderr.log")):
+            path = os.path.join(logs, name)
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                aside(path, f"logs/{name}")
+    return lines
+
+
+NATIVE_RAW = "sandbox_native.jsonl"  # the explain shim's raw lines (sandbox.native), in logs/
 NATIVE_LAYER = "kernel"  # a write the kernel layer refused to native code, explained by the shim
 OVERLAY_LAYER = "overlay"  # a native write the overlay redirected into the run folder
 HOST_LAYER = "native"  # a native write the policy allows on the host (development's lakehouse)
@@ -168,7 +213,7 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
 
     from sandbox.events import EventLog, read_events
 
-    raw = os.path.join(run_storage, "logs", "sandbox_native.jsonl")
+    raw = os.path.join(run_storage, "logs", NATIVE_RAW)
     taken = raw + ".reading"
     counts = NativeCounts()
     try:

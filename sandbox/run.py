@@ -38,10 +38,11 @@ from sandbox._process import (
     deferred_interrupts,
     install_interrupt_handlers,
     signame,
+    start_thread,
     tee,
 )
 from sandbox._record import record
-from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, ExportError, SandboxError, UsageError
+from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, ExportError, UsageError
 from sandbox.loader import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
     from sandbox.policy import Policy
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
+
+# the launcher's own logs in the run folder: never through a link, never blocking on a FIFO
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 __all__ = ["Interrupted", "Run", "RunClosed", "StepSpec", "install_interrupt_handlers"]
 
@@ -205,24 +209,27 @@ class Run:
             raise RunClosed(
                 f"run {self.prep.request.run_id} is {self._state()}: step {spec.name!r} not started"
             )
-        from _thread import allocate_lock, start_new_thread
+        from _thread import allocate_lock
 
         name = self._step_name(spec.name)
         argv = spec.command()
         env = self._step_env(spec)
+        # What the previous step left is hostile: the launcher opens nothing there by a name the
+        # step could have turned into a link or a FIFO.
+        self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
         logs = os.path.join(self.ws.run_storage, "logs")
         n_events = _count_lines(self.events_file)
         rfd, wfd = os.pipe()
         tail = bytearray()
         out_fd: int | None = None
         if not self._echo:
-            out_fd = os.open(
-                os.path.join(logs, f"{name}.stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
-            )
+            out_fd = os.open(os.path.join(logs, f"{name}.stdout.log"), _LOG_FLAGS, 0o644)
         echo_to = (self._stderr or sys.stderr.buffer) if self._echo else None
-        with open(os.path.join(logs, f"{name}.stderr.log"), "wb") as log:
+        with open(os.open(os.path.join(logs, f"{name}.stderr.log"), _LOG_FLAGS, 0o644), "wb") as log:
+            launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
             try:
-                child = self._start(argv, env, out_fd, wfd)
+                with launching:
+                    child = self._start(argv, env, out_fd, wfd)
             except UsageError as e:  # the command could not be executed: its step failed, as in a shell
                 os.close(rfd)
                 return self._not_started(name, argv, e, log, echo_to)
@@ -238,10 +245,12 @@ class Run:
             running.acquire()
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
-            start_new_thread(tee, (rfd, echo_to, log, tail, pumped, running))
+            start_thread(tee, (rfd, echo_to, log, tail, pumped, running))
             self._clock.lap("launch")
             try:
-                result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
+                result, cut, why = self._wait(
+                    child, spec.timeout_s, first=len(self.steps) == 0, pending=launching.held
+                )
             finally:
                 running.release()
                 pumped.acquire()  # the tee drained what the step wrote
@@ -302,6 +311,7 @@ class Run:
         the overlay, its writes into the workspace skeleton (moved into the run folder: no output
         lost in a fallback); the explain shim's raw lines (decided by the policy: every native
         denial and overlay redirect explained and counted)."""
+        self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))  # every process of it is gone
         plan = self._plan
         if plan is None or not plan.overlays:
             carried = workspace_mod.consolidate(self.ws)
@@ -330,11 +340,11 @@ class Run:
         return child
 
     def _wait(
-        self, child: Child, timeout: float | None, *, first: bool
+        self, child: Child, timeout: float | None, *, first: bool, pending: Sequence[int] = ()
     ) -> tuple[ChildResult, str | None, str]:
         """Wait for the step; end its tree on a timeout or an interrupt. Returns the result and
         why tv-sandbox cut it (None, ``"timeout"``, ``"interrupted"``; a cancel says itself)."""
-        from _thread import allocate_lock, start_new_thread
+        from _thread import allocate_lock
 
         tree = self._tree
         assert tree is not None
@@ -350,8 +360,10 @@ class Run:
                 tree.end()
 
         try:
-            start_new_thread(tree.sample, ())
-            start_new_thread(watchdog, ())
+            if pending:  # interrupted while the step was being launched: now it can be ended
+                raise Interrupted(pending[0])
+            start_thread(tree.sample)
+            start_thread(watchdog)
             if first:
                 _meanwhile(self.prep.request.workspace_base)
             result = child.wait()
@@ -446,6 +458,7 @@ class Run:
 
         prep, req, ws = self.prep, self.prep.request, self.ws
         # A step's own file at a name of the launcher's is kept aside, never silently replaced.
+        self.warnings.extend(report_mod.secure_logs(ws.run_storage))
         self.warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
         from sandbox import native
 
@@ -544,8 +557,10 @@ class Run:
         if exc is None:
             self.close()
             return
-        if isinstance(exc, SandboxError) and not self.steps:
-            self.discard()  # refused before any command ran (kernel layer required...): nothing to export
+        if not self.steps:
+            # refused or broken before any command ran (kernel layer required, a launch that failed,
+            # an interrupt): an error of tv-sandbox itself writes nothing to the host
+            self.discard()
             return
         if isinstance(exc, KeyboardInterrupt) and not self.interrupted:
             self.interrupted = getattr(exc, "signum", SIGINT)

@@ -147,11 +147,17 @@ def test_an_interrupted_run_ends_its_step_exports_and_exits_128_plus_n(
             f"echo started >&2; sleep 6{marker} & wait",
         ],
         stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     assert proc.stderr is not None
     assert proc.stderr.readline() == b"started\n"
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # show where the launcher hangs (faulthandler's dump)
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"the launcher did not end after {sig}: {err.decode()[-6000:]}")
     text = err.decode()
     assert proc.returncode == code, text
     assert "Traceback" not in text and "Exception ignored" not in text
@@ -177,3 +183,43 @@ def test_an_export_that_cannot_fit_is_refused_before_copying(host: Path, kernel_
     from sandbox.errors import ExportError
 
     assert status == ExportError.exit_status
+
+
+def test_what_a_step_leaves_in_logs_never_steers_the_launcher(host: Path, tmp_path: Path) -> None:
+    """Links and FIFOs a step plants at the names the launcher opens in logs/ (its next step's
+    stdout/stderr logs, the event log, the shim's raw log), and a logs/ folder swapped for a link:
+    moved aside, never written through, never blocking."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("intact")
+    before = lake(host)
+    csv = host / "data" / "lakehouse" / "BINANCE_BTCUSDT_1d.csv"
+    plant = (
+        f"ln -s {outside}/victim.txt $TV_RUN_DIR/logs/two.stderr.log; ln -s {csv} $TV_RUN_DIR/logs/two.stdout.log; "
+        f"rm -f $TV_RUN_DIR/logs/sandbox_events.jsonl; ln -s {outside}/victim.txt $TV_RUN_DIR/logs/sandbox_events.jsonl; "
+        "mkfifo $TV_RUN_DIR/logs/sandbox_native.jsonl"
+    )
+    with _open(host, "steer") as run:
+        run.step(StepSpec(plant, name="one"))
+        two = run.step(StepSpec("echo OUT; echo ERR >&2; echo x > data/lakehouse/new.csv", name="two"))
+        run.step(StepSpec(f"mv $TV_RUN_DIR/logs $TV_RUN_DIR/logs.old && ln -s {outside} $TV_RUN_DIR/logs", name="three"))
+        run.step(StepSpec("echo OUT4; echo ERR4 >&2", name="four"))
+        out = run.close()
+    assert (outside / "victim.txt").read_text() == "intact" and sorted(os.listdir(outside)) == ["victim.txt"]
+    assert lake(host) == before
+    dest = host / RUNS / "steer"
+    assert (dest / "logs.old" / "two.stdout.log").read_text() == "OUT\n"  # step three moved logs/
+    assert (dest / "logs" / "four.stdout.log").read_text() == "OUT4\n"
+    assert two.denied >= 1  # the shell's refused lakehouse write was still explained and counted
+    assert any("kept as logs/two.stderr.log.from-step" in w for w in out.report["warnings"])
+    assert any("logs.from-step" in w for w in out.report["warnings"])
+
+
+def test_a_fifo_at_the_event_logs_name_does_not_hang_the_launcher(host: Path) -> None:
+    r = subprocess.run(
+        [PY, "-m", "sandbox", "run", "--root", str(host), "--run-id", "fifo", "--",
+         "sh", "-c", "rm -f $TV_RUN_DIR/logs/sandbox_events.jsonl; mkfifo $TV_RUN_DIR/logs/sandbox_events.jsonl"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "sandbox_events.jsonl.from-step" in r.stderr
