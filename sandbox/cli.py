@@ -329,7 +329,7 @@ def _run(ns: dict[str, Any]) -> int:
 def _verify(folder: str) -> int:
     """``tv-sandbox verify RUN_FOLDER``: 0 when the folder matches its manifest exactly, else 1
     with one line per problem; 125 when there is no folder to check."""
-    from sandbox.manifest import MANIFEST_NAME, verify
+    from sandbox.export.manifest import MANIFEST_NAME, verify
 
     if not os.path.isdir(folder):
         raise UsageError(f"{folder} is not a folder: pass an exported run folder (HOST/<runs>/<RUN_ID>)")

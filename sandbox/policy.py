@@ -58,9 +58,7 @@ __all__ = [
     "Rule",
     "RunContext",
     "kernel_compilable",
-    "load_resolved",
     "overlay_maps",
-    "save_resolved",
 ]
 
 MODES = ("enforce", "audit")
@@ -302,17 +300,9 @@ class Policy:
         return self.ctx.mode
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved policy: what a child interpreter needs to rebuild it (see ``from_dict``)."""
+        """The resolved policy: what a child interpreter needs to rebuild it (see
+        :func:`sandbox.loader.policy_from_dict`, which validates the spec again)."""
         return {"spec": dict(self.spec.data), "source": self.spec.source, "run": self.ctx.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Policy:
-        from sandbox.loader import spec_from_mapping  # the loader validates; it imports us
-
-        return cls(
-            spec_from_mapping(d["spec"], d.get("source", "<resolved>")),
-            RunContext.from_dict(d["run"]),
-        )
 
     def __repr__(self) -> str:
         c = self.ctx
@@ -645,42 +635,3 @@ def kernel_compilable(spec: PolicySpec) -> KernelPaths:
         return policy.kernel_paths()
     except ValueError as e:
         raise PolicyError(spec.source, "rule", str(e)) from None
-
-
-def save_resolved(policy: Policy, path: str) -> None:
-    """Write ``policy.to_dict()`` where :func:`load_resolved` reads it: the form in which a launcher
-    hands a run's policy to the interpreters of its step. ``marshal``, because reading it must not
-    import anything (``json`` costs milliseconds in every sandboxed interpreter's start-up); a
-    ``.json`` path gets JSON (for people and other tools)."""
-    data = policy.to_dict()
-    if path.endswith(".json"):
-        import json
-
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        return
-    import marshal
-
-    with open(path, "wb") as fh:
-        marshal.dump(data, fh)
-
-
-def load_resolved(path: str) -> Policy:
-    """The policy :func:`save_resolved` wrote (validated again). ``OSError`` when unreadable,
-    ``ValueError`` when it is not a resolved policy."""
-    if path.endswith(".json"):
-        import json
-
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    else:
-        import marshal
-
-        with open(path, "rb") as fh:
-            try:
-                data = marshal.load(fh)
-            except (EOFError, TypeError) as e:
-                raise ValueError(f"not a resolved policy ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError("not a resolved policy (not a mapping)")
-    return Policy.from_dict(data)

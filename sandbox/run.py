@@ -43,7 +43,7 @@ from sandbox._process import (
 )
 from sandbox._record import record
 from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, ExportError, UsageError
-from sandbox.policy import save_resolved
+from sandbox.loader import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
     POLICY_RECORD,
@@ -111,7 +111,8 @@ def _meanwhile(base_dir: str | None) -> None:
     import hashlib  # noqa: F401
     import json  # noqa: F401
 
-    from sandbox import export, report  # noqa: F401
+    import sandbox.export._exporter  # noqa: F401
+    from sandbox import report  # noqa: F401
     from sandbox.events import read_events  # noqa: F401
 
     workspace_mod.sweep(base_dir)

@@ -20,6 +20,7 @@ the Python guard applies to ``$TV_RUN_DIR/<rel>``.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from sandbox._record import field, record
@@ -236,7 +237,7 @@ def _make_base(run_id: str, base_dir: str | None) -> str:
         finally:
             os.close(fd)
         return os.path.realpath(path)
-    raise FileExistsError(f"no free workspace name in {parent}")
+    raise FileExistsError(errno.EEXIST, "no free workspace name in this folder", parent)
 
 
 def owner_of(path: str) -> tuple[int, str] | None:
@@ -443,7 +444,7 @@ class _Store:
                 self._unplaced = name
                 break
             else:  # pragma: no cover - a thousand planted names
-                raise FileExistsError(f"no free folder name for unplaced outputs in {self.root}")
+                raise FileExistsError(errno.EEXIST, "no free folder name for unplaced outputs", self.root)
         return self._unplaced
 
     def carry(self, src: str, rel: str) -> list[str]:

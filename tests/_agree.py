@@ -441,7 +441,7 @@ GUARD_OPS: dict[str, tuple[Op, bool]] = {
 #: name -> which enforcer is wrong, and why. tests/test_properties.py pins each with a strict xfail.
 KNOWN: dict[str, str] = {
     "fsspec-acts-on-the-resolved-path": (
-        "fsspec calls the backend on the *resolved* path (sandbox/fs.py _route/_mutable/_removable), "
+        "fsspec calls the backend on the *resolved* path (sandbox/fs/_routing.py _route/_mutable/_removable), "
         "which realpath() has folded: `missing/..`, `file/..` or a last `.`/`..` the kernel refuses "
         "(and the guard, which passes the caller's path, fails with) succeed under fsspec; "
         "`rm_file('link/.')` removes the link itself. Decided and acted on agree: not an escape."

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import export
 from sandbox.errors import EXIT_EXPORT, EXIT_USAGE, ExportError, PreflightError
 from sandbox.export import MANIFEST_NAME, export_run, read_manifest, recover, verify
+from sandbox.export import _exporter as export
 
 POLICY_SHA = "ab" * 32
 

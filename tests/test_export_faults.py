@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from test_export import do_export, exported, leftovers, make_tree, snapshot
 
-from sandbox import export
 from sandbox.errors import EXIT_EXPORT, ExportError
+from sandbox.export import _exporter as export
 from sandbox.export import read_manifest, recover, verify
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ def _commit_point(mode: str) -> str:
 CHILD = textwrap.dedent(
     """
     import sys
-    from sandbox import export
+    from sandbox.export import _exporter as export
     src, dest, overwrite, fallback = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
     if fallback:
         export._renameat2_cache[:] = [None]

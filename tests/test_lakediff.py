@@ -23,7 +23,7 @@ import pytest
 from conftest import sandbox_run, tree_snapshot
 
 from sandbox import lakediff
-from sandbox.manifest import read_manifest, verify
+from sandbox.export.manifest import read_manifest, verify
 from sandbox.report import LAKEHOUSE_DIFF, scattered_artifacts
 from sandbox.samples import make_host
 

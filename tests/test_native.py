@@ -17,8 +17,7 @@ from sandbox import native
 from sandbox import workspace as workspace_mod
 from sandbox.events import read_events
 from sandbox.kernel import KernelSupport
-from sandbox.loader import load_policy
-from sandbox.policy import save_resolved
+from sandbox.loader import load_policy, save_resolved
 from sandbox.report import EVENTS_NAME, explain_native, host_changes, summary_line
 from sandbox.runner import POLICY_FILE, kernel_plan, start_step
 from sandbox.samples import make_host

@@ -14,7 +14,8 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from sandbox.policy import Policy, load_resolved
+from sandbox.loader import load_resolved, policy_from_dict
+from sandbox.policy import Policy
 
 ENV_SEED = "TV_AUDIT_SEED"
 
@@ -24,7 +25,7 @@ def enforcing(policy: Policy) -> Policy:
     the audit reports what enforce mode would do)."""
     d = policy.to_dict()
     d["run"] = {**d["run"], "mode": "enforce"}
-    return Policy.from_dict(d)
+    return policy_from_dict(d)
 
 
 def run_target(target: str) -> None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from _thread import _local
 
 from sandbox import _paths
@@ -96,7 +97,7 @@ _UNSTABLE = ("/proc/", "/dev/fd/")  # what these name changes with the open desc
 NOOP = "\x00noop"  # ``removable``: an audit capture of a host original, nothing to do
 _MISS: Any = object()
 #: How many further copies a read follows (as ``Policy.settle`` re-decides a mutation's redirect;
-#: ``sandbox/_fs_routing.py`` follows as many).
+#: ``sandbox/fs/_routing.py`` follows as many).
 READ_HOPS = 4
 
 
@@ -535,13 +536,18 @@ def _join(folder: str, name: str) -> str:
 
 
 def flush_events() -> None:
-    """Write out every engine's buffered events (before ``os._exit``, which skips ``atexit``)."""
+    """Write out every buffered event of this process (before ``os._exit``, which skips ``atexit``):
+    every engine's log, and every other :class:`~sandbox.events.EventLog` (the fsspec filesystem's
+    in a step): a redirect of either must not be lost because the process ended by ``os._exit``."""
     for eng in STACK:
         if eng is not None and eng.events is not None:
             try:
                 eng.events.flush()
             except OSError:  # a full disk must not turn an exit into a crash
                 pass
+    events = sys.modules.get("sandbox.events")  # not imported: no log is open (and none to import)
+    if events is not None:
+        events.flush_all()
 
 
 __all__ = [

@@ -107,7 +107,7 @@ class PipelineResult:
 def _kept_result(sleeve: Sleeve, dest: str) -> SleeveResult | None:
     """The result of an earlier export of ``sleeve`` when it succeeded and still verifies."""
     from sandbox.export import verify
-    from sandbox.manifest import read_manifest
+    from sandbox.export.manifest import read_manifest
 
     try:
         man = read_manifest(dest)

@@ -48,7 +48,8 @@ from sandbox import workspace as workspace_mod
 from sandbox.errors import KernelUnavailable
 from sandbox.guard.bootstrap import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY
 from sandbox.kernel.plan import DEVICE_PATHS, KernelPlan
-from sandbox.policy import Policy, save_resolved
+from sandbox.loader import save_resolved
+from sandbox.policy import Policy
 from sandbox.runner import (
     POLICY_FILE,
     POLICY_RECORD,

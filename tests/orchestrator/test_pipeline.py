@@ -24,7 +24,7 @@ import pytest
 from sandbox import cli
 from sandbox.errors import EXIT_SANDBOX, PreflightError
 from sandbox.export import verify
-from sandbox.manifest import read_manifest
+from sandbox.export.manifest import read_manifest
 from sandbox.orchestrator.pipeline import (
     SUMMARY_NAME,
     PipelineRequest,

@@ -30,7 +30,7 @@ The policy comes from ``policy=`` (a :class:`~sandbox.policy.Policy`, its ``to_d
 path of that dict as a ``.json`` file, or what ``sandbox.loader.load_policy`` returns with the
 run's ``host=`` and ``run_id=``: ``fsspec.filesystem("sandbox", policy=spec, host=H, run_id=R)``),
 else from ``$TV_SANDBOX_POLICY`` (set in every sandboxed
-step; see :func:`sandbox.policy.load_resolved`). With a
+step; see :func:`sandbox.loader.load_resolved`). With a
 local backend the local side of ``get``/``put`` is the same filesystem and is checked too; with a
 remote backend the local side is the caller's business (the Python guard covers it in a step).
 Synchronous backends only (an async one is used through its sync API).
@@ -51,8 +51,8 @@ from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike, stringify_path, tokenize
 
-from sandbox._fs_routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
 from sandbox.errors import AccessDenied
+from sandbox.fs._routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
 from sandbox.policy import Action, Op, Policy, PolicySpec
 
 PROTOCOL = "sandbox"

@@ -1,8 +1,8 @@
 """How :class:`sandbox.fs.SandboxFileSystem` checks a call: the one route every path takes -- resolve,
 decide, raise on DENY -- and the execution of a decision before the backend is called (read-your-
-writes, copy-up, settling a redirect, the folder a redirect needs). A mixin, so that ``fs.py``
-holds the fsspec API and this module the policy side; neither imports the other's concerns
-(fsspec is imported in ``fs.py`` only).
+writes, copy-up, settling a redirect, the folder a redirect needs). A mixin, so that
+``_filesystem.py`` holds the fsspec API and this module the policy side; neither imports the
+other's concerns (fsspec is imported in ``_filesystem.py`` only).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from sandbox import _paths
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
+from sandbox.loader import load_resolved, policy_from_dict
 from sandbox.policy import (
     Action,
     Decision,
@@ -24,7 +25,6 @@ from sandbox.policy import (
     Policy,
     PolicySpec,
     bind_for_library,
-    load_resolved,
     overlay_maps,
 )
 
@@ -57,7 +57,7 @@ def load_policy(
     if host is not None or run_id is not None:
         raise TypeError("host= and run_id= bind a PolicySpec (what sandbox.loader.load_policy returns)")
     if isinstance(policy, Mapping):
-        return Policy.from_dict(policy)
+        return policy_from_dict(policy)
     src = os.fspath(policy) if policy is not None else os.environ.get(ENV_POLICY, "")
     if not src:
         raise ValueError(
@@ -72,7 +72,7 @@ def load_policy(
         raise ValueError(f"cannot read the policy file {src} ({e.strerror})") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(
-            f"{src} is not a resolved policy (see sandbox.policy.save_resolved): {e!r}"
+            f"{src} is not a resolved policy (see sandbox.loader.save_resolved): {e!r}"
         ) from None
 
 
@@ -83,7 +83,7 @@ class Routing:
     policy: Policy
     on_event: EventSink | None
     _local: bool  # the backend is the local filesystem (symlinks, the kernel's resolution)
-    _overlay: bool  # the kernel layer's overlay maps workspace redirects (see fs.py)
+    _overlay: bool  # the kernel layer's overlay maps workspace redirects (see _filesystem.py)
 
     if TYPE_CHECKING:
 
@@ -135,6 +135,7 @@ class Routing:
                     "resolved": d.path,
                     "target": target or d.target,
                     "captured": d.captured,
+                    "profile": self.policy.profile,
                     "reason": d.reason,
                     "hint": d.hint,
                 }
@@ -215,7 +216,10 @@ class Routing:
         if not self.fs.isdir(folder) and self.fs.isdir(posixpath.dirname(original)):
             self.fs.makedirs(folder, exist_ok=True)
         if copy_up and not self._exists(target, follow) and self._exists(original, follow):
-            if self.fs.isdir(original):
+            if self._local and not follow and os.path.islink(original):
+                # a link as a link (link(2) links a symlink source itself), as the guard copies up
+                shutil.copy2(original, target, follow_symlinks=False)
+            elif self.fs.isdir(original):
                 self.fs.makedirs(target, exist_ok=True)
             elif self._local:
                 shutil.copy2(original, target)  # keeps the mode, as an overlay's copy-up does

@@ -19,8 +19,9 @@ partial folder. How:
    two renames ``dest`` is absent** (the previous export is intact under the ``tvs-old`` name, and
    ``recover()`` -- run by every export, or by hand -- renames it back).
 
-Leftovers, their names and locks, and ``recover(parent)``: :mod:`sandbox._recovery`. The manifest
-schema, ``read_manifest`` and ``verify``: :mod:`sandbox.manifest`. Both are re-exported here.
+Leftovers, their names and locks, and ``recover(parent)``: :mod:`sandbox.export._recovery`. The
+manifest schema, ``read_manifest`` and ``verify``: :mod:`sandbox.export.manifest`. The package
+(:mod:`sandbox.export`) re-exports the public names of all three.
 
 ``_fault(point)`` is a test hook, called at: ``"recovered"``, ``"staged-file"`` (after each file),
 ``"staged-dir"`` (after each directory), ``"before-manifest"``, ``"before-rename"``, then
@@ -36,18 +37,18 @@ import json
 import os
 import stat
 
-from sandbox import manifest as manifest_mod
 from sandbox._record import field, record
-from sandbox._recovery import DIR_FLAGS as _DIR_FLAGS
-from sandbox._recovery import lock_dest as _lock_dest
-from sandbox._recovery import make_stage as _make_stage
-from sandbox._recovery import old_name as _old_name
-from sandbox._recovery import recover, recover_at
-from sandbox._recovery import remove as _remove
 from sandbox.errors import ExportError, PreflightError
-from sandbox.manifest import MANIFEST_NAME, STATUSES, read_manifest, verify
-from sandbox.manifest import SCHEMA as SCHEMA  # public names of this module before the split
-from sandbox.manifest import SCHEMA_VERSION as SCHEMA_VERSION
+from sandbox.export import manifest as manifest_mod
+from sandbox.export._recovery import DIR_FLAGS as _DIR_FLAGS
+from sandbox.export._recovery import lock_dest as _lock_dest
+from sandbox.export._recovery import make_stage as _make_stage
+from sandbox.export._recovery import old_name as _old_name
+from sandbox.export._recovery import recover, recover_at
+from sandbox.export._recovery import remove as _remove
+from sandbox.export.manifest import MANIFEST_NAME, STATUSES, read_manifest, verify
+from sandbox.export.manifest import SCHEMA as SCHEMA  # re-exported by the package
+from sandbox.export.manifest import SCHEMA_VERSION as SCHEMA_VERSION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
