@@ -122,6 +122,10 @@ def test_round_trip(tmp_path: Path) -> None:
     assert (res.files, res.bytes) == (m["totals"]["files"], m["totals"]["bytes"])
     assert verify(dest) == []
     assert leftovers(dest.parent) == []
+    # written for a reader: indented, one line per file
+    lines = (dest / MANIFEST_NAME).read_text().splitlines()
+    assert lines[0] == "{" and lines[1].startswith(' "schema": ')
+    assert sum(1 for line in lines if line.startswith('  {"path": ')) >= len(m["files"])
 
 
 def test_whiteouts_are_listed_as_deleted_not_copied(tmp_path: Path) -> None:

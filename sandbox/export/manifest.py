@@ -96,9 +96,19 @@ def build(
 
 
 def encode(manifest: dict[str, Any]) -> bytes:
-    """The bytes of ``manifest.json``."""
-    # compact: json's C encoder; indent= falls back to the Python one, 10x slower
-    return json.dumps(manifest, separators=(",", ":")).encode() + b"\n"
+    """The bytes of ``manifest.json``: indented for a reader, one line per file.
+
+    ``indent=`` makes ``json`` fall back to its Python encoder (10x slower), so only the small
+    header is indented; the files -- thousands in a big run -- go through the C encoder, a line
+    each (``files`` comes last)."""
+    head = json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=1)
+    files = manifest.get("files")
+    if files is None:
+        return head.encode() + b"\n"
+    lines = ",\n  ".join(json.dumps(f, separators=(", ", ": ")) for f in files)
+    listing = f'"files": [\n  {lines}\n ]' if files else '"files": []'
+    body = f"{head[:-2]},\n {listing}\n}}" if head != "{}" else f"{{\n {listing}\n}}"
+    return body.encode() + b"\n"
 
 
 def _by_path(item: dict[str, Any]) -> str:
