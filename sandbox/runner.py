@@ -185,8 +185,9 @@ def kernel_plan(
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
     The step gets its own user, mount and PID namespaces (a fresh /proc, a minimal /dev with a
-    private /dev/shm),
-    every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
+    private /dev/shm) and, unless its policy says ``[kernel] network = "host"``, its own network
+    namespace (loopback only), with Ray's folders hidden (:func:`ray_folders`); every writable
+    mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
     of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
     audit mode: overlays whose upper layer is $TV_RUN_DIR/audit/<mount>), and the whole view is
@@ -257,8 +258,10 @@ def kernel_plan(
                 binds.append(Bind(src, target, readonly=False))
                 extra_writable.append(target)
     binds.append(Bind(ws.root, ws.host, readonly=False))
+    writable = (ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm", *extra_writable)
+    isolate = network_isolated(policy)
     return KernelPlan(
-        writable=(ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm", *extra_writable),
+        writable=writable,
         overlays=tuple(overlays),
         binds=tuple(binds),
         readonly_root=True,
@@ -267,7 +270,41 @@ def kernel_plan(
         pid_namespace=True,
         private_shm=True,
         minimal_dev=True,
+        network_namespace=isolate,
+        hidden=ray_folders((ws.base, ws.host, *writable)) if isolate else (),
     )
+
+
+def network_isolated(policy: Policy | None) -> bool:
+    """Whether a step gets its own network namespace: unless its policy says
+    ``[kernel] network = "host"``."""
+    return policy is None or policy.spec.network != "host"
+
+
+def ray_folders(keep: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The folders of Ray on this machine a step must not reach: Ray's temp dir (the session's
+    pathname unix sockets -- raylet, object store --, its ports and token files), where Ray puts
+    it (``$RAY_TMPDIR/ray``, ``$TMPDIR/ray``, ``/tmp/ray``), and ``~/.ray`` (the cluster's auth
+    token). Only those that exist, and none that holds or lies inside one of ``keep`` (the
+    workspace, the host, the writable roots): hiding those would hide the step's own view.
+    A cluster started with another ``--temp-dir`` is not found (docs/security.md)."""
+    env = os.environ if environ is None else environ
+    found = [os.path.join(env[k], "ray") for k in ("RAY_TMPDIR", "TMPDIR") if env.get(k)]
+    found += ["/tmp/ray", os.path.join(env.get("HOME") or os.path.expanduser("~"), ".ray")]
+    kept = [os.path.realpath(p) for p in keep]
+    out: list[str] = []
+    for path in dict.fromkeys(os.path.realpath(p) for p in found if os.path.isabs(p)):
+        if not os.path.isdir(path) or path == "/":
+            continue
+        if any(_overlaps(path, k) for k in kept):
+            continue
+        out.append(path)
+    return tuple(out)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """``a`` and ``b`` are the same folder or one lies inside the other."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
 def start_step(
@@ -359,6 +396,8 @@ def _launch(
             refusals.append(str(e))
             continue
         why = "; ".join(refusals)
+        opt_out = "" if network_isolated(policy) else f'[kernel] network = "host" in {prep.spec.source}'
+        missing = missing_layers(child.applied, why, network_opt_out=opt_out)
         warnings = []
         if refusals:
             what = (
@@ -368,7 +407,7 @@ def _launch(
                 "workspace is gathered into the run folder after each step"
             )
             warnings.append(f"kernel layer incomplete ({why}); {what}")
-        return Launched(child, plan, missing_layers(child.applied, why), warnings)
+        return Launched(child, plan, missing, warnings)
     why = "; ".join(refusals)
     if required:
         raise KernelUnavailable(

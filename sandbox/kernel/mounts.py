@@ -196,7 +196,7 @@ def loopback_up() -> None:
         _libc.check(lib.ioctl(fd, _SIOCGIFFLAGS, req), "read the flags of lo")
         flags = int.from_bytes(req.raw[_IFNAMSIZ : _IFNAMSIZ + 2], sys.byteorder)
         flags |= _IFF_UP
-        req[_IFNAMSIZ : _IFNAMSIZ + 2] = flags.to_bytes(2, sys.byteorder)
+        ctypes.memmove(ctypes.addressof(req) + _IFNAMSIZ, flags.to_bytes(2, sys.byteorder), 2)
         _libc.check(lib.ioctl(fd, _SIOCSIFFLAGS, req), "bring up lo")
     finally:
         lib.close(fd)

@@ -5,7 +5,8 @@ the runner decides it from the policy and the workspace. ``apply`` only executes
 calling process, in a fixed order::
 
     unshare user + mount (+ PID, + network) namespaces -> lo up -> make it private -> overlays
-        -> binds -> hidden folders (empty read-only tmpfs) -> everything else read-only -> writable places nodev,nosuid -> private /dev/shm
+        -> binds -> hidden folders (empty read-only tmpfs) -> everything else read-only
+        -> writable places nodev,nosuid -> private /dev/shm
         -> [PID 1 of the new PID namespace: a fresh /proc] -> Landlock -> drop every capability
 
 :func:`enter` is the part before the PID namespace's first process exists, :func:`seal` the part
@@ -251,7 +252,8 @@ def enter(
     plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = None
 ) -> tuple[bool, float, int]:
     """The namespaces and mounts of ``plan``; returns ``(user namespace made, start time, folders
-    hidden)`` for :func:`seal`. ``mapped_by_parent``: see :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
+    hidden)`` for :func:`seal`. ``mapped_by_parent``: see
+    :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
     # Here, not at the top: a plan is data the runner builds without loading ctypes. spawn()
     # imports both before it forks, so in its child this is a dictionary lookup.
     from sandbox.kernel import mounts
