@@ -98,10 +98,16 @@ class Box:
         return {"host": host, "outside": tree_snapshot(self.outside)}
 
     def run(
-        self, code: str, *, kernel: str = "require", env: dict[str, str] | None = None, timeout: float = 60
+        self,
+        code: str,
+        *,
+        kernel: str = "require",
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        options: tuple[str, ...] = (),
     ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
-        """``tv-sandbox run`` of ``python -I -S -c code``; returns the process, the export and the
-        wall time."""
+        """``tv-sandbox run`` of ``python -I -S -c code`` (``options``: more of ``run``'s, such as
+        ``--policy FILE``); returns the process, the export and the wall time."""
         self.n += 1
         run_id = f"p{self.n}"
         argv = [
@@ -118,6 +124,7 @@ class Box:
             str(self.ws),
             "--kernel",
             kernel if REQUIRE or kernel != "require" else "auto",
+            *options,
             "--",
             self.python,
             "-I",
