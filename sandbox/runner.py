@@ -180,7 +180,7 @@ def _check_workspace_base(workspace_base: str | None, host: str, targets: Mappin
 
 
 def kernel_plan(
-    ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True
+    ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True, network: bool = True
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
@@ -194,6 +194,8 @@ def kernel_plan(
     bound over the host's own path too, so a host-absolute path behaves as its workspace path.
     Everything else is remounted read-only and Landlock allows writes only below the roots.
 
+    ``network=False``: no network namespace even when the policy wants one (a kernel that refuses
+    it; Ray's folders are still hidden).
     ``namespace=False`` (a kernel without usable mount namespaces or overlayfs): Landlock alone.
     The workspace stays the symlink skeleton: writes are allowed below it, the run folder and the
     temp dir only, and the host is out of reach.
@@ -270,7 +272,7 @@ def kernel_plan(
         pid_namespace=True,
         private_shm=True,
         minimal_dev=True,
-        network_namespace=isolate,
+        network_namespace=isolate and network,
         hidden=ray_folders((ws.base, ws.host, *writable)) if isolate else (),
     )
 
@@ -367,13 +369,15 @@ def _launch(
         return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr)
 
     if prep.kernel == "off":
-        why = "turned off (--kernel off, or the policy's kernel = \"off\")"
+        why = 'turned off (--kernel off, or the policy\'s kernel = "off")'
         return Launched(
             start(None),
             None,
             missing_layers(None, why),
-            [f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
-             "(pyarrow, sqlite), shell commands and non-Python children can change it"],
+            [
+                f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
+                "(pyarrow, sqlite), shell commands and non-Python children can change it"
+            ],
         )
     from sandbox.kernel import landlock
 
@@ -382,14 +386,21 @@ def _launch(
     abi, err = landlock.query_abi()
     if abi == 0:
         refusals.append(landlock.unavailable_reason(err))
-    for namespace in (True, False):
+    # The namespaces with the network's, without it (a kernel that refuses only CLONE_NEWNET),
+    # then Landlock alone.
+    attempts = (
+        ((True, True), (True, False), (False, False))
+        if network_isolated(policy)
+        else ((True, False), (False, False))
+    )
+    for namespace, network in attempts:
         if required and refusals:
             break  # only the full layer will do
         if not namespace:
             ws.mirror()  # without the overlay, the workspace is the symlink skeleton
             if abi == 0:
                 break
-        plan = kernel_plan(ws, req.mode, policy, namespace=namespace)
+        plan = kernel_plan(ws, req.mode, policy, namespace=namespace, network=network)
         try:
             child = start(plan)
         except KernelUnavailable as e:
@@ -401,7 +412,7 @@ def _launch(
         warnings = []
         if refusals:
             what = (
-                "no Landlock"
+                "missing: " + ", ".join(missing)
                 if namespace
                 else "only Landlock and the Python guard are active; what the step writes into the "
                 "workspace is gathered into the run folder after each step"
