@@ -7,7 +7,9 @@ sandboxed run prints where the time goes (TV_SANDBOX_TIMINGS=1).
 
 Also measured, in this process: the cost of the step's PID namespace (the init process, its fresh
 /proc, the private /dev/shm) -- ``spawn(["true"])`` under the runner's full plan, with and without
-them, interleaved.
+them, interleaved -- and the same for its network namespace (``lo`` up included). The whole
+launch is also run with a policy of ``[kernel] network = "host"`` (no network namespace, Ray's
+folders not hidden), side by side with the default.
 
 Usage: python bench/bench_start.py [--runs 20] [--phases]
 """
@@ -44,7 +46,11 @@ def main() -> int:
         script = os.path.join(os.path.dirname(py), "tv-sandbox")
         launcher = [script] if os.access(script, os.X_OK) else [py, "-m", "sandbox"]
 
-        def sandboxed(kernel: str) -> list[str]:
+        host_net = tmp / "host-network.toml"
+        policies = Path(__file__).parents[1] / "policies"
+        host_net.write_text((policies / "production.toml").read_text() + '\n[kernel]\nnetwork = "host"\n')
+
+        def sandboxed(kernel: str, *options: str) -> list[str]:
             return [
                 *launcher,
                 "run",
@@ -54,6 +60,7 @@ def main() -> int:
                 f"b{next(counter)}",
                 "--kernel",
                 kernel,
+                *options,
                 "--",
                 py,
                 "-c",
@@ -69,13 +76,20 @@ def main() -> int:
         def kernel_off(r: int) -> None:
             subprocess.run(sandboxed("off"), check=True, stderr=subprocess.DEVNULL)
 
-        t = interleaved(args.runs, bare=bare, kernel=kernel_auto, guard_only=kernel_off)
+        def kernel_host_net(r: int) -> None:
+            subprocess.run(sandboxed("auto", "--policy", str(host_net)), check=True, stderr=subprocess.DEVNULL)
+
+        t = interleaved(
+            args.runs, bare=bare, kernel=kernel_auto, host_net=kernel_host_net, guard_only=kernel_off
+        )
         b = median(t["bare"])
         d_k = (median(t["kernel"]) - b) * 1000
+        d_h = (median(t["host_net"]) - b) * 1000
         d_g = (median(t["guard_only"]) - b) * 1000
         print(f"# {args.runs} runs each, interleaved; bare `python -c pass` median {b * 1000:.1f} ms")
         print(f"# launcher: {' '.join(launcher)}")
         print(line("tv-sandbox run (kernel layer on) minus bare, ms", d_k, "<= 50", d_k <= 50))
+        print(line('tv-sandbox run, kernel on, network = "host" minus bare, ms', d_h, "<= 50", d_h <= 50))
         print(line("tv-sandbox run --kernel off minus bare, ms", d_g, "<= 50", d_g <= 50))
         with_ns, without = pid_namespace_cost(tmp, args.runs)
         print(
@@ -87,6 +101,16 @@ def main() -> int:
             )
         )
         print(f"#   spawn(true) full plan: {with_ns * 1000:.1f} ms with, {without * 1000:.1f} ms without")
+        with_net, without_net = pid_namespace_cost(tmp, args.runs, what="network_namespace")
+        print(
+            line(
+                "spawn(true) full plan, network namespace + lo up minus without, ms",
+                (with_net - without_net) * 1000,
+                "<= 5",
+                (with_net - without_net) * 1000 <= 5,
+            )
+        )
+        print(f"#   spawn(true) full plan: {with_net * 1000:.1f} ms with, {without_net * 1000:.1f} ms without")
         if args.phases:
             env = dict(os.environ, TV_SANDBOX_TIMINGS="1")
             r = subprocess.run(sandboxed("auto"), env=env, capture_output=True, text=True)
@@ -97,16 +121,18 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pid_namespace_cost(tmp: Path, runs: int) -> tuple[float, float]:
+def pid_namespace_cost(tmp: Path, runs: int, what: str = "pid_namespace") -> tuple[float, float]:
     """Median seconds of ``spawn(["true"]).wait()`` under the runner's full plan, with the PID
-    namespace and the private /dev/shm, and without them."""
+    namespace and the private /dev/shm, and without them (``what="network_namespace"``: with the
+    PID namespace, with and without the network namespace)."""
     from sandbox.kernel import KernelPlan, Overlay, spawn
 
-    d = {n: tmp / "pidns" / n for n in ("host", "run", "work", "ws", "tmp")}
+    d = {n: tmp / what / n for n in ("host", "run", "work", "ws", "tmp")}
     for p in d.values():
         p.mkdir(parents=True)
 
-    def plan(pidns: bool) -> KernelPlan:
+    def plan(on: bool) -> KernelPlan:
+        pidns = on or what != "pid_namespace"
         return KernelPlan(
             writable=(str(d["tmp"]), "/dev/shm"),
             overlays=(Overlay((str(d["host"]),), str(d["run"]), str(d["work"]), str(d["ws"])),),
@@ -115,6 +141,7 @@ def pid_namespace_cost(tmp: Path, runs: int) -> tuple[float, float]:
             namespace=True,
             pid_namespace=pidns,
             private_shm=pidns,
+            network_namespace=on and what == "network_namespace",
         )
 
     plans = {"with": plan(True), "without": plan(False)}

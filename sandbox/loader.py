@@ -11,6 +11,7 @@ import os
 from sandbox.errors import PolicyError, UsageError
 from sandbox.policy import (
     KERNEL_SETTINGS,
+    NETWORK_SETTINGS,
     OP_GROUPS,
     PROFILES,
     Action,
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-_TOP_KEYS = {"policy", "layout", "rule", "export"}
+_TOP_KEYS = {"policy", "layout", "rule", "export", "kernel"}
+_KERNEL_KEYS = {"network"}
 _EXPORT_KEYS = {"max_bytes"}
 _POLICY_KEYS = {"name", "profile", "description", "kernel"}
 _LAYOUT_KEYS = {"lakehouse", "exports", "runs", "run_folders"}
@@ -235,6 +237,7 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
         )
     description = pol.get("description", "")
     _typed(description, str, src, "policy.description") if description else None
+    network = _network(data, src)
 
     export_max_bytes(data, src)  # [export]: read by the exporter's caller, validated here
     lay = _typed(data.get("layout", None) or _missing(src, "layout"), dict, src, "layout")
@@ -308,7 +311,26 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
             if not isinstance(v, str):
                 raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
         rules.append(Rule(rname, pats, frozenset(ops), Action.named(action), reason, hint))
-    return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data)
+    return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data, network)
+
+
+def _network(data: Mapping[str, Any], src: str) -> str:
+    """``[kernel] network``: "none" (the default: a network namespace of its own per step) or
+    "host" (the machine's network)."""
+    table = data.get("kernel")
+    if table is None:
+        return "none"
+    _typed(table, dict, src, "kernel")
+    _unknown(table, _KERNEL_KEYS, src, "kernel")
+    value = table.get("network", "none")
+    if value not in NETWORK_SETTINGS:
+        raise PolicyError(
+            src,
+            "kernel.network",
+            f"{value!r} is not allowed; allowed: {', '.join(NETWORK_SETTINGS)} "
+            '("none": the step has loopback only; "host": the machine\'s network)',
+        )
+    return str(value)
 
 
 def export_max_bytes(data: Mapping[str, Any], src: str = "<memory>") -> int | None:

@@ -43,6 +43,7 @@ __all__ = [
     "KERNEL_SETTINGS",
     "MODES",
     "MUTATING",
+    "NETWORK_SETTINGS",
     "OP_GROUPS",
     "OVERLAY_RULES",
     "PROFILES",
@@ -64,6 +65,9 @@ __all__ = [
 MODES = ("enforce", "audit")
 PROFILES = ("production", "development")
 KERNEL_SETTINGS = ("warn", "require", "off")
+#: ``[kernel] network``: none (the default): each step in its own network namespace, loopback only;
+#: host: the machine's network (a step that downloads, or talks to a Ray cluster on purpose).
+NETWORK_SETTINGS = ("none", "host")
 AUDIT_DIR = "audit"  # $TV_RUN_DIR/audit/<rel>: audit-mode copies of protected paths
 #: The redirects the kernel layer's overlays perform by themselves (the workspace overlay's upper
 #: layer is the run folder; audit mode's mount overlays capture into audit/): under them an
@@ -138,6 +142,7 @@ class PolicySpec:
     kernel: str = "warn"
     source: str = "<memory>"
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    network: str = "none"  # [kernel] network: NETWORK_SETTINGS
 
     @property
     def sha256(self) -> str:

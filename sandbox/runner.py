@@ -180,19 +180,22 @@ def _check_workspace_base(workspace_base: str | None, host: str, targets: Mappin
 
 
 def kernel_plan(
-    ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True
+    ws: Workspace, mode: str, policy: Policy | None = None, *, namespace: bool = True, network: bool = True
 ) -> KernelPlan:
     """The mounts and Landlock rules of one step (see docs/architecture.md, "kernel layer").
 
     The step gets its own user, mount and PID namespaces (a fresh /proc, a minimal /dev with a
-    private /dev/shm),
-    every writable mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
+    private /dev/shm) and, unless its policy says ``[kernel] network = "host"``, its own network
+    namespace (loopback only), with Ray's folders hidden (:func:`ray_folders`); every writable
+    mount ``nodev,nosuid``, and no capability. The workspace becomes an overlay
     of the host whose upper layer is the run folder, the run
     folder is bound at $TV_RUN_DIR, the mounts are bound read-only over their workspace paths (in
     audit mode: overlays whose upper layer is $TV_RUN_DIR/audit/<mount>), and the whole view is
     bound over the host's own path too, so a host-absolute path behaves as its workspace path.
     Everything else is remounted read-only and Landlock allows writes only below the roots.
 
+    ``network=False``: no network namespace even when the policy wants one (a kernel that refuses
+    it; Ray's folders are still hidden).
     ``namespace=False`` (a kernel without usable mount namespaces or overlayfs): Landlock alone.
     The workspace stays the symlink skeleton: writes are allowed below it, the run folder and the
     temp dir only, and the host is out of reach.
@@ -257,8 +260,10 @@ def kernel_plan(
                 binds.append(Bind(src, target, readonly=False))
                 extra_writable.append(target)
     binds.append(Bind(ws.root, ws.host, readonly=False))
+    writable = (ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm", *extra_writable)
+    isolate = network_isolated(policy)
     return KernelPlan(
-        writable=(ws.root, ws.run_storage, ws.tmp, ws.host, "/dev/shm", *extra_writable),
+        writable=writable,
         overlays=tuple(overlays),
         binds=tuple(binds),
         readonly_root=True,
@@ -267,7 +272,41 @@ def kernel_plan(
         pid_namespace=True,
         private_shm=True,
         minimal_dev=True,
+        network_namespace=isolate and network,
+        hidden=ray_folders((ws.base, ws.host, *writable)) if isolate else (),
     )
+
+
+def network_isolated(policy: Policy | None) -> bool:
+    """Whether a step gets its own network namespace: unless its policy says
+    ``[kernel] network = "host"``."""
+    return policy is None or policy.spec.network != "host"
+
+
+def ray_folders(keep: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The folders of Ray on this machine a step must not reach: Ray's temp dir (the session's
+    pathname unix sockets -- raylet, object store --, its ports and token files), where Ray puts
+    it (``$RAY_TMPDIR/ray``, ``$TMPDIR/ray``, ``/tmp/ray``), and ``~/.ray`` (the cluster's auth
+    token). Only those that exist, and none that holds or lies inside one of ``keep`` (the
+    workspace, the host, the writable roots): hiding those would hide the step's own view.
+    A cluster started with another ``--temp-dir`` is not found (docs/security.md)."""
+    env = os.environ if environ is None else environ
+    found = [os.path.join(env[k], "ray") for k in ("RAY_TMPDIR", "TMPDIR") if env.get(k)]
+    found += ["/tmp/ray", os.path.join(env.get("HOME") or os.path.expanduser("~"), ".ray")]
+    kept = [os.path.realpath(p) for p in keep]
+    out: list[str] = []
+    for path in dict.fromkeys(os.path.realpath(p) for p in found if os.path.isabs(p)):
+        if not os.path.isdir(path) or path == "/":
+            continue
+        if any(_overlaps(path, k) for k in kept):
+            continue
+        out.append(path)
+    return tuple(out)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """``a`` and ``b`` are the same folder or one lies inside the other."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
 def start_step(
@@ -330,13 +369,15 @@ def _launch(
         return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr)
 
     if prep.kernel == "off":
-        why = "turned off (--kernel off, or the policy's kernel = \"off\")"
+        why = 'turned off (--kernel off, or the policy\'s kernel = "off")'
         return Launched(
             start(None),
             None,
             missing_layers(None, why),
-            [f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
-             "(pyarrow, sqlite), shell commands and non-Python children can change it"],
+            [
+                f"the kernel layer is {why}: only the Python guard protects the host, so native writers "
+                "(pyarrow, sqlite), shell commands and non-Python children can change it"
+            ],
         )
     from sandbox.kernel import landlock
 
@@ -345,30 +386,39 @@ def _launch(
     abi, err = landlock.query_abi()
     if abi == 0:
         refusals.append(landlock.unavailable_reason(err))
-    for namespace in (True, False):
+    # The namespaces with the network's, without it (a kernel that refuses only CLONE_NEWNET),
+    # then Landlock alone.
+    attempts = (
+        ((True, True), (True, False), (False, False))
+        if network_isolated(policy)
+        else ((True, False), (False, False))
+    )
+    for namespace, network in attempts:
         if required and refusals:
             break  # only the full layer will do
         if not namespace:
             ws.mirror()  # without the overlay, the workspace is the symlink skeleton
             if abi == 0:
                 break
-        plan = kernel_plan(ws, req.mode, policy, namespace=namespace)
+        plan = kernel_plan(ws, req.mode, policy, namespace=namespace, network=network)
         try:
             child = start(plan)
         except KernelUnavailable as e:
             refusals.append(str(e))
             continue
         why = "; ".join(refusals)
+        opt_out = "" if network_isolated(policy) else f'[kernel] network = "host" in {prep.spec.source}'
+        missing = missing_layers(child.applied, why, network_opt_out=opt_out)
         warnings = []
         if refusals:
             what = (
-                "no Landlock"
+                "missing: " + ", ".join(missing)
                 if namespace
                 else "only Landlock and the Python guard are active; what the step writes into the "
                 "workspace is gathered into the run folder after each step"
             )
             warnings.append(f"kernel layer incomplete ({why}); {what}")
-        return Launched(child, plan, missing_layers(child.applied, why), warnings)
+        return Launched(child, plan, missing, warnings)
     why = "; ".join(refusals)
     if required:
         raise KernelUnavailable(

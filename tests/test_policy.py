@@ -180,6 +180,28 @@ def test_validation_names_key_and_allowed(where: tuple[str, ...], value: object,
     assert ei.value.key == key and says in str(ei.value) and str(ei.value).startswith("x.toml: ")
 
 
+def test_kernel_network_is_none_by_default_and_validated() -> None:
+    import copy
+
+    assert spec_from_mapping(GOOD, "x.toml").network == "none"
+    for value in ("none", "host"):
+        d = copy.deepcopy(GOOD)
+        d["kernel"] = {"network": value}
+        assert spec_from_mapping(d, "x.toml").network == value
+    for table, key, says in (
+        ({"network": "bridge"}, "kernel.network", "'bridge' is not allowed; allowed: none, host"),
+        ({"network": True}, "kernel.network", "allowed: none, host"),
+        ({"ports": [80]}, "kernel.ports", "unknown key; allowed: network"),
+        ("host", "kernel", "must be a table"),
+    ):
+        d = copy.deepcopy(GOOD)
+        d["kernel"] = table
+        with pytest.raises(PolicyError) as ei:
+            spec_from_mapping(d, "x.toml")
+        assert ei.value.key == key and says in str(ei.value), str(ei.value)
+        assert str(ei.value).startswith("x.toml: ") and "\n" not in str(ei.value)
+
+
 def test_load_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[policy\nname=")

@@ -215,6 +215,26 @@ def test_without_namespaces_the_launch_falls_back_to_landlock(
     assert lake(host) == before
 
 
+@pytest.mark.kernel("landlock", "mount_namespace", "user_namespaces")
+def test_a_kernel_refusing_the_network_namespace_keeps_the_others(
+    host: Path, kernel_support: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused CLONE_NEWNET alone: the step keeps its user, mount and PID namespaces, the report
+    says the network is the machine's; with --kernel require the run is refused."""
+    from sandbox.errors import KernelUnavailable
+    from sandbox.runner import RunRequest, execute, preflight
+
+    _refusing(monkeypatch, lambda plan: plan.network_namespace)
+    out = execute(preflight(RunRequest(host=str(host), run_id="nn", argv=[sys.executable, "-c", STEP])))
+    assert out.exit_code == 0 and len(out.report["warnings"]) == 1, out.report["warnings"]
+    assert "missing: network_namespace" in out.report["warnings"][0]
+    layers = out.report["layers"]
+    assert layers["mount_namespace"] and layers["overlay"] and list(layers["missing"]) == ["network_namespace"]
+    assert "unshare: Operation not permitted" in layers["missing"]["network_namespace"]
+    with pytest.raises(KernelUnavailable, match="full kernel layer is required"):
+        execute(preflight(RunRequest(host=str(host), run_id="nr", argv=["true"], kernel="require")))
+
+
 @pytest.mark.parametrize("refused", ["namespaces", "landlock"])
 def test_require_means_the_full_layer(
     host: Path,

@@ -50,6 +50,13 @@ def libc() -> Any:
         lib.prctl.restype = ctypes.c_int
         lib.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.capset.restype = ctypes.c_int
+        # loopback_up: looked up here, before any fork (the child must not dlsym)
+        lib.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.socket.restype = ctypes.c_int
+        lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
+        lib.ioctl.restype = ctypes.c_int
+        lib.close.argtypes = [ctypes.c_int]
+        lib.close.restype = ctypes.c_int
         _lib = lib
     return _lib
 

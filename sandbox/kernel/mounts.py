@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
 
 from sandbox.kernel import _libc
 
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <linux/sockios.h>, <net/if.h>
+_AF_INET = 2
+_SOCK_DGRAM = 2
+_SOCK_CLOEXEC = 0o2000000
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFNAMSIZ = 16
+_IFREQ_SIZE = 40  # struct ifreq: the name, then a 24-byte union (ifr_flags: a short at its start)
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -132,6 +144,7 @@ def unshare_mount_namespace(
     *,
     user_namespace: bool | None = None,
     pid_namespace: bool = False,
+    network_namespace: bool = False,
     mapped_by_parent: Callable[[], bool] | None = None,
 ) -> bool:
     """Move the calling process into a new, private mount namespace, in a new user namespace.
@@ -146,6 +159,8 @@ def unshare_mount_namespace(
     whether it did; otherwise the process maps itself: uid and gid ``0 <id> 1`` (root inside),
     ``setgroups`` denied (the kernel requires that before an unprivileged gid_map).
     ``pid_namespace``: also a new PID namespace for the children forked from now on.
+    ``network_namespace``: also a new network namespace, for this process at once: only a loopback
+    interface, down until :func:`loopback_up` (owned by the new user namespace, whose root may).
     The process must be single-threaded (the kernel refuses CLONE_NEWUSER otherwise).
     Returns whether a user namespace was created.
     """
@@ -154,9 +169,11 @@ def unshare_mount_namespace(
     userns = True if user_namespace is None else user_namespace
     lib = _libc.libc()
     flags = CLONE_NEWNS | (CLONE_NEWUSER if userns else 0) | (CLONE_NEWPID if pid_namespace else 0)
+    flags |= CLONE_NEWNET if network_namespace else 0
     rc = lib.unshare(flags)
     what = "unshare a mount namespace" + (" in a new user namespace" if userns else "")
-    _libc.check(rc, what + (" with a PID namespace" if pid_namespace else ""))
+    what += " with a PID namespace" if pid_namespace else ""
+    _libc.check(rc, what + (" and a network namespace" if network_namespace else ""))
     if userns:
         _made_user_namespace = True
         if not (uid == 0 and mapped_by_parent is not None and mapped_by_parent()):
@@ -164,6 +181,46 @@ def unshare_mount_namespace(
             _write("/proc/self/uid_map", f"0 {uid} 1")
             _write("/proc/self/gid_map", f"0 {gid} 1")
     return userns
+
+
+def loopback_up() -> None:
+    """Bring up ``lo`` of the calling process's (new) network namespace: what ``ip link set lo up``
+    does, with the SIOCGIFFLAGS/SIOCSIFFLAGS ioctls on an AF_INET datagram socket (the kernel
+    gives an up loopback 127.0.0.1/8 and ::1 by itself). Through libc, not ``socket``/``fcntl``:
+    nothing to import in the forked child, nothing added to the launcher's start-up. Needs
+    CAP_NET_ADMIN over the namespace: call it before the capabilities are dropped."""
+    lib = _libc.libc()
+    fd = _libc.check(lib.socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0), "a socket to bring up lo")
+    try:
+        req = ctypes.create_string_buffer(b"lo", _IFREQ_SIZE)
+        _libc.check(lib.ioctl(fd, _SIOCGIFFLAGS, req), "read the flags of lo")
+        flags = int.from_bytes(req.raw[_IFNAMSIZ : _IFNAMSIZ + 2], sys.byteorder)
+        flags |= _IFF_UP
+        ctypes.memmove(ctypes.addressof(req) + _IFNAMSIZ, flags.to_bytes(2, sys.byteorder), 2)
+        _libc.check(lib.ioctl(fd, _SIOCSIFFLAGS, req), "bring up lo")
+    finally:
+        lib.close(fd)
+
+
+
+def hide(path: str) -> bool:
+    """Cover the folder ``path`` with an empty, read-only tmpfs (``nodev,nosuid,noexec``): what
+    it holds -- sockets, tokens -- is out of the step's reach by path. False when ``path`` is not
+    a folder (any more): nothing to hide."""
+    try:
+        _mount(
+            "tmpfs",
+            path,
+            "tmpfs",
+            MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            "mode=0755,size=4k",
+            what=f"hide {path} (an empty tmpfs over it)",
+        )
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
+    return True
 
 
 def lock_mounts() -> None:

@@ -4,8 +4,9 @@ The plan says *what* (which folders stay writable, which overlays and binds make
 the runner decides it from the policy and the workspace. ``apply`` only executes it, in the
 calling process, in a fixed order::
 
-    unshare user + mount (+ PID) namespaces -> make it private -> overlays -> binds
-        -> everything else read-only -> writable places nodev,nosuid -> private /dev/shm
+    unshare user + mount (+ PID, + network) namespaces -> lo up -> make it private -> overlays
+        -> binds -> hidden folders (empty read-only tmpfs) -> everything else read-only
+        -> writable places nodev,nosuid -> private /dev/shm
         -> [PID 1 of the new PID namespace: a fresh /proc] -> Landlock -> drop every capability
 
 :func:`enter` is the part before the PID namespace's first process exists, :func:`seal` the part
@@ -103,6 +104,13 @@ class KernelPlan:
     (:func:`sandbox.kernel.mounts.minimal_dev`); needs ``namespace``. ``nodev_nosuid``: with a
     namespace, every writable root becomes a ``nodev,nosuid`` mount. ``drop_capabilities``: the command runs
     with empty capability sets (bounding, ambient, inheritable, permitted) and no_new_privs.
+
+    ``network_namespace``: the step gets its own network namespace (``--unshare-net``, Docker's
+    ``--network none``): only a loopback interface, brought up; no route to any other host or to
+    this machine's listeners, and abstract unix sockets are per namespace, so those of the host
+    are out of reach too (pathname unix sockets are files: ``hidden`` is for those). Needs
+    ``namespace``. ``hidden``: folders covered by an empty read-only tmpfs after the binds (Ray's
+    temp dir: its sockets and session); one that does not exist is skipped. Needs ``namespace``.
     """
 
     writable: tuple[str, ...] = ()
@@ -116,9 +124,12 @@ class KernelPlan:
     minimal_dev: bool = False
     nodev_nosuid: bool = True
     drop_capabilities: bool = True
+    network_namespace: bool = False
+    hidden: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "writable", tuple(_absolute("writable path", p) for p in self.writable))
+        object.__setattr__(self, "hidden", tuple(_absolute("hidden path", p) for p in self.hidden))
         object.__setattr__(self, "overlays", tuple(self.overlays))
         object.__setattr__(self, "binds", tuple(self.binds))
         if (self.overlays or self.binds or self.readonly_root) and not self.namespace:
@@ -126,8 +137,11 @@ class KernelPlan:
                 "overlays, binds and readonly_root need namespace=True: "
                 "without a private mount namespace they would change the host's mounts"
             )
-        if (self.pid_namespace or self.private_shm or self.minimal_dev) and not self.namespace:
-            raise ValueError("pid_namespace, private_shm and minimal_dev need namespace=True")
+        needs = (self.pid_namespace, self.private_shm, self.minimal_dev, self.network_namespace, self.hidden)
+        if any(needs) and not self.namespace:
+            raise ValueError(
+                "pid_namespace, private_shm, minimal_dev, network_namespace and hidden need namespace=True"
+            )
 
     def writable_roots(self) -> tuple[str, ...]:
         """Everything that stays writable: ``writable``, overlay targets, writable bind targets."""
@@ -138,6 +152,7 @@ class KernelPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["writable"] = list(self.writable)
+        d["hidden"] = list(self.hidden)
         for o in d["overlays"]:
             o["lower"] = list(o["lower"])
         return d
@@ -145,7 +160,7 @@ class KernelPlan:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KernelPlan:
         """The inverse of :meth:`to_dict`; unknown keys are an error (a plan is never half-read)."""
-        known = {"writable", "overlays", "binds", "readonly_root", "landlock", "namespace", *_FLAGS}
+        known = {"writable", "overlays", "binds", "readonly_root", "landlock", "namespace", "hidden", *_FLAGS}
         unknown = set(d) - known
         if unknown:
             raise ValueError(
@@ -160,11 +175,19 @@ class KernelPlan:
             readonly_root=bool(d.get("readonly_root", False)),
             landlock=bool(d.get("landlock", True)),
             namespace=bool(d.get("namespace", False)),
+            hidden=tuple(d.get("hidden", ())),
             **{k: bool(d[k]) for k in _FLAGS if k in d},
         )
 
 
-_FLAGS = ("pid_namespace", "private_shm", "minimal_dev", "nodev_nosuid", "drop_capabilities")
+_FLAGS = (
+    "pid_namespace",
+    "private_shm",
+    "minimal_dev",
+    "nodev_nosuid",
+    "drop_capabilities",
+    "network_namespace",
+)
 
 
 @record(frozen=True)
@@ -182,6 +205,8 @@ class AppliedLayers:
     minimal_dev: bool = False
     nodev_nosuid: bool = False
     capabilities_dropped: bool = False
+    network_namespace: bool = False
+    hidden: int = 0  # folders covered by an empty tmpfs (KernelPlan.hidden that existed)
     seconds: float = field(default=0.0, compare=False)
 
     def encode(self) -> str:
@@ -203,6 +228,8 @@ class AppliedLayers:
             minimal_dev=kv.get("minimal_dev") == "1",
             nodev_nosuid=kv.get("nodev_nosuid") == "1",
             capabilities_dropped=kv.get("capabilities_dropped") == "1",
+            network_namespace=kv.get("network_namespace") == "1",
+            hidden=int(kv.get("hidden", 0)),
             seconds=float(kv["seconds"]),
         )
 
@@ -221,9 +248,12 @@ def apply(plan: KernelPlan, *, extra_writable: Sequence[str] = DEVICE_PATHS) -> 
     return seal(plan, entered, extra_writable=extra_writable)
 
 
-def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = None) -> tuple[bool, float]:
-    """The namespaces and mounts of ``plan``; returns ``(user namespace made, start time)`` for
-    :func:`seal`. ``mapped_by_parent``: see :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
+def enter(
+    plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = None
+) -> tuple[bool, float, int]:
+    """The namespaces and mounts of ``plan``; returns ``(user namespace made, start time, folders
+    hidden)`` for :func:`seal`. ``mapped_by_parent``: see
+    :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
     # Here, not at the top: a plan is data the runner builds without loading ctypes. spawn()
     # imports both before it forks, so in its child this is a dictionary lookup.
     from sandbox.kernel import mounts
@@ -232,13 +262,18 @@ def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = Non
     userns = False
     if plan.namespace:
         userns = mounts.unshare_mount_namespace(
-            pid_namespace=plan.pid_namespace, mapped_by_parent=mapped_by_parent
+            pid_namespace=plan.pid_namespace,
+            network_namespace=plan.network_namespace,
+            mapped_by_parent=mapped_by_parent,
         )
+        if plan.network_namespace:
+            mounts.loopback_up()
         mounts.make_private()
     for o in plan.overlays:
         mounts.overlay(o.lower, o.upper, o.work, o.target)
     for b in plan.binds:
         mounts.bind(b.src, b.dst, readonly=b.readonly)
+    hidden = sum(1 for p in plan.hidden if mounts.hide(p))
     if plan.readonly_root:
         mounts.remount_all_readonly(plan.writable_roots())
     if plan.namespace and plan.nodev_nosuid:
@@ -247,17 +282,17 @@ def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = Non
         mounts.minimal_dev()
     if plan.private_shm:
         mounts.private_shm()
-    return userns, t0
+    return userns, t0, hidden
 
 
 def seal(
-    plan: KernelPlan, entered: tuple[bool, float], *, extra_writable: Sequence[str] = DEVICE_PATHS
+    plan: KernelPlan, entered: tuple[bool, float, int], *, extra_writable: Sequence[str] = DEVICE_PATHS
 ) -> AppliedLayers:
     """The rest of ``plan``, in the process that will fork (or be) the command: a fresh /proc
     when it is PID 1 of the plan's PID namespace, Landlock, then no capability left."""
     from sandbox.kernel import _libc, landlock, mounts
 
-    userns, t0 = entered
+    userns, t0, hidden = entered
     pidns = plan.pid_namespace and os.getpid() == 1
     if pidns:
         mounts.mount_proc()
@@ -281,6 +316,8 @@ def seal(
         minimal_dev=plan.minimal_dev,
         nodev_nosuid=plan.namespace and plan.nodev_nosuid,
         capabilities_dropped=plan.drop_capabilities,
+        network_namespace=plan.namespace and plan.network_namespace,
+        hidden=hidden,
         seconds=time.perf_counter() - t0,
     )
 
@@ -299,12 +336,19 @@ _CONSEQUENCES = {
     "private_shm": "no private /dev/shm: the step shares the host's",
     "minimal_dev": "the host's /dev: the step reads the device nodes its uid may (raw disks, for root)",
     "capabilities": "capabilities not dropped",
+    "network_namespace": "no network namespace: the step has the machine's network -- it can "
+    "connect to any host and to this machine's listeners (a Ray cluster's GCS and raylet, whose "
+    "tasks run unsandboxed) and to abstract unix sockets",
 }
 
 
-def missing_layers(applied: AppliedLayers | None, why: str = "") -> dict[str, str]:
+def missing_layers(
+    applied: AppliedLayers | None, why: str = "", *, network_opt_out: str = ""
+) -> dict[str, str]:
     """Each part of the full kernel layer that ``applied`` lacks -> what that leaves open (and
-    ``why``, the kernel's refusal, when given). ``applied`` None: the whole layer is missing."""
+    ``why``, the kernel's refusal, when given). ``applied`` None: the whole layer is missing.
+    ``network_opt_out``: why the step was given the machine's network on purpose (the policy's
+    ``[kernel] network = "host"``), said instead of ``why`` for that part."""
     if applied is None:
         return {"kernel": why or "turned off"}
     have = {
@@ -315,6 +359,10 @@ def missing_layers(applied: AppliedLayers | None, why: str = "") -> dict[str, st
         "private_shm": applied.private_shm,
         "minimal_dev": applied.minimal_dev,
         "capabilities": applied.capabilities_dropped,
+        "network_namespace": applied.network_namespace,
     }
     suffix = f" ({why})" if why else ""
-    return {k: _CONSEQUENCES[k] + suffix for k, ok in have.items() if not ok}
+    out = {k: _CONSEQUENCES[k] + suffix for k, ok in have.items() if not ok}
+    if network_opt_out and "network_namespace" in out:
+        out["network_namespace"] = f"{_CONSEQUENCES['network_namespace']} ({network_opt_out})"
+    return out

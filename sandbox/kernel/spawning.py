@@ -338,7 +338,7 @@ def _keeper(
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
-        entered: tuple[bool, float] | None = None
+        entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
 
@@ -385,7 +385,7 @@ def _init(
     env: dict[str, str],
     cwd: str,
     plan: KernelPlan,
-    entered: tuple[bool, float],
+    entered: tuple[bool, float, int],
     keep: list[int],
     wfd: int,
     sw: int,

@@ -67,6 +67,11 @@ __all__ = ["SETUP_HOOK", "SandboxedRun", "sandboxed_run"]
 
 STATE_FILE = "worker_state.marshal"  # in the workspace base, outside every writable root
 _CRASH_REASONS = {"WORKER_DIED", "NODE_DIED", "OWNER_DIED"}
+#: The report's ``missing`` for the workers' network (docs/security.md).
+_WORKERS_NETWORK = (
+    "sandboxed Ray workers keep the machine's network: they talk to their cluster (and can submit "
+    "tasks to it, which run unsandboxed)"
+)
 
 
 @dataclass
@@ -312,7 +317,11 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
                 mount_namespace=True,
                 overlay=bool(applied and applied.overlay),
                 readonly_mounts=bool(applied and applied.readonly_root),
-                missing={} if abi else {"landlock": landlock.unavailable_reason(landlock.query_abi()[1])},
+                missing={
+                    # A worker must reach its raylet and the GCS: no network namespace for it.
+                    "network_namespace": _WORKERS_NETWORK,
+                    **({} if abi else {"landlock": landlock.unavailable_reason(landlock.query_abi()[1])}),
+                },
             ),
         )
     finally:
@@ -333,7 +342,10 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
             return _Kernel(
                 "landlock",
                 landlock=roots,
-                layers=report_mod.Layers(landlock_abi=abi, missing={"mount_namespace": "; ".join(refusals)}),
+                layers=report_mod.Layers(
+                    landlock_abi=abi,
+                    missing={"mount_namespace": "; ".join(refusals), "network_namespace": _WORKERS_NETWORK},
+                ),
             )
     else:
         refusals.append(landlock.unavailable_reason(err))

@@ -27,6 +27,27 @@ def test_round_trip() -> None:
     plan = _full()
     assert KernelPlan.from_dict(plan.to_dict()) == plan
     assert plan.to_dict()["overlays"][0]["lower"] == ["/host", "/base"]
+    net = KernelPlan(namespace=True, network_namespace=True, hidden=("/tmp/ray",))
+    assert KernelPlan.from_dict(net.to_dict()) == net and net.to_dict()["hidden"] == ["/tmp/ray"]
+    with pytest.raises(ValueError, match="need namespace=True"):
+        KernelPlan(network_namespace=True)
+    with pytest.raises(ValueError, match="need namespace=True"):
+        KernelPlan(hidden=("/tmp/ray",))
+
+
+def test_ray_folders_are_found_where_ray_puts_them_and_never_hide_the_step(tmp_path: Path) -> None:
+    from sandbox.runner import ray_folders
+
+    tmpdir, home, ws = tmp_path / "tmp", tmp_path / "home", tmp_path / "tmp" / "ray" / "ws"
+    for p in (tmpdir / "ray", home / ".ray", tmp_path / "raytmp" / "ray"):
+        p.mkdir(parents=True)
+    env = {"TMPDIR": str(tmpdir), "HOME": str(home), "RAY_TMPDIR": str(tmp_path / "raytmp")}
+    found = ray_folders([str(tmp_path / "elsewhere")], env)
+    assert {str(tmpdir / "ray"), str(home / ".ray"), str(tmp_path / "raytmp" / "ray")} <= set(found)
+    ws.mkdir()  # a workspace inside a Ray folder: that folder stays visible
+    assert str(tmpdir / "ray") not in ray_folders([str(ws)], env)
+    assert str(home / ".ray") not in ray_folders([str(tmp_path)], env)  # nor one holding a root
+    assert str(home / ".ray") not in ray_folders([], {"HOME": str(tmp_path / "nohome")})
 
 
 def test_writable_roots_include_overlay_targets_and_rw_binds() -> None:
