@@ -10,6 +10,7 @@ run created, modified and deleted in the mounts, and where the diff itself is.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from sandbox._paths import write_into
@@ -95,6 +96,18 @@ LAUNCHER_FILES = ("config/policy.json", REPORT_NAME, "manifest.json", LAKEHOUSE_
 STEP_COPY_SUFFIX = ".from-step"
 
 
+def _move_aside(run_storage: str, rel: str) -> str:
+    """Rename ``rel`` of the run folder to ``<rel>.from-step`` (``-2``... when taken) -- ``rename``
+    never follows a link -- and return the new relative name."""
+    path = os.path.join(run_storage, rel)
+    for n in range(1, 1000):
+        new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
+        if not os.path.lexists(new):
+            os.rename(path, new)
+            return os.path.relpath(new, run_storage)
+    raise FileExistsError(errno.EEXIST, "no free name to keep a step's file aside", path)
+
+
 def set_aside_step_files(run_storage: str) -> list[str]:
     """Move each file a step left at a name the launcher is about to write (:data:`LAUNCHER_FILES`)
     to ``<name>.from-step`` (``.from-step-2``... when taken): the sandbox never silently replaces a
@@ -106,15 +119,8 @@ def set_aside_step_files(run_storage: str) -> list[str]:
         parent = os.path.dirname(path)
         if os.path.islink(parent) or not os.path.lexists(path):
             continue  # a linked folder is replaced whole by write_into's own checks
-        for n in range(1, 100):
-            new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
-            if not os.path.lexists(new):
-                os.rename(path, new)
-                lines.append(
-                    f"a step wrote {rel}, a name reserved for tv-sandbox's own file: kept as "
-                    f"{os.path.relpath(new, run_storage)}"
-                )
-                break
+        new = _move_aside(run_storage, rel)
+        lines.append(f"a step wrote {rel}, a name reserved for tv-sandbox's own file: kept as {new}")
     return lines
 
 
@@ -132,16 +138,13 @@ def secure_logs(run_storage: str) -> list[str]:
 
     lines: list[str] = []
 
-    def aside(path: str, rel: str) -> None:
-        for n in range(1, 100):
-            new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
-            if not os.path.lexists(new):
-                os.rename(path, new)
-                lines.append(
-                    f"a step left {rel} as something tv-sandbox does not write through (not a regular "
-                    f"{'folder' if rel == 'logs' else 'file'}): kept as {os.path.relpath(new, run_storage)}"
-                )
-                return
+    def aside(rel: str) -> None:
+        new = _move_aside(run_storage, rel)
+        what = "folder" if rel == "logs" else "file"
+        lines.append(
+            f"a step left {rel} as something tv-sandbox does not write through (not a regular {what}): "
+            f"kept as {new}"
+        )
 
     logs = os.path.join(run_storage, "logs")
     try:
@@ -149,7 +152,7 @@ def secure_logs(run_storage: str) -> list[str]:
     except FileNotFoundError:
         st = None
     if st is not None and not stat.S_ISDIR(st.st_mode):
-        aside(logs, "logs")
+        aside("logs")
         st = None
     if st is None:
         os.mkdir(logs)
@@ -158,7 +161,7 @@ def secure_logs(run_storage: str) -> list[str]:
         if name in launcher_names or name.endswith((".stdout.log", ".stderr.log")):
             path = os.path.join(logs, name)
             if not stat.S_ISREG(os.lstat(path).st_mode):
-                aside(path, f"logs/{name}")
+                aside(f"logs/{name}")
     return lines
 
 
