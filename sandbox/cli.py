@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         help="auto (use the kernel layer when supported), off, or require",
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    _audit_parser(sub)
     sub.add_parser("doctor", help="which enforcement layers this machine supports, and what each covers")
     demo = sub.add_parser(
         "demo", help="run the sample pipeline on embedded Ray in a generated host (what `make demo` runs)"
@@ -202,6 +203,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("run_folder", metavar="RUN_FOLDER", help="HOST/<runs>/<RUN_ID>")
     return p
+
+
+def _audit_parser(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="find isolation problems in scripts before they run (static AST + a run on a fake host)",
+        description=(
+            "Report what each script would do to shared paths: hard-coded lakehouse/export/runs paths, "
+            "writes not derived from $TV_RUN_DIR, input looked up without $TV_SCAN_DIR, shells, native "
+            "writers -- each decided by the policy the sandbox enforces. PATH: scripts, folders of "
+            "scripts, script.py:func or package.module:func. Exit status: 0, or 1 when a finding is at "
+            f"or above --fail-on; {EXIT_USAGE} for a bad argument."
+        ),
+    )
+    audit.add_argument("paths", nargs="*", metavar="PATH", help="scripts or folders to audit")
+    audit.add_argument("--profile", help="production or development (default: TV_PROFILE)")
+    audit.add_argument("--policy", metavar="FILE", help="a policy file (default: the profile's built-in one)")
+    audit.add_argument("--static-only", action="store_true", help="read the scripts only; do not run them")
+    audit.add_argument("--format", default="text", choices=("text", "md", "json"), help="default: text")
+    audit.add_argument(
+        "--fail-on",
+        default="error",
+        choices=("info", "warning", "error"),
+        help="exit 1 when a finding is this severe or worse (default: error)",
+    )
+    audit.add_argument(
+        "--timeout", default="60", metavar="SECONDS", help="each script's time limit when run (default: 60)"
+    )
+    audit.add_argument(
+        "--host", metavar="DIR", help="run the scripts on a copy of this small host tree (default: a sample)"
+    )
+    audit.add_argument("--run-id", default="AUDIT", metavar="ID", help="the run id of that host's export")
+
+
+def _audit(ns: dict[str, Any]) -> int:
+    from sandbox.audit import Severity, audit_paths
+    from sandbox.audit.render import render
+    from sandbox.loader import resolve_profile
+
+    try:
+        timeout = float(ns["timeout"])
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < 86400:
+        raise UsageError(f"--timeout {ns['timeout']!r}: give a number of seconds above 0 (e.g. --timeout 30)")
+    report = audit_paths(
+        list(ns["paths"]),
+        profile=resolve_profile(ns["profile"]),
+        policy_file=ns["policy"],
+        static_only=ns["static_only"],
+        timeout_s=timeout,
+        host=ns["host"],
+        run_id=ns["run_id"],
+    )
+    sys.stdout.write(render(report, ns["format"]))
+    return 1 if report.fails(Severity.named(ns["fail_on"])) else 0
 
 
 def _run(ns: dict[str, Any]) -> int:
@@ -308,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns = vars(_parser().parse_args(args))
         if ns["command"] == "run":
             return _run(ns)
+        if ns["command"] == "audit":
+            return _audit(ns)
         if ns["command"] == "doctor":
             return _doctor()
         if ns["command"] == "verify":

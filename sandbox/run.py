@@ -31,8 +31,17 @@ import time
 
 from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
+from sandbox._process import (
+    SIGINT,
+    Interrupted,
+    StepTree,
+    deferred_interrupts,
+    install_interrupt_handlers,
+    signame,
+    tee,
+)
 from sandbox._record import record
-from sandbox.errors import ExportError, SandboxError, UsageError
+from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, ExportError, SandboxError, UsageError
 from sandbox.policy import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
@@ -46,7 +55,6 @@ from sandbox.runner import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal
     from collections.abc import Mapping, Sequence
     from types import TracebackType
     from typing import IO, Any
@@ -55,22 +63,8 @@ if TYPE_CHECKING:
     from sandbox.policy import Policy
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
-else:
-    import _signal as signal  # the functions and numbers of ``signal``, without its enums
 
-_STDERR_TAIL = 8192
-GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended
-_SAMPLE_S = 0.1  # how often the process tree's memory is sampled while a step runs
-_SIGINT, _SIGTERM = 2, 15
-
-
-class Interrupted(KeyboardInterrupt):
-    """The launcher was asked to stop (Ctrl-C: SIGINT, or SIGTERM): the run is ended, exported
-    marked ``interrupted``, and the CLI exits ``128 + signum`` (130, 143)."""
-
-    def __init__(self, signum: int = _SIGINT) -> None:
-        super().__init__(signum)
-        self.signum = signum
+__all__ = ["Interrupted", "Run", "RunClosed", "StepSpec", "install_interrupt_handlers"]
 
 
 class RunClosed(RuntimeError):
@@ -107,45 +101,6 @@ class _Clock:
         self._t = now
 
 
-def _tee(
-    src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any, running: Any
-) -> None:
-    """Copy a step's stderr to ours (``dst``, when echoing) and to its log file, keeping the tail
-    for the report.
-
-    Stops at end of file, or once the step has ended (``running``, a lock held while it runs, is
-    released) and what it wrote is drained: every process of the step is gone by then (see
-    :class:`sandbox.kernel.Child`), and a descriptor it passed to a process outside its run must
-    not hold the run open.
-    """
-    import select  # in the tee's thread, after the step's exec: off the start-up path
-
-    poller = select.poll()
-    poller.register(src, select.POLLIN | select.POLLHUP)
-    try:
-        while True:
-            ended = not running.locked()
-            if not poller.poll(0 if ended else 100):
-                if ended:
-                    break
-                continue
-            chunk = os.read(src, 65536)
-            if not chunk:
-                break
-            if dst is not None:
-                try:
-                    dst.write(chunk)
-                    dst.flush()
-                except (OSError, ValueError):  # our stderr is gone (a closed terminal): keep logging
-                    dst = None
-            log.write(chunk)
-            tail.extend(chunk)
-            del tail[:-_STDERR_TAIL]
-    finally:
-        os.close(src)
-        done.release()
-
-
 def _meanwhile(base_dir: str | None) -> None:
     """What the launcher does while its first step runs: load what the end of the run needs (off
     the start-up path, on the other core) and sweep what launchers killed before us left behind."""
@@ -156,57 +111,6 @@ def _meanwhile(base_dir: str | None) -> None:
     from sandbox.events import read_events  # noqa: F401
 
     workspace_mod.sweep(base_dir)
-
-
-class _Tree:
-    """The processes of a running step, seen from outside: memory sampling and ending them."""
-
-    def __init__(self, child: Child) -> None:
-        self.child = child
-        self.peak_rss = 0
-        self._stop = False
-        self.finished = False  # the step was reaped by the thread waiting for it
-
-    def _procs(self) -> list[Any]:
-        import psutil
-
-        try:
-            top = psutil.Process(self.child.pid)
-            return [top, *top.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def sample(self) -> None:
-        """Sum the resident memory of every process of the step, every ``_SAMPLE_S``, until the
-        step ends (runs in its own thread). A step shorter than one period is never sampled (its
-        ``ru_maxrss`` stands) and costs no ``psutil`` import."""
-        time.sleep(_SAMPLE_S / 2)
-        if self._stop:
-            return
-        import psutil
-
-        while not self._stop:
-            total = 0
-            for p in self._procs():
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_rss = max(self.peak_rss, total)
-            time.sleep(_SAMPLE_S)
-
-    def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
-        """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not
-        ended after ``grace``. The kernel layer makes the step's end its whole tree's end (a PID
-        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only.
-        ``reap``: this thread is the only one waiting for the step, so it may reap it."""
-        self.child.terminate()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if self.finished or (reap and self.child.poll() is not None):
-                return
-            time.sleep(0.02)
-        self.child.kill()
 
 
 class Run:
@@ -232,7 +136,7 @@ class Run:
         self._stderr = stderr
         self._launched: Launched | None = None
         self._plan: KernelPlan | None = None
-        self._tree: _Tree | None = None
+        self._tree: StepTree | None = None
         self._closed: RunOutcome | None = None
         self._clock = _Clock()
         self._lock: Any = None
@@ -333,7 +237,7 @@ class Run:
             running.acquire()
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
-            start_new_thread(_tee, (rfd, echo_to, log, tail, pumped, running))
+            start_new_thread(tee, (rfd, echo_to, log, tail, pumped, running))
             self._clock.lap("launch")
             try:
                 result, cut, why = self._wait(child, spec.timeout_s, first=len(self.steps) == 0)
@@ -370,7 +274,11 @@ class Run:
         import errno
 
         cause = err.__cause__
-        code = 127 if isinstance(cause, OSError) and cause.errno == errno.ENOENT else 126
+        code = (
+            EXIT_NOT_FOUND
+            if isinstance(cause, OSError) and cause.errno == errno.ENOENT
+            else EXIT_CANNOT_EXECUTE
+        )
         line = f"tv-sandbox: {err}\n".encode()
         log.write(line)
         if echo_to is not None:
@@ -398,7 +306,9 @@ class Run:
             carried = workspace_mod.consolidate(self.ws)
             if carried:
                 self.carried.extend(carried)
-        native = report_mod.explain_native(self.ws.run_storage, self.policy, self.events_file)
+        native = report_mod.explain_native(
+            self.ws.run_storage, self.policy, self.events_file, kernel=plan is not None
+        )
         if native.unenforced:
             self.warnings.append(
                 f"{native.unenforced} write(s) the policy denies reached the host: no kernel layer stopped "
@@ -415,7 +325,7 @@ class Run:
         else:
             child = start_step(self.ws, env, argv, self._plan, stdout=out_fd, stderr=err_fd)
         with self._lock:
-            self._tree = _Tree(child)
+            self._tree = StepTree(child)
         return child
 
     def _wait(
@@ -445,12 +355,12 @@ class Run:
                 _meanwhile(self.prep.request.workspace_base)
             result = child.wait()
         except KeyboardInterrupt as e:  # Ctrl-C (SIGINT) or Interrupted (SIGTERM, our handler)
-            self.interrupted = getattr(e, "signum", _SIGINT)
+            self.interrupted = getattr(e, "signum", SIGINT)
             cut = "interrupted"
             why = (
-                f"tv-sandbox was interrupted ({_signame(self.interrupted)}); the step's processes were ended"
+                f"tv-sandbox was interrupted ({signame(self.interrupted)}); the step's processes were ended"
             )
-            with _deferred_interrupts():
+            with deferred_interrupts():
                 tree.end(reap=True)
                 result = child.wait()
         finally:
@@ -508,7 +418,7 @@ class Run:
         workspace. ``status`` overrides the computed one (``failed`` for a run that raised)."""
         if self._closed is not None:
             return self._closed
-        with _deferred_interrupts():  # an export is short and must not be cut in half by Ctrl-C
+        with deferred_interrupts():  # an export is short and must not be cut in half by Ctrl-C
             try:
                 outcome = self._report_and_export(status or self.status)
             finally:
@@ -536,6 +446,10 @@ class Run:
         prep, req, ws = self.prep, self.prep.request, self.ws
         # A step's own file at a name of the launcher's is kept aside, never silently replaced.
         self.warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
+        from sandbox import native
+
+        if native.unavailable_reason():  # never an error: the kernel layer still refuses them
+            self.warnings.append(f"native and shell denials are not explained: {native.unavailable_reason()}")
         # After the steps, and never through what a step left there: the record is the launcher's.
         try:  # a full run-folder filesystem fails here first: an export error, in one line
             write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
@@ -584,7 +498,7 @@ class Run:
         )
         rep["gathered_from_workspace"] = list(self.carried)  # no overlay: moved into the run folder
         if self.interrupted or self.cancelled:
-            rep["cut"] = {"status": status, "why": self.cancelled or _signame(self.interrupted or 0)}
+            rep["cut"] = {"status": status, "why": self.cancelled or signame(self.interrupted or 0)}
         try:
             report_mod.write(ws.run_storage, rep)
         except OSError as e:
@@ -607,9 +521,7 @@ class Run:
         self._clock.lap("export")
         kept = ws.base if req.keep_workspace else None
         if kept:  # a kept workspace is the user's now: never swept as a dead launcher's leftover
-            os.unlink(os.path.join(ws.base, workspace_mod.OWNER_FILE))
-            with open(os.path.join(ws.base, workspace_mod.KEPT_FILE), "w"):
-                pass
+            workspace_mod.keep(ws)
         return RunOutcome(
             exit_code,
             prep.destination,
@@ -635,49 +547,11 @@ class Run:
             self.discard()  # refused before any command ran (kernel layer required...): nothing to export
             return
         if isinstance(exc, KeyboardInterrupt) and not self.interrupted:
-            self.interrupted = getattr(exc, "signum", _SIGINT)
+            self.interrupted = getattr(exc, "signum", SIGINT)
         try:
             self.close(status=None if (self.interrupted or self.cancelled) else "failed")
         except Exception as e:  # the original error matters more; the export's is attached
             exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
-
-
-def _signame(signum: int) -> str:
-    return {_SIGINT: "SIGINT", _SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
-
-
-class _deferred_interrupts:
-    """Hold SIGINT and SIGTERM back for the duration (only the main thread gets signals; elsewhere
-    this does nothing) and deliver them -- as the handlers in force would -- afterwards."""
-
-    def __enter__(self) -> None:
-        self._held: list[int] = []
-        self._old: dict[int, Any] = {}
-        for sig in (_SIGINT, _SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, lambda n, _f: self._held.append(n))
-            except ValueError:  # not the main thread: signals are not ours to handle here
-                break
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        for sig in self._held[:1]:
-            signal.raise_signal(sig)
-
-
-def install_interrupt_handlers() -> None:
-    """Make SIGTERM end a run like Ctrl-C does (an :class:`Interrupted` in the main thread), so the
-    CLI exports it marked interrupted and exits 143. Call from the main thread."""
-
-    def on_term(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    def on_int(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    signal.signal(_SIGTERM, on_term)
-    signal.signal(_SIGINT, on_int)
 
 
 def _count_lines(path: str) -> int:

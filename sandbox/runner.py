@@ -200,8 +200,10 @@ def kernel_plan(
     from sandbox.kernel import Bind, KernelPlan, Overlay
 
     if not namespace:
+        # an allow rule outside the mounts writes the host there (the skeleton links to it)
+        opened = [os.path.join(ws.host, r) for r in (policy.kernel_paths().writable if policy else ())]
         return KernelPlan(
-            writable=(ws.root, ws.run_storage, ws.tmp, "/dev/shm"),
+            writable=(ws.root, ws.run_storage, ws.tmp, "/dev/shm", *(p for p in opened if os.path.isdir(p))),
             overlays=(),
             binds=(),
             readonly_root=False,
@@ -232,6 +234,27 @@ def kernel_plan(
             open_ = policy is not None and not policy.decide(os.path.join(real, "x"), Op.WRITE).denied
             binds.append(Bind(real, target, readonly=not open_))
             if open_:
+                extra_writable.append(target)
+    # The policy's own rules on host folders outside the mounts: the same answer on every layer
+    # (Policy.kernel_paths; a rule the kernel layer cannot enforce alike was refused at load).
+    if policy is not None:
+        extra = policy.kernel_paths()
+        for rel in extra.readonly:
+            src, target = os.path.join(ws.host, rel), os.path.join(ws.root, rel)
+            if not os.path.lexists(src):
+                continue
+            if mode == "audit" and os.path.isdir(src):
+                upper = os.path.join(ws.run_storage, AUDIT_DIR, rel)
+                work = os.path.join(ws.base, ".ovl-work-" + rel.replace("/", "_"))
+                os.makedirs(upper, exist_ok=True)
+                os.makedirs(work, exist_ok=True)
+                overlays.append(Overlay(lower=(src,), upper=upper, work=work, target=target))
+            else:
+                binds.append(Bind(src, target, readonly=True))
+        for rel in extra.writable:
+            src, target = os.path.join(ws.host, rel), os.path.join(ws.root, rel)
+            if os.path.isdir(src):
+                binds.append(Bind(src, target, readonly=False))
                 extra_writable.append(target)
     binds.append(Bind(ws.root, ws.host, readonly=False))
     return KernelPlan(

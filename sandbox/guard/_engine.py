@@ -162,6 +162,7 @@ class Engine:
         self._heads: dict[str, str] = {}
         self._rel_heads: dict[str, str] = {}
         self._dirs: set[str] = set()  # target folders known to exist
+        self._plain: set[str] = set()  # read targets' folders that lead nowhere else (_read_place)
 
     def __repr__(self) -> str:
         return f"Engine({self.policy!r}, overlay={self.overlay})"
@@ -175,6 +176,7 @@ class Engine:
         if not cwd:
             self._heads.clear()
             self._dirs.clear()
+            self._plain.clear()
 
     def head_real(self, head: str) -> str:
         """The real path of a folder as written (``""``: the current one), cached."""
@@ -300,7 +302,17 @@ class Engine:
         reads look in the run folder first too (the kernel layer shows the workspace at the host's
         path). So the redirect is followed as ``Policy.settle`` follows a mutation's, and the
         deepest copy that exists wins (an overlay's upper layer); none: ``t``, as before."""
-        real = self._resolve_exact(t, None, follow)  # cached folder + an lstat: the common case
+        head = t.rpartition("/")[0] or "/"
+        if head in self._plain:  # the common case: a folder of the run folder's, no link in it
+            return t
+        real_head = self.head_real(head)
+        d = self.policy.decide_children(real_head, READ)
+        if d is not None and d.action is ALLOW and not has_links(real_head):
+            if len(self._plain) >= _CACHE_MAX:
+                self._plain.clear()
+            self._plain.add(head)
+            return t
+        real = _paths.resolve(t, follow=follow)
         chain = [t]
         for _ in range(READ_HOPS):
             d = self.decide(real, READ)

@@ -48,7 +48,9 @@ if what == "write":                      # own files only, absolute and relative
     os.makedirs("out", exist_ok=True)
     Path("out", f"{me}.txt").write_text(me)
     assert list(Path(os.environ["TV_SCAN_DIR"]).glob("*.json")), "scans not visible"
+    t0 = time.time()
     time.sleep(float(arg))
+    print("window", t0, time.time())
     seen = sorted(os.listdir(data)) + sorted(os.listdir("out"))
     if seen != [f"{me}.txt", f"{me}.txt"]:
         sys.exit(f"mixed: {seen}")
@@ -133,9 +135,9 @@ def export_status(folder: Path) -> str:
 def mixed_run(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """Three concurrent sleeves writing the same relative names; one fails at its second step."""
     sleeves = {
-        "alpha": [step("write", "write", "1.5"), step("after", "fail", "0")],
-        "beta": [step("write", "write", "1.5"), step("after", "fail", "0")],
-        "gamma": [step("write", "write", "1.5"), step("boom", "fail", "3"), step("never", "fail", "0")],
+        "alpha": [step("write", "write", "2.5"), step("after", "fail", "0")],
+        "beta": [step("write", "write", "2.5"), step("after", "fail", "0")],
+        "gamma": [step("write", "write", "2.5"), step("boom", "fail", "3"), step("never", "fail", "0")],
     }
     host = make_host(tmp_path_factory.mktemp("mixed"), sleeves)
     return host, run(host, max_parallel=3)
@@ -144,6 +146,7 @@ def mixed_run(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> tup
 def test_concurrent_sleeves_do_not_mix_files(mixed_run: tuple[Path, Any]) -> None:
     host, result = mixed_run
     root = host / RUNS / RUN_ID
+    assert [s.export for s in result.sleeves] == [str(root / s) for s in ("alpha", "beta", "gamma")]
     for sid in ("alpha", "beta", "gamma"):
         folder = root / sid
         assert verify(folder) == [], sid  # a complete run folder with its own verifying manifest
@@ -154,8 +157,12 @@ def test_concurrent_sleeves_do_not_mix_files(mixed_run: tuple[Path, Any]) -> Non
         assert cfg["sleeve"] == sid and cfg["meta"] == "meta"
     assert not (host / "out").exists()  # nothing reached the host but the exports
     assert sorted(p.name for p in root.iterdir()) == ["alpha", "beta", "gamma", SUMMARY_NAME]
-    starts = [r.duration_s for r in result.sleeves]
-    assert result.duration_s < sum(starts)  # they overlapped
+    windows = []
+    for sid in ("alpha", "beta", "gamma"):
+        line = (root / sid / "logs" / "write.stdout.log").read_text().split()
+        windows.append((float(line[1]), float(line[2])))
+    # they ran at the same time (at least two of them, however slowly a loaded machine starts actors)
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(windows) for b in windows[i + 1 :])
 
 
 def test_a_failing_sleeve_is_exported_failed_and_the_others_succeed(mixed_run: tuple[Path, Any]) -> None:
@@ -191,11 +198,10 @@ def test_preflight_failure_lists_missing_scanners_and_writes_nothing(tmp_path: P
 def test_step_timeout_ends_the_whole_process_tree(ray_cluster: str, tmp_path: Path) -> None:
     token = f"tvsb-grandchild-{uuid.uuid4().hex}"
     host = make_host(tmp_path, {"slow": [step("hang", "hang", token, timeout_s=30)]})
-    t0 = time.monotonic()
     result = run(host, step_timeout=2.0)  # the cap wins over the step's 30 s
-    assert time.monotonic() - t0 < 25
     (sleeve,) = result.sleeves
     assert sleeve.status == "failed" and sleeve.steps[0].cut == "timeout"
+    assert sleeve.steps[0].duration_s < 20  # ended at the cap (2 s + the grace period), not at 30 s
     assert export_status(host / RUNS / RUN_ID / "slow") == "failed"
     report = json.loads((host / RUNS / RUN_ID / "slow" / "sandbox_report.json").read_text())
     assert report["steps"][0]["cut"] == "timeout"
