@@ -441,8 +441,15 @@ def minimal_dev() -> None:
 def mount_proc() -> None:
     """A fresh /proc for the calling process's PID namespace (call it from that namespace's
     PID 1): the step sees its own processes only. The kernel-wide knobs of :data:`PROC_READONLY`
-    are bound read-only over themselves."""
+    are bound read-only over themselves, and no user namespace may be made inside ours."""
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, what="mount a fresh /proc")
+    # No user namespace inside the step's (bubblewrap's --disable-userns, Docker's seccomp
+    # profile): less kernel for it to reach. The limit is our namespace's own; only
+    # CAP_SYS_RESOURCE in it could raise it again, and the step keeps no capability.
+    try:
+        _write("/proc/sys/user/max_user_namespaces", "0")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot forbid nested user namespaces: {e.strerror}") from None
     for name in PROC_READONLY:
         p = "/proc/" + name
         if os.path.lexists(p):

@@ -599,3 +599,21 @@ def test_stderr_passed_to_a_process_outside_does_not_hold_the_run(box: Box) -> N
         for fd in held:
             os.close(fd)
         srv.close()
+
+
+USERNS = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+    print("made")
+    sys.exit(9)
+print("refused", ctypes.get_errno())
+sys.exit(3)
+"""
+
+
+def test_a_step_cannot_make_a_user_namespace(box: Box) -> None:
+    """No nested user namespace (bubblewrap's --disable-userns): less kernel within reach."""
+    r, export, _ = box.run(USERNS)
+    box.report(export)
+    assert r.returncode == REFUSED and "refused 28" in r.stdout, (r.stdout, r.stderr[-2000:])  # ENOSPC
