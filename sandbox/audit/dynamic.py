@@ -10,6 +10,8 @@ pyfakefs cannot see native code (pyarrow's C++ writer, sqlite) or child processe
 reach the step's real (sandboxed) disk. They are found afterwards -- files in the exported run
 folder that the sandbox did not write itself, audit captures of the mounts, changes to the
 throwaway host, the step's event log -- and each is reported (TVS204), never passed silently.
+
+``TV_AUDIT_KEEP=1`` keeps the throwaway folder (``$TMPDIR/tv-audit-*``) for debugging.
 """
 
 from __future__ import annotations
