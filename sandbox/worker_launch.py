@@ -12,7 +12,8 @@ driver wrote (:mod:`sandbox.orchestrator.workers`):
   overlay of the host with the run folder as upper layer, the read-only binds of the mounts,
   everything else read-only), drop CAP_SYS_ADMIN for what it ``exec``s, then Landlock;
 - ``landlock``: Landlock alone (a kernel without usable mount namespaces);
-- ``off``: nothing here; the Python guard (installed by :func:`setup_hook`) is all there is.
+- ``off``: nothing here; the Python guard (installed by the setup hook,
+  :func:`sandbox.orchestrator._hook.setup_hook`) is all there is.
 
 Every worker of a run joins the same namespace, so they share one overlay mount and see each
 other's files coherently (two overlays on one upper layer would not). No PID namespace: the
@@ -44,7 +45,7 @@ ENV_WORKER = "TV_SANDBOX_WORKER"  # set by the launcher: which layers the worker
 #: ignored (Ray 2.60) -- so the launcher sets it, and a job's own hook runs after ours.
 ENV_RAY_SETUP_HOOK = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 ENV_NEXT_HOOK = "TV_SANDBOX_NEXT_SETUP_HOOK"
-SETUP_HOOK = "sandbox.worker_launch.setup_hook"
+SETUP_HOOK = "sandbox.orchestrator._hook.setup_hook"  # ray is imported under orchestrator/ only
 WORKERS_DIR = "workers"  # in the workspace base: one file per started worker (pid start-time)
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -166,32 +167,3 @@ def main(args: Sequence[str]) -> int:
         raise UsageError("usage: tv-sandbox worker --run-state FILE -- PYTHON [ARGS...]")
     launch(args[1], args[3:])
     return 0  # pragma: no cover - launch() execs or raises
-
-
-def setup_hook() -> None:
-    """Ray's ``worker_process_setup_hook``: install the run's Python guard in this worker.
-
-    Runs after Ray connected the worker (its own start-up writes are done) and before any task.
-    Refuses a worker that did not come through the launcher: the hook alone is not the sandbox.
-    Then the environment of the worker's children carries the guard too (``sitecustomize``).
-    """
-    from sandbox.guard.bootstrap import BOOT_DIR, ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, boot
-
-    if not os.environ.get(ENV_WORKER):
-        raise RuntimeError(
-            f"{ENV_WORKER} is not set: this worker was not started by `tv-sandbox worker`; "
-            "use the whole runtime_env of sandboxed_run(), not its setup hook alone"
-        )
-    boot()
-    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR]
-    os.environ["PYTHONPATH"] = os.pathsep.join([BOOT_DIR, *rest])
-    for name in (ENV_POLICY, ENV_EVENTS, ENV_OVERLAY):
-        if name not in os.environ:  # pragma: no cover - boot() would have failed
-            raise RuntimeError(f"{name} is not set")
-    following = os.environ.pop(ENV_NEXT_HOOK, "")
-    if following:  # the job's own setup hook, which ours displaced in this worker
-        from ray._private.runtime_env.setup_hook import load_and_execute_setup_hook
-
-        error = load_and_execute_setup_hook(following)
-        if error is not None:
-            raise RuntimeError(error)
