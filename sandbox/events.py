@@ -199,14 +199,28 @@ atexit.register(_close_all)
 os.register_at_fork(before=flush_all, after_in_child=_child_after_fork)
 
 
-def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All events of a log, in file order. A line that does not parse (a torn write of a process
-    killed mid-line, which single-write appends make very unlikely) is skipped."""
+def count_events(path: str | os.PathLike[str]) -> int:
+    """How many lines the log holds (0 when there is none): where the next step's events begin."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for _ in fh)
+    except FileNotFoundError:
+        return 0
+
+
+def read_events(path: str | os.PathLike[str], *, skip: int = 0) -> list[dict[str, Any]]:
+    """The events of a log, in file order, after its first ``skip`` lines (one step's: see
+    :func:`count_events`). A line that does not parse (a torn write of a process killed
+    mid-line, which single-write appends make very unlikely) is skipped. A missing log has none."""
     import json
 
     out: list[dict[str, Any]] = []
+    if not os.path.exists(path):
+        return out
     with open(path, "rb") as fh:
-        for raw in fh:
+        for i, raw in enumerate(fh):
+            if i < skip:
+                continue
             try:
                 ev = json.loads(raw)
             except ValueError:

@@ -42,7 +42,8 @@ from sandbox._process import (
     tee,
 )
 from sandbox._record import record
-from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, ExportError, UsageError
+from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, UsageError
+from sandbox.events import count_events, read_events
 from sandbox.loader import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
@@ -113,7 +114,6 @@ def _meanwhile(base_dir: str | None) -> None:
 
     import sandbox.export._exporter  # noqa: F401
     from sandbox import report  # noqa: F401
-    from sandbox.events import read_events  # noqa: F401
 
     workspace_mod.sweep(base_dir)
 
@@ -218,7 +218,7 @@ class Run:
         # step could have turned into a link or a FIFO.
         self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
         logs = os.path.join(self.ws.run_storage, "logs")
-        n_events = _count_lines(self.events_file)
+        n_events = count_events(self.events_file)
         rfd, wfd = os.pipe()
         tail = bytearray()
         out_fd: int | None = None
@@ -256,7 +256,7 @@ class Run:
                 pumped.acquire()  # the tee drained what the step wrote
         self._clock.lap("step")
         self._after_step()
-        events = _events_since(self.events_file, n_events)
+        events = read_events(self.events_file, skip=n_events)
         tree = self._tree
         self._tree = None
         rec = report_mod.StepRecord(
@@ -452,8 +452,8 @@ class Run:
         import json
 
         from sandbox._paths import write_into
-        from sandbox.events import read_events, summarise
-        from sandbox.export import export_run
+        from sandbox.events import summarise
+        from sandbox.export import check_space, export_run
         from sandbox.export import write_error as export_write_error
 
         prep, req, ws = self.prep, self.prep.request, self.ws
@@ -478,7 +478,7 @@ class Run:
             readonly_mounts=bool(getattr(applied, "readonly_root", False)) if applied else False,
             missing=dict(self.missing),
         )
-        events = read_events(self.events_file) if os.path.exists(self.events_file) else []
+        events = read_events(self.events_file)
         protected = {name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()}
         lake_diff = None
         if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
@@ -518,7 +518,7 @@ class Run:
         except OSError as e:
             raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
         self._clock.lap("report")
-        _check_space(req.run_id, ws.run_storage, prep.destination)
+        check_space(req.run_id, ws.run_storage, prep.destination)
         exit_code = self.exit_code
         export_run(
             ws.run_storage,
@@ -568,63 +568,3 @@ class Run:
             self.close(status=None if (self.interrupted or self.cancelled) else "failed")
         except Exception as e:  # the original error matters more; the export's is attached
             exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
-
-
-def _count_lines(path: str) -> int:
-    try:
-        with open(path, "rb") as fh:
-            return sum(1 for _ in fh)
-    except FileNotFoundError:
-        return 0
-
-
-def _events_since(path: str, n: int) -> list[dict[str, Any]]:
-    """The events logged after the first ``n`` lines: one step's."""
-    import json
-
-    out: list[dict[str, Any]] = []
-    try:
-        with open(path, "rb") as fh:
-            for i, raw in enumerate(fh):
-                if i < n:
-                    continue
-                try:
-                    ev = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(ev, dict):
-                    out.append(ev)
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def _tree_bytes(top: str) -> int:
-    """What copying ``top`` would allocate: the blocks of its regular files (sparse stays sparse)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(top):
-        for f in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, f))
-            except OSError:
-                continue
-            total += st.st_blocks * 512
-    return total
-
-
-def _check_space(run_id: str, src: str, dest: str) -> None:
-    """Refuse, with one line, an export that cannot fit at its destination (ENOSPC half-way would
-    leave the previous export intact, but after minutes of copying)."""
-    parent = os.path.dirname(dest)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    try:
-        st = os.statvfs(parent)
-    except OSError:
-        return  # the export itself reports what is wrong with the destination
-    need, free = _tree_bytes(src), st.f_bavail * st.f_frsize
-    if need > free:
-        raise ExportError(
-            f"run {run_id} was not exported: its run folder needs {need / 2**20:.1f} MiB but "
-            f"{parent} has {free / 2**20:.1f} MiB free; free space there and run it again"
-        )

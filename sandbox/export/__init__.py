@@ -4,6 +4,7 @@
   (or an atomic exchange with ``overwrite``); :func:`write_error`;
 - ``manifest.py`` -- the manifest's schema, :func:`read_manifest` and :func:`verify` (an export
   checked against its manifest, file by file);
+- ``_space.py`` -- :func:`check_space`: will the run folder fit at its destination;
 - ``_recovery.py`` -- the leftovers of an interrupted export, their names and locks, and
   :func:`recover` (run by every export, or by hand).
 
@@ -19,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sandbox.export._exporter import DEFAULT_MAX_BYTES, ExportResult, export_run, write_error
     from sandbox.export._recovery import recover, recover_at
+    from sandbox.export._space import check_space
     from sandbox.export.manifest import (
         MANIFEST_NAME,
         SCHEMA,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 _WHERE = {
     **dict.fromkeys(("DEFAULT_MAX_BYTES", "ExportResult", "export_run", "write_error"), "_exporter"),
     **dict.fromkeys(("recover", "recover_at"), "_recovery"),
+    "check_space": "_space",
     **dict.fromkeys(
         ("MANIFEST_NAME", "SCHEMA", "SCHEMA_VERSION", "STATUSES", "read_manifest", "verify"), "manifest"
     ),
@@ -43,6 +46,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATUSES",
     "ExportResult",
+    "check_space",
     "export_run",
     "read_manifest",
     "recover",

@@ -65,9 +65,10 @@ class Box:
 
     def __init__(self, user: str) -> None:
         if user == "unprivileged" and UNPRIVILEGED is None:
-            pytest.skip(
-                reason="cannot run the CLI as an unprivileged user here (setpriv, userns or a Python)"
-            )
+            why = "cannot run the CLI as an unprivileged user here (setpriv, userns or a Python)"
+            if os.environ.get("TV_SANDBOX_REQUIRE_KERNEL") == "1":  # CI: fail, never skip
+                pytest.fail(f"TV_SANDBOX_REQUIRE_KERNEL=1 but {why}")
+            pytest.skip(reason=why)
         if user == "root" and os.geteuid() != 0:
             user = "self"
         self.user = user
