@@ -449,26 +449,6 @@ class Run:
         self._closed = RunOutcome(125, self.prep.destination, {}, None, status="failed")
 
     def _report_and_export(self, status: str) -> RunOutcome:
-        import json
-
-        from sandbox._paths import write_into
-        from sandbox.events import summarise
-        from sandbox.export import check_space, export_run
-        from sandbox.export import write_error as export_write_error
-
-        prep, req, ws = self.prep, self.prep.request, self.ws
-        # A step's own file at a name of the launcher's is kept aside, never silently replaced.
-        self.warnings.extend(report_mod.secure_logs(ws.run_storage))
-        self.warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
-        from sandbox import native
-
-        if native.unavailable_reason():  # never an error: the kernel layer still refuses them
-            self.warnings.append(f"native and shell denials are not explained: {native.unavailable_reason()}")
-        # After the steps, and never through what a step left there: the record is the launcher's.
-        try:  # a full run-folder filesystem fails here first: an export error, in one line
-            write_into(ws.run_storage, POLICY_RECORD, json.dumps(self.policy.to_dict(), indent=1).encode())
-        except OSError as e:
-            raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
         applied = self._launched.child.applied if self._launched else None
         layers = report_mod.Layers(
             python_guard=True,
@@ -478,67 +458,30 @@ class Run:
             readonly_mounts=bool(getattr(applied, "readonly_root", False)) if applied else False,
             missing=dict(self.missing),
         )
-        events = read_events(self.events_file)
-        protected = {name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()}
-        lake_diff = None
-        if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
-            from sandbox import lakediff
-
-            mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
-            lake_diff = lakediff.write(
-                ws.run_storage,
-                report_mod.LAKEHOUSE_DIFF,
-                mounts,
-                events,
-                run_id=req.run_id,
-                run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
-            )
-        rep = report_mod.build(
-            run_id=req.run_id,
-            profile=req.profile,
-            mode=req.mode,
-            policy_name=prep.spec.name,
-            policy_sha256=prep.spec.sha256,
-            policy_source=prep.spec.source,
+        extra: dict[str, Any] = {"gathered_from_workspace": list(self.carried)}  # no overlay: moved in
+        if self.interrupted or self.cancelled:
+            extra["cut"] = {"status": status, "why": self.cancelled or signame(self.interrupted or 0)}
+        exit_code = self.exit_code
+        rep = report_and_export(
+            self.prep,
+            self.ws,
+            self.policy,
             layers=layers,
             steps=self.steps,
-            events=events,
-            event_summary=summarise(events),
-            scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
-            protected=protected,
             warnings=self.warnings,
-            lakehouse_diff=lake_diff,
-            status=status,
-        )
-        rep["gathered_from_workspace"] = list(self.carried)  # no overlay: moved into the run folder
-        if self.interrupted or self.cancelled:
-            rep["cut"] = {"status": status, "why": self.cancelled or signame(self.interrupted or 0)}
-        try:
-            report_mod.write(ws.run_storage, rep)
-        except OSError as e:
-            raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
-        self._clock.lap("report")
-        check_space(req.run_id, ws.run_storage, prep.destination)
-        exit_code = self.exit_code
-        export_run(
-            ws.run_storage,
-            prep.destination,
-            run_id=req.run_id,
             status=status,
             exit_code=exit_code,
-            policy_name=prep.spec.name,
-            policy_sha256=prep.spec.sha256,
-            overwrite=req.overwrite,
-            extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
-            max_bytes=export_limit(prep),
+            events_file=self.events_file,
+            extra=extra,
+            clock=self._clock,
         )
-        self._clock.lap("export")
+        req, ws = self.prep.request, self.ws
         kept = ws.base if req.keep_workspace else None
         if kept:  # a kept workspace is the user's now: never swept as a dead launcher's leftover
             workspace_mod.keep(ws)
         return RunOutcome(
             exit_code,
-            prep.destination,
+            self.prep.destination,
             rep,
             kept,
             self._clock.laps,
@@ -568,3 +511,97 @@ class Run:
             self.close(status=None if (self.interrupted or self.cancelled) else "failed")
         except Exception as e:  # the original error matters more; the export's is attached
             exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
+
+
+def report_and_export(
+    prep: Prepared,
+    ws: Workspace,
+    policy: Policy,
+    *,
+    layers: report_mod.Layers,
+    steps: Sequence[report_mod.StepRecord],
+    warnings: list[str],
+    status: str,
+    exit_code: int,
+    events_file: str,
+    extra: Mapping[str, Any] | None = None,
+    clock: _Clock | None = None,
+) -> dict[str, Any]:
+    """The end of every run -- :meth:`Run.close`, and the sandboxed Ray workers' run
+    (:mod:`sandbox.orchestrator.workers`): once no process of the run is alive, make ``logs/`` safe
+    to open, keep a step's files at the launcher's names aside, write the policy record and the
+    report (``extra`` merged into it), check the destination's free space, export atomically.
+    ``warnings`` grows with what this finds. Returns the report."""
+    import json
+
+    from sandbox import native
+    from sandbox._paths import write_into
+    from sandbox.events import summarise
+    from sandbox.export import check_space, export_run
+    from sandbox.export import write_error as export_write_error
+
+    req = prep.request
+    # What the run's processes left is hostile: nothing here is opened through a link or a FIFO,
+    # and a file of theirs at a name of the launcher's is kept aside, never silently replaced.
+    warnings.extend(report_mod.secure_logs(ws.run_storage))
+    warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
+    if native.unavailable_reason():  # never an error: the kernel layer still refuses them
+        warnings.append(f"native and shell denials are not explained: {native.unavailable_reason()}")
+    try:  # a full run-folder filesystem fails here first: an export error, in one line
+        write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
+    except OSError as e:
+        raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
+    events = read_events(events_file)
+    lake_diff = None
+    if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
+        from sandbox import lakediff
+
+        mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
+        lake_diff = lakediff.write(
+            ws.run_storage,
+            report_mod.LAKEHOUSE_DIFF,
+            mounts,
+            events,
+            run_id=req.run_id,
+            run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
+        )
+    rep = report_mod.build(
+        run_id=req.run_id,
+        profile=req.profile,
+        mode=req.mode,
+        policy_name=prep.spec.name,
+        policy_sha256=prep.spec.sha256,
+        policy_source=prep.spec.source,
+        layers=layers,
+        steps=steps,
+        events=events,
+        event_summary=summarise(events),
+        scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
+        protected={name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()},
+        warnings=warnings,
+        lakehouse_diff=lake_diff,
+        status=status,
+    )
+    rep.update(extra or {})
+    try:
+        report_mod.write(ws.run_storage, rep)
+    except OSError as e:
+        raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
+    if clock is not None:
+        clock.lap("report")
+    check_space(req.run_id, ws.run_storage, prep.destination)
+    export_run(
+        ws.run_storage,
+        prep.destination,
+        run_id=req.run_id,
+        status=status,
+        exit_code=exit_code,
+        policy_name=prep.spec.name,
+        policy_sha256=prep.spec.sha256,
+        overwrite=req.overwrite,
+        extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
+        max_bytes=export_limit(prep),
+    )
+    if clock is not None:
+        clock.lap("export")
+    return rep

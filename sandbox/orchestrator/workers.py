@@ -52,11 +52,9 @@ from sandbox.loader import save_resolved
 from sandbox.policy import Policy
 from sandbox.runner import (
     POLICY_FILE,
-    POLICY_RECORD,
     Prepared,
     RunOutcome,
     RunRequest,
-    export_limit,
     kernel_plan,
     preflight,
 )
@@ -432,13 +430,9 @@ def _open(
 
 def _close(run: SandboxedRun, status: str) -> RunOutcome:
     """End the run's workers, then report and export it as :meth:`sandbox.run.Run.close` does."""
-    import json
+    from sandbox.run import report_and_export
 
-    from sandbox._paths import write_into
-    from sandbox.events import read_events, summarise
-    from sandbox.export import export_run
-
-    ws, prep, req = run.workspace, run.prep, run.prep.request
+    ws, prep = run.workspace, run.prep
     with contextlib.suppress(FileNotFoundError):
         os.unlink(run._state_file)  # no new worker of this run from now on
     try:
@@ -453,23 +447,7 @@ def _close(run: SandboxedRun, status: str) -> RunOutcome:
     if crashed and status == "succeeded":
         status = "failed"
     code = {"succeeded": 0, "interrupted": 130}.get(status, 1)
-    warnings = [*prep.warnings, *report_mod.set_aside_step_files(ws.run_storage)]
-    write_into(ws.run_storage, POLICY_RECORD, json.dumps(run.policy.to_dict(), indent=1).encode())
-    events_file = run.env[ENV_EVENTS]
-    events = read_events(events_file) if os.path.exists(events_file) else []
-    lake_diff = None
-    if req.mode == "audit":  # what the workers changed in the mounts, captured: in the manifest
-        from sandbox import lakediff
-
-        mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
-        lake_diff = lakediff.write(
-            ws.run_storage,
-            report_mod.LAKEHOUSE_DIFF,
-            mounts,
-            events,
-            run_id=run.run_id,
-            run_dirs=[ws.run_dir],
-        )
+    warnings = list(prep.warnings)
     step = report_mod.StepRecord(
         argv=["<ray workers>", *sorted({a["class"] for a in actors})],
         exit_code=code,
@@ -478,36 +456,18 @@ def _close(run: SandboxedRun, status: str) -> RunOutcome:
         peak_rss_bytes=0,
         stderr_tail="\n".join(f"{a['class']} (pid {a['pid']}): {a['death']}" for a in crashed),
     )
-    rep = report_mod.build(
-        run_id=run.run_id,
-        profile=req.profile,
-        mode=req.mode,
-        policy_name=prep.spec.name,
-        policy_sha256=prep.spec.sha256,
-        policy_source=prep.spec.source,
+    ray_record = {"actors": actors, "workers_started": len(run._started_pids()), "dirs": run.ray_dirs}
+    rep = report_and_export(
+        prep,
+        ws,
+        run.policy,
         layers=run.layers,
         steps=[step],
-        events=events,
-        event_summary=summarise(events),
-        scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
-        protected={n: os.path.join(ws.host, rel) for n, rel in prep.spec.layout.mounts().items()},
         warnings=warnings,
-        lakehouse_diff=lake_diff,
         status=status,
-    )
-    rep["ray"] = {"actors": actors, "workers_started": len(run._started_pids()), "dirs": run.ray_dirs}
-    report_mod.write(ws.run_storage, rep)
-    export_run(
-        ws.run_storage,
-        prep.destination,
-        run_id=run.run_id,
         exit_code=code,
-        status=status,
-        policy_name=prep.spec.name,
-        policy_sha256=prep.spec.sha256,
-        overwrite=req.overwrite,
-        extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
-        max_bytes=export_limit(prep),
+        events_file=run.env[ENV_EVENTS],
+        extra={"ray": ray_record},
     )
     return RunOutcome(code, prep.destination, rep, None, status=status, warnings=warnings)
 

@@ -229,6 +229,25 @@ def test_pyarrow_refused_relative_writes_exported_workers_share_the_run(host: Ho
     assert not run.worker_pids(), "a worker of the run outlived it"
 
 
+def test_what_workers_leave_in_logs_never_steers_the_close(host: Host) -> None:
+    """The workers' run ends through the same code as a step's run: a link a worker's shell plants
+    at the event log's name is moved aside, never written through."""
+    victim = host.outside / "file.txt"
+    with host.run("wlogs") as run:
+        a = Body.options(runtime_env=run.runtime_env).remote()
+        planted = _get(
+            a.attempt.remote(
+                "import subprocess; subprocess.run(['sh', '-c', 'rm -f $TV_RUN_DIR/logs/sandbox_events.jsonl; "
+                f"ln -s {victim} $TV_RUN_DIR/logs/sandbox_events.jsonl'], check=True)"
+            )
+        )
+    assert planted == "ok", planted
+    assert victim.read_text() == "outside\n"
+    export = host.export("wlogs")
+    assert (export / "logs" / "sandbox_events.jsonl.from-step").is_symlink()
+    assert any("kept as logs/sandbox_events.jsonl.from-step" in w for w in _report(export)["warnings"])
+
+
 @pytest.mark.kernel
 def test_two_concurrent_runs_do_not_mix(host: Host) -> None:
     with host.run("mixA") as ra, host.run("mixB") as rb:
