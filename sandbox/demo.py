@@ -9,7 +9,6 @@ in development. After each production run the host lakehouse is hashed: it must 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,17 +19,7 @@ from pathlib import Path
 from sandbox.export import verify
 from sandbox.report import summary_line
 from sandbox.runner import RunRequest, execute, preflight
-from sandbox.samples import DEMO_PREFIX, make_host
-
-
-def _tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        h.update(f"{p.relative_to(root)}:{st.st_mode}:{st.st_mtime_ns}".encode())
-        if p.is_file() and not p.is_symlink():
-            h.update(p.read_bytes())
-    return h.hexdigest()
+from sandbox.samples import DEMO_PREFIX, make_host, tree_digest
 
 
 def _run(
@@ -89,7 +78,7 @@ def steps_main(directory: str | None = None, *, kernel: str = "auto") -> int:
     host = make_host(base / "host")
     lake = host / "data" / "lakehouse"
     print(f"sample host: {host}\n  lakehouse: {sorted(p.name for p in lake.iterdir())}")
-    before = _tree_digest(lake)
+    before = tree_digest(lake)
     py = sys.executable
     ok = True
 
@@ -109,7 +98,7 @@ def steps_main(directory: str | None = None, *, kernel: str = "auto") -> int:
         )
         != 0
     )
-    ok &= _tree_digest(lake) == before
+    ok &= tree_digest(lake) == before
     ok &= (
         _run(
             host,
@@ -127,9 +116,9 @@ def steps_main(directory: str | None = None, *, kernel: str = "auto") -> int:
     diff = json.loads(diff_file.read_text()) if diff_file.is_file() else {}
     changes = [f"{c['change']} {c['path']}" for c in diff.get("changes", [])]
     print(f"  -> lakehouse diff ({diff_file.name}): {', '.join(changes) or 'MISSING'}")
-    ok &= captured.is_file() and _tree_digest(lake) == before and bool(changes)
+    ok &= captured.is_file() and tree_digest(lake) == before and bool(changes)
     print(
-        f"\nlakehouse after the production and audit runs: {'byte-identical' if _tree_digest(lake) == before else 'CHANGED'}"
+        f"\nlakehouse after the production and audit runs: {'byte-identical' if tree_digest(lake) == before else 'CHANGED'}"
     )
 
     ok &= (

@@ -11,7 +11,6 @@ Every claim printed is checked: exit 0 only when all of them hold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -22,19 +21,9 @@ from pathlib import Path
 from sandbox.export import verify
 from sandbox.orchestrator.pipeline import PipelineRequest, PipelineResult, prepare_pipeline, run_pipeline
 from sandbox.orchestrator.progress import summary_table
-from sandbox.samples import DEMO_PREFIX, make_pipeline_host, run_scans
+from sandbox.samples import DEMO_PREFIX, make_pipeline_host, run_scans, tree_digest
 
 RUNS = (("ray-test", "meta_ray_test"), ("multi", "meta_crypto_multi"))
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        h.update(f"{p.relative_to(root)}:{st.st_mode}:{st.st_mtime_ns}".encode())
-        if p.is_file() and not p.is_symlink():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _say(text: str = "") -> None:
@@ -76,7 +65,7 @@ def main(directory: str | None = None, *, kernel: str = "auto") -> int:
     lake = host / "data" / "lakehouse"
     files = sorted(lake.iterdir())
     size = sum(f.stat().st_size for f in files)
-    before = _digest(lake)
+    before = tree_digest(lake)
     _say(f"sample host: {host}")
     _say(f"  lakehouse: {len(files)} parquet files, {size / 1024:.0f} KiB; sha256 of the tree {before[:16]}")
     ok = True
@@ -118,7 +107,7 @@ def main(directory: str | None = None, *, kernel: str = "auto") -> int:
         f"\nevery sleeve folder is a complete run folder: {n} exports, "
         + ("each manifest.json verifies" if not broken else "BROKEN: " + "; ".join(broken[:3]))
     )
-    after = _digest(lake)
+    after = tree_digest(lake)
     ok &= after == before
     _say(
         f"host lakehouse sha256 before {before[:16]}, after {after[:16]}: "

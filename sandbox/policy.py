@@ -130,6 +130,9 @@ class Layout:
         return {"lakehouse": self.lakehouse, "exports": self.exports}
 
 
+_SETTLE_HOPS = 4  # redirects Policy.settle follows through the run's own links
+
+
 @record(frozen=True)
 class PolicySpec:
     """A validated policy file. Build it with :func:`sandbox.loader.load_policy`."""
@@ -401,8 +404,18 @@ class Policy:
         again = self.decide(real, op)
         if again.action is Action.ALLOW:
             return d if real == d.target else replace(d, target=real)
-        if again.action is Action.REDIRECT and _depth < 4 and again.target != d.target:
-            return self.settle(again, op, resolve, _depth + 1)
+        if again.action is Action.REDIRECT and again.target != d.target:
+            if _depth < _SETTLE_HOPS:
+                return self.settle(again, op, resolve, _depth + 1)
+            # A chain of the run's links longer than we follow: fail closed, as the kernel's ELOOP
+            # does, never act on a target whose real place is still unknown.
+            return Decision(
+                Action.DENY,
+                "redirect-link-chain",
+                d.path,
+                reason=f"the redirect's target leads through more than {_SETTLE_HOPS} of the run's links",
+                hint="write to the real path instead of through chains of links",
+            )
         return again
 
     def _locate(self, p: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:

@@ -63,6 +63,20 @@ print("selection audit written")
 '''
 
 
+def tree_digest(root: Path) -> str:
+    """sha256 of a tree: every entry's name, mode and mtime, and every regular file's bytes --
+    what the demos print before and after to show the lakehouse untouched."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        h.update(f"{p.relative_to(root)}:{st.st_mode}:{st.st_mtime_ns}".encode())
+        if p.is_file() and not p.is_symlink():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def make_host(root: str | os.PathLike[str], *, run_id: str = "R1", layout: Layout | None = None) -> Path:
     """Write a sample host tree under ``root`` and return its path."""
     lay = layout or Layout()

@@ -29,7 +29,7 @@ from _agree import (
     run_fsspec,
     run_guard,
 )
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from sandbox._paths import is_within, parts, resolve
@@ -94,6 +94,9 @@ paths = st.tuples(st.sampled_from(PREFIXES), st.lists(st.sampled_from(COMPONENTS
 
 @settings(max_examples=DECIDE_EXAMPLES, deadline=None)
 @given(p=paths, op=st.sampled_from(sorted(MUTATING)), as_bytes=st.booleans())
+# found in CI-like runs: a chain of the run's links longer than settle follows left the redirect's
+# real place unknown, and was returned as a redirect anyway (now a denial, as the kernel's ELOOP)
+@example(p=("", ["to_host"] * 5 + ["to_lake"]), op=Op.METADATA, as_bytes=False)
 def test_no_write_reaches_outside_the_writable_roots(
     world: World, p: tuple[str, list[str]], op: Op, as_bytes: bool
 ) -> None:
