@@ -142,6 +142,10 @@ class Run:
         self._launched: Launched | None = None
         self._plan: KernelPlan | None = None
         self._tree: StepTree | None = None
+        # Every step so far ended provably whole (a PID namespace waited out): only then may the
+        # export hard-link the run folder's files -- a process that outlived its step could go on
+        # writing an inode the export shares.
+        self._contained = True
         self._closed: RunOutcome | None = None
         self._clock = _Clock()
         self._lock: Any = None
@@ -337,6 +341,7 @@ class Run:
             child = start_step(self.ws, env, argv, self._plan, stdout=out_fd, stderr=err_fd)
         with self._lock:
             self._tree = StepTree(child)
+        self._contained = self._contained and child.contained
         return child
 
     def _wait(
@@ -474,6 +479,7 @@ class Run:
             events_file=self.events_file,
             extra=extra,
             clock=self._clock,
+            by_link=self._contained,
         )
         req, ws = self.prep.request, self.ws
         kept = ws.base if req.keep_workspace else None
@@ -526,12 +532,15 @@ def report_and_export(
     events_file: str,
     extra: Mapping[str, Any] | None = None,
     clock: _Clock | None = None,
+    by_link: bool = False,
 ) -> dict[str, Any]:
     """The end of every run -- :meth:`Run.close`, and the sandboxed Ray workers' run
     (:mod:`sandbox.orchestrator.workers`): once no process of the run is alive, make ``logs/`` safe
     to open, keep a step's files at the launcher's names aside, write the policy record and the
     report (``extra`` merged into it), check the destination's free space, export atomically.
-    ``warnings`` grows with what this finds. Returns the report."""
+    ``warnings`` grows with what this finds. ``by_link``: the caller proved that no process of
+    the run is left (each step's PID namespace waited out), so the export may hard-link files
+    instead of copying them. Returns the report."""
     import json
 
     from sandbox import native
@@ -601,6 +610,7 @@ def report_and_export(
         overwrite=req.overwrite,
         extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
         max_bytes=export_limit(prep),
+        by_link=by_link,
     )
     if clock is not None:
         clock.lap("export")

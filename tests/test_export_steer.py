@@ -222,7 +222,7 @@ def test_same_filesystem_exports_link_files_only_the_run_alone_names(tmp_path: P
     (src / "d" / "own.txt").write_text("own")
     os.link(outside / "secret.txt", src / "d" / "shared.txt")
     dest_link, dest_copy = tmp_path / "runs" / "L", tmp_path / "runs" / "C"
-    r_link = do_export(src, dest_link)
+    r_link = do_export(src, dest_link, by_link=True)
     r_copy = do_export(src, dest_copy, by_link=False)
     assert r_link.linked == 1 and r_copy.linked == 0  # type: ignore[attr-defined]
     assert os.stat(dest_link / "d" / "own.txt").st_ino == os.stat(src / "d" / "own.txt").st_ino

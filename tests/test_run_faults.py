@@ -10,6 +10,7 @@ with --overwrite, swapped atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -230,3 +231,85 @@ def test_step_of_a_launcher_dead_before_prctl_exits() -> None:
         os._exit(0)  # survived: wrong
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGKILL
+
+
+# -- a step's processes that outlive its keeper cannot reach the export --------------------------
+
+# A detached daemon keeps appending to a file of the run folder through a descriptor it holds;
+# the step says READY, then waits to be killed.
+DAEMON = (
+    "import os, sys, time\n"
+    "path = os.path.join(os.environ['TV_RUN_DIR'], 'daemon.txt')\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        fh = open(path, 'a')\n"
+    "        for i in range(400):\n"
+    "            fh.write(f'{i}\\n'); fh.flush(); time.sleep(0.01)\n"
+    "    os._exit(0)\n"
+    "time.sleep(0.3)\n"
+    "print('READY', sys.argv[1], flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def _with_marker(marker: str) -> list[int]:
+    return [
+        int(n)
+        for n in os.listdir("/proc")
+        if n.isdigit() and _cmdline_has(n, marker) and int(n) != os.getpid()
+    ]
+
+
+def _cmdline_has(pid: str, marker: str) -> bool:
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("kernel", [pytest.param("auto", marks=pytest.mark.kernel), "off"])
+def test_a_killed_keeper_leaves_a_whole_export(
+    tmp_path: Path, request: pytest.FixtureRequest, kernel: str
+) -> None:
+    """SIGKILL of the step's keeper (the launcher's child) while a daemon of the step writes into
+    the run folder. With a PID namespace the launcher waits until the namespace is gone; without
+    one the daemon outlives the step -- and the export, copied rather than hard-linked, does not
+    change under it: it verifies long after."""
+    if kernel == "auto":
+        request.getfixturevalue("kernel_support")
+    host = make_host(tmp_path / "host")
+    base = tmp_path / "ws"
+    base.mkdir()
+    marker = f"keeper-{os.getpid()}-{tmp_path.name}"
+    cmd = _cmd(host, f"keeper_{kernel}", base, "--kernel", kernel)
+    cmd[cmd.index("-c") + 1 :] = [DAEMON, marker]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("READY "):
+            line = proc.stdout.readline()
+            if not line:
+                _, err = proc.communicate(timeout=30)
+                pytest.fail(f"the step never said READY (exit {proc.returncode}): {err}")
+        keepers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(keepers) == 1, keepers
+        os.kill(int(keepers[0]), signal.SIGKILL)
+        # not communicate(): a surviving daemon holds the step's stdout, our pipe, open
+        assert proc.wait(timeout=60) == 128 + signal.SIGKILL
+        dest = host / RUNS / f"keeper_{kernel}"
+        survivors = _with_marker(marker)
+        if kernel == "auto":
+            assert survivors == [], "the launcher returned before the step's namespace was gone"
+        else:
+            assert survivors, "no daemon outlived the keeper: the test proves nothing"
+        time.sleep(0.3)  # the daemon, if any, goes on writing its descriptor
+        assert verify(dest) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _with_marker(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=30)

@@ -117,7 +117,7 @@ def export_run(
     overwrite: bool = False,
     extra: Mapping[str, Any] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    by_link: bool = True,
+    by_link: bool = False,
     _fault: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the run folder ``src`` to ``dest`` atomically, with ``dest/manifest.json``.
@@ -125,7 +125,9 @@ def export_run(
     ``max_bytes`` bounds the sum of the files' sizes (holes included: a huge sparse file costs
     its hashing time). ``by_link``: when ``src`` and ``dest`` share a filesystem, files are
     hard-linked into the stage rather than copied (only a file with no other link: never an
-    inode something outside the run folder also names); the run folder keeps its files until the
+    inode something outside the run folder also names). Only for a folder no process can write
+    any more -- the export would share its inodes: the launcher passes it once every step's
+    PID namespace is gone; the run folder keeps its files until the
     workspace is removed, so a failed export loses nothing. Folders, links and the manifest are
     made, and everything fsynced, exactly as by a copy.
 

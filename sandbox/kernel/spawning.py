@@ -114,14 +114,21 @@ class Child:
         started: float,
         launcher_rss: int = 0,
         init_pid: int | None = None,
+        *,
+        pidfd: int = -1,
+        contained: bool = False,
     ) -> None:
         self.pid = pid
         self.applied = applied
         self.init_pid = init_pid
+        #: True when :meth:`wait` returns only once no process of the step is left, whatever
+        #: killed the keeper: a PID namespace whose init we hold a pidfd of (or know gone, or
+        #: never started). False without one: a process the step detached may outlive it.
+        self.contained = contained
         self._started = started
         self._launcher_rss = launcher_rss
         self._result: ChildResult | None = None
-        self._pidfd = _open_pidfd(init_pid, pid) if init_pid is not None else -1
+        self._pidfd = pidfd
 
     def _reaped(self, status: int, rusage: object) -> ChildResult:
         code = os.waitstatus_to_exitcode(status)
@@ -251,6 +258,8 @@ def spawn(
     applied: AppliedLayers | None = None
     launcher_rss = 0
     init_pid: int | None = None
+    pidfd, init_gone = -1, False
+    pidns = plan is not None and plan.pid_namespace
     failure: tuple[str, str] | None = None
     pending = b""
     try:
@@ -260,19 +269,26 @@ def spawn(
             for raw in lines:
                 stage, _, rest = raw.decode("utf-8", "replace").partition(" ")
                 if stage == "userns":
-                    os.write(gow, b"1" if _map_identity(pid) else b"0")
+                    try:
+                        os.write(gow, b"1" if _map_identity(pid) else b"0")
+                    except BrokenPipeError:  # the keeper was killed: its end says the rest
+                        pass
                 elif stage == "applied":
                     applied = AppliedLayers.decode(rest)
                 elif stage == "rss":
                     launcher_rss = int(rest)
-                elif stage == "init":
+                elif stage == "init" and init_pid is None:
+                    # at once, while the init waits for its go (or has just been orphaned)
                     init_pid = int(rest)
+                    pidfd, init_gone = _open_pidfd(init_pid, pid, ns_init=pidns)
                 elif stage in ("setup", "kernel", "exec") and failure is None:
                     failure = (stage, rest)
     finally:
         os.close(rfd)
         os.close(gow)
     if failure is not None:
+        if pidfd >= 0:
+            os.close(pidfd)
         os.waitpid(pid, 0)
         stage, rest = failure
         errno_text, _, message = rest.partition(" ")
@@ -282,25 +298,38 @@ def spawn(
         if stage == "exec":
             raise UsageError(message) from cause
         raise cause  # a bad descriptor: the caller's bug, as the OSError it is
-    return Child(pid, applied, started, launcher_rss, init_pid)
+    # No init pid heard of in a PID namespace: the keeper died before its go, nothing ran.
+    contained = pidns and (init_pid is None or pidfd >= 0 or init_gone)
+    return Child(pid, applied, started, launcher_rss, init_pid, pidfd=pidfd, contained=contained)
 
 
-def _open_pidfd(pid: int, keeper: int) -> int:
-    """A pidfd of the keeper's child ``pid``, or -1 when it is gone. Checked after opening: the
-    process must be the keeper's child (a pid reaped by the keeper may already name another)."""
+def _open_pidfd(pid: int, keeper: int, *, ns_init: bool) -> tuple[int, bool]:
+    """``(pidfd, gone)`` of the keeper's child ``pid``: ``(-1, True)`` when it is provably gone,
+    ``(-1, False)`` when this kernel cannot tell (no pidfd_open). Checked after opening, since a
+    reaped pid may already name another process: a namespace's init (``ns_init``) must still be
+    PID 1 of a namespace of its own -- the keeper may have died, orphaning it -- otherwise the
+    process must be the keeper's child."""
     try:
         fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return -1, True
     except OSError:
-        return -1
+        return -1, False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            ppid = int(fh.read().rpartition(b")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        ppid = -1
-    if ppid != keeper:
+        if ns_init:
+            with open(f"/proc/{pid}/status", "rb") as fh:
+                nspid = next((ln.split()[1:] for ln in fh if ln.startswith(b"NSpid:")), [])
+            ours = len(nspid) > 1 and nspid[-1] == b"1"
+        else:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                ours = int(fh.read().rpartition(b")")[2].split()[1]) == keeper
+    except (OSError, ValueError, IndexError):  # no /proc to tell: neither waited for nor proved
         os.close(fd)
-        return -1
-    return fd
+        return -1, False
+    if not ours:  # ours was reaped, and a namespace's init only once its namespace is gone
+        os.close(fd)
+        return -1, ns_init
+    return fd, False
 
 
 def _map_identity(pid: int) -> bool:
@@ -354,12 +383,18 @@ def _keeper(
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
         if plan is not None and entered is not None and plan.pid_namespace:
             sr, sw = os.pipe()
+            gr, gw = os.pipe()  # "go" to the init, once the launcher has been told its pid
             init = os.fork()
             if init == 0:
                 os.close(sr)
-                _init(argv, env, cwd, plan, entered, keep, wfd, sw)
+                os.close(gw)
+                _init(argv, env, cwd, plan, entered, keep, wfd, sw, gr)
             os.close(sw)
+            os.close(gr)
+            # The launcher learns the init's pid before anything of the step runs: a step whose
+            # pid it never heard of never ran, and one it heard of it can wait out (a pidfd).
             os.write(wfd, f"init {init}\n".encode())
+            os.write(gw, b"1")  # gw stays open while we live: its end tells the init we died
             os.close(wfd)
             status = _reap(init, keeper=True)  # every process of the namespace is gone once init is
             told = os.read(sr, 64).split()
@@ -389,10 +424,22 @@ def _init(
     keep: list[int],
     wfd: int,
     sw: int,
+    go: int,
 ) -> None:  # pragma: no cover - PID 1 of the step's namespace
     stage = "kernel"
     try:
         _libc.set_parent_death_signal(signal.SIGKILL)  # the keeper's death ends the namespace
+        # getppid() is 0 in a new PID namespace: the keeper's life is the go pipe's write end.
+        # Its go byte says the launcher knows our pid; an end of file after it (the keeper died
+        # before our prctl, so no parent-death signal will come) is checked after the prctl.
+        if os.read(go, 1) != b"1":
+            os._exit(1)
+        os.set_blocking(go, False)
+        try:
+            os.read(go, 1)  # b"": the keeper is gone
+            os._exit(1)
+        except BlockingIOError:  # alive: from now on its death is our parent-death signal
+            os.close(go)
         applied = seal(plan, entered)
         os.write(wfd, f"applied {applied.encode()}\n".encode())
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
