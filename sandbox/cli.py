@@ -323,6 +323,8 @@ def _run(ns: dict[str, Any]) -> int:
         )
     if outcome.workspace:
         print(f"{PROG}: workspace kept at {outcome.workspace}", file=sys.stderr)
+    global _RUN_DONE
+    _RUN_DONE = True
     return outcome.exit_code
 
 
@@ -361,6 +363,28 @@ def _stage(e: BaseException) -> str:
     if isinstance(e, SandboxError) and e.exit_status != EXIT_USAGE:
         return "error, the command did not run"  # 126 / 127: the message names the command
     return "error before the command ran"
+
+
+#: Set once ``run`` has exported and said so: nothing is left to tear down (see :func:`entry`).
+_RUN_DONE = False
+
+
+def entry() -> None:
+    """The ``tv-sandbox`` console script (and ``python -m sandbox``): :func:`main`, then exit.
+
+    After a ``run`` every file is written and closed and every helper thread has ended, so the
+    interpreter's finalization (freeing each loaded module: ~10 ms, a fifth of the start-up
+    budget) is skipped with ``os._exit`` once our streams are flushed. Everything else exits
+    normally (the pipeline's Ray has exit handlers of its own)."""
+    code = main()
+    if _RUN_DONE:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be said
+            pass
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
