@@ -51,8 +51,9 @@ from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike, stringify_path, tokenize
 
+from sandbox._execute import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY
 from sandbox.errors import AccessDenied
-from sandbox.fs._routing import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, LAYER, EventSink, Routing, load_policy
+from sandbox.fs._routing import LAYER, BackendFiles, EventSink, Routing, load_policy
 from sandbox.policy import Action, Op, Policy, PolicySpec
 
 PROTOCOL = "sandbox"
@@ -96,6 +97,7 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
         self.fs = fs
         self.policy = load_policy(policy, host, run_id, mode)
         self._local = isinstance(fs, LocalFileSystem)
+        self._files = BackendFiles(fs, self._local)
         in_step = policy is None  # the run's own policy, from a sandboxed step's environment
         if on_event is None and in_step and os.environ.get(ENV_EVENTS):
             from sandbox.events import EventLog
@@ -280,11 +282,10 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
             return
         if self.isdir(s2):  # into an existing folder: decide on the name it will really get
             s2 = posixpath.join(s2, posixpath.basename(s1))
-        src = self._removable(s1, Op.RENAME)[1]
+        # an audit capture of a host original is copied up first: the copy moves, the original stays
+        src = self._removable(s1, Op.RENAME, keep=True)[1]
+        assert src is not None  # (keep: never "nothing to do")
         dst = self._mutable(s2, Op.RENAME, follow=False)[1]
-        if src is None:  # audit capture of a host original: the copy moves, the original stays
-            self.fs.copy(self._readable(s1)[1], dst, recursive=True)
-            return
         if self._local and os.path.islink(dst):
             # The name decided on is a link (one the run planted, say): a rename replaces the link
             # itself, while the backend's mv (shutil.move) would move *into* the folder it points

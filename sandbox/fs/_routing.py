@@ -1,8 +1,9 @@
 """How :class:`sandbox.fs.SandboxFileSystem` checks a call: the one route every path takes -- resolve,
 decide, raise on DENY -- and the execution of a decision before the backend is called (read-your-
-writes, copy-up, settling a redirect, the folder a redirect needs). A mixin, so that
-``_filesystem.py`` holds the fsspec API and this module the policy side; neither imports the
-other's concerns (fsspec is imported in ``_filesystem.py`` only).
+writes, copy-up, settling a redirect, the folder a redirect needs, removals). The execution is
+:mod:`sandbox._execute`'s, the Python guard's too, over the primitives :class:`BackendFiles`
+supplies (the backend's methods). A mixin, so that ``_filesystem.py`` holds the fsspec API and
+this module the policy side (fsspec is imported in ``_filesystem.py`` only).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
-from sandbox import _paths
-from sandbox._record import replace
+from sandbox import _execute, _paths
+from sandbox._execute import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, NOTHING_TO_DO
 from sandbox.errors import AccessDenied
 from sandbox.loader import load_resolved, policy_from_dict
 from sandbox.policy import (
@@ -25,17 +27,22 @@ from sandbox.policy import (
     Policy,
     PolicySpec,
     bind_for_library,
-    overlay_maps,
 )
 
 TYPE_CHECKING = False
 EventSink = Callable[[dict[str, Any]], None]  # receives each deny / redirect record
 
-ENV_POLICY = "TV_SANDBOX_POLICY"
-ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (see sandbox.guard.bootstrap)
-ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
 LAYER = "fsspec"
-READ_HOPS = 4  # how many further copies a read follows (see Routing._read_place)
+__all__ = [
+    "ENV_EVENTS",
+    "ENV_OVERLAY",
+    "ENV_POLICY",
+    "LAYER",
+    "BackendFiles",
+    "EventSink",
+    "Routing",
+    "load_policy",
+]
 
 
 class _Route(NamedTuple):
@@ -84,6 +91,7 @@ class Routing:
     on_event: EventSink | None
     _local: bool  # the backend is the local filesystem (symlinks, the kernel's resolution)
     _overlay: bool  # the kernel layer's overlay maps workspace redirects (see _filesystem.py)
+    _files: BackendFiles  # the primitives sandbox._execute works with: the backend's methods
 
     if TYPE_CHECKING:
 
@@ -119,26 +127,16 @@ class Routing:
         return _Route(shown, resolved, d)
 
     def _deny(self, d: Decision, shown: str, op: Op) -> AccessDenied:
-        self._emit(d, op, shown)
+        self._emit(d, op, shown, action="deny")
         user = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
         return d.error(shown, op, profile=self.policy.profile, layer=LAYER, resolved=user)
 
-    def _emit(self, d: Decision, op: Op, shown: str, target: str | None = None) -> None:
+    def _emit(
+        self, d: Decision, op: Op, shown: str, target: str | None = None, action: str | None = None
+    ) -> None:
         if self.on_event is not None:
-            self.on_event(
-                {
-                    "layer": LAYER,
-                    "action": str(d.action),
-                    "op": str(op),
-                    "rule": d.rule,
-                    "path": shown,
-                    "resolved": d.path,
-                    "target": target or d.target,
-                    "captured": d.captured,
-                    "profile": self.policy.profile,
-                    "reason": d.reason,
-                    "hint": d.hint,
-                }
+            _execute.emit(
+                self.on_event, LAYER, self.policy.profile, d, op, shown, d.path, target or d.target, action
             )
 
     def _settle(self, r: _Route, op: Op, follow: bool) -> tuple[Decision, str]:
@@ -148,32 +146,18 @@ class Routing:
         resolve = partial(self._resolve, follow=follow)
         if op is Op.READ:
             assert r.decision.target is not None
-            return r.decision, self._read_place(resolve(r.decision.target), follow)
-        d = self.policy.settle(r.decision, op, resolve)
-        if d.action is Action.REDIRECT and d.target is not None:
-            real = resolve(d.target)
-            if self.policy.decide(real, op).action is Action.ALLOW:  # act only on what is allowed
-                return d, real
-            d = replace(d, action=Action.DENY, reason="the redirect does not settle in the run folder")
-        raise self._deny(d, r.shown, op)
-
-    def _read_place(self, real: str, follow: bool) -> str:
-        """Where a read redirected to the run folder's copy (``real``, resolved) looks. The copy
-        may lead -- through a link the run planted -- to a host path: an alias of the workspace
-        path, whose reads look in the run folder first too (the kernel layer shows the workspace
-        at the host's path). So the redirect is followed as ``Policy.settle`` follows a
-        mutation's, and the deepest copy that exists wins (an overlay's upper layer); none:
-        ``real``, as before. The guard follows as far (``sandbox.guard._engine.READ_HOPS``)."""
-        chain = [real]
-        for _ in range(READ_HOPS):
-            d = self.policy.decide(chain[-1], Op.READ)
-            if d.action is not Action.REDIRECT or d.target is None or self._overlay_maps(d):
-                break
-            chain.append(self._resolve(d.target, follow))
-        for place in reversed(chain[1:]):
-            if self._exists(place, follow):
-                return place
-        return real
+            place = _execute.read_place(
+                self.policy,
+                resolve(r.decision.target),
+                resolve,
+                partial(self._exists, follow=follow),
+                self._overlay,
+            )
+            return r.decision, place
+        d = _execute.settle(self.policy, r.decision, op, resolve)
+        if d.action is Action.DENY or d.target is None:
+            raise self._deny(d, r.shown, op)
+        return d, d.target
 
     def _readable(self, path: Any, *, follow: bool = True) -> tuple[str, str]:
         """(shown, backend path) to read: a redirect's target when it exists, else the original."""
@@ -211,24 +195,16 @@ class Routing:
         # link the run planted leads). The run folder mirrors the workspace: the target's folder is
         # made where the original's folder exists (as the guard and the kernel's overlay do), else
         # the call fails as it would.
-        original = d.path
-        folder = posixpath.dirname(target)
-        if not self.fs.isdir(folder) and self.fs.isdir(posixpath.dirname(original)):
-            self.fs.makedirs(folder, exist_ok=True)
-        if copy_up and not self._exists(target, follow) and self._exists(original, follow):
-            if self._local and not follow and os.path.islink(original):
-                # a link as a link (link(2) links a symlink source itself), as the guard copies up
-                shutil.copy2(original, target, follow_symlinks=False)
-            elif self.fs.isdir(original):
-                self.fs.makedirs(target, exist_ok=True)
-            elif self._local:
-                shutil.copy2(original, target)  # keeps the mode, as an overlay's copy-up does
-            else:
-                self.fs.cp_file(original, target)
+        files = self._files
+        _execute.make_parent(files, target, d.path)
+        if copy_up:
+            _execute.copy_up(files, d.path, target, follow)
         return r.shown, target
 
-    def _removable(self, path: Any, op: Op) -> tuple[str, str | None]:
-        """(shown, backend path) to remove or move away; None: an audit capture, nothing to do."""
+    def _removable(self, path: Any, op: Op, *, keep: bool = False) -> tuple[str, str | None]:
+        """(shown, backend path) to remove or move away; None: an audit capture of a host
+        original, nothing to do. ``keep``: the op moves the content on (mv): a captured original
+        is copied up first (:func:`sandbox._execute.removal`)."""
         r = self._route(path, op, follow=False)
         if r.decision.action is Action.ALLOW:
             return r.shown, r.resolved
@@ -236,24 +212,78 @@ class Routing:
             self._emit(r.decision, op, r.shown)
             return r.shown, r.resolved
         d, target = self._settle(r, op, False)
-        if self._exists(target, False) or not self._exists(d.path, False):
-            # the run's own copy; or nothing anywhere, and the backend says FileNotFoundError
-            self._emit(d, op, r.shown, target)
-            return r.shown, target
-        if d.captured:
-            self._emit(d, op, r.shown, target)
-            return r.shown, None
-        d = replace(
-            d,
-            action=Action.DENY,
-            reason="it exists only in the host's mirror, and a run cannot remove the host's files",
-            hint=f"only what this run wrote (under {self.policy.run_dir}) can be removed",
-        )
-        raise self._deny(d, r.shown, op)
+        outcome = _execute.removal(self.policy, d, d.path, target, self._files, keep=keep)
+        if isinstance(outcome, Decision):
+            raise self._deny(outcome, r.shown, op)
+        self._emit(d, op, r.shown, target)
+        return r.shown, None if outcome is NOTHING_TO_DO else target
 
     def _overlay_maps(self, d: Decision) -> bool:
-        return self._overlay and overlay_maps(d)
+        return _execute.defers_to_overlay(self._overlay, d)
 
     def _require(self, method: str) -> None:
         if not callable(getattr(self.fs, method, None)):
             raise NotImplementedError(f"{type(self.fs).__name__} has no {method}()")
+
+
+class BackendFiles:
+    """The primitives :mod:`sandbox._execute` executes a decision over, for the fsspec filesystem:
+    the backend's own methods. On a local backend the details fsspec does not model -- a symlink
+    copied as a symlink, modes and times -- are the ``os`` calls ``LocalFileSystem`` makes itself
+    (in a sandboxed step, through the Python guard as any call is)."""
+
+    __slots__ = ("fs", "local")
+
+    def __init__(self, fs: Any, local: bool) -> None:
+        self.fs, self.local = fs, local
+
+    def lexists(self, path: str) -> bool:
+        return bool(self.fs.lexists(path) if self.local else self.fs.exists(path))
+
+    def isdir(self, path: str) -> bool:
+        return bool(self.fs.isdir(path))
+
+    def makedirs(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+
+    def kind(self, path: str, follow: bool) -> str | None:
+        if self.local:
+            try:
+                mode = (os.stat(path) if follow else os.lstat(path)).st_mode
+            except FileNotFoundError:
+                return None
+            if stat.S_ISLNK(mode):
+                return _execute.LINK
+            if stat.S_ISDIR(mode):
+                return _execute.DIR
+            return _execute.FILE if stat.S_ISREG(mode) else _execute.OTHER
+        try:
+            kind = self.fs.info(path).get("type")
+        except FileNotFoundError:
+            return None
+        return {"directory": _execute.DIR, "file": _execute.FILE}.get(kind, _execute.OTHER)
+
+    def copy_link(self, src: str, dst: str) -> None:
+        os.symlink(os.readlink(src), dst)  # kind() says LINK on a local backend only
+
+    def copy_dir(self, src: str, dst: str) -> None:
+        if self.local:
+            os.mkdir(dst, stat.S_IMODE(os.stat(src).st_mode))
+        else:
+            self.fs.makedirs(dst, exist_ok=True)
+
+    def copy_file(self, src: str, dst: str) -> None:
+        if self.local:
+            shutil.copy2(src, dst)  # content and mode, as an overlay's copy-up keeps them
+        else:
+            self.fs.cp_file(src, dst)
+
+    def names(self, folder: str) -> list[str]:
+        if self.local:
+            return os.listdir(folder)
+        return [posixpath.basename(str(p).rstrip("/")) for p in self.fs.ls(folder, detail=False)]
+
+    def copy_times(self, src: str, dst: str) -> None:
+        if self.local:
+            st = os.lstat(src) if os.path.islink(dst) else os.stat(src)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

@@ -46,20 +46,21 @@ import stat
 import sys
 from _thread import _local
 
-from sandbox import _paths
+from sandbox import _execute, _paths
+from sandbox._execute import NOTHING_TO_DO, defers_to_overlay
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
 from sandbox.guard._files import (
+    Originals,
     copy_up_path,
     exists,
     has_links,
-    isdir,
     lexists,
     makedirs,
     o_lstat,
     o_readlink,
 )
-from sandbox.policy import Action, Decision, Op, Policy, overlay_maps
+from sandbox.policy import Action, Decision, Op, Policy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,14 +95,10 @@ _to_str = _paths.to_str
 _fsencode = os.fsencode
 _S_ISLNK = stat.S_ISLNK
 _UNSTABLE = ("/proc/", "/dev/fd/")  # what these name changes with the open descriptors
-NOOP = "\x00noop"  # ``removable``: an audit capture of a host original, nothing to do
 _MISS: Any = object()
-#: How many further copies a read follows (as ``Policy.settle`` re-decides a mutation's redirect;
-#: ``sandbox/fs/_routing.py`` follows as many).
-READ_HOPS = 4
 
 
-class Fam:
+class FolderRule:
     """What every entry of one folder gets for one op: the folder's real path, where entries go
     (a redirect's settled real target folder; None: execute on the caller's path), the policy's
     answer for the folder (its ``path``/``target`` are the folder's; an entry appends its name),
@@ -123,7 +120,7 @@ class Fam:
         self.links_src, self.links_dst = links_src, links_dst
 
 
-def shown(arg: Any) -> str:
+def display_path(arg: Any) -> str:
     """A path argument as the event log and messages show it."""
     if type(arg) is str:
         return arg
@@ -135,7 +132,7 @@ def shown(arg: Any) -> str:
         return repr(arg)
 
 
-def like(arg: Any, path: str) -> Any:
+def in_type_of(arg: Any, path: str) -> Any:
     """``path`` in the type of ``arg``: a bytes call gets bytes back (``listdir(b'.')``)."""
     return _fsencode(path) if isinstance(arg, bytes) else path
 
@@ -158,12 +155,13 @@ class Engine:
         self.profile = policy.profile
         # A policy may deny or redirect some reads: then reads resolve their last component too.
         self.read_rules = any(Op.READ in r.ops and r.action is not ALLOW for r in policy.spec.rules)
-        self._fams: dict[Op, dict[str, Fam | None]] = {op: {} for op in Op}
+        self._fams: dict[Op, dict[str, FolderRule | None]] = {op: {} for op in Op}
         self._rfams = self._fams[READ]
         self._heads: dict[str, str] = {}
         self._rel_heads: dict[str, str] = {}
         self._dirs: set[str] = set()  # target folders known to exist
         self._plain: set[str] = set()  # read targets' folders that lead nowhere else (_read_place)
+        self._files = _FILES  # the primitives sandbox._execute works with
 
     def __repr__(self) -> str:
         return f"Engine({self.policy!r}, overlay={self.overlay})"
@@ -192,8 +190,8 @@ class Engine:
                 cache[head] = real
         return real
 
-    def family(self, head: str, sep: str, op: Op) -> Fam | None:
-        """The :class:`Fam` of the folder ``head`` (``sep`` empty: the current folder), or None
+    def family(self, head: str, sep: str, op: Op) -> FolderRule | None:
+        """The :class:`FolderRule` of the folder ``head`` (``sep`` empty: the current folder), or None
         when its entries are not all alike (the slow path decides each one)."""
         fams = self._fams[op]
         key = head + sep  # "a/" for "a/x", "" for "x" (the current folder), "/" for "/x"
@@ -207,7 +205,7 @@ class Engine:
         fams[key] = fam
         return fam
 
-    def _family(self, head: str, op: Op) -> Fam | None:
+    def _family(self, head: str, op: Op) -> FolderRule | None:
         if head.startswith(_UNSTABLE) and not head.startswith("/proc/self/cwd"):
             return None
         real = self.head_real(head)
@@ -216,7 +214,7 @@ class Engine:
             return None
         reads = op is READ
         if d.action is not REDIRECT or d.target is None or self._on_original(d):
-            return Fam(d.action, real, None, d, not reads and d.action is ALLOW and has_links(real))
+            return FolderRule(d.action, real, None, d, not reads and d.action is ALLOW and has_links(real))
         dest = self.head_real(d.target)
         if reads:
             # the copy's folder leads on (a link the run planted, to a host path): the exact path.
@@ -225,15 +223,15 @@ class Engine:
             again = self.policy.decide_children(dest, READ)
             if again is None or again.action is not ALLOW:
                 return None
-            return Fam(d.action, real, dest, d, False, has_links(dest, big=False))
+            return FolderRule(d.action, real, dest, d, False, has_links(dest, big=False))
         again = self.policy.decide_children(dest, op)  # settle: every entry there must be allowed
         if again is None or again.action is not ALLOW:
             return None
-        return Fam(d.action, real, dest, d, has_links(real), has_links(dest))
+        return FolderRule(d.action, real, dest, d, has_links(real), has_links(dest))
 
     def _on_original(self, d: Decision) -> bool:
         """Under the kernel overlay, workspace redirects and captures are the overlay's to map."""
-        return self.overlay and overlay_maps(d)
+        return defers_to_overlay(self.overlay, d)
 
     # -- events and errors --------------------------------------------------------------------------
 
@@ -247,27 +245,14 @@ class Engine:
         action: str | None = None,
         layer: str = LAYER,
     ) -> None:
-        ev = self.events
-        if ev is not None:
-            ev.emit(
-                layer,
-                op,
-                action or d.action,
-                d.rule,
-                shown(arg),
-                resolved,
-                target,
-                d.captured,
-                self.profile,
-                d.reason,
-                d.hint,
-            )
+        if self.events is not None:
+            _emit(self.events, layer, self.profile, d, op, display_path(arg), resolved, target, action)
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
         self.log(d, op, arg, d.path, None, "deny", layer)
-        shown_path = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
-        return d.error(arg, op, profile=self.profile, layer=layer, resolved=shown_path)
+        user_path = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
+        return d.error(arg, op, profile=self.profile, layer=layer, resolved=user_path)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -288,7 +273,7 @@ class Engine:
                         return None
                     t = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     if not (follow and fam.links_dst and self._is_link(t)):
-                        return t if type(arg) is str else like(arg, t)
+                        return t if type(arg) is str else in_type_of(arg, t)
         real = self._resolve_exact(p, dir_fd, follow)
         d = self.decide(real, READ)
         if d.action is ALLOW:
@@ -297,7 +282,7 @@ class Engine:
             raise self.deny(d, arg, READ)
         if d.target is None or self._on_original(d):
             return None
-        return like(arg, self._read_place(d.target, follow))
+        return in_type_of(arg, self._read_place(d.target, follow))
 
     def _read_place(self, t: str, follow: bool) -> str:
         """Where a read redirected to ``t`` (the run folder's copy) looks. The copy may lead --
@@ -315,18 +300,13 @@ class Engine:
                 self._plain.clear()
             self._plain.add(head)
             return t
-        real = _paths.resolve(t, follow=follow)
-        chain = [t]
-        for _ in range(READ_HOPS):
-            d = self.decide(real, READ)
-            if d.action is not REDIRECT or d.target is None or self._on_original(d):
-                break
-            chain.append(d.target)
-            real = _paths.resolve(d.target, follow=follow)
-        for place in reversed(chain[1:]):
-            if (exists if follow else lexists)(place):
-                return place
-        return t
+        return _execute.read_place(
+            self.policy,
+            t,
+            lambda path: _paths.resolve(path, follow=follow),
+            exists if follow else lexists,
+            self.overlay,
+        )
 
     def _resolve_exact(self, p: str, dir_fd: int | None, follow: bool) -> str:
         if dir_fd is None:
@@ -419,18 +399,12 @@ class Engine:
         return d, d.path, target
 
     def settle(self, d: Decision, arg: Any, op: Op, follow: bool) -> tuple[Decision, str]:
-        """(decision, real target) of a mutation's redirect, decided again where it lands."""
-
-        def resolve(path: str) -> str:
-            return _paths.resolve(path, follow=follow)
-
-        s = self.policy.settle(d, op, resolve)
-        if s.action is REDIRECT and s.target is not None:
-            target = resolve(s.target)
-            if s is d or self.decide(target, op).action is ALLOW:
-                return s, target
-            s = replace(s, action=DENY, reason="the redirect does not settle in the run folder")
-        raise self.deny(s, arg, op)
+        """(decision, real target) of a mutation's redirect, decided again where it lands
+        (:func:`sandbox._execute.settle`); raises :class:`AccessDenied` when it does not settle."""
+        s = _execute.settle(self.policy, d, op, lambda path: _paths.resolve(path, follow=follow))
+        if s.action is DENY or s.target is None:
+            raise self.deny(s, arg, op)
+        return s, s.target
 
     def _redirect(
         self, d: Decision, arg: Any, op: Op, real: str, target: str, follow: bool, copy_up: bool, excl: bool
@@ -443,11 +417,12 @@ class Engine:
         self.log(d, op, arg, real, target)
         return target
 
-    def removable(self, arg: Any, op: Op, dir_fd: int | None = None, *, keep: bool = False) -> str | None:
+    def removable(self, arg: Any, op: Op, dir_fd: int | None = None, *, keep: bool = False) -> Any:
         """Like :meth:`write_target` for what removes a name (unlink, rmdir, the source of a
-        rename): None -- as given; a path -- the run's own copy; ``NOOP`` -- an audit capture of a
-        host original (nothing to do: the host is never touched). ``keep``: the op moves the
-        content on (rename), so a captured original is copied up first instead of skipped."""
+        rename): None -- as given; a path -- the run's own copy; :data:`NOTHING_TO_DO` -- an audit
+        capture of a host original (the host is never touched). ``keep``: the op moves the
+        content on (rename), so a captured original is copied up first instead of skipped
+        (:func:`sandbox._execute.removal`). Raises :class:`AccessDenied` when refused."""
         p = arg if type(arg) is str else _to_str(arg)
         fam = None
         if dir_fd is None:
@@ -468,26 +443,11 @@ class Engine:
             if got is None:
                 return None
             d, real, target = got
-        if lexists(target) or not lexists(real):
-            self.log(d, op, arg, real, target)  # the run's own copy, or nothing anywhere (ENOENT)
-            return target
-        if d.captured:
-            self.make_parent(target, real)
-            if keep:
-                copy_up_path(real, target, False, tree=True)
-                self.log(d, op, arg, real, target)
-                return target
-            self.log(d, op, arg, real, target)
-            return NOOP
-        refusal = replace(
-            d,
-            action=DENY,
-            path=real,
-            reason="it exists only in the host's mirror: host files are read-only, and the guard "
-            "cannot record a deletion in the run folder",
-            hint=f"only what this run wrote (under {self.policy.run_dir}) can be removed or moved",
-        )
-        raise self.deny(refusal, arg, op)
+        outcome = _execute.removal(self.policy, d, real, target, self._files, keep=keep)
+        if isinstance(outcome, Decision):
+            raise self.deny(outcome, arg, op)
+        self.log(d, op, arg, real, target)  # the run's copy, nothing anywhere (ENOENT), a capture
+        return outcome
 
     def check_fd(self, fd: int, op: Op, layer: str = LAYER) -> None:
         """An operation on an open descriptor (fchmod, ftruncate, a writable mmap): allowed only
@@ -513,22 +473,35 @@ class Engine:
         raise self.deny(d, fd, op, layer)
 
     def make_parent(self, target: str, real: str) -> None:
-        """Make the target's folder where the original's folder exists: the run folder mirrors the
-        workspace. Where neither exists, nothing is made and the operation fails as it would."""
+        """Make the target's folder where the original's folder exists
+        (:func:`sandbox._execute.make_parent`), remembering the folders known to exist."""
         parent = target.rpartition("/")[0] or "/"
         if parent in self._dirs:
             return
-        if not isdir(parent):
-            if not isdir(real.rpartition("/")[0] or "/"):
-                return
-            before, TOKEN.obj = TOKEN.obj, INTERNAL
-            try:
-                makedirs(parent)
-            finally:
-                TOKEN.obj = before
+        if not _execute.make_parent(self._files, target, real):
+            return
         if len(self._dirs) >= _CACHE_MAX:
             self._dirs.clear()
         self._dirs.add(parent)
+
+
+class _GuardFiles(Originals):
+    """The originals, with the run folder's folders made while the audit hook lets the guard's own
+    paths through (in library use the run folder lies in the host)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        before, TOKEN.obj = TOKEN.obj, INTERNAL
+        try:
+            makedirs(path)
+        finally:
+            TOKEN.obj = before
+
+
+_FILES = _GuardFiles()
+_emit = _execute.emit
 
 
 def _join(folder: str, name: str) -> str:
@@ -553,12 +526,12 @@ def flush_events() -> None:
 __all__ = [
     "CURRENT",
     "INTERNAL",
-    "NOOP",
+    "NOTHING_TO_DO",
     "STACK",
     "TOKEN",
     "Engine",
-    "Fam",
+    "FolderRule",
+    "display_path",
+    "in_type_of",
     "invalidate_all",
-    "like",
-    "shown",
 ]

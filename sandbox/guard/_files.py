@@ -9,7 +9,8 @@ import os
 import posix
 import stat
 
-from sandbox.errors import AccessDenied
+from sandbox._execute import DIR, FILE, LINK, OTHER
+from sandbox._execute import copy_up as _copy_up
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ o_read = os.read
 o_write = os.write
 o_stat = os.stat
 o_lstat = os.lstat
+o_fstat = os.fstat
 o_mkdir = os.mkdir
 o_symlink = os.symlink
 o_rename = os.rename
@@ -102,52 +104,72 @@ def makedirs(path: str) -> None:
 
 
 def copy_up_path(src: str, dst: str, follow: bool, *, tree: bool = False) -> None:
-    """Copy ``src`` to ``dst`` as an overlay's copy-up does (content, mode, times; a folder without
-    its entries unless ``tree``; a link as a link) unless ``dst`` exists; the original functions
-    only."""
-    if lexists(dst):
-        return
-    try:
-        st = o_stat(src) if follow else o_lstat(src)
-    except FileNotFoundError:
-        return
-    mode = st.st_mode
-    if _S_ISLNK(mode):
-        o_symlink(o_readlink(src), dst)
-        return
-    if _S_ISDIR(mode):
-        o_mkdir(dst, _S_IMODE(mode))
-        if tree:
-            with o_scandir(src) as it:
-                for e in it:
-                    copy_up_path(e.path, dst + "/" + e.name, False, tree=True)
-    elif _S_ISREG(mode):
-        _copy_file(src, dst, _S_IMODE(mode))
-    else:
-        raise AccessDenied(
-            src,
-            op="copy-up",
-            rule="copy-up",
-            reason="only files, folders and links can be copied into the run folder",
-            resolved=src,
-        )
-    o_utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    """Copy ``src`` to ``dst`` as an overlay's copy-up does (:func:`sandbox._execute.copy_up`: content,
+    mode, times; a folder without its entries unless ``tree``; a link as a link) unless ``dst``
+    exists; the original functions only."""
+    _copy_up(ORIGINALS, src, dst, follow, tree=tree)
 
 
-def _copy_file(src: str, dst: str, mode: int) -> None:
-    fin = o_os_open(src, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fout = o_os_open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+class Originals:
+    """The primitives :mod:`sandbox._execute` executes a decision over, for the guard: the original
+    functions (a patched one would decide the guard's own calls again)."""
+
+    __slots__ = ()
+
+    lexists = staticmethod(lexists)
+    isdir = staticmethod(isdir)
+    makedirs = staticmethod(makedirs)
+
+    @staticmethod
+    def kind(path: str, follow: bool) -> str | None:
         try:
-            while chunk := o_read(fin, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[o_write(fout, view) :]
-            o_fchmod(fout, mode)
+            mode = (o_stat(path) if follow else o_lstat(path)).st_mode
+        except FileNotFoundError:
+            return None
+        if _S_ISLNK(mode):
+            return LINK
+        if _S_ISDIR(mode):
+            return DIR
+        return FILE if _S_ISREG(mode) else OTHER
+
+    @staticmethod
+    def copy_link(src: str, dst: str) -> None:
+        o_symlink(o_readlink(src), dst)
+
+    @staticmethod
+    def copy_dir(src: str, dst: str) -> None:
+        o_mkdir(dst, _S_IMODE(o_stat(src).st_mode))
+
+    @staticmethod
+    def copy_file(src: str, dst: str) -> None:
+        fin = o_os_open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fout = o_os_open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                while chunk := o_read(fin, 1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[o_write(fout, view) :]
+                o_fchmod(fout, _S_IMODE(o_fstat(fin).st_mode))
+            finally:
+                o_close(fout)
         finally:
-            o_close(fout)
-    finally:
-        o_close(fin)
+            o_close(fin)
+
+    @staticmethod
+    def names(folder: str) -> list[str]:
+        with o_scandir(folder) as it:
+            return [e.name for e in it]
+
+    @staticmethod
+    def copy_times(src: str, dst: str) -> None:
+        st = o_lstat(dst)  # what was made: a link, or the followed original's kind
+        st = o_lstat(src) if _S_ISLNK(st.st_mode) else o_stat(src)
+        o_utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+#: The guard's primitives (see :class:`Originals`).
+ORIGINALS = Originals()
 
 
 def at(path: Any, dir_fd: int | None) -> Any:

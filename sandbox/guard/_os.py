@@ -14,9 +14,10 @@ import errno
 import os
 from abc import ABCMeta
 
+from sandbox._execute import NOTHING_TO_DO
 from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
-from sandbox.guard._engine import NOOP, TOKEN
+from sandbox.guard._engine import TOKEN
 from sandbox.guard._files import (
     at,
     copy_up_path,
@@ -285,7 +286,7 @@ def _remover(orig: Callable[..., Any], op: Op) -> Callable[..., Any]:
             target = g.removable(path, op, dir_fd)
         except AccessDenied as e:
             raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
-        if target == NOOP:
+        if target is NOTHING_TO_DO:
             return None
         # a folder or a link going away changes how paths resolve; a file does not
         changes = op is Op.RMDIR or (structural(path, dir_fd) if target is None else structural(target))
