@@ -7,7 +7,11 @@ a ``..`` climbing out of it by mistake still lands where the test looks): the sa
 host-only ``reports/x.csv``, a folder outside everything, a production workspace of run ``R1`` and,
 in the run folder, ``data/x.csv``, ``data/src.txt`` (what ``rename_to`` moves and the links point
 at), an empty ``reports/`` and symlinks ``to_lake``, ``to_lake_file``, ``to_outside``, ``to_host``
-(at its top and in ``data/``). Only the run folder's storage and the temp dir are writable; they are
+(at its top and in ``data/``); and in the host (:data:`HOST_LINKS`), symlinks to files and to
+folders, inside and outside the mounts: ``scripts/step_alias.py`` (a file beside it),
+``scripts/to_lake`` (a mount), ``scripts/to_outside`` and ``scripts/outside_file`` (outside
+everything), ``reports/x_alias.csv`` (a host-only file), ``data/lakehouse/lake_alias.csv`` (a file
+of the mount) and ``data/lakehouse/to_reports`` (out of the mount, into the host). Only the run folder's storage and the temp dir are writable; they are
 restored from a pristine copy (``shutil.copytree``) after every call that changed them, so both
 enforcers start from the same bytes, and a snapshot of the whole world after the call says what
 changed where.
@@ -101,7 +105,25 @@ COMPONENTS = [
     "summaries",
     "runs",
     "BINANCE_BTCUSDT_1d.csv",
+    "scripts",
+    "legacy_step.py",
+    "step_alias.py",
+    "outside_file",
+    "x_alias.csv",
+    "lake_alias.csv",
+    "to_reports",
 ]
+
+#: The host's symlinks (path under the host -> link text; ``{outside}`` the outside folder).
+HOST_LINKS: tuple[tuple[str, str], ...] = (
+    ("scripts/step_alias.py", "legacy_step.py"),
+    ("scripts/to_lake", "../data/lakehouse"),
+    ("scripts/to_outside", "{outside}"),
+    ("scripts/outside_file", "{outside}/file.txt"),
+    ("reports/x_alias.csv", "x.csv"),
+    ("data/lakehouse/lake_alias.csv", "BINANCE_BTCUSDT_1d.csv"),
+    ("data/lakehouse/to_reports", "../../reports"),
+)
 PREFIXES = ["", "{ws}/", "{host}/", "{run}/", "{tmp}/", "/proc/self/cwd/", "{outside}/", "//"]
 
 Entry = tuple[Any, ...]
@@ -162,6 +184,8 @@ class World:
         self.outside = root / "outside"
         (self.outside / "empty_dir").mkdir(parents=True)
         (self.outside / "file.txt").write_text("outside\n")
+        for rel, text in HOST_LINKS:
+            os.symlink(text.replace("{outside}", str(self.outside)), self.host / rel)
         spec = load_policy(profile="production")
         (root / "b").mkdir()
         self.ws: Workspace = create(self.host, "R1", spec.layout, base_dir=root / "b")

@@ -6,7 +6,8 @@ A case is (verb, path, expected outcome) in a production run with the sample hos
 outside everything. The run fixture also makes, unguarded: ``{run}/data/existing.txt``,
 ``{run}/data/to_lake`` -> the host lakehouse, ``{run}/data/to_lake_file`` -> a lakehouse file,
 ``{run}/data/to_outside`` -> the outside folder, ``{host}/data/lakehouse/empty_dir``,
-``{outside}/file.txt`` and ``{outside}/empty_dir``.
+``{outside}/file.txt`` and ``{outside}/empty_dir``; :func:`prepare` plants the host-side symlinks of
+:data:`HOST_LINKS` (to files and to folders, inside and outside the mounts) before a case runs.
 
 Outcomes:
 - ``deny``: the operation raises an OSError (EACCES from the guard or Landlock, EROFS from a read-only
@@ -57,6 +58,7 @@ class Case:
     expect: str  # deny | redirect | allow
     rule: str | None = None  # the policy rule expected to decide (checked where an enforcer names it)
     audit: str | None = None  # the outcome in audit mode, where it is not the general one
+    lands: str | None = None  # where a redirect lands, when a host link it follows leads elsewhere
 
     @property
     def outside(self) -> bool:
@@ -71,6 +73,19 @@ class Case:
 
 
 LR = "lakehouse-read-only"
+WR = "workspace-redirect"
+STEP = "scripts/legacy_step.py"
+
+#: Host-side symlinks :func:`prepare` plants (path under the host -> link text): to a file and to
+#: folders, inside and outside the mounts, relative and absolute (``{outside}``).
+HOST_LINKS: tuple[tuple[str, str], ...] = (
+    ("scripts/step_alias.py", "legacy_step.py"),  # a file, outside the mounts
+    ("scripts/to_lake", "../data/lakehouse"),  # a folder outside the mounts -> a mount
+    ("scripts/to_outside", "{outside}"),  # -> outside everything
+    ("scripts/outside_file", "{outside}/file.txt"),
+    ("data/lakehouse/lake_alias.csv", "BINANCE_BTCUSDT_1d.csv"),  # a file inside a mount
+    ("data/lakehouse/to_scripts", "../../scripts"),  # a folder inside a mount -> out of it
+)
 CASES: tuple[Case, ...] = (
     # -- the lakehouse mount, through the workspace path ------------------------------------------
     Case("lake-create", "write", "data/lakehouse/new.csv", "deny", LR),
@@ -147,6 +162,32 @@ CASES: tuple[Case, ...] = (
         "redirect",
         "run-folder",
     ),
+    # -- through host-side symlinks (HOST_LINKS): what a link leads to is decided ----------------------
+    Case("hostlink-append-file", "append", "scripts/step_alias.py", "redirect", WR, lands=STEP),
+    Case("hostlink-chmod-file", "chmod", "scripts/step_alias.py", "redirect", WR, lands=STEP),
+    Case("hostlink-host-append", "append", "{host}/scripts/step_alias.py", "redirect", WR, lands=STEP),
+    # link(2) links the symlink itself: its copy-up is a link (issue 12's first drift)
+    Case("hostlink-hardlink-from", "hardlink_from", "scripts/step_alias.py", "redirect", WR),
+    # removing what exists only at the host is refused (an in-process enforcer records no deletion)
+    Case("hostlink-delete", "delete", "scripts/step_alias.py", "deny", WR, "deny"),
+    Case("hostlink-rename-from", "rename_from", "scripts/step_alias.py", "deny", WR, "deny"),
+    Case("hostlink-read", "read", "scripts/step_alias.py", "allow"),
+    Case("hostlink-into-lake", "write", "scripts/to_lake/new.csv", "deny", LR),
+    Case("hostlink-into-lake-file", "append", "scripts/to_lake/BINANCE_BTCUSDT_1d.csv", "deny", LR),
+    Case("hostlink-lake-file", "append", "data/lakehouse/lake_alias.csv", "deny", LR),
+    Case("hostlink-lake-file-chmod", "chmod", "{host}/data/lakehouse/lake_alias.csv", "deny", LR),
+    Case("hostlink-lake-delete", "delete", "data/lakehouse/lake_alias.csv", "deny", LR),
+    Case(
+        "hostlink-out-of-lake",
+        "write",
+        "data/lakehouse/to_scripts/new.py",
+        "redirect",
+        WR,
+        lands="scripts/new.py",
+    ),
+    Case("hostlink-outside-dir", "write", "scripts/to_outside/new.txt", "deny", "outside-writable-roots"),
+    Case("hostlink-outside-file", "append", "scripts/outside_file", "deny", "outside-writable-roots"),
+    Case("hostlink-outside-chmod", "chmod", "scripts/outside_file", "deny", "outside-writable-roots"),
     # -- allowed as aimed --------------------------------------------------------------------------
     Case("run-create", "write", "{run}/data/out.csv", "allow", "run-folder"),
     Case("run-delete", "delete", "{run}/data/existing.txt", "allow", "run-folder"),
@@ -175,7 +216,12 @@ class Props:
 
 
 def prepare(env: RunEnv, case: Case) -> Props:
-    """Make the props of ``case`` (unguarded, before any snapshot is taken)."""
+    """Make the props of ``case`` and the host's :data:`HOST_LINKS` (unguarded, before any snapshot
+    is taken)."""
+    for rel, text in HOST_LINKS:
+        link = os.path.join(env.host, rel)
+        if not os.path.lexists(link):
+            os.symlink(env.path(text), link)
     with open(os.path.join(env.ws.run_storage, "data", f"src-{case.id}.txt"), "wb") as fh:
         fh.write(b"source of " + case.id.encode() + b"\n")
     data = os.path.join(env.ws.run_dir, "data")

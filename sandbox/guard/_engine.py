@@ -44,19 +44,19 @@ import errno
 import os
 import stat
 import sys
-from _thread import _local
 
 from sandbox import _execute, _paths
 from sandbox._execute import NOTHING_TO_DO, defers_to_overlay
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
 from sandbox.guard._files import (
-    Originals,
+    INTERNAL,
+    ORIGINALS,
+    TOKEN,
     copy_up_path,
     exists,
     has_links,
     lexists,
-    makedirs,
     o_lstat,
     o_readlink,
 )
@@ -73,18 +73,6 @@ READ, WRITE = Op.READ, Op.WRITE
 LAYER = "python"
 AUDIT_LAYER = "python-audit"
 
-
-class _Token(_local):
-    """Per thread: the path object a wrapper is handing to an original function right now. The audit
-    hook lets exactly that object through (it was decided already); anything else it checks."""
-
-    obj: object = None
-
-
-TOKEN = _Token()
-#: ``TOKEN.obj`` while the guard itself makes a redirect target's folders (the run folder, made on
-#: demand -- in library use it lies in the host): the hook lets every path through meanwhile.
-INTERNAL: object = object()
 
 #: The innermost active engine (None: no guard, or paused); the stack of installs.
 CURRENT: Engine | None = None
@@ -161,7 +149,7 @@ class Engine:
         self._rel_heads: dict[str, str] = {}
         self._dirs: set[str] = set()  # target folders known to exist
         self._plain: set[str] = set()  # read targets' folders that lead nowhere else (_read_place)
-        self._files = _FILES  # the primitives sandbox._execute works with
+        self._files = ORIGINALS  # the primitives sandbox._execute works with
 
     def __repr__(self) -> str:
         return f"Engine({self.policy!r}, overlay={self.overlay})"
@@ -485,22 +473,6 @@ class Engine:
         self._dirs.add(parent)
 
 
-class _GuardFiles(Originals):
-    """The originals, with the run folder's folders made while the audit hook lets the guard's own
-    paths through (in library use the run folder lies in the host)."""
-
-    __slots__ = ()
-
-    @staticmethod
-    def makedirs(path: str) -> None:
-        before, TOKEN.obj = TOKEN.obj, INTERNAL
-        try:
-            makedirs(path)
-        finally:
-            TOKEN.obj = before
-
-
-_FILES = _GuardFiles()
 _emit = _execute.emit
 
 

@@ -8,6 +8,7 @@ import io
 import os
 import posix
 import stat
+from _thread import _local
 
 from sandbox._execute import DIR, FILE, LINK, OTHER
 from sandbox._execute import copy_up as _copy_up
@@ -38,6 +39,20 @@ o_fchmod = os.fchmod
 o_exit = posix._exit
 
 _S_ISLNK, _S_ISDIR, _S_ISREG, _S_IMODE = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE
+
+
+class _Token(_local):
+    """Per thread: the path object a wrapper is handing to an original function right now. The audit
+    hook lets exactly that object through (it was decided already); anything else it checks."""
+
+    obj: object = None
+
+
+TOKEN = _Token()
+#: ``TOKEN.obj`` while the guard itself makes a redirect target's folders (the run folder, made on
+#: demand -- in library use it lies in the host) or sets a copy-up's times (on a link, which the
+#: hook cannot tell from the place it leads to): the hook lets every path through meanwhile.
+INTERNAL: object = object()
 
 _SCAN_MAX = 4096  # a bigger folder is taken to hold links: its followed names are lstat-ed
 
@@ -118,7 +133,14 @@ class Originals:
 
     lexists = staticmethod(lexists)
     isdir = staticmethod(isdir)
-    makedirs = staticmethod(makedirs)
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        before, TOKEN.obj = TOKEN.obj, INTERNAL
+        try:
+            makedirs(path)
+        finally:
+            TOKEN.obj = before
 
     @staticmethod
     def kind(path: str, follow: bool) -> str | None:
@@ -165,7 +187,13 @@ class Originals:
     def copy_times(src: str, dst: str) -> None:
         st = o_lstat(dst)  # what was made: a link, or the followed original's kind
         st = o_lstat(src) if _S_ISLNK(st.st_mode) else o_stat(src)
-        o_utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        # (the audit event of utime does not say follow_symlinks=False: the hook would decide
+        # where a copied link leads, a host path, instead of the run's new entry)
+        before, TOKEN.obj = TOKEN.obj, INTERNAL
+        try:
+            o_utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        finally:
+            TOKEN.obj = before
 
 
 #: The guard's primitives (see :class:`Originals`).
