@@ -80,11 +80,18 @@ class PolicyError(SandboxError):
 
 
 class PreflightError(SandboxError):
-    """The host or the run cannot start (bad RUN_ID, missing layout folder, existing export...)."""
+    """The host or the run cannot start (bad RUN_ID, missing layout folder, existing export...),
+    found before the command ran (exit 125). ``errno``: the operating system's reason, when an
+    ``OSError`` was the cause (else None)."""
 
-    def __init__(self, message: str, *, status: int = EXIT_USAGE) -> None:
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
         super().__init__(message)
-        self.exit_status = status
+        self.errno = errno
+
+
+class WorkspaceError(PreflightError):
+    """The run's workspace could not be made (a folder that is not writable, a full disk...):
+    before the command ran (exit 125), with the ``errno`` of the failed call; nothing is left."""
 
 
 class KernelUnavailable(SandboxError):

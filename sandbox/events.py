@@ -16,10 +16,12 @@ calls, each holding complete lines, so writers never interleave inside a line. T
 through it.
 
 Cheap enough for a hot loop: a redirected write costs one formatted line, and lines are written in
-batches -- at once for a denial (the program is likely to die of it), otherwise when 256 lines are
-waiting or the oldest waited 0.25 s, before a ``fork``, at ``close()``/exit, and when the guard sees
-``os._exit`` (multiprocessing's children end that way). A ``SIGKILL`` can lose the last redirects of
-a process, never a denial.
+batches -- at once for a denial (the program is likely to die of it); otherwise at the next event
+once 256 lines are waiting or the oldest has waited 0.25 s (there is no timer: the last lines of a
+quiet process wait for its end), before a ``fork``, at ``close()`` and at exit (``atexit``), and
+when the guard sees ``os._exit`` (multiprocessing's children end that way): :func:`flush_all`
+flushes every open log of the process then, the guard's and the fsspec filesystem's alike. A
+``SIGKILL`` can lose the last redirects of a process, never a denial.
 
 Stdlib only: every sandboxed interpreter imports this module at start-up.
 """

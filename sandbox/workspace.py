@@ -1,15 +1,22 @@
 """A run's private workspace: a folder whose top level mirrors the host, built in O(1) of the data.
 
-Layout of one workspace (``base`` is a fresh private folder, by default in the system temp dir)::
+Layout of one workspace (``base`` is a fresh private folder ``tv-sandbox-<RUN_ID>-<seal>``, made
+in ``--workspace-dir``, else the temp dir of :func:`temp_root`)::
 
+    base/owner                  the launcher that made it (pid, start time, sealed token): the sweep
+                                of dead launchers' workspaces removes only what this proves ours
+    base/kept                   instead of ``owner``, when the workspace is kept (--keep-workspace)
+    base/policy.marshal         the run's resolved policy (TV_SANDBOX_POLICY; written by the run)
     base/ws/                    the workspace: cwd of every step; mirrors HOST
-        <lakehouse>  -> HOST/<lakehouse>      a mount (made truly read-only by the kernel layer)
-        <exports>    -> HOST/<exports>        a mount
-        <runs>/<ID>  -> base/run               $TV_RUN_DIR (a bind mount under the kernel layer)
-        everything else -> HOST/...           code and configs, read through; writes are redirected
+        <lakehouse>  -> the mount's real host folder    read-only (truly, under the kernel layer)
+        <exports>    -> the mount's real host folder
+        <runs>/<ID>  -> base/run                         $TV_RUN_DIR (a bind mount under the kernel)
+        everything else -> HOST/...                      code and configs, read through; writes
+                                                         are redirected
     base/run/                   the run folder's storage (data/ reports/ config/ logs/ ...); exported
     base/tmp/                   $TMPDIR of the steps
-    base/.ovl-work/             overlayfs work dir (kernel layer)
+    base/.ovl-work/             the workspace overlay's work dir (kernel layer)
+    base/.ovl-work-<mount>/     an audit capture overlay's work dir (kernel layer, audit mode)
 
 Only the folders on the way to a mount or to the run folder are real; every other entry at those
 levels is a symlink to the host, so building it costs a few directory listings, however large the
@@ -24,6 +31,7 @@ import errno
 import os
 
 from sandbox._record import field, record
+from sandbox.errors import WorkspaceError
 from sandbox.policy import Layout, Policy, PolicySpec
 
 TYPE_CHECKING = False
@@ -221,6 +229,11 @@ def _start_time(pid: int) -> str | None:
 def _make_base(run_id: str, base_dir: str | None) -> str:
     """A new private folder ``tv-sandbox-<ID>-<seal>`` with its ``owner`` marker (see above)."""
     parent = base_dir if base_dir is not None else temp_root()
+    if not os.access(parent, os.W_OK | os.X_OK):  # (root passes unless the kernel refuses: /proc/sys)
+        err = errno.EACCES if os.path.isdir(parent) else errno.ENOTDIR
+        if not os.path.lexists(parent):
+            err = errno.ENOENT
+        raise _cannot_make(parent, OSError(err, "not a writable folder"))
     pid = os.getpid()
     me = f"{pid} {_start_time(pid)}"
     for _ in range(100):
@@ -230,6 +243,8 @@ def _make_base(run_id: str, base_dir: str | None) -> str:
             os.mkdir(path, 0o700)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise _cannot_make(parent, e) from None
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(os.path.join(path, OWNER_FILE), flags, 0o600)
         try:
@@ -238,6 +253,14 @@ def _make_base(run_id: str, base_dir: str | None) -> str:
             os.close(fd)
         return os.path.realpath(path)
     raise FileExistsError(errno.EEXIST, "no free workspace name in this folder", parent)
+
+
+def _cannot_make(parent: str, e: OSError) -> WorkspaceError:
+    return WorkspaceError(
+        f"cannot make the run's workspace in {parent} ({e.strerror}): pass --workspace-dir (or set "
+        "TMPDIR to) a writable folder outside the host",
+        errno=e.errno,
+    )
 
 
 def owner_of(path: str) -> tuple[int, str] | None:
@@ -341,8 +364,10 @@ def create(
             os.mkdir(os.path.join(ws.run_storage, folder))
         if mirror:
             ws.mirror()
-    except BaseException:
+    except BaseException as e:
         ws.remove()
+        if isinstance(e, OSError):
+            raise _cannot_make(os.path.dirname(base), e) from None
         raise
     return ws
 

@@ -151,6 +151,8 @@ BAD: list[tuple[str, list[str], Setup, str]] = [
     ),
     ("workspace-in-host", ["--workspace-dir", "{host}/scripts"], _nothing, "lies inside the host"),
     ("workspace-dir-missing", ["--workspace-dir", "{tmp}/nowhere"], _nothing, "does not exist"),
+    # a folder the kernel lets nobody write to, root included (issue 12: it was an "internal error")
+    ("workspace-dir-not-writable", ["--workspace-dir", "/proc/sys"], _nothing, "not a writable folder"),
 ]
 
 
@@ -229,3 +231,21 @@ def test_python_m_sandbox_is_the_same_cli(tmp_path: Path) -> None:
         text=True,
     )
     assert r.returncode == 125 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_workspace_errors_carry_an_errno(tmp_path: Path) -> None:
+    """The workspace's own errors say why as an OS error does: ``errno`` (and one line)."""
+    import errno
+
+    from sandbox import workspace
+    from sandbox.errors import WorkspaceError
+    from sandbox.policy import Layout
+
+    host = make_host(tmp_path / "host")
+    with pytest.raises(WorkspaceError) as ei:
+        workspace.create(host, "R1", Layout(), base_dir="/proc/sys")
+    assert ei.value.errno == errno.EACCES and ei.value.exit_status == EXIT_SANDBOX
+    with pytest.raises(WorkspaceError) as ei:
+        workspace.create(host, "R1", Layout(), base_dir=tmp_path / "nowhere")
+    assert ei.value.errno == errno.ENOENT and "\n" not in str(ei.value)
+    assert not (tmp_path / "nowhere").exists()

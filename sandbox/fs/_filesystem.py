@@ -27,10 +27,11 @@ A redirect target is resolved and decided again (``Policy.settle``): a symlink a
 own folder cannot carry a redirected write out of it.
 
 The policy comes from ``policy=`` (a :class:`~sandbox.policy.Policy`, its ``to_dict()``, the
-path of that dict as a ``.json`` file, or what ``sandbox.loader.load_policy`` returns with the
-run's ``host=`` and ``run_id=``: ``fsspec.filesystem("sandbox", policy=spec, host=H, run_id=R)``),
-else from ``$TV_SANDBOX_POLICY`` (set in every sandboxed
-step; see :func:`sandbox.loader.load_resolved`). With a
+path of a resolved policy as :func:`sandbox.loader.save_resolved` writes it -- ``marshal``, or JSON
+for a ``.json`` path -- or what ``sandbox.loader.load_policy`` returns with the run's ``host=`` and
+``run_id=``: ``fsspec.filesystem("sandbox", policy=spec, host=H, run_id=R)``), else from
+``$TV_SANDBOX_POLICY`` (set in every sandboxed step: the run's resolved policy, ``marshal``; see
+:func:`sandbox.loader.load_resolved`). With a
 local backend the local side of ``get``/``put`` is the same filesystem and is checked too; with a
 remote backend the local side is the caller's business (the Python guard covers it in a step).
 Synchronous backends only (an async one is used through its sync API).
@@ -142,7 +143,7 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
         if r.decision.action is Action.REDIRECT and not self._overlay_maps(r.decision):
             d, target = self._settle(r, Op.READ, True)
             if self.fs.exists(target):
-                self._emit(d, Op.READ, r.shown, target)
+                self._emit(d, Op.READ, r.given, target)
                 # an overlay's upper layer: a folder merges with a folder below; a file hides it
                 merge = self.fs.isdir(target) and self.fs.isdir(r.resolved)
                 bases = [target, r.resolved] if merge else [target]
@@ -150,16 +151,16 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
         for base in bases:
             for e in self.fs.ls(base, detail=True, **kwargs):
                 name = e["name"].rstrip("/")
-                key = r.shown
+                key = r.given
                 if name != base.rstrip("/"):  # not the path itself (ls of a file)
-                    key = posixpath.join(r.shown, posixpath.basename(name))
+                    key = posixpath.join(r.given, posixpath.basename(name))
                 entries.setdefault(key, {**e, "name": key})
         out = list(entries.values())
         return out if detail else [e["name"] for e in out]
 
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
-        shown, eff = self._readable(path)
-        return {**self.fs.info(eff, **kwargs), "name": shown}
+        given, eff = self._readable(path)
+        return {**self.fs.info(eff, **kwargs), "name": given}
 
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> Any:
         return self.fs.cat_file(self._readable(path)[1], start=start, end=end, **kwargs)
@@ -224,23 +225,23 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
         self.fs.touch(self._mutable(path, op, copy_up=not truncate)[1], truncate=truncate, **kwargs)
 
     def mkdir(self, path: Any, create_parents: bool = True, **kwargs: Any) -> None:
-        shown = self._strip_protocol(path)
-        if self.exists(shown):
-            raise FileExistsError(errno.EEXIST, "File exists", shown)
-        parent = self._parent(shown)
-        if create_parents and parent != shown:
+        given = self._strip_protocol(path)
+        if self.exists(given):
+            raise FileExistsError(errno.EEXIST, "File exists", given)
+        parent = self._parent(given)
+        if create_parents and parent != given:
             self.makedirs(parent, exist_ok=True)
-        target = self._mutable(shown, Op.MKDIR, follow=False, parents=False)[1]
+        target = self._mutable(given, Op.MKDIR, follow=False, parents=False)[1]
         self.fs.mkdir(target, create_parents=False, **kwargs)
 
     def makedirs(self, path: Any, exist_ok: bool = False) -> None:
         # one checked mkdir per missing folder, as os.makedirs does under the Python guard
-        shown = self._strip_protocol(path)
-        if self.isdir(shown):
+        given = self._strip_protocol(path)
+        if self.isdir(given):
             if exist_ok:
                 return
-            raise FileExistsError(errno.EEXIST, "File exists", shown)
-        self.mkdir(shown, create_parents=True)
+            raise FileExistsError(errno.EEXIST, "File exists", given)
+        self.mkdir(given, create_parents=True)
 
     def chmod(self, path: Any, mode: int) -> Any:
         self._require("chmod")

@@ -46,7 +46,7 @@ __all__ = [
 
 
 class _Route(NamedTuple):
-    shown: str  # the caller's path without the protocol: what errors and listings report
+    given: str  # the path as the caller gave it, without the protocol: what errors and listings report
     resolved: str  # what the backend would reach, and what the policy decided on
     decision: Decision
 
@@ -69,7 +69,8 @@ def load_policy(
     if not src:
         raise ValueError(
             "SandboxFileSystem needs a policy: pass policy=<sandbox.policy.Policy, its to_dict(), "
-            "or the path of that dict as JSON> -- e.g. fsspec.filesystem('sandbox', policy=p) or "
+            "or the path sandbox.loader.save_resolved wrote it to (marshal; JSON for a .json path)> "
+            "-- e.g. fsspec.filesystem('sandbox', policy=p) or "
             "storage_options={'policy': p} -- or run inside a sandboxed step, where "
             f"${ENV_POLICY} names the run's resolved policy"
         )
@@ -119,24 +120,24 @@ class Routing:
 
     def _route(self, path: Any, op: Op, *, follow: bool = True) -> _Route:
         """THE check: resolve, decide, raise on DENY. Nothing reaches the backend around it."""
-        shown = self._strip_protocol(path)
-        resolved = self._resolve(shown, follow)
+        given = self._strip_protocol(path)
+        resolved = self._resolve(given, follow)
         d = self.policy.decide(resolved, op)
         if d.action is Action.DENY:
-            raise self._deny(d, shown, op)
-        return _Route(shown, resolved, d)
+            raise self._deny(d, given, op)
+        return _Route(given, resolved, d)
 
-    def _deny(self, d: Decision, shown: str, op: Op) -> AccessDenied:
-        self._emit(d, op, shown, action="deny")
+    def _deny(self, d: Decision, given: str, op: Op) -> AccessDenied:
+        self._emit(d, op, given, action="deny")
         user = self.policy.user_path(d.path) if d.path.startswith("/") else d.path
-        return d.error(shown, op, profile=self.policy.profile, layer=LAYER, resolved=user)
+        return d.error(given, op, profile=self.policy.profile, layer=LAYER, resolved=user)
 
     def _emit(
-        self, d: Decision, op: Op, shown: str, target: str | None = None, action: str | None = None
+        self, d: Decision, op: Op, given: str, target: str | None = None, action: str | None = None
     ) -> None:
         if self.on_event is not None:
             _execute.emit(
-                self.on_event, LAYER, self.policy.profile, d, op, shown, d.path, target or d.target, action
+                self.on_event, LAYER, self.policy.profile, d, op, given, d.path, target or d.target, action
             )
 
     def _settle(self, r: _Route, op: Op, follow: bool) -> tuple[Decision, str]:
@@ -156,18 +157,19 @@ class Routing:
             return r.decision, place
         d = _execute.settle(self.policy, r.decision, op, resolve)
         if d.action is Action.DENY or d.target is None:
-            raise self._deny(d, r.shown, op)
+            raise self._deny(d, r.given, op)
         return d, d.target
 
     def _readable(self, path: Any, *, follow: bool = True) -> tuple[str, str]:
-        """(shown, backend path) to read: a redirect's target when it exists, else the original."""
+        """(the path as given, backend path) to read: a redirect's target when it exists, else the
+        original."""
         r = self._route(path, Op.READ, follow=follow)
         if r.decision.action is Action.REDIRECT and not self._overlay_maps(r.decision):
             d, target = self._settle(r, Op.READ, follow)
             if self._exists(target, follow):
-                self._emit(d, Op.READ, r.shown, target)
-                return r.shown, target
-        return r.shown, r.resolved
+                self._emit(d, Op.READ, r.given, target)
+                return r.given, target
+        return r.given, r.resolved
 
     def _mutable(
         self,
@@ -178,19 +180,20 @@ class Routing:
         copy_up: bool = False,
         parents: bool | None = None,
     ) -> tuple[str, str]:
-        """(shown, backend path) a mutation acts on. ``parents`` (default: what the backend does
-        by itself, ``auto_mkdir``) creates the missing parent folders first, each one checked."""
+        """(the path as given, backend path) a mutation acts on. ``parents`` (default: what the
+        backend does by itself, ``auto_mkdir``) creates the missing parent folders first, each one
+        checked."""
         r = self._route(path, op, follow=follow)
         if parents if parents is not None else getattr(self.fs, "auto_mkdir", False):
-            parent = self._parent(r.shown)
-            if parent != r.shown:
+            parent = self._parent(r.given)
+            if parent != r.given:
                 self.makedirs(parent, exist_ok=True)  # each folder decided (and redirected) itself
         if r.decision.action is Action.ALLOW or self._overlay_maps(r.decision):
             if r.decision.action is not Action.ALLOW:
-                self._emit(r.decision, op, r.shown)
-            return r.shown, r.resolved
+                self._emit(r.decision, op, r.given)
+            return r.given, r.resolved
         d, target = self._settle(r, op, follow)
-        self._emit(d, op, r.shown, target)
+        self._emit(d, op, r.given, target)
         # The original is the place the settled decision was made on (the resolved path, or where a
         # link the run planted leads). The run folder mirrors the workspace: the target's folder is
         # made where the original's folder exists (as the guard and the kernel's overlay do), else
@@ -199,24 +202,24 @@ class Routing:
         _execute.make_parent(files, target, d.path)
         if copy_up:
             _execute.copy_up(files, d.path, target, follow)
-        return r.shown, target
+        return r.given, target
 
     def _removable(self, path: Any, op: Op, *, keep: bool = False) -> tuple[str, str | None]:
-        """(shown, backend path) to remove or move away; None: an audit capture of a host
+        """(the path as given, backend path) to remove or move away; None: an audit capture of a host
         original, nothing to do. ``keep``: the op moves the content on (mv): a captured original
         is copied up first (:func:`sandbox._execute.removal`)."""
         r = self._route(path, op, follow=False)
         if r.decision.action is Action.ALLOW:
-            return r.shown, r.resolved
+            return r.given, r.resolved
         if self._overlay_maps(r.decision):
-            self._emit(r.decision, op, r.shown)
-            return r.shown, r.resolved
+            self._emit(r.decision, op, r.given)
+            return r.given, r.resolved
         d, target = self._settle(r, op, False)
         outcome = _execute.removal(self.policy, d, d.path, target, self._files, keep=keep)
         if isinstance(outcome, Decision):
-            raise self._deny(outcome, r.shown, op)
-        self._emit(d, op, r.shown, target)
-        return r.shown, None if outcome is NOTHING_TO_DO else target
+            raise self._deny(outcome, r.given, op)
+        self._emit(d, op, r.given, target)
+        return r.given, None if outcome is NOTHING_TO_DO else target
 
     def _overlay_maps(self, d: Decision) -> bool:
         return _execute.defers_to_overlay(self._overlay, d)

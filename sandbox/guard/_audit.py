@@ -7,12 +7,21 @@ re-decides those events with the same policy and raises :class:`~sandbox.errors.
 redirect reaching the hook means the call went around the patched layer, which would have
 rewritten it. A redirect's target (the wrappers call the original on it) is simply allowed.
 
+The events decided (:data:`_HANDLERS`): ``open`` (a write mode or write flags), ``os.remove``,
+``os.rmdir``, ``os.mkdir``, ``os.rename`` (both ends), ``os.link`` (both ends), ``os.symlink`` (its
+name), ``os.chmod``, ``os.chown``, ``os.utime``, ``os.truncate``, ``os.setxattr``,
+``os.removexattr`` and ``mmap.__new__`` (a writable shared map of a descriptor).
+
 A call the wrappers already decided is recognised by identity: they put the path object they hand
-to the original in ``_engine.TOKEN`` (per thread), and the hook lets exactly that object through.
+to the original in ``TOKEN`` (``guard/_files``, per thread), and the hook lets exactly that object
+through; while the guard itself makes a redirect target's folders or sets a copy-up's times,
+``TOKEN.obj`` is ``INTERNAL`` and every path goes through.
 
 An audit hook cannot be removed, so one is installed per process, on the first ``install``, and
 does nothing while no guard is active. Its first line keeps every other event cheap. The hook also
-drops the engines' cached resolutions on rename/symlink/remove/rmdir/chdir events, whoever made them.
+drops the engines' cached resolutions on ``os.rename``/``os.symlink``/``os.link``/``os.remove``/
+``os.rmdir`` events that may change how paths resolve, and the relative ones on ``os.chdir``,
+whoever made them.
 
 What audit events do not show: ``mkfifo``/``mknod`` (no event), ``os.open``'s ``dir_fd`` (relative
 names are taken as relative to the current folder), ``follow_symlinks=False`` of chmod/chown/utime
