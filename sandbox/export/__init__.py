@@ -1,7 +1,9 @@
 """The atomic export of a run folder, and what reads it back.
 
-- ``_exporter.py`` -- :func:`export_run`: stage beside the destination, fsync, manifest, one rename
-  (or an atomic exchange with ``overwrite``); :func:`write_error`;
+- ``_exporter.py`` -- :func:`export_run`: stage beside the destination (``_stage``: the tree, then
+  the manifest), then commit (``_Commit``: one rename, or an atomic exchange with ``overwrite``;
+  ``rollback()`` on any failure); :func:`write_error`;
+- ``_stager.py`` -- the stage's copy: the run folder walked by descriptors, hashed, fsynced;
 - ``manifest.py`` -- the manifest's schema, :func:`read_manifest` and :func:`verify` (an export
   checked against its manifest, file by file);
 - ``_space.py`` -- :func:`check_space`: will the run folder fit at its destination;

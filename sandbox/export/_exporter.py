@@ -32,7 +32,6 @@ manifest schema, ``read_manifest`` and ``verify``: :mod:`sandbox.export.manifest
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -46,13 +45,17 @@ from sandbox.export._recovery import make_stage as _make_stage
 from sandbox.export._recovery import old_name as _old_name
 from sandbox.export._recovery import recover, recover_at
 from sandbox.export._recovery import remove as _remove
+from sandbox.export._stager import NEW_FILE as _NEW_FILE
+from sandbox.export._stager import Failed as _Failed
+from sandbox.export._stager import Stager as _Stager
+from sandbox.export._stager import write_all as _write_all
 from sandbox.export.manifest import MANIFEST_NAME, STATUSES, read_manifest, verify
 from sandbox.export.manifest import SCHEMA as SCHEMA  # re-exported by the package
 from sandbox.export.manifest import SCHEMA_VERSION as SCHEMA_VERSION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 __all__ = [
@@ -65,12 +68,9 @@ __all__ = [
     "verify",
 ]
 
-_CHUNK = 1 << 18
 #: The default of the policy's ``[export] max_bytes``: the sum of the sizes of a run's files.
 DEFAULT_MAX_BYTES = 1 << 40
 _COMMIT_TRIES = 50  # rounds of "dest changed under us" with concurrent --overwrite exports
-_MAX_PENDING = 128  # open staged files and folders awaiting their fsync
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _RENAME_EXCHANGE = 2
 _RENAMEAT2_SYSCALL = {"x86_64": 316, "aarch64": 276}
 
@@ -91,14 +91,6 @@ class ExportResult:
     replaced_previous: bool
     recovered: tuple[str, ...] = field(default=())
     linked: int = 0  # files hard-linked into the export rather than copied
-
-
-class _Failed(Exception):
-    """An OSError with what we were doing and the path that a user can act on."""
-
-    def __init__(self, doing: str, path: str, err: OSError) -> None:
-        super().__init__(doing, path, err)
-        self.doing, self.path, self.err = doing, path, err
 
 
 def _no_fault(point: str) -> None:
@@ -201,6 +193,9 @@ def _stage_and_commit(
     max_bytes: int,
     by_link: bool,
 ) -> tuple[dict[str, Any], bool, int]:
+    """Stage ``src`` beside ``dest`` with its manifest (:func:`_stage`), then put the stage in place
+    (:class:`_Commit`); on any failure undo both (``rollback()``) and raise one :class:`ExportError`
+    line. Returns (manifest, whether a previous export was replaced, files hard-linked)."""
     parent, name = os.path.split(dest)
     run_id = header["run_id"]
     try:
@@ -209,48 +204,103 @@ def _stage_and_commit(
         failed = _Failed("creating a stage beside", dest, exc)
         raise ExportError(_failure_message(run_id, dest, failed, existed, False)) from exc
     stage = os.path.join(parent, stage_name)
-    old_name = _old_name(name, tag)
-    moved_old = committed = replaced = False
-    dfd: int | None = None
     stager = _Stager(fault, max_bytes=max_bytes, link=False)
-    rfd = -1
+    commit = _Commit(pfd, name, stage_name, _old_name(name, tag))
+    try:
+        manifest = _stage(stager, sfd, src, stage, header, run, by_link, fault)
+        fault("before-rename")
+        commit.put_in_place(run_id, dest, overwrite, fault)
+        commit.finish()
+        fault("done")
+        return manifest, commit.replaced, stager.linked
+    except BaseException as exc:
+        stager.discard()
+        commit.rollback()
+        had = existed or commit.replaced
+        if isinstance(exc, _Failed):
+            if exc.path.startswith(stage + os.sep):  # name the file as it would be in the export
+                exc.path = f"{exc.path[len(stage) + 1 :]} (staged beside it)"
+            raise ExportError(_failure_message(run_id, dest, exc, had, commit.committed)) from exc.err
+        if isinstance(exc, OSError):
+            failed = _Failed("committing", exc.filename or dest, exc)
+            raise ExportError(_failure_message(run_id, dest, failed, had, commit.committed)) from exc
+        raise
+    finally:
+        os.close(sfd)
+        commit.close()
+
+
+def _stage(
+    stager: _Stager,
+    sfd: int,
+    src: str,
+    stage: str,
+    header: dict[str, Any],
+    run: dict[str, Any],
+    by_link: bool,
+    fault: Callable[[str], None],
+) -> dict[str, Any]:
+    """Copy (or link) the run folder ``src`` into the stage folder ``stage`` (open as ``sfd``),
+    everything fsynced, then its ``manifest.json``, the stage's mode and its own fsync. Returns
+    the manifest. Raises :class:`_Failed` naming what failed where; the stage is the caller's."""
+    try:
+        rfd = os.open(src, _DIR_FLAGS | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise _Failed("reading", src, exc) from None
     try:
         try:
-            rfd = os.open(src, _DIR_FLAGS | os.O_NOFOLLOW)
             st = os.fstat(rfd)
         except OSError as exc:
             raise _Failed("reading", src, exc) from None
-        root_mode = stat.S_IMODE(st.st_mode) & 0o777
         # The same filesystem: link the files into the stage instead of copying their data.
         stager.link = by_link and st.st_dev == os.fstat(sfd).st_dev
         stager.tree(rfd, sfd, src, stage, "")
-        stager.flush()
-        fault("before-manifest")
-        manifest = manifest_mod.build(
-            header,
-            files=stager.files,
-            symlinks=stager.symlinks,
-            dirs=stager.dirs,
-            deleted=stager.deleted,
-            skipped=stager.skipped,
-            total_bytes=stager.bytes,
-            run=run,
-        )
-        data = manifest_mod.encode(manifest)
-        where = os.path.join(stage, MANIFEST_NAME)
+    finally:
+        os.close(rfd)
+    stager.flush()
+    fault("before-manifest")
+    manifest = manifest_mod.build(
+        header,
+        files=stager.files,
+        symlinks=stager.symlinks,
+        dirs=stager.dirs,
+        deleted=stager.deleted,
+        skipped=stager.skipped,
+        total_bytes=stager.bytes,
+        run=run,
+    )
+    data = manifest_mod.encode(manifest)
+    try:
+        mfd = os.open(MANIFEST_NAME, _NEW_FILE, 0o644, dir_fd=sfd)
         try:
-            mfd = os.open(MANIFEST_NAME, _NEW_FILE, 0o644, dir_fd=sfd)
-            try:
-                _write_all(mfd, memoryview(data))
-                os.fsync(mfd)
-            finally:
-                os.close(mfd)
-            os.fchmod(sfd, root_mode)
-            os.fsync(sfd)
-        except OSError as exc:
-            raise _Failed("writing", where, exc) from None
-        fault("before-rename")
+            _write_all(mfd, memoryview(data))
+            os.fsync(mfd)
+        finally:
+            os.close(mfd)
+        os.fchmod(sfd, stat.S_IMODE(st.st_mode) & 0o777)  # the run folder's own mode
+        os.fsync(sfd)
+    except OSError as exc:
+        raise _Failed("writing", os.path.join(stage, MANIFEST_NAME), exc) from None
+    return manifest
 
+
+class _Commit:
+    """Putting a complete stage in place of the destination, and how far that got -- the shape of
+    fsspec's ``Transaction``: the work, then either the end (:meth:`finish`) or :meth:`rollback`.
+
+    ``committed``: the stage has the destination's name; ``replaced``: a previous export was
+    there; ``moved_old``: that export is aside under ``old_name`` (the fallback without
+    ``RENAME_EXCHANGE``; after an exchange it is under the stage's name)."""
+
+    def __init__(self, pfd: int, name: str, stage_name: str, old_name: str) -> None:
+        self.pfd, self.name, self.stage_name, self.old_name = pfd, name, stage_name, old_name
+        self.committed = self.replaced = self.moved_old = False
+        self._dfd: int | None = None  # the previous export, locked (see _recovery.lock_dest)
+
+    def put_in_place(self, run_id: str, dest: str, overwrite: bool, fault: Callable[[str], None]) -> None:
+        """One ``rename`` (first export), else -- ``overwrite`` -- an atomic exchange with the
+        previous export, else its move aside and a rename; again while concurrent exports race."""
+        pfd, name, stage_name = self.pfd, self.name, self.stage_name
         for _ in range(_COMMIT_TRIES):
             if not os.path.lexists(dest):
                 try:
@@ -261,21 +311,21 @@ def _stage_and_commit(
                     if not overwrite:
                         raise ExportError(_raced_message(run_id, dest)) from None
                     continue  # a concurrent export got there first: replace it
-                committed = True
+                self.committed = True
                 fault("after-rename")
-                break
+                return
             if not overwrite:
                 raise ExportError(_raced_message(run_id, dest))
-            dfd = _lock_dest(pfd, name)
-            if dfd is None:
+            self._dfd = _lock_dest(pfd, name)
+            if self._dfd is None:
                 continue  # replaced by a concurrent export while we waited for it
-            replaced = True
+            self.replaced = True
             if _exchange(pfd, stage_name, name):
-                committed = True
+                self.committed = True
                 fault("after-exchange")
-                break
-            os.rename(name, old_name, src_dir_fd=pfd, dst_dir_fd=pfd)
-            moved_old = True
+                return
+            os.rename(name, self.old_name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            self.moved_old = True
             fault("after-move-old")
             try:
                 os.rename(stage_name, name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -284,305 +334,46 @@ def _stage_and_commit(
                     raise
                 # a concurrent export filled the gap: the tree we moved aside is superseded by it,
                 # and ours replaces it in the next round
-                _remove(pfd, old_name)
-                moved_old = False
-                if dfd >= 0:
-                    os.close(dfd)
-                dfd = None
+                _remove(pfd, self.old_name)
+                self.moved_old = False
+                self._close_dest()
                 continue
-            committed = True
+            self.committed = True
             fault("after-rename")
-            break
-        else:
-            raise OSError(errno.EAGAIN, "the destination keeps changing under concurrent exports", dest)
-        os.fsync(pfd)
-        if replaced:  # the old tree: under the stage name after an exchange, else under the old name
-            _remove(pfd, old_name if moved_old else stage_name)
-        fault("done")
-        return manifest, replaced, stager.linked
-    except BaseException as exc:
-        stager.discard()
-        if moved_old and not committed:
+            return
+        raise OSError(errno.EAGAIN, "the destination keeps changing under concurrent exports", dest)
+
+    def finish(self) -> None:
+        """Make the new name durable, then remove the previous export's tree."""
+        os.fsync(self.pfd)
+        self._remove_old()
+
+    def rollback(self) -> None:
+        """Undo what did not complete: a previous export moved aside goes back (else ``recover()``
+        puts it back), a stage not in place is removed; once committed, only the previous
+        export's tree is left to remove. Never raises an ``OSError``."""
+        if self.moved_old and not self.committed:
             try:
-                os.rename(old_name, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-                moved_old = False
+                os.rename(self.old_name, self.name, src_dir_fd=self.pfd, dst_dir_fd=self.pfd)
+                self.moved_old = False
             except OSError:
                 pass  # recover() will put it back
-        if not committed:
-            _remove(pfd, stage_name)
-        elif replaced:
-            _remove(pfd, old_name if moved_old else stage_name)
-        had = existed or replaced
-        if isinstance(exc, _Failed):
-            if exc.path.startswith(stage + os.sep):  # name the file as it would be in the export
-                exc.path = f"{exc.path[len(stage) + 1 :]} (staged beside it)"
-            raise ExportError(_failure_message(run_id, dest, exc, had, committed)) from exc.err
-        if isinstance(exc, OSError):
-            failed = _Failed("committing", exc.filename or dest, exc)
-            raise ExportError(_failure_message(run_id, dest, failed, had, committed)) from exc
-        raise
-    finally:
-        os.close(sfd)
-        if rfd >= 0:
-            os.close(rfd)
-        if dfd is not None and dfd >= 0:
-            os.close(dfd)
+        if not self.committed:
+            _remove(self.pfd, self.stage_name)
+        else:
+            self._remove_old()
 
+    def _remove_old(self) -> None:
+        if self.replaced:  # after an exchange under the stage's name, else under the old name
+            _remove(self.pfd, self.old_name if self.moved_old else self.stage_name)
 
-class _Stager:
-    """Copies (or links) a tree into the stage, recording what the manifest lists.
+    def _close_dest(self) -> None:
+        if self._dfd is not None and self._dfd >= 0:
+            os.close(self._dfd)
+        self._dfd = None
 
-    It walks the run folder by directory descriptors, never by path: every entry is looked at
-    with ``fstatat(AT_SYMLINK_NOFOLLOW)`` and opened relative to its folder's descriptor with
-    ``O_NOFOLLOW`` -- a link is copied as a link and never followed, so a folder swapped for a
-    link to elsewhere cannot pull an outside file in, and the mode recorded is the entry's own
-    (from ``fstat`` of what was opened). A file is opened ``O_NONBLOCK`` and kept only if
-    ``fstat`` says regular, so a FIFO swapped in cannot block the export; fifos, sockets and
-    devices are never opened, only listed under ``"skipped"``.
-    """
-
-    def __init__(self, fault: Callable[[str], None], *, max_bytes: int, link: bool) -> None:
-        self.fault = fault
-        self.max_bytes = max_bytes
-        self.link = link  # same filesystem: hard-link files into the stage instead of copying them
-        self.linked = 0
-        self.files: list[dict[str, Any]] = []
-        self.symlinks: list[dict[str, Any]] = []
-        self.dirs: list[dict[str, Any]] = []
-        self.deleted: list[str] = []
-        self.skipped: list[dict[str, Any]] = []
-        self.bytes = 0
-        self.view = memoryview(bytearray(_CHUNK))
-        self.zeros = bytes(_CHUNK)
-        self.pending: list[tuple[int, str]] = []  # written, writeback started, not yet fsynced
-
-    def flush(self) -> None:
-        """fsync what is pending, in creation order (a folder after its entries).
-
-        Deferring the fsyncs after starting writeback of every file lets one journal commit cover
-        many files: 200 files of 20 kB export in half the time of a fsync per file.
-        """
-        pending, self.pending = self.pending, []
-        try:
-            for fd, path in pending:
-                try:
-                    os.fsync(fd)  # ENOSPC/EDQUOT of delayed allocation shows here
-                except OSError as exc:
-                    raise _Failed("writing", path, exc) from None
-        finally:
-            for fd, _ in pending:
-                os.close(fd)
-
-    def discard(self) -> None:
-        for fd, _ in self.pending:
-            os.close(fd)
-        self.pending.clear()
-
-    def _defer(self, fd: int, path: str) -> None:
-        if len(self.pending) >= _MAX_PENDING:
-            try:
-                self.flush()
-            except BaseException:
-                os.close(fd)
-                raise
-        self.pending.append((fd, path))
-
-    def tree(self, sfd: int, dfd: int, src: str, dst: str, rel: str) -> None:
-        """Stage the entries of the folder open at ``sfd`` (path ``src``, for messages) into the
-        one open at ``dfd`` (``dst``)."""
-        try:
-            names = os.listdir(sfd)
-        except OSError as exc:
-            raise _Failed("reading", src, exc) from None
-        for name in names:
-            r = rel + name
-            here = os.path.join(src, name)
-            d = os.path.join(dst, name)
-            if not rel and name == MANIFEST_NAME:
-                self.skipped.append({"path": r, "kind": "reserved name"})
-                continue
-            try:
-                st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
-            except OSError as exc:
-                raise _Failed("reading", here, exc) from None
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                self._dir(sfd, dfd, name, here, d, r)
-            elif stat.S_ISLNK(mode):
-                try:
-                    target = os.readlink(name, dir_fd=sfd)
-                except OSError as exc:
-                    raise _Failed("reading", here, exc) from None
-                try:
-                    os.symlink(target, name, dir_fd=dfd)
-                except OSError as exc:
-                    raise _Failed("writing", d, exc) from None
-                self.symlinks.append({"path": r, "target": os.fsdecode(target)})
-            elif stat.S_ISREG(mode):
-                self._file(sfd, dfd, name, here, d, r)
-            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-                self.deleted.append(r)  # an overlayfs whiteout (char device 0/0): the run deleted this
-            else:
-                self.skipped.append({"path": r, "kind": _kind(mode)})
-
-    def _dir(self, sfd: int, dfd: int, name: str, here: str, d: str, r: str) -> None:
-        try:
-            cfd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=sfd)
-        except OSError as exc:
-            raise _Failed("reading", here, exc) from None
-        try:
-            mode = stat.S_IMODE(os.fstat(cfd).st_mode) & 0o777
-            try:
-                os.mkdir(name, 0o700, dir_fd=dfd)
-                nfd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dfd)
-            except OSError as exc:
-                raise _Failed("writing", d, exc) from None
-            try:
-                self.tree(cfd, nfd, here, d, r + "/")
-                os.fchmod(nfd, mode)
-            except OSError as exc:
-                os.close(nfd)
-                raise _Failed("writing", d, exc) from None
-            except BaseException:
-                os.close(nfd)
-                raise
-            self._defer(nfd, d)
-        finally:
-            os.close(cfd)
-        self.dirs.append({"path": r, "mode": mode})
-        self.fault("staged-dir")
-
-    def _file(self, sfd: int, dfd: int, name: str, here: str, d: str, r: str) -> None:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
-        except OSError as exc:
-            raise _Failed("reading", here, exc) from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):  # swapped since the fstatat: never read from it
-                self.skipped.append({"path": r, "kind": _kind(st.st_mode)})
-                return
-            size = st.st_size
-            if self.bytes + size > self.max_bytes:
-                err = OSError(
-                    errno.EFBIG,
-                    f"the run folder holds more than the export limit of {self.max_bytes} bytes",
-                )
-                raise _Failed("exporting", here, err)
-            mode = stat.S_IMODE(st.st_mode) & 0o777  # setuid/setgid/sticky never exported
-            if self.link and st.st_nlink == 1 and self._link(sfd, dfd, name):
-                digest = self._hash(fd, here, size)
-                self.linked += 1
-                try:
-                    os.fchmod(fd, mode)
-                except OSError as exc:
-                    raise _Failed("writing", d, exc) from None
-                self._defer(fd, d)  # the data the step wrote must be durable: fsync the inode
-                fd = -1
-            else:
-                digest = self._copy(fd, dfd, name, here, d, size, mode)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        self.files.append({"path": r, "size": size, "sha256": digest, "mode": mode})
-        self.bytes += size
-        self.fault("staged-file")
-
-    def _link(self, sfd: int, dfd: int, name: str) -> bool:
-        """Hard-link the entry itself (never what a link names) into the stage; False where the
-        filesystem refuses (the caller copies)."""
-        try:
-            os.link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-            return True
-        except OSError:
-            self.link = False  # one refusal (EXDEV, EPERM, EMLINK...): copy the rest
-            return False
-
-    def _segments(self, fd: int, here: str, size: int) -> Iterator[tuple[int, int]]:
-        """``(offset, length)`` of the data of a file, its holes left out (SEEK_DATA/SEEK_HOLE;
-        one segment where the filesystem does not tell)."""
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-                end = os.lseek(fd, start, os.SEEK_HOLE)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole after pos
-                    return
-                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    yield pos, size - pos
-                    return
-                raise _Failed("reading", here, exc) from None
-            end = min(end, size)
-            if end > start:
-                yield start, end - start
-            pos = end
-
-    def _read(self, fd: int, here: str, offset: int, length: int) -> Iterator[memoryview]:
-        view = self.view
-        while length > 0:
-            want = min(length, len(view))
-            try:
-                n = os.preadv(fd, [view[:want]], offset)
-            except OSError as exc:
-                raise _Failed("reading", here, exc) from None
-            if not n:
-                return  # shrank meanwhile: the hash and size say what was there
-            yield view[:n]
-            offset += n
-            length -= n
-
-    def _hash_zeros(self, digest: Any, n: int) -> None:
-        zeros = self.zeros
-        while n > 0:
-            k = min(n, len(zeros))
-            digest.update(zeros[:k] if k < len(zeros) else zeros)
-            n -= k
-
-    def _hash(self, fd: int, here: str, size: int) -> str:
-        digest = hashlib.sha256()
-        pos = 0
-        for offset, length in self._segments(fd, here, size):
-            self._hash_zeros(digest, offset - pos)
-            for chunk in self._read(fd, here, offset, length):
-                digest.update(chunk)
-            pos = offset + length
-        self._hash_zeros(digest, size - pos)
-        return digest.hexdigest()
-
-    def _copy(self, sfd: int, dfd: int, name: str, here: str, d: str, size: int, mode: int) -> str:
-        """Copy the data of a regular file, holes left as holes, hashing it in the same pass."""
-        try:
-            out = os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)
-        except OSError as exc:
-            raise _Failed("writing", d, exc) from None
-        self._defer(out, d)
-        digest = hashlib.sha256()
-        pos = 0
-        try:
-            for offset, length in self._segments(sfd, here, size):
-                self._hash_zeros(digest, offset - pos)
-                at = offset
-                for chunk in self._read(sfd, here, offset, length):
-                    digest.update(chunk)
-                    _pwrite_all(out, chunk, at)
-                    at += len(chunk)
-                pos = offset + length
-            self._hash_zeros(digest, size - pos)
-            os.ftruncate(out, size)  # the trailing hole, if any
-            os.fchmod(out, mode)
-            if size:  # start writeback now; flush() waits for it
-                os.posix_fadvise(out, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError as exc:
-            raise _Failed("writing", d, exc) from None
-        return digest.hexdigest()
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data = data[n:]
-        offset += n
+    def close(self) -> None:
+        self._close_dest()
 
 
 def write_error(run_id: str, dest: str | os.PathLike[str], path: str, exc: OSError) -> ExportError:
@@ -592,23 +383,6 @@ def write_error(run_id: str, dest: str | os.PathLike[str], path: str, exc: OSErr
     dest_s = os.path.abspath(os.fspath(dest))
     failed = _Failed("writing", path, exc)
     return ExportError(_failure_message(run_id, dest_s, failed, os.path.lexists(dest_s), False))
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISFIFO, "fifo"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "char device"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return kind
-    return "unknown"
 
 
 def _exists_message(run_id: str, dest: str) -> str:
