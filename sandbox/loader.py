@@ -217,9 +217,21 @@ def _rel_path(value: Any, src: str, key: str, *, pattern: bool = False) -> str:
 
 
 def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicySpec:
-    """Validate a parsed policy file (a TOML document as a dict) into a :class:`PolicySpec`."""
+    """Validate a parsed policy file (a TOML document as a dict) into a :class:`PolicySpec`: the
+    document's keys, then one validator per table, in this order (the first problem is the one
+    reported): ``[policy]``, ``[kernel]``, ``[export]``, ``[layout]``, ``[[rule]]``."""
     _typed(data, dict, src, "")
     _unknown(data, _TOP_KEYS, src, "")
+    name, profile, kernel, description = _policy_table(data, src)
+    network = _network(data, src)
+    export_max_bytes(data, src)  # [export]: read by the exporter's caller, validated here
+    layout = _layout_table(data, src)
+    rules = _rule_tables(data, src)
+    return PolicySpec(name, profile, layout, rules, description, kernel, src, data, network)
+
+
+def _policy_table(data: Mapping[str, Any], src: str) -> tuple[str, str, str, str]:
+    """``[policy]``: (name, profile, kernel setting, description)."""
     pol = _typed(data.get("policy", None) or _missing(src, "policy"), dict, src, "policy")
     _unknown(pol, _POLICY_KEYS, src, "policy")
     name = _need(pol, "name", str, src, "policy")
@@ -236,10 +248,14 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
             f"{kernel!r} is not allowed; allowed: {', '.join(KERNEL_SETTINGS)}",
         )
     description = pol.get("description", "")
-    _typed(description, str, src, "policy.description") if description else None
-    network = _network(data, src)
+    if description:
+        _typed(description, str, src, "policy.description")
+    return name, profile, kernel, description
 
-    export_max_bytes(data, src)  # [export]: read by the exporter's caller, validated here
+
+def _layout_table(data: Mapping[str, Any], src: str) -> Layout:
+    """``[layout]``: the mounts' and the runs' folders (separate, relative, plain) and the run
+    folder's own folders."""
     lay = _typed(data.get("layout", None) or _missing(src, "layout"), dict, src, "layout")
     _unknown(lay, _LAYOUT_KEYS, src, "layout")
     dirs = {
@@ -264,54 +280,62 @@ def spec_from_mapping(data: Mapping[str, Any], src: str = "<memory>") -> PolicyS
                 f"layout.run_folders[{i}]",
                 f"{f!r} must be a single folder name ([A-Za-z0-9_.-])",
             )
-    layout = Layout(dirs["lakehouse"], dirs["exports"], dirs["runs"], tuple(folders))
+    return Layout(dirs["lakehouse"], dirs["exports"], dirs["runs"], tuple(folders))
 
+
+def _rule_tables(data: Mapping[str, Any], src: str) -> tuple[Rule, ...]:
+    """``[[rule]]``: each rule (:func:`_rule`), names unique, in the file's order."""
     rules_raw = data.get("rule", [])
     _typed(rules_raw, list, src, "rule")
     rules: list[Rule] = []
     seen: set[str] = set()
     for i, r in enumerate(rules_raw):
-        where = f"rule[{i}]"
-        _typed(r, dict, src, where)
-        _unknown(r, _RULE_KEYS, src, where)
-        rname = _need(r, "name", str, src, where)
-        if not _is_name(rname):
-            raise PolicyError(src, f"{where}.name", f"{rname!r} may only use letters, digits, '_', '.', '-'")
-        if rname in seen:
+        rule = _rule(r, f"rule[{i}]", src)
+        if rule.name in seen:
             raise PolicyError(
-                src, f"{where}.name", f"duplicate rule name {rname!r}; rule names must be unique"
+                src, f"rule[{i}].name", f"duplicate rule name {rule.name!r}; rule names must be unique"
             )
-        seen.add(rname)
-        paths = _need(r, "paths", list, src, where)
-        if not paths:
-            raise PolicyError(src, f"{where}.paths", "must list at least one path pattern")
-        pats = tuple(_rel_path(p, src, f"{where}.paths[{j}]", pattern=True) for j, p in enumerate(paths))
-        ops_raw = _need(r, "ops", list, src, where)
-        ops: set[Op] = set()
-        for j, o in enumerate(ops_raw):
-            if o not in OP_GROUPS:
-                raise PolicyError(
-                    src,
-                    f"{where}.ops[{j}]",
-                    f"unknown operation {o!r}; allowed: {', '.join(OP_GROUPS)}",
-                )
-            ops |= OP_GROUPS[o]
-        if not ops:
-            raise PolicyError(src, f"{where}.ops", "must list at least one operation")
-        action = _need(r, "action", str, src, where)
-        if action not in set(Action):
+        seen.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _rule(r: Any, where: str, src: str) -> Rule:
+    """One ``[[rule]]`` table: name, path patterns, operations, action, reason and hint."""
+    _typed(r, dict, src, where)
+    _unknown(r, _RULE_KEYS, src, where)
+    rname = _need(r, "name", str, src, where)
+    if not _is_name(rname):
+        raise PolicyError(src, f"{where}.name", f"{rname!r} may only use letters, digits, '_', '.', '-'")
+    paths = _need(r, "paths", list, src, where)
+    if not paths:
+        raise PolicyError(src, f"{where}.paths", "must list at least one path pattern")
+    pats = tuple(_rel_path(p, src, f"{where}.paths[{j}]", pattern=True) for j, p in enumerate(paths))
+    ops_raw = _need(r, "ops", list, src, where)
+    ops: set[Op] = set()
+    for j, o in enumerate(ops_raw):
+        if o not in OP_GROUPS:
             raise PolicyError(
-                src, f"{where}.action", f"unknown action {action!r}; allowed: allow, deny, redirect"
+                src,
+                f"{where}.ops[{j}]",
+                f"unknown operation {o!r}; allowed: {', '.join(OP_GROUPS)}",
             )
-        reason = r.get("reason", "")
-        hint = r.get("hint", "")
-        if action == "deny" and not reason:
-            raise PolicyError(src, f"{where}.reason", "a deny rule must say why (the user sees it)")
-        for k, v in (("reason", reason), ("hint", hint)):
-            if not isinstance(v, str):
-                raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
-        rules.append(Rule(rname, pats, frozenset(ops), Action.named(action), reason, hint))
-    return PolicySpec(name, profile, layout, tuple(rules), description, kernel, src, data, network)
+        ops |= OP_GROUPS[o]
+    if not ops:
+        raise PolicyError(src, f"{where}.ops", "must list at least one operation")
+    action = _need(r, "action", str, src, where)
+    if action not in set(Action):
+        raise PolicyError(
+            src, f"{where}.action", f"unknown action {action!r}; allowed: allow, deny, redirect"
+        )
+    reason = r.get("reason", "")
+    hint = r.get("hint", "")
+    if action == "deny" and not reason:
+        raise PolicyError(src, f"{where}.reason", "a deny rule must say why (the user sees it)")
+    for k, v in (("reason", reason), ("hint", hint)):
+        if not isinstance(v, str):
+            raise PolicyError(src, f"{where}.{k}", f"must be a string, not {v!r}")
+    return Rule(rname, pats, frozenset(ops), Action.named(action), reason, hint)
 
 
 def _network(data: Mapping[str, Any], src: str) -> str:
