@@ -40,7 +40,7 @@ def test_it_imports_only_the_model_and_the_base() -> None:
 
 
 def test_the_event_fields_are_the_logs() -> None:
-    assert FIELDS[:2] == ("time", "pid") and _execute.EVENT_FIELDS == FIELDS[2:]
+    assert FIELDS[:2] == ("time", "pid") and FIELDS[2:] == _execute.EVENT_FIELDS
 
 
 def test_the_environment_names_are_the_bootstraps() -> None:
