@@ -110,9 +110,6 @@ def _meanwhile(base_dir: str | None) -> None:
     """What the launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
     the keeper builds the sandbox meanwhile): load what the end of the run needs, off the start-up
     path and on the other core, and sweep what launchers killed before us left behind."""
-    import hashlib  # noqa: F401
-    import json  # noqa: F401
-
     import sandbox.export._exporter  # noqa: F401
     from sandbox import report  # noqa: F401
 
@@ -550,8 +547,7 @@ def report_and_export(
     ``warnings`` grows with what this finds. ``by_link``: the caller proved that no process of
     the run is left (each step's PID namespace waited out), so the export may hard-link files
     instead of copying them. Returns the report."""
-    import json
-
+    from sandbox import _json as json
     from sandbox import native
     from sandbox._paths import write_into
     from sandbox.events import summarise

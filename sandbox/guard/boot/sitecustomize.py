@@ -11,6 +11,23 @@ unguarded step.
 
 
 def _boot() -> None:
+    import gc
+
+    # No collection while the guard's modules load (a few thousand objects, no garbage): CPU
+    # on every sandboxed interpreter's start-up. The user's code -- its own sitecustomize
+    # first -- gets the collector back.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        here = _guard()
+    finally:
+        if collecting:
+            gc.enable()
+    _chain(here)
+
+
+def _guard() -> str:
+    """Install the guard; return this file's folder."""
     import os
     import sys
 
@@ -37,7 +54,7 @@ def _boot() -> None:
         line = f"tv-sandbox: the Python guard could not start ({msg}); refusing to run unguarded\n"
         os.write(2, line.encode())
         os._exit(1)
-    _chain(here)
+    return here
 
 
 def _chain(here: str) -> None:
