@@ -608,8 +608,13 @@ def _end_descendants() -> None:  # pragma: no cover - in the keeper, without a P
 
 
 def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
-    """Pids whose parent is ``ppid``, from /proc (``/proc/<pid>/task/<tid>/children`` needs
-    CONFIG_PROC_CHILDREN, which kernels may lack)."""
+    """Pids whose parent is ``ppid`` (single-threaded): its ``/proc/<pid>/task/<pid>/children``,
+    else -- a kernel without CONFIG_PROC_CHILDREN -- a scan of every process's stat."""
+    try:
+        with open(f"/proc/{ppid}/task/{ppid}/children", "rb") as fh:
+            return [int(c) for c in fh.read().split()]
+    except FileNotFoundError:
+        pass
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
