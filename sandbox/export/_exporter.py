@@ -32,10 +32,10 @@ manifest schema, ``read_manifest`` and ``verify``: :mod:`sandbox.export.manifest
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 
+from sandbox import _json as json
 from sandbox._record import field, record
 from sandbox.errors import ExportError, PreflightError
 from sandbox.export import manifest as manifest_mod

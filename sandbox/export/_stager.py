@@ -5,10 +5,10 @@ fsynced (see :mod:`sandbox.export._exporter` for the whole export and its promis
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 
+from sandbox._digest import sha256
 from sandbox.export._recovery import DIR_FLAGS as _DIR_FLAGS
 from sandbox.export.manifest import MANIFEST_NAME
 
@@ -241,7 +241,7 @@ class Stager:
             n -= k
 
     def _hash(self, fd: int, here: str, size: int) -> str:
-        digest = hashlib.sha256()
+        digest = sha256(size)
         pos = 0
         for offset, length in self._segments(fd, here, size):
             self._hash_zeros(digest, offset - pos)
@@ -258,7 +258,7 @@ class Stager:
         except OSError as exc:
             raise Failed("writing", d, exc) from None
         self._defer(out, d)
-        digest = hashlib.sha256()
+        digest = sha256(size)
         pos = 0
         try:
             for offset, length in self._segments(sfd, here, size):
