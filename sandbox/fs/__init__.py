@@ -4,7 +4,9 @@
 - ``_filesystem.py`` -- the fsspec API: every public method through the one check (the only module
   of the package that imports fsspec);
 - ``_routing.py`` -- the policy side, a mixin: the check (resolve, decide, raise on DENY) and the
-  execution of a decision (read-your-writes, copy-up, settling a redirect, removals).
+  execution of a decision (read-your-writes, copy-up, settling a redirect, removals) by
+  :mod:`sandbox._execute` -- the Python guard's executor too -- over the backend's methods
+  (``BackendFiles``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The guard never decides: :class:`Engine` turns a path argument into the resolved path the kernel
 would reach (:func:`sandbox._paths.resolve`), asks ``Policy.decide`` and executes the decision --
+with :mod:`sandbox._execute`, which the fsspec filesystem executes its decisions with too, over the
+guard's original functions (``_files.ORIGINALS``):
 
 * ALLOW: the caller's own arguments go to the original function, unchanged.
 * DENY: :class:`~sandbox.errors.AccessDenied`, logged.
