@@ -11,7 +11,8 @@ at), an empty ``reports/`` and symlinks ``to_lake``, ``to_lake_file``, ``to_outs
 folders, inside and outside the mounts: ``scripts/step_alias.py`` (a file beside it),
 ``scripts/to_lake`` (a mount), ``scripts/to_outside`` and ``scripts/outside_file`` (outside
 everything), ``reports/x_alias.csv`` (a host-only file), ``data/lakehouse/lake_alias.csv`` (a file
-of the mount) and ``data/lakehouse/to_reports`` (out of the mount, into the host). Only the run folder's storage and the temp dir are writable; they are
+of the mount), ``data/lakehouse/to_reports`` (out of the mount, into the host) and
+``export/to_lake`` (from one mount into the other). Only the run folder's storage and the temp dir are writable; they are
 restored from a pristine copy (``shutil.copytree``) after every call that changed them, so both
 enforcers start from the same bytes, and a snapshot of the whole world after the call says what
 changed where.
@@ -123,6 +124,7 @@ HOST_LINKS: tuple[tuple[str, str], ...] = (
     ("reports/x_alias.csv", "x.csv"),
     ("data/lakehouse/lake_alias.csv", "BINANCE_BTCUSDT_1d.csv"),
     ("data/lakehouse/to_reports", "../../reports"),
+    ("export/to_lake", "../data/lakehouse"),  # from one mount into the other
 )
 PREFIXES = ["", "{ws}/", "{host}/", "{run}/", "{tmp}/", "/proc/self/cwd/", "{outside}/", "//"]
 
