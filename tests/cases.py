@@ -168,7 +168,8 @@ CASES: tuple[Case, ...] = (
     Case("hostlink-host-append", "append", "{host}/scripts/step_alias.py", "redirect", WR, lands=STEP),
     # link(2) links the symlink itself: its copy-up is a link (issue 12's first drift)
     Case("hostlink-hardlink-from", "hardlink_from", "scripts/step_alias.py", "redirect", WR),
-    # removing what exists only at the host is refused (an in-process enforcer records no deletion)
+    # removing what exists only at the host is refused: an in-process enforcer cannot record a
+    # deletion (the kernel layer's overlay records it as a whiteout in the run folder instead)
     Case("hostlink-delete", "delete", "scripts/step_alias.py", "deny", WR, "deny"),
     Case("hostlink-rename-from", "rename_from", "scripts/step_alias.py", "deny", WR, "deny"),
     Case("hostlink-read", "read", "scripts/step_alias.py", "allow"),
