@@ -9,7 +9,7 @@ its saved original ``os`` functions (``guard/_files.ORIGINALS``), fsspec its bac
 * :func:`settle` -- where a mutation's redirect really lands (``Policy.settle``, then the real
   target decided again: it must itself be allowed), or the refusal;
 * :func:`removal` -- removing (or moving away) a redirected name: the run's copy, nothing to do
-  (an audit capture of a host original), or refused (:data:`HOST_ONLY`: one reason for both);
+  (an audit capture of a host original), or refused (:data:`HOST_ONLY`, the one reason both give);
 * :func:`make_parent` -- a redirect target's folder is made where the original's folder exists;
 * :func:`copy_up` -- the original copied into the run folder as an overlay's copy-up does
   (content, mode, times; a symlink as a symlink);
