@@ -362,9 +362,11 @@ class _Mapper:  # pragma: no cover - in the keeper
         return os.read(self._answer, 1) == b"1"
 
     def end(self) -> None:
+        # Not waited for: its exit (an address space to tear down) is not the step's start-up;
+        # whoever reaps the keeper's children next (the init's end, _reap, _end_descendants)
+        # takes it, or, the keeper gone, the system's reaper.
         os.close(self._ask)  # an end of file, if it was never asked
         os.close(self._answer)
-        os.waitpid(self.pid, 0)
 
 
 def _map_identity(pid: int) -> bool:
