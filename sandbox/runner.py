@@ -143,8 +143,13 @@ def preflight(req: RunRequest) -> Prepared:
         )
     if req.workspace_base is not None:
         base = os.path.realpath(req.workspace_base)
-        if _dir_problem(base):
-            raise PreflightError(f"--workspace-dir {req.workspace_base} {_dir_problem(base)}")
+        problem = _dir_problem(base)
+        if problem is None and not os.access(base, os.W_OK | os.X_OK):
+            problem = "is not writable"
+        if problem:
+            raise PreflightError(
+                f"--workspace-dir {req.workspace_base} {problem}: pass a writable folder outside the host"
+            )
     _check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
     kernel = req.kernel
     if spec.kernel == "require" and kernel == "auto":

@@ -152,7 +152,7 @@ BAD: list[tuple[str, list[str], Setup, str]] = [
     ("workspace-in-host", ["--workspace-dir", "{host}/scripts"], _nothing, "lies inside the host"),
     ("workspace-dir-missing", ["--workspace-dir", "{tmp}/nowhere"], _nothing, "does not exist"),
     # a folder the kernel lets nobody write to, root included (issue 12: it was an "internal error")
-    ("workspace-dir-not-writable", ["--workspace-dir", "/proc/sys"], _nothing, "not a writable folder"),
+    ("workspace-dir-not-writable", ["--workspace-dir", "/proc/sys"], _nothing, "is not writable: pass a writable"),
 ]
 
 

@@ -168,18 +168,9 @@ def install(
     return Guard(eng)
 
 
-def guarded(
-    policy: Policy | PolicySpec,
-    *,
-    events: Any = None,
-    overlay: bool = False,
-    host: str | os.PathLike[str] | None = None,
-    run_id: str | None = None,
-    mode: str = "enforce",
-) -> Guard:
-    """``with guarded(policy): ...`` -- install now, uninstall at the end of the block (the
-    arguments are :func:`install`'s)."""
-    return install(policy, events=events, overlay=overlay, host=host, run_id=run_id, mode=mode)
+#: ``with guarded(policy): ...`` reads as what it does: a :class:`Guard` is a context manager
+#: that uninstalls at the end of the block. The same function as :func:`install`.
+guarded = install
 
 
 def active() -> Guard | None:
