@@ -51,7 +51,7 @@ direct = os.path.join(os.environ["TV_RUN_DIR"], "direct")
 dnames = [f"{direct}/f{i}.txt" for i in range(200)]
 os.makedirs(rel, exist_ok=True)
 os.makedirs(direct, exist_ok=True)
-pc = time.perf_counter
+pc = time.thread_time  # CPU time: what other processes of a shared machine take is not counted
 t0 = pc()
 for i in range(n):
     with open(names[i % 200], "w") as fh:
@@ -85,6 +85,7 @@ GOALS = {"a": 1.10, "b": 1.05, "c": 1.10}
 #: --kernel off before issue 14 (its table): "no worse than today"
 GUARD_BEFORE = {"a": 1.34, "b": 1.15, "c": 1.28}
 VARIANTS = ("bare", "both", "guard", "kernel")
+BASELINE = ("both0", "guard0")  # --baseline: the same two with another source tree of the package
 
 
 class Place:
@@ -97,7 +98,9 @@ class Place:
         (self.host / "scripts" / "bench_loop.py").write_text(LOOP)
         self.wsdir = self.tmp / "wsbase"
         self.wsdir.mkdir()
-        self.results: dict[str, dict[str, list[float]]] = {v: {k: [] for k in LOOPS} for v in VARIANTS}
+        self.results: dict[str, dict[str, list[float]]] = {
+            v: {k: [] for k in LOOPS} for v in VARIANTS + BASELINE
+        }
 
 
 def _parse(out: str) -> tuple[float, float, float]:
@@ -114,6 +117,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="a few iterations, one round: a smoke test")
     ap.add_argument("--only", choices=("tmpfs", "disk"), default=None)
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        default=None,
+        help="also run the kernel-on and --kernel off steps with the sandbox package of DIR "
+        "(e.g. `git archive main sandbox | tar -x -C DIR`, then `python -m compileall -q DIR`): before/after",
+    )
     args = ap.parse_args()
     if args.quick:
         args.iters, args.rounds = 300, 1
@@ -137,6 +147,8 @@ def main() -> int:
         def step(pl: Place, variant: str) -> Callable[[int], None]:
             def go(r: int) -> None:
                 env = dict(os.environ)
+                if variant in BASELINE:
+                    env["PYTHONPATH"] = os.path.abspath(args.baseline)
                 if variant == "bare":
                     run_dir = pl.tmp / f"bare-run-{r}"
                     run_dir.mkdir()
@@ -145,7 +157,7 @@ def main() -> int:
                     shutil.rmtree(out, ignore_errors=True)
                     cmd, cwd = [py, "-E", "scripts/bench_loop.py", *loop_args], str(pl.host)
                 else:
-                    kernel = "off" if variant == "guard" else "require"
+                    kernel = "off" if variant.startswith("guard") else "require"
                     flags = ["-E"] if variant == "kernel" else []
                     cmd = [
                         *launcher,
@@ -182,18 +194,22 @@ def main() -> int:
 
             return go
 
-        interleaved(args.rounds, **{f"{pl.name}_{v}": step(pl, v) for pl in places for v in VARIANTS})
+        variants = VARIANTS + (BASELINE if args.baseline else ())
+        interleaved(args.rounds, **{f"{pl.name}_{v}": step(pl, v) for pl in places for v in variants})
         print(
             f"# python {sys.version.split()[0]}, {args.iters} iterations per loop, {args.rounds} rounds, "
             f"medians of the in-script loop times; us/iter bare | both | guard | kernel"
         )
         for pl in places:
-            med = {v: {k: median(pl.results[v][k]) for k in LOOPS} for v in VARIANTS}
+            med = {v: {k: median(pl.results[v][k]) for k in LOOPS} for v in variants}
             print(f"# {pl.name} ({pl.tmp.parent}):")
             for k in LOOPS:
                 us = " | ".join(f"{med[v][k] / args.iters * 1e6:6.2f}" for v in VARIANTS)
                 ratios = ", ".join(f"{v} {med[v][k] / med['bare'][k]:.2f}x" for v in VARIANTS[1:])
                 print(f"#   ({k}) {LABELS[k]:<42} us/iter {us}   {ratios}")
+                if args.baseline:
+                    base = ", ".join(f"{v} {med[v][k] / med['bare'][k]:.2f}x" for v in BASELINE)
+                    print(f"#       baseline {args.baseline}: {base}")
             for k in LOOPS:
                 r = med["both"][k] / med["bare"][k]
                 goal = GOALS[k]

@@ -108,7 +108,7 @@ class Fam:
     and whether the folder / the target folder held a symlink when scanned (then a followed last
     component is ``lstat``-ed; otherwise it cannot be a link: see the module docstring)."""
 
-    __slots__ = ("action", "d", "dest", "links_dst", "links_src", "real")
+    __slots__ = ("action", "d", "dest", "links_dst", "links_src", "real", "upper")
 
     def __init__(
         self,
@@ -121,6 +121,17 @@ class Fam:
     ) -> None:
         self.action, self.real, self.dest, self.d = action, real, dest, d
         self.links_src, self.links_dst = links_src, links_dst
+        # the overlay maps this redirect into the run folder, upper layer of the workspace
+        self.upper = d.rule == "workspace-redirect" and not d.captured and d.action is REDIRECT
+
+
+class Upper(str):
+    """What :meth:`Engine.write_target` returns (asked with ``upper=True``) for a write the
+    kernel layer's overlay maps into the run folder: the run folder's copy of the name. The caller
+    may rewrite that copy directly when it exists -- the same inode the overlay shows -- and
+    otherwise calls the original function on its own path (see :meth:`Engine.write_target`)."""
+
+    __slots__ = ()
 
 
 def shown(arg: Any) -> str:
@@ -158,6 +169,11 @@ class Engine:
         self.profile = policy.profile
         # A policy may deny or redirect some reads: then reads resolve their last component too.
         self.read_rules = any(Op.READ in r.ops and r.action is not ALLOW for r in policy.spec.rules)
+        # Under the kernel overlay, with no rule about reads, every read is allowed or one the
+        # overlay maps itself (read-through, audit-read-through): the read wrappers then call the
+        # original at once -- the kernel merges the run folder over the workspace natively.
+        self.native_reads = overlay and not any(Op.READ in r.ops for r in policy.spec.rules)
+        self._bodies: dict[tuple[Fam, Op, str], str] = {}  # a family's event lines (_log_fam)
         self._fams: dict[Op, dict[str, Fam | None]] = {op: {} for op in Op}
         self._rfams = self._fams[READ]
         self._heads: dict[str, str] = {}
@@ -174,6 +190,7 @@ class Engine:
         for fams in self._fams.values():
             fams.clear()  # keyed by the folder as written: relative ones too
         self._rel_heads.clear()
+        self._bodies.clear()
         if not cwd:
             self._heads.clear()
             self._dirs.clear()
@@ -262,6 +279,27 @@ class Engine:
                 d.reason,
                 d.hint,
             )
+
+    def _log_fam(self, fam: Fam, op: Op, arg: Any, real: str, target: str | None) -> None:
+        """:meth:`log` of an entry of a family (``real``, ``target``: its paths), each line encoded
+        once per name: a loop rewriting the same names pays only the time stamp."""
+        ev = self.events
+        if ev is None:
+            return
+        if type(arg) is not str:
+            self.log(fam.d, op, arg, real, target)
+            return
+        key = (fam, op, arg)
+        body = self._bodies.get(key)
+        if body is None:
+            d = fam.d
+            body = ev.body(
+                LAYER, op, d.action, d.rule, arg, real, target, d.captured, self.profile, d.reason, d.hint
+            )
+            if len(self._bodies) >= _CACHE_MAX:
+                self._bodies.clear()
+            self._bodies[key] = body
+        ev.emit_body(body)
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
@@ -359,12 +397,21 @@ class Engine:
         follow: bool = True,
         copy_up: bool = False,
         excl: bool = False,
+        upper: bool = False,
     ) -> str | None:
         """Carry out the decision for mutation ``op`` on ``arg``, up to the call itself.
 
         Returns None to call the original function with the caller's arguments, or the real target
         to call it on instead. ``follow``: the op follows a link at the last component.
         ``copy_up``: the op keeps the content (append, r+, chmod); ``excl``: it must create the name.
+
+        ``upper`` (a truncating open): where the kernel overlay maps the write into the run folder,
+        return the run folder's copy as an :class:`Upper` -- logged as the redirect it is. The
+        caller opens it without ``O_CREAT``, ``O_NOFOLLOW``: an existing regular file there *is*
+        the file the overlay shows (same inode), rewritten without the overlay's lookups and
+        without the explain shim's record of a workspace write; anything else (a new name, a link)
+        fails, and the caller calls the original on its own path, through the overlay. A new name
+        is never made behind the overlay's back (it could hold a negative dentry for it).
         """
         p = arg if type(arg) is str else _to_str(arg)
         if dir_fd is None:
@@ -382,11 +429,12 @@ class Engine:
                     if action is ALLOW:
                         return None
                     if fam.dest is None:  # the overlay maps it
-                        self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
-                        return None
+                        t = fam.d.target and fam.d.target + "/" + tail
+                        self._log_fam(fam, op, arg, real, t)
+                        return Upper(t) if upper and fam.upper and t else None
                     target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     if not (follow and fam.links_dst and self._is_link(target)):
-                        return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl)
+                        return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl, fam)
         got = self._decided(p, dir_fd, follow, op, arg, excl)
         if got is None:
             return None
@@ -433,14 +481,26 @@ class Engine:
         raise self.deny(s, arg, op)
 
     def _redirect(
-        self, d: Decision, arg: Any, op: Op, real: str, target: str, follow: bool, copy_up: bool, excl: bool
+        self,
+        d: Decision,
+        arg: Any,
+        op: Op,
+        real: str,
+        target: str,
+        follow: bool,
+        copy_up: bool,
+        excl: bool,
+        fam: Fam | None = None,
     ) -> str:
         if excl and lexists(real) and not lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), arg)
         self.make_parent(target, real)
         if copy_up:
             copy_up_path(real, target, follow)
-        self.log(d, op, arg, real, target)
+        if fam is not None:
+            self._log_fam(fam, op, arg, real, target)
+        else:
+            self.log(d, op, arg, real, target)
         return target
 
     def removable(self, arg: Any, op: Op, dir_fd: int | None = None, *, keep: bool = False) -> str | None:
@@ -557,6 +617,7 @@ __all__ = [
     "STACK",
     "TOKEN",
     "Engine",
+    "Upper",
     "Fam",
     "invalidate_all",
     "like",
