@@ -128,7 +128,8 @@ class EventLog:
                 f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
                 f'"reason": {_enc(reason)}, "hint": {_enc(hint)}}}\n',
             )
-        return f'{fixed[0]}"path": {_enc(path)}, "resolved": {_s(resolved)}, "target": {_s(target)}, {fixed[1]}'
+        paths = f'"path": {_enc(path)}, "resolved": {_s(resolved)}, "target": {_s(target)}, '
+        return f"{fixed[0]}{paths}{fixed[1]}"
 
     def emit_body(self, body: str, deny: bool = False) -> None:
         """Record an event given as :meth:`body` made it (``deny``: its action is ``deny``), stamped now."""

@@ -59,6 +59,8 @@ def _rewrite_flags(
     if encoding is None and errors is None and newline is None:
         return _REWRITE_BINARY.get(mode)
     return None
+
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 # open() modes: 0 read, 1 write (truncating or creating), 2 write keeping content (copy-up), 3 create
@@ -124,7 +126,9 @@ def guarded_open(
                 _show_as(f, file)
                 return f
         return o_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-    rewrite = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener) if kind == 1 else None
+    rewrite = None
+    if kind == 1:
+        rewrite = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
     try:
         target = g.write_target(
             file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3, upper=rewrite is not None
@@ -148,7 +152,13 @@ def guarded_open(
 
 
 def _rewrite(
-    upper: str, flags: int, mode: str, buffering: int, encoding: str | None, errors: str | None, newline: str | None
+    upper: str,
+    flags: int,
+    mode: str,
+    buffering: int,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
 ) -> Any:
     """Open the run folder's existing copy ``upper`` as ``open(upper, mode)`` would, but without
     creating it or following a link at its last name: None when that fails (the caller then opens
