@@ -75,7 +75,8 @@ class EventLog:
         self._fd: int | None = _p_open(self.path, flags, 0o644)
         self._buf: list[str] = []
         self._first = 0.0
-        self._stamp, self._stamp_ms = "0.0", -1  # "time" of the current millisecond, formatted once
+        # the current millisecond, and the start of a line with it and the pid, formatted once
+        self._stamp_ms, self._head = -1, ""
         self._batch, self._delay = batch, max_delay
         self._fixed: dict[tuple[str, str, str, str, bool, str, str, str], tuple[str, str]] = {}
         self._pid = _getpid()
@@ -136,11 +137,11 @@ class EventLog:
         now = time()
         ms = int(now * 1000)
         if ms != self._stamp_ms:  # formatting a float costs more than the rest of a line: once a ms
-            self._stamp, self._stamp_ms = f"{ms / 1000:.3f}", ms
+            self._head, self._stamp_ms = f'{{"time": {ms / 1000:.3f}, "pid": {self._pid}, ', ms
         buf = self._buf
         if not buf:
             self._first = now
-        buf.append(f'{{"time": {self._stamp}, "pid": {self._pid}, {body}')
+        buf.append(self._head + body)
         if deny or len(buf) >= self._batch or now - self._first >= self._delay:
             self.flush()
 
@@ -185,6 +186,7 @@ class EventLog:
     def _after_fork_in_child(self) -> None:
         self._buf.clear()  # flushed by the parent before the fork: the child must not repeat them
         self._pid = _getpid()
+        self._stamp_ms = -1  # the start of a line holds the pid
 
     def __enter__(self) -> EventLog:
         return self

@@ -126,17 +126,15 @@ def guarded_open(
                 _show_as(f, file)
                 return f
         return o_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-    rewrite = None
-    if kind == 1:
-        rewrite = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
     try:
         target = g.write_target(
-            file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3, upper=rewrite is not None
+            file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3, upper=kind == 1
         )
     except AccessDenied as e:
         raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     if type(target) is Upper:
-        f = _rewrite(target, rewrite, mode, buffering, encoding, errors, newline)  # type: ignore[arg-type]
+        flags = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
+        f = None if flags is None else _rewrite(target, flags, mode, buffering, encoding, errors, newline)
         if f is not None:
             _show_as(f, file)
             return f
