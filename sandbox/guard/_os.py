@@ -134,10 +134,10 @@ def guarded_open(
         raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     if type(target) is Upper:
         flags = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
-        f = None if flags is None else _rewrite(target, flags, mode, buffering, encoding, errors, newline)
-        if f is not None:
-            _show_as(f, file)
-            return f
+        done = None if flags is None else _rewrite(target, flags, mode, buffering, encoding, errors, newline)
+        if done is not None:
+            _show_as(done, file)
+            return done
         target = None  # a new name, or not a plain file: through the overlay, as the caller wrote it
     path = TOKEN.obj = file if target is None else target
     try:
