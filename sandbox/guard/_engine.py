@@ -174,6 +174,7 @@ class Engine:
         # original at once -- the kernel merges the run folder over the workspace natively.
         self.native_reads = overlay and not any(Op.READ in r.ops for r in policy.spec.rules)
         self._bodies: dict[tuple[Fam, Op, str], str] = {}  # a family's event lines (_log_fam)
+        self._mapped: dict[tuple[Fam, Op, str], tuple[str | None, Upper | None]] = {}  # _overlay_entry
         self._fams: dict[Op, dict[str, Fam | None]] = {op: {} for op in Op}
         self._rfams = self._fams[READ]
         self._heads: dict[str, str] = {}
@@ -191,6 +192,7 @@ class Engine:
             fams.clear()  # keyed by the folder as written: relative ones too
         self._rel_heads.clear()
         self._bodies.clear()
+        self._mapped.clear()
         if not cwd:
             self._heads.clear()
             self._dirs.clear()
@@ -300,6 +302,30 @@ class Engine:
                 self._bodies.clear()
             self._bodies[key] = body
         ev.emit_body(body)
+
+    def _overlay_entry(self, fam: Fam, op: Op, arg: Any, real: str, tail: str) -> Upper | None:
+        """An entry of a family whose redirect the overlay maps: log it (as :meth:`_log_fam`) and
+        return the run folder's copy (None when the overlay's upper layer is not the run folder).
+        Both are kept per name: a loop rewriting the same names pays the time stamp and a lookup."""
+        key = (fam, op, arg) if type(arg) is str else None
+        hit = self._mapped.get(key) if key is not None else None
+        if hit is None:
+            t = fam.d.target and fam.d.target + "/" + tail
+            ev, d = self.events, fam.d
+            if key is None or ev is None:
+                self.log(d, op, arg, real, t)
+                return Upper(t) if fam.upper and t else None
+            body = ev.body(
+                LAYER, op, d.action, d.rule, arg, real, t, d.captured, self.profile, d.reason, d.hint
+            )
+            hit = (body, Upper(t) if fam.upper and t else None)
+            if len(self._mapped) >= _CACHE_MAX:
+                self._mapped.clear()
+            self._mapped[key] = hit
+        ev = self.events
+        if ev is not None and hit[0] is not None:
+            ev.emit_body(hit[0])
+        return hit[1]
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
@@ -429,9 +455,8 @@ class Engine:
                     if action is ALLOW:
                         return None
                     if fam.dest is None:  # the overlay maps it
-                        t = fam.d.target and fam.d.target + "/" + tail
-                        self._log_fam(fam, op, arg, real, t)
-                        return Upper(t) if upper and fam.upper and t else None
+                        entry = self._overlay_entry(fam, op, arg, real, tail)
+                        return entry if upper else None
                     target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     if not (follow and fam.links_dst and self._is_link(target)):
                         return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl, fam)

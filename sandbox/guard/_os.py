@@ -42,6 +42,7 @@ _REWRITE = os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 #: The modes a rewrite in place serves (text ones; binary ones: ``_REWRITE_BINARY``).
 _REWRITE_TEXT = {"w": os.O_WRONLY, "wt": os.O_WRONLY, "w+": os.O_RDWR, "w+t": os.O_RDWR, "wt+": os.O_RDWR}
 _REWRITE_BINARY = {"wb": os.O_WRONLY, "w+b": os.O_RDWR, "wb+": os.O_RDWR}
+_REWRITE_PLAIN = {**_REWRITE_TEXT, **_REWRITE_BINARY}
 _STR_OR_NONE = (str, type(None))
 
 
@@ -133,7 +134,11 @@ def guarded_open(
     except AccessDenied as e:
         raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     if type(target) is Upper:
-        flags = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
+        plain = encoding is None and errors is None and newline is None and opener is None
+        if plain and closefd is True and buffering == -1 and type(buffering) is int:
+            flags = _REWRITE_PLAIN.get(mode)  # open(p, "w"): the common case
+        else:
+            flags = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
         done = None if flags is None else _rewrite(target, flags, mode, buffering, encoding, errors, newline)
         if done is not None:
             _show_as(done, file)
