@@ -5,7 +5,8 @@ report and export are not counted (``bench/bench_start.py`` measures those) -- a
 Each round runs every variant once, interleaved, on tmpfs (``/dev/shm``) and on the default temp
 disk (host, workspace base and bare folders all on the one filesystem); the figures are medians:
 
-- ``bare``: ``python -E loop.py`` with the host as cwd and a fresh ``$TV_RUN_DIR`` folder;
+- ``bare``: ``python -E loop.py`` with the host as cwd and ``$TV_RUN_DIR`` a fresh folder where
+  the runs are exported (``artifacts/summaries/runs/bare-N``);
 - ``both``: ``tv-sandbox run --profile production -- python loop.py`` (kernel layer + guard);
 - ``guard``: the same with ``--kernel off`` (the Python guard alone);
 - ``kernel``: the kernel layer alone -- ``python -E`` skips the guard's ``sitecustomize`` (as the
@@ -155,7 +156,7 @@ def main() -> int:
                 if variant in BASELINE:
                     env["PYTHONPATH"] = os.path.abspath(args.baseline)
                 if variant == "bare":
-                    run_dir = pl.tmp / f"bare-run-{r}"
+                    run_dir = pl.host / "artifacts" / "summaries" / "runs" / f"bare-{r}"  # where exports go
                     run_dir.mkdir()
                     env["TV_RUN_DIR"] = str(run_dir)
                     out = pl.host / "out"
