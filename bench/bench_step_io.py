@@ -157,7 +157,7 @@ def main() -> int:
                     env["PYTHONPATH"] = os.path.abspath(args.baseline)
                 if variant == "bare":
                     run_dir = pl.host / "artifacts" / "summaries" / "runs" / f"bare-{r}"  # where exports go
-                    run_dir.mkdir()
+                    run_dir.mkdir(parents=True)
                     env["TV_RUN_DIR"] = str(run_dir)
                     out = pl.host / "out"
                     shutil.rmtree(out, ignore_errors=True)
