@@ -11,6 +11,9 @@ them, interleaved -- and the same for its network namespace (``lo`` up included)
 launch is also run with a policy of ``[kernel] network = "host"`` (no network namespace, Ray's
 folders not hidden), side by side with the default.
 
+As root, the same is measured with the launcher run by an unprivileged user (``setpriv`` to
+nobody): its user namespace maps only its own id, and no mapper is needed.
+
 Usage: python bench/bench_start.py [--runs 20] [--phases]
 """
 
@@ -111,6 +114,13 @@ def main() -> int:
             )
         )
         print(f"#   spawn(true) full plan: {with_net * 1000:.1f} ms with, {without_net * 1000:.1f} ms without")
+        unpriv = unprivileged_cost(tmp, args.runs)
+        if unpriv is None:
+            print("# as an unprivileged user: not measured (needs root to drop to, setpriv, user namespaces)")
+        else:
+            d_u, b_u, py_u = unpriv
+            print(line("tv-sandbox run as an unprivileged user minus bare, ms", d_u, "<= 50", d_u <= 50))
+            print(f"#   setpriv --reuid=65534 {py_u}: bare median {b_u:.1f} ms; its user namespace maps its own id")
         if args.phases:
             env = dict(os.environ, TV_SANDBOX_TIMINGS="1")
             r = subprocess.run(sandboxed("auto"), env=env, capture_output=True, text=True)
@@ -119,6 +129,54 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+def unprivileged_cost(tmp: Path, runs: int) -> tuple[float, float, str] | None:
+    """``(ms over bare, bare ms, python)`` of ``tv-sandbox run -- python -c pass`` launched by an
+    unprivileged user (``setpriv`` to nobody; both sides under ``setpriv``, so its cost cancels),
+    or None where this machine cannot (not root, no setpriv, no user namespaces). The user's
+    Python: ours when nobody may run it, else the system's (with this checkout on PYTHONPATH)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    home = tmp / "nobody"
+    home.mkdir()
+    tmp.chmod(0o755)  # the user must reach its home below our temp folder
+    host = make_host(home / "host")
+    for dirpath, dirnames, filenames in os.walk(home):
+        for name in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, name), NOBODY, NOBODY)
+    os.chown(home, NOBODY, NOBODY)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TV_", "PYTHON"))}
+    env.update(PYTHONPATH=repo, HOME=str(home), TMPDIR=str(home))
+    counter = iter(range(10**6))
+
+    def sandboxed(py: str) -> list[str]:
+        argv = [*drop, py, "-m", "sandbox", "run", "--root", str(host), "--run-id", f"u{next(counter)}"]
+        return [*argv, "--", py, "-c", "pass"]
+
+    # The first Python whose sandboxed run works (a venv may link to an interpreter under /root,
+    # which the user's namespace cannot reach); that run also builds the shim into its cache.
+    for py in (sys.executable, "/usr/bin/python3"):
+        ok = subprocess.run(sandboxed(py), env=env, capture_output=True, cwd="/")
+        if ok.returncode == 0:
+            break
+    else:
+        return None
+
+    def ours(r: int) -> None:
+        subprocess.run(sandboxed(py), env=env, check=True, stderr=subprocess.DEVNULL, cwd="/")
+
+    def bare(r: int) -> None:
+        subprocess.run([*drop, py, "-c", "pass"], env=env, check=True, cwd="/")
+
+    t = interleaved(runs, bare=bare, ours=ours)
+    b = median(t["bare"])
+    return (median(t["ours"]) - b) * 1000, b * 1000, py
 
 
 def pid_namespace_cost(tmp: Path, runs: int, what: str = "pid_namespace") -> tuple[float, float]:

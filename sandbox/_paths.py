@@ -171,8 +171,51 @@ def _remove_entry(name: str, dir_fd: int) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(name, dir_fd=dir_fd)
+        rmtree(name, dir_fd=dir_fd, strict=True)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def rmtree(path: str, *, dir_fd: int | None = None, strict: bool = False) -> None:
+    """Remove the folder ``path`` (relative to ``dir_fd``) and everything below it, never
+    following a link: ``shutil.rmtree``'s descriptor-based walk, without importing ``shutil``
+    (``bz2``, ``lzma``, ``fnmatch`` and ``re``: milliseconds on every run's critical path).
+    ``strict``: raise the first ``OSError``; otherwise remove what can be removed. A folder we may
+    not enter (overlayfs leaves ``work/work`` with mode 000) is opened up first: it is ours."""
+    try:
+        fd = _open_dir(path, dir_fd)
+        try:
+            _empty(fd, strict)
+        finally:
+            os.close(fd)
+        os.rmdir(path, dir_fd=dir_fd)
+    except OSError:
+        if strict:
+            raise
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, stat.S_IRWXU, dir_fd=dir_fd, follow_symlinks=False)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _empty(fd: int, strict: bool) -> None:
+    with os.scandir(fd) as it:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in entries:
+        try:
+            if is_dir:
+                sub = _open_dir(name, fd)
+                try:
+                    _empty(sub, strict)
+                finally:
+                    os.close(sub)
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        except OSError:
+            if strict:
+                raise

@@ -237,7 +237,7 @@ def read_events(path: str | os.PathLike[str], *, skip: int = 0) -> list[dict[str
     """The events of a log, in file order, after its first ``skip`` lines (one step's: see
     :func:`count_events`). A line that does not parse (a torn write of a process killed
     mid-line, which single-write appends make very unlikely) is skipped. A missing log has none."""
-    import json
+    from sandbox import _json as json
 
     out: list[dict[str, Any]] = []
     if not os.path.exists(path):

@@ -150,11 +150,10 @@ class PolicySpec:
     @property
     def sha256(self) -> str:
         """Hash of the policy's content (not its file name): recorded in every manifest."""
-        import hashlib
-        import json
+        from sandbox import _json
+        from sandbox._digest import sha256_hex
 
-        blob = json.dumps(self.data, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return sha256_hex(_json.dumps(self.data, sort_keys=True, separators=(",", ":")).encode())
 
     def bind(
         self,

@@ -212,8 +212,7 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
 
     The raw log is consumed (renamed, read, removed): the next call sees only newer lines.
     """
-    import json
-
+    from sandbox import _json as json
     from sandbox.events import EventLog, read_events
 
     raw = os.path.join(run_storage, "logs", NATIVE_RAW)
@@ -442,6 +441,6 @@ def build(
 def write(run_storage: str, report: Mapping[str, Any]) -> str:
     """Write the report at the top of the run folder -- replacing, never following, whatever
     the step left under that name (a symlink to the lakehouse, say)."""
-    import json
+    from sandbox import _json as json
 
     return write_into(run_storage, REPORT_NAME, (json.dumps(report, indent=1) + "\n").encode())

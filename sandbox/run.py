@@ -107,11 +107,9 @@ class _Clock:
 
 
 def _meanwhile(base_dir: str | None) -> None:
-    """What the launcher does while its first step runs: load what the end of the run needs (off
-    the start-up path, on the other core) and sweep what launchers killed before us left behind."""
-    import hashlib  # noqa: F401
-    import json  # noqa: F401
-
+    """What the launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
+    the keeper builds the sandbox meanwhile): load what the end of the run needs, off the start-up
+    path and on the other core, and sweep what launchers killed before us left behind."""
     import sandbox.export._exporter  # noqa: F401
     from sandbox import report  # noqa: F401
 
@@ -253,7 +251,7 @@ class Run:
             self._clock.lap("launch")
             try:
                 result, cut, why = self._wait(
-                    child, spec.timeout_s, first=len(self.steps) == 0, pending=launching.held
+                    child, spec.timeout_s, pending=launching.held
                 )
             finally:
                 running.release()
@@ -332,7 +330,17 @@ class Run:
 
     def _start(self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int) -> Child:
         if self._launched is None:
-            launched = _launch(self.prep, self.ws, self.policy, env, argv, stdout=out_fd, stderr=err_fd)
+            base = self.prep.request.workspace_base
+            launched = _launch(
+                self.prep,
+                self.ws,
+                self.policy,
+                env,
+                argv,
+                stdout=out_fd,
+                stderr=err_fd,
+                meanwhile=lambda: _meanwhile(base),
+            )
             self._launched, self._plan = launched, launched.plan
             self.missing.update(launched.missing)
             self.warnings.extend(launched.warnings)
@@ -345,7 +353,7 @@ class Run:
         return child
 
     def _wait(
-        self, child: Child, timeout: float | None, *, first: bool, pending: Sequence[int] = ()
+        self, child: Child, timeout: float | None, *, pending: Sequence[int] = ()
     ) -> tuple[ChildResult, str | None, str]:
         """Wait for the step; end its tree on a timeout or an interrupt. Returns the result and
         why tv-sandbox cut it (None, ``"timeout"``, ``"interrupted"``; a cancel says itself)."""
@@ -369,8 +377,6 @@ class Run:
                 raise Interrupted(pending[0])
             start_thread(tree.sample)
             start_thread(watchdog)
-            if first:
-                _meanwhile(self.prep.request.workspace_base)
             result = child.wait()
         except KeyboardInterrupt as e:  # Ctrl-C (SIGINT) or Interrupted (SIGTERM, our handler)
             self.interrupted = getattr(e, "signum", SIGINT)
@@ -541,8 +547,7 @@ def report_and_export(
     ``warnings`` grows with what this finds. ``by_link``: the caller proved that no process of
     the run is left (each step's PID namespace waited out), so the export may hard-link files
     instead of copying them. Returns the report."""
-    import json
-
+    from sandbox import _json as json
     from sandbox import native
     from sandbox._paths import write_into
     from sandbox.events import summarise

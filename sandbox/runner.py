@@ -29,7 +29,7 @@ from sandbox.workspace import Workspace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import IO, Any
 
     from sandbox.kernel import Child, KernelPlan
@@ -317,9 +317,11 @@ def start_step(
     *,
     stdout: int | None = None,
     stderr: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Child:
     """Start one step under ``plan`` (None: the Python guard alone) with the guard bootstrapped
-    from its environment; ``env`` is the run environment of the step."""
+    from its environment; ``env`` is the run environment of the step. ``meanwhile``: see
+    :func:`sandbox.kernel.spawn`."""
     from sandbox.guard.bootstrap import child_env
     from sandbox.kernel import spawn
 
@@ -328,7 +330,9 @@ def start_step(
     full = child_env(
         env, policy_file=policy_file, events_file=events_file, overlay=bool(plan and plan.overlays)
     )
-    return spawn(list(argv), env=full, cwd=ws.root, plan=plan, stdout=stdout, stderr=stderr)
+    return spawn(
+        list(argv), env=full, cwd=ws.root, plan=plan, stdout=stdout, stderr=stderr, meanwhile=meanwhile
+    )
 
 
 @record
@@ -350,6 +354,7 @@ def _launch(
     *,
     stdout: int | None = None,
     stderr: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Launched:
     """Start a run's first step with the strongest kernel layer this machine accepts.
 
@@ -359,14 +364,18 @@ def _launch(
     and ``missing`` names each part of the full layer the step runs without. When the kernel layer
     is required (``--kernel require``, or the policy's ``kernel = "require"``) only the full layer
     will do: anything less refuses to run (exit 125, before the command ran). The plan it settles
-    on is the one every later step of the run gets.
+    on is the one every later step of the run gets. ``meanwhile`` runs once, during the first
+    attempt (see :func:`sandbox.kernel.spawn`).
     """
     req = prep.request
 
     from sandbox.kernel import missing_layers
 
+    pending = [meanwhile] if meanwhile is not None else []
+
     def start(plan: KernelPlan | None) -> Child:
-        return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr)
+        once = pending.pop() if pending else None
+        return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr, meanwhile=once)
 
     if prep.kernel == "off":
         why = 'turned off (--kernel off, or the policy\'s kernel = "off")'

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 
+from sandbox._paths import rmtree
 from sandbox._record import field, record
 from sandbox.policy import Layout, Policy, PolicySpec
 
@@ -139,9 +140,7 @@ _PREFIX = "tv-sandbox-"
 
 
 def _rmtree(path: str) -> None:
-    import shutil  # not on the start-up path: a run removes its workspace after its step
-
-    shutil.rmtree(path, ignore_errors=True)
+    rmtree(path)  # best effort: what is left stays provably owned (see _remove_owned)
 
 
 def _remove_owned(base: str) -> None:

@@ -17,6 +17,7 @@ from sandbox.errors import PolicyError
 from sandbox.loader import load_policy, policies_dir, policy_from_dict, resolve_profile, spec_from_mapping
 from sandbox.policy import Action, Decision, Op, Policy
 from sandbox.rules import _fnmatch
+from sandbox.samples import make_host
 
 H, W, T = "/h", "/w/ws", "/w/tmp"
 RUN = "/w/ws/artifacts/summaries/runs/R1"
@@ -290,6 +291,39 @@ def test_the_launchers_path_imports_nothing_heavy() -> None:
     )
     assert "sandbox.kernel.spawning" in loaded  # the scan saw what it checks
     assert not loaded & HEAVY, sorted(loaded & HEAVY)
+
+
+def test_a_whole_run_imports_nothing_heavy(tmp_path: Path) -> None:
+    """``tv-sandbox run -- true`` from start to export: what the launcher loads after the step
+    (the report, the export, the workspace's removal) is paid on every run too -- no ``json``
+    (``re``, ``enum``), ``hashlib`` (libcrypto), ``shutil`` (``bz2``, ``lzma``), ``datetime``.
+    (The first run after a policy file changed parses it: ``tomllib``, once; a run before
+    warms the parse cache.)"""
+    host = make_host(tmp_path / "host")
+
+    heavy = HEAVY | {"datetime", "bz2", "lzma"}
+    # each heavy import is reported with the stack that made it
+    code = (
+        "import sys, traceback\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name in {sorted(heavy)!r}:\n"
+        "            sys.stderr.write(f'HEAVY {name}\\n' + ''.join(traceback.format_stack(limit=8)))\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "before = set(sys.modules)\n"
+        "from sandbox.cli import main\n"
+        f"code = main(['run', '--root', {str(host)!r}, '--run-id', sys.argv[1], '--', 'true'])\n"
+        "print(code, ' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+
+    def run(run_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code, run_id], capture_output=True, text=True, check=True)
+
+    run("warm")
+    r = run("light")
+    status, *loaded = r.stdout.split()
+    assert status == "0" and "sandbox.export._exporter" in loaded  # it ran to the export
+    assert not set(loaded) & heavy, r.stderr
 
 
 # -- the parse cache ------------------------------------------------------------------------------

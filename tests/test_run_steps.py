@@ -75,6 +75,18 @@ def test_steps_share_the_workspace_and_each_has_its_record(host: Path) -> None:
     assert lake(host) == before
 
 
+def test_peak_memory_is_the_whole_trees(host: Path) -> None:
+    """Three children holding 40 MiB each at once: the step's peak is their sum (sampled from
+    /proc while it runs), not the largest single process's ``ru_maxrss``."""
+    hold = "import time; b = bytearray(40 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.8)"
+    script = f"for i in 1 2 3; do {PY} -c \"{hold}\" & done; wait"
+    with _open(host, "rss") as run:
+        rec = run.step(StepSpec(script, name="three"))
+        run.close()
+    assert rec.exit_code == 0
+    assert rec.peak_rss_bytes >= 3 * (40 << 20), rec.peak_rss_bytes
+
+
 def test_a_timeout_ends_the_steps_whole_process_tree(host: Path) -> None:
     marker = f"{os.getpid()}.{time.monotonic_ns() % 1000}"
     t0 = time.monotonic()

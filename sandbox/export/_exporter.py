@@ -32,11 +32,11 @@ manifest schema, ``read_manifest`` and ``verify``: :mod:`sandbox.export.manifest
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import stat
 
+from sandbox import _json as json
+from sandbox._digest import sha256
 from sandbox._record import field, record
 from sandbox.errors import ExportError, PreflightError
 from sandbox.export import manifest as manifest_mod
@@ -540,7 +540,7 @@ class _Stager:
             n -= k
 
     def _hash(self, fd: int, here: str, size: int) -> str:
-        digest = hashlib.sha256()
+        digest = sha256(size)
         pos = 0
         for offset, length in self._segments(fd, here, size):
             self._hash_zeros(digest, offset - pos)
@@ -557,7 +557,7 @@ class _Stager:
         except OSError as exc:
             raise _Failed("writing", d, exc) from None
         self._defer(out, d)
-        digest = hashlib.sha256()
+        digest = sha256(size)
         pos = 0
         try:
             for offset, length in self._segments(sfd, here, size):

@@ -16,12 +16,12 @@ locks when an exporter dies, which is what makes its leftovers fair game. Stdlib
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import stat
+
+from sandbox._paths import rmtree
 
 __all__ = [
     "DIR_FLAGS",
@@ -98,8 +98,10 @@ def lock_dest(pfd: int, name: str) -> int | None:
 
 def remove(pfd: int, name: str) -> None:
     """Remove ``name`` (a tree, file or link) below ``pfd``; best effort -- recover() finishes it."""
-    with contextlib.suppress(OSError):
+    try:
         _remove_strict(pfd, name)
+    except OSError:
+        pass
 
 
 # -- recovery -------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def _remove_leftover(pfd: int, parent: str, entry: str, what: str, actions: list
 
 def _remove_strict(pfd: int, name: str) -> None:
     if stat.S_ISDIR(os.lstat(name, dir_fd=pfd).st_mode):
-        shutil.rmtree(name, dir_fd=pfd)
+        rmtree(name, dir_fd=pfd, strict=True)
     else:
         os.unlink(name, dir_fd=pfd)
 

@@ -22,11 +22,12 @@ and version; :func:`verify` holds an export to its manifest exactly. Stdlib only
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
-from datetime import UTC, datetime
+import time
+
+from sandbox import _json as json
+from sandbox._digest import sha256
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def header(
         "status": status,
         "exit_code": exit_code,
         "policy": {"name": policy_name, "sha256": policy_sha256},
-        "created": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "created": _utc_now(),
     }
 
 
@@ -201,8 +202,14 @@ def _walk(root: str, dirs: set[str], rel: str = "") -> Iterator[tuple[str, str, 
             yield from _walk(root, dirs, r + "/")
 
 
+def _utc_now() -> str:
+    """``2026-11-29T21:40:01.123Z`` (``datetime``'s isoformat in milliseconds, without its import)."""
+    sec, ns = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns // 1_000_000:03d}Z"
+
+
 def _sha256(path: str, buf: memoryview) -> str:
-    digest = hashlib.sha256()
+    digest = sha256(os.stat(path, follow_symlinks=False).st_size)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         while n := os.readv(fd, [buf]):

@@ -45,7 +45,7 @@ from sandbox.kernel.plan import AppliedLayers, KernelPlan, enter, seal
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 else:
     # ``_signal``, not ``signal``: the wrapper builds enums (importing ``enum``, ``functools``...),
     # milliseconds of every launch; these are the same functions and numbers.
@@ -211,6 +211,7 @@ def spawn(
     stdout: int | None = None,
     stderr: int | None = None,
     pass_fds: Sequence[int] = (),
+    meanwhile: Callable[[], None] | None = None,
 ) -> Child:
     """Run ``argv`` (looked up on ``env["PATH"]``) in ``cwd`` with ``plan`` applied first.
 
@@ -224,9 +225,12 @@ def spawn(
     executable) or ``cwd`` cannot be entered -- both after the step's processes have been
     reaped, both one line; the original ``OSError`` is the ``__cause__``.
 
-    A root launcher writes the identity uid/gid map of the step's user namespace (the keeper
-    asks for it over the report pipe: only a process of the parent namespace may map more than
-    its own id), so files keep their owners inside.
+    A root launcher's step gets the identity uid/gid map in its user namespace, so files keep
+    their owners inside: only a process of the parent namespace may map more than its own id, so
+    the keeper forks a *mapper* before it unshares, which writes the maps and exits.
+
+    ``meanwhile`` runs here once the keeper is forked, while it sets the step up: the launcher's
+    own work that needs no answer from it (errors in it are ignored: it may only prepare).
 
     The step is SIGKILLed when the *thread* calling ``spawn`` exits (Linux ties the
     parent-death signal to the forking thread, not the process): call it from the main thread
@@ -241,20 +245,22 @@ def spawn(
     parent = os.getpid()  # the child compares getppid() to it: did we die before its prctl?
     keep = sorted({int(fd) for fd in pass_fds if int(fd) > 2})
     rfd, wfd = os.pipe()  # both close-on-exec; the child's report
-    gor, gow = os.pipe()  # our answer to its request for a uid map
     started = time.monotonic()
     try:
         pid = os.fork()
     except BaseException:
-        for fd in (rfd, wfd, gor, gow):
-            os.close(fd)
+        os.close(rfd)
+        os.close(wfd)
         raise
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(rfd)
-        os.close(gow)
-        _keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent)
+        _keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, parent)
     os.close(wfd)
-    os.close(gor)
+    if meanwhile is not None:
+        try:
+            meanwhile()
+        except Exception:  # only a head start: whatever it prepares is done again when needed
+            pass
     applied: AppliedLayers | None = None
     launcher_rss = 0
     init_pid: int | None = None
@@ -268,12 +274,7 @@ def spawn(
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 stage, _, rest = raw.decode("utf-8", "replace").partition(" ")
-                if stage == "userns":
-                    try:
-                        os.write(gow, b"1" if _map_identity(pid) else b"0")
-                    except BrokenPipeError:  # the keeper was killed: its end says the rest
-                        pass
-                elif stage == "applied":
+                if stage == "applied":
                     applied = AppliedLayers.decode(rest)
                 elif stage == "rss":
                     launcher_rss = int(rest)
@@ -285,7 +286,6 @@ def spawn(
                     failure = (stage, rest)
     finally:
         os.close(rfd)
-        os.close(gow)
     if failure is not None:
         if pidfd >= 0:
             os.close(pidfd)
@@ -332,6 +332,43 @@ def _open_pidfd(pid: int, keeper: int, *, ns_init: bool) -> tuple[int, bool]:
     return fd, False
 
 
+class _Mapper:  # pragma: no cover - in the keeper
+    """A child of the keeper, forked before it unshares, so still in the parent user namespace:
+    on request it writes the identity maps of the keeper's new namespace (what only a process
+    outside may do for more than its own id), answers, and exits. It dies with the keeper too:
+    the request pipe's end of file."""
+
+    def __init__(self) -> None:
+        self.keeper = os.getpid()
+        ask_r, self._ask = os.pipe()
+        self._answer, ans_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            ok = False
+            try:
+                os.close(self._ask)
+                os.close(self._answer)
+                if os.read(ask_r, 1) == b"m":
+                    ok = _map_identity(self.keeper)
+                os.write(ans_w, b"1" if ok else b"0")
+            finally:
+                os._exit(0)
+        os.close(ask_r)
+        os.close(ans_w)
+
+    def map(self) -> bool:
+        """Ask (once the keeper has unshared its user namespace); whether the maps were written."""
+        os.write(self._ask, b"m")
+        return os.read(self._answer, 1) == b"1"
+
+    def end(self) -> None:
+        # Not waited for: its exit (an address space to tear down) is not the step's start-up;
+        # whoever reaps the keeper's children next (the init's end, _reap, _end_descendants)
+        # takes it, or, the keeper gone, the system's reaper.
+        os.close(self._ask)  # an end of file, if it was never asked
+        os.close(self._answer)
+
+
 def _map_identity(pid: int) -> bool:
     """Write the identity uid/gid maps of ``pid``'s new user namespace; False when we may not
     (the child then maps its own id only)."""
@@ -351,7 +388,6 @@ def _keeper(
     stdio: tuple[int | None, int | None, int | None],
     keep: list[int],
     wfd: int,
-    gor: int,
     parent: int,
 ) -> None:  # pragma: no cover - runs in the child
     stage = "setup"
@@ -363,21 +399,20 @@ def _keeper(
             os.set_inheritable(fd, True)
         # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
         # steps' pipes, a Ray worker's sockets, locked files) that long.
-        _close_fds_except([*keep, wfd, gor])
+        _close_fds_except([*keep, wfd])
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
         entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
-
-            def mapped_by_parent() -> bool:
-                os.write(wfd, b"userns\n")
-                return os.read(gor, 1) == b"1"
-
-            entered = enter(plan, mapped_by_parent=mapped_by_parent)
+            mapper = _Mapper() if plan.namespace and os.geteuid() == 0 else None
+            try:
+                entered = enter(plan, mapped_by_parent=mapper.map if mapper else None)
+            finally:
+                if mapper is not None:
+                    mapper.end()
         stage = "setup"
-        os.close(gor)
         _die_with(parent)
         # Blocked before any fork: a child's end or a signal to forward is never missed.
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
@@ -575,8 +610,13 @@ def _end_descendants() -> None:  # pragma: no cover - in the keeper, without a P
 
 
 def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
-    """Pids whose parent is ``ppid``, from /proc (``/proc/<pid>/task/<tid>/children`` needs
-    CONFIG_PROC_CHILDREN, which kernels may lack)."""
+    """Pids whose parent is ``ppid`` (single-threaded): its ``/proc/<pid>/task/<pid>/children``,
+    else -- a kernel without CONFIG_PROC_CHILDREN -- a scan of every process's stat."""
+    try:
+        with open(f"/proc/{ppid}/task/{ppid}/children", "rb") as fh:
+            return [int(c) for c in fh.read().split()]
+    except FileNotFoundError:
+        pass
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
