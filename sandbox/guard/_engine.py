@@ -15,7 +15,12 @@ would reach (:func:`sandbox._paths.resolve`), asks ``Policy.decide`` and execute
 With ``overlay=True`` (the kernel layer made the workspace an overlay whose upper layer is the run
 folder, and overlaid the mounts in audit mode) workspace redirects and audit captures execute on the
 *original* path and the overlay maps them; they are still logged as redirects. Writing the upper
-layer directly while the overlay caches lookups would leave stale negative dentries.
+layer directly while the overlay caches lookups would leave stale negative dentries -- for a *new*
+name. A truncating ``open`` of a name the run folder already holds as a plain file is the one
+exception (``write_target(upper=True)``, :class:`Upper`): that file is the inode the overlay shows,
+so it is opened there (no ``O_CREAT``, ``O_NOFOLLOW``), skipping the overlay's lookups and the
+explain shim's record of the call. Reads under the overlay, with no rule about reads, are not
+decided at all (``native_reads``): each is allowed or mapped by the overlay itself.
 
 Speed: a write loop creates thousands of new names, and both resolving (``realpath``: an ``lstat``
 per component) and deciding cost more than the write. So the engine works per *folder*: the real
