@@ -122,6 +122,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--chunks", type=int, default=10, help="each loop runs in this many interleaved chunks")
     ap.add_argument("--quick", action="store_true", help="a few iterations, one round: a smoke test")
+    ap.add_argument("--raw", action="store_true", help="also print every round's figure")
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        default=-1,
+        help="run every variant on this CPU (default: the last one; -2: no pinning). A process that "
+        "lands on a vCPU whose host core is busy runs ~1.5x slower for its whole life: pinned, "
+        "all variants share that luck, round by round",
+    )
     ap.add_argument("--only", choices=("tmpfs", "disk"), default=None)
     ap.add_argument(
         "--baseline",
@@ -134,6 +143,9 @@ def main() -> int:
     if args.quick:
         args.iters, args.rounds, args.chunks = 400, 1, 2
     py = sys.executable
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.cpu != -2 and len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[args.cpu] if args.cpu < 0 else args.cpu})
     script = os.path.join(os.path.dirname(py), "tv-sandbox")
     launcher = [script] if os.access(script, os.X_OK) else [py, "-m", "sandbox"]
     places = []
@@ -216,6 +228,15 @@ def main() -> int:
                 if args.baseline:
                     base = ", ".join(f"{v} {med[v][k] / med['bare'][k]:.2f}x" for v in BASELINE)
                     print(f"#       baseline {args.baseline}: {base}")
+                low = {v: min(pl.results[v][k]) for v in variants}
+                print(
+                    "#       fastest rounds: "
+                    + ", ".join(f"{v} {low[v] / low['bare']:.2f}x" for v in variants[1:])
+                )
+            if args.raw:
+                for v in variants:
+                    raw = ("  ".join(f"{x / args.iters * 1e6:.1f}" for x in pl.results[v][k]) for k in LOOPS)
+                    print(f"#   raw {v} us/iter (a | b | c): " + " | ".join(raw))
             for k in LOOPS:
                 r = med["both"][k] / med["bare"][k]
                 goal = GOALS[k]
