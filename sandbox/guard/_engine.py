@@ -113,7 +113,7 @@ class Fam:
     and whether the folder / the target folder held a symlink when scanned (then a followed last
     component is ``lstat``-ed; otherwise it cannot be a link: see the module docstring)."""
 
-    __slots__ = ("action", "d", "dest", "links_dst", "links_src", "real", "upper")
+    __slots__ = ("action", "d", "dest", "lines", "links_dst", "links_src", "real", "upper")
 
     def __init__(
         self,
@@ -128,6 +128,8 @@ class Fam:
         self.links_src, self.links_dst = links_src, links_dst
         # the overlay maps this redirect into the run folder, upper layer of the workspace
         self.upper = d.rule == "workspace-redirect" and not d.captured and d.action is REDIRECT
+        # per name: its event line and (overlay-mapped) run folder copy (Engine._overlay_entry)
+        self.lines: dict[str, tuple[str, Upper | None]] = {}
 
 
 class Upper(str):
@@ -178,8 +180,6 @@ class Engine:
         # overlay maps itself (read-through, audit-read-through): the read wrappers then call the
         # original at once -- the kernel merges the run folder over the workspace natively.
         self.native_reads = overlay and not any(Op.READ in r.ops for r in policy.spec.rules)
-        self._bodies: dict[tuple[Fam, Op, str], str] = {}  # a family's event lines (_log_fam)
-        self._mapped: dict[tuple[Fam, Op, str], tuple[str | None, Upper | None]] = {}  # _overlay_entry
         self._fams: dict[Op, dict[str, Fam | None]] = {op: {} for op in Op}
         self._rfams = self._fams[READ]
         self._heads: dict[str, str] = {}
@@ -196,8 +196,6 @@ class Engine:
         for fams in self._fams.values():
             fams.clear()  # keyed by the folder as written: relative ones too
         self._rel_heads.clear()
-        self._bodies.clear()
-        self._mapped.clear()
         if not cwd:
             self._heads.clear()
             self._dirs.clear()
@@ -296,40 +294,38 @@ class Engine:
         if type(arg) is not str:
             self.log(fam.d, op, arg, real, target)
             return
-        key = (fam, op, arg)
-        body = self._bodies.get(key)
-        if body is None:
+        hit = fam.lines.get(arg)
+        if hit is None:
             d = fam.d
             body = ev.body(
                 LAYER, op, d.action, d.rule, arg, real, target, d.captured, self.profile, d.reason, d.hint
             )
-            if len(self._bodies) >= _CACHE_MAX:
-                self._bodies.clear()
-            self._bodies[key] = body
-        ev.emit_body(body)
+            if len(fam.lines) >= _CACHE_MAX:
+                fam.lines.clear()
+            hit = fam.lines[arg] = (body, None)
+        ev.emit_body(hit[0])
 
-    def _overlay_entry(self, fam: Fam, op: Op, arg: Any, real: str, tail: str) -> Upper | None:
+    def _overlay_entry(self, fam: Fam, op: Op, arg: Any, tail: str) -> Upper | None:
         """An entry of a family whose redirect the overlay maps: log it (as :meth:`_log_fam`) and
         return the run folder's copy (None when the overlay's upper layer is not the run folder).
-        Both are kept per name: a loop rewriting the same names pays the time stamp and a lookup."""
-        key = (fam, op, arg) if type(arg) is str else None
-        hit = self._mapped.get(key) if key is not None else None
+        Both are kept per name (``fam.lines``): a loop rewriting the same names pays a lookup and
+        the time stamp."""
+        ev, d = self.events, fam.d
+        if ev is None or type(arg) is not str:
+            t = d.target and d.target + "/" + tail
+            self.log(d, op, arg, _join(fam.real, tail), t)
+            return Upper(t) if fam.upper and t else None
+        hit = fam.lines.get(arg)
         if hit is None:
-            t = fam.d.target and fam.d.target + "/" + tail
-            ev, d = self.events, fam.d
-            if key is None or ev is None:
-                self.log(d, op, arg, real, t)
-                return Upper(t) if fam.upper and t else None
+            t = d.target and d.target + "/" + tail
+            real = _join(fam.real, tail)
             body = ev.body(
                 LAYER, op, d.action, d.rule, arg, real, t, d.captured, self.profile, d.reason, d.hint
             )
-            hit = (body, Upper(t) if fam.upper and t else None)
-            if len(self._mapped) >= _CACHE_MAX:
-                self._mapped.clear()
-            self._mapped[key] = hit
-        ev = self.events
-        if ev is not None and hit[0] is not None:
-            ev.emit_body(hit[0])
+            if len(fam.lines) >= _CACHE_MAX:
+                fam.lines.clear()
+            hit = fam.lines[arg] = (body, Upper(t) if fam.upper and t else None)
+        ev.emit_body(hit[0])
         return hit[1]
 
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
@@ -454,14 +450,15 @@ class Engine:
                 action = fam.action
                 if action is ALLOW and not (follow and fam.links_src):
                     return None
-                # (``_join``, inlined here and below: these are the hot paths of every open)
-                real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
-                if action is not DENY and not (follow and fam.links_src and self._is_link(real)):
+                links = follow and fam.links_src
+                if action is not DENY and not (links and self._is_link(_join(fam.real, tail))):
                     if action is ALLOW:
                         return None
                     if fam.dest is None:  # the overlay maps it
-                        entry = self._overlay_entry(fam, op, arg, real, tail)
+                        entry = self._overlay_entry(fam, op, arg, tail)
                         return entry if upper else None
+                    # (``_join``, inlined: this is the hot path of every redirected open)
+                    real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
                     target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     if not (follow and fam.links_dst and self._is_link(target)):
                         return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl, fam)
