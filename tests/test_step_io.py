@@ -163,3 +163,19 @@ print(open("out/a.txt").read() or "EMPTY")
     assert lines[4] == "EMPTY"
     bare = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
     assert bare.stdout.split()[:5] == lines[:5]
+
+
+@pytest.mark.kernel("mount_namespace", "overlay", "landlock")
+def test_the_benchmark_runs(kernel_support: object) -> None:
+    """``bench/bench_step_io.py --quick``: every variant runs as a real step and each loop gets its
+    line (figures, goal, ok/MISSED) -- the figures themselves are the benchmark's business."""
+    bench = Path(__file__).parents[1] / "bench" / "bench_step_io.py"
+    r = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    places = ["tmpfs", "disk"] if os.geteuid() == 0 else ["disk"]
+    for place in places:
+        for loop in "abc":
+            assert f"{place} ({loop}) kernel on / bare" in r.stdout
+            assert f"{place} ({loop}) --kernel off / bare" in r.stdout
+    goals = [ln for ln in r.stdout.splitlines() if ln.startswith("tmpfs (")]
+    assert all(ln.endswith((" ok", " MISSED")) for ln in goals) and len(goals) == (6 if "tmpfs" in places else 0)
