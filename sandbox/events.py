@@ -77,7 +77,8 @@ class EventLog:
         self._fd: int | None = _p_open(self.path, flags, 0o644)
         self._buf: list[str] = []
         self._first = 0.0
-        self._stamp, self._stamp_ms = "0.0", -1  # "time" of the current millisecond, formatted once
+        # the current millisecond, and the start of a line with it and the pid, formatted once
+        self._stamp_ms, self._head = -1, ""
         self._batch, self._delay = batch, max_delay
         self._fixed: dict[tuple[str, str, str, str, bool, str, str, str], tuple[str, str]] = {}
         self._pid = _getpid()
@@ -98,7 +99,28 @@ class EventLog:
         hint: str = "",
     ) -> None:
         """Record one event (positional for the guard's hot path; see :data:`FIELDS`)."""
-        now = time()
+        self.emit_body(
+            self.body(layer, op, action, rule, path, resolved, target, captured, profile, reason, hint),
+            action == "deny",
+        )
+
+    def body(
+        self,
+        layer: str,
+        op: str,
+        action: str,
+        rule: str,
+        path: str,
+        resolved: str | None,
+        target: str | None = None,
+        captured: bool = False,
+        profile: str = "",
+        reason: str = "",
+        hint: str = "",
+    ) -> str:
+        """The line of an event after its ``time`` and ``pid`` (:meth:`emit`'s arguments): a caller
+        that records the same event again and again (a loop rewriting the same names) encodes it
+        once and hands it to :meth:`emit_body` each time."""
         key = (layer, op, action, rule, captured, profile, reason, hint)
         fixed = self._fixed.get(key)
         if fixed is None:  # the fields a write loop repeats, encoded once (half the cost of a line)
@@ -109,18 +131,20 @@ class EventLog:
                 f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
                 f'"reason": {_enc(reason)}, "hint": {_enc(hint)}}}\n',
             )
+        paths = f'"path": {_enc(path)}, "resolved": {_s(resolved)}, "target": {_s(target)}, '
+        return f"{fixed[0]}{paths}{fixed[1]}"
+
+    def emit_body(self, body: str, deny: bool = False) -> None:
+        """Record an event given as :meth:`body` made it (``deny``: its action is ``deny``), stamped now."""
+        now = time()
         ms = int(now * 1000)
         if ms != self._stamp_ms:  # formatting a float costs more than the rest of a line: once a ms
-            self._stamp, self._stamp_ms = f"{ms / 1000:.3f}", ms
-        line = (
-            f'{{"time": {self._stamp}, "pid": {self._pid}, {fixed[0]}"path": {_enc(path)}, '
-            f'"resolved": {_s(resolved)}, "target": {_s(target)}, {fixed[1]}'
-        )
+            self._head, self._stamp_ms = f'{{"time": {ms / 1000:.3f}, "pid": {self._pid}, ', ms
         buf = self._buf
         if not buf:
             self._first = now
-        buf.append(line)
-        if action == "deny" or len(buf) >= self._batch or now - self._first >= self._delay:
+        buf.append(self._head + body)
+        if deny or len(buf) >= self._batch or now - self._first >= self._delay:
             self.flush()
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -164,6 +188,7 @@ class EventLog:
     def _after_fork_in_child(self) -> None:
         self._buf.clear()  # flushed by the parent before the fork: the child must not repeat them
         self._pid = _getpid()
+        self._stamp_ms = -1  # the start of a line holds the pid
 
     def __enter__(self) -> EventLog:
         return self

@@ -17,7 +17,12 @@ guard's original functions (``_files.ORIGINALS``):
 With ``overlay=True`` (the kernel layer made the workspace an overlay whose upper layer is the run
 folder, and overlaid the mounts in audit mode) workspace redirects and audit captures execute on the
 *original* path and the overlay maps them; they are still logged as redirects. Writing the upper
-layer directly while the overlay caches lookups would leave stale negative dentries.
+layer directly while the overlay caches lookups would leave stale negative dentries -- for a *new*
+name. A truncating ``open`` of a name the run folder already holds as a plain file is the one
+exception (``write_target(upper=True)``, :class:`Upper`): that file is the inode the overlay shows,
+so it is opened there (no ``O_CREAT``, ``O_NOFOLLOW``), skipping the overlay's lookups and the
+explain shim's record of the call. Reads under the overlay, with no rule about reads, are not
+decided at all (``native_reads``): each is allowed or mapped by the overlay itself.
 
 Speed: a write loop creates thousands of new names, and both resolving (``realpath``: an ``lstat``
 per component) and deciding cost more than the write. So the engine works per *folder*: the real
@@ -95,7 +100,7 @@ class FolderRule:
     and whether the folder / the target folder held a symlink when scanned (then a followed last
     component is ``lstat``-ed; otherwise it cannot be a link: see the module docstring)."""
 
-    __slots__ = ("action", "d", "dest", "links_dst", "links_src", "real")
+    __slots__ = ("action", "d", "dest", "lines", "links_dst", "links_src", "real", "upper")
 
     def __init__(
         self,
@@ -108,6 +113,19 @@ class FolderRule:
     ) -> None:
         self.action, self.real, self.dest, self.d = action, real, dest, d
         self.links_src, self.links_dst = links_src, links_dst
+        # the overlay maps this redirect into the run folder, upper layer of the workspace
+        self.upper = d.rule == "workspace-redirect" and not d.captured and d.action is REDIRECT
+        # per name: its event line and (overlay-mapped) run folder copy (Engine._overlay_entry)
+        self.lines: dict[str, tuple[str, Upper | None]] = {}
+
+
+class Upper(str):
+    """What :meth:`Engine.write_target` returns (asked with ``upper=True``) for a write the
+    kernel layer's overlay maps into the run folder: the run folder's copy of the name. The caller
+    may rewrite that copy directly when it exists -- the same inode the overlay shows -- and
+    otherwise calls the original function on its own path (see :meth:`Engine.write_target`)."""
+
+    __slots__ = ()
 
 
 def display_path(arg: Any) -> str:
@@ -145,6 +163,10 @@ class Engine:
         self.profile = policy.profile
         # A policy may deny or redirect some reads: then reads resolve their last component too.
         self.read_rules = any(Op.READ in r.ops and r.action is not ALLOW for r in policy.spec.rules)
+        # Under the kernel overlay, with no rule about reads, every read is allowed or one the
+        # overlay maps itself (read-through, audit-read-through): the read wrappers then call the
+        # original at once -- the kernel merges the run folder over the workspace natively.
+        self.native_reads = overlay and not any(Op.READ in r.ops for r in policy.spec.rules)
         self._fams: dict[Op, dict[str, FolderRule | None]] = {op: {} for op in Op}
         self._rfams = self._fams[READ]
         self._heads: dict[str, str] = {}
@@ -238,6 +260,49 @@ class Engine:
         if self.events is not None:
             _emit(self.events, layer, self.profile, d, op, display_path(arg), resolved, target, action)
 
+    def _log_fam(self, fam: FolderRule, op: Op, arg: Any, real: str, target: str | None) -> None:
+        """:meth:`log` of an entry of a family (``real``, ``target``: its paths), each line encoded
+        once per name: a loop rewriting the same names pays only the time stamp."""
+        ev = self.events
+        if ev is None:
+            return
+        if type(arg) is not str:
+            self.log(fam.d, op, arg, real, target)
+            return
+        hit = fam.lines.get(arg)
+        if hit is None:
+            d = fam.d
+            body = ev.body(
+                LAYER, op, d.action, d.rule, arg, real, target, d.captured, self.profile, d.reason, d.hint
+            )
+            if len(fam.lines) >= _CACHE_MAX:
+                fam.lines.clear()
+            hit = fam.lines[arg] = (body, None)
+        ev.emit_body(hit[0])
+
+    def _overlay_entry(self, fam: FolderRule, op: Op, arg: Any, tail: str) -> Upper | None:
+        """An entry of a family whose redirect the overlay maps: log it (as :meth:`_log_fam`) and
+        return the run folder's copy (None when the overlay's upper layer is not the run folder).
+        Both are kept per name (``fam.lines``): a loop rewriting the same names pays a lookup and
+        the time stamp."""
+        ev, d = self.events, fam.d
+        if ev is None or type(arg) is not str:
+            t = d.target and d.target + "/" + tail
+            self.log(d, op, arg, _join(fam.real, tail), t)
+            return Upper(t) if fam.upper and t else None
+        hit = fam.lines.get(arg)
+        if hit is None:
+            t = d.target and d.target + "/" + tail
+            real = _join(fam.real, tail)
+            body = ev.body(
+                LAYER, op, d.action, d.rule, arg, real, t, d.captured, self.profile, d.reason, d.hint
+            )
+            if len(fam.lines) >= _CACHE_MAX:
+                fam.lines.clear()
+            hit = fam.lines[arg] = (body, Upper(t) if fam.upper and t else None)
+        ev.emit_body(hit[0])
+        return hit[1]
+
     def deny(self, d: Decision, arg: Any, op: Op, layer: str = LAYER) -> AccessDenied:
         """Log a denial and return the error to raise (``d`` is a DENY, or a refusal made of one)."""
         self.log(d, op, arg, d.path, None, "deny", layer)
@@ -329,12 +394,21 @@ class Engine:
         follow: bool = True,
         copy_up: bool = False,
         excl: bool = False,
+        upper: bool = False,
     ) -> str | None:
         """Carry out the decision for mutation ``op`` on ``arg``, up to the call itself.
 
         Returns None to call the original function with the caller's arguments, or the real target
         to call it on instead. ``follow``: the op follows a link at the last component.
         ``copy_up``: the op keeps the content (append, r+, chmod); ``excl``: it must create the name.
+
+        ``upper`` (a truncating open): where the kernel overlay maps the write into the run folder,
+        return the run folder's copy as an :class:`Upper` -- logged as the redirect it is. The
+        caller opens it without ``O_CREAT``, ``O_NOFOLLOW``: an existing regular file there *is*
+        the file the overlay shows (same inode), rewritten without the overlay's lookups and
+        without the explain shim's record of a workspace write; anything else (a new name, a link)
+        fails, and the caller calls the original on its own path, through the overlay. A new name
+        is never made behind the overlay's back (it could hold a negative dentry for it).
         """
         p = arg if type(arg) is str else _to_str(arg)
         if dir_fd is None:
@@ -346,17 +420,18 @@ class Engine:
                 action = fam.action
                 if action is ALLOW and not (follow and fam.links_src):
                     return None
-                # (``_join``, inlined here and below: these are the hot paths of every open)
-                real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
-                if action is not DENY and not (follow and fam.links_src and self._is_link(real)):
+                links = follow and fam.links_src
+                if action is not DENY and not (links and self._is_link(_join(fam.real, tail))):
                     if action is ALLOW:
                         return None
                     if fam.dest is None:  # the overlay maps it
-                        self.log(fam.d, op, arg, real, fam.d.target and fam.d.target + "/" + tail)
-                        return None
+                        entry = self._overlay_entry(fam, op, arg, tail)
+                        return entry if upper else None
+                    # (``_join``, inlined: this is the hot path of every redirected open)
+                    real = fam.real + "/" + tail if fam.real != "/" else "/" + tail
                     target = fam.dest + "/" + tail if fam.dest != "/" else "/" + tail
                     if not (follow and fam.links_dst and self._is_link(target)):
-                        return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl)
+                        return self._redirect(fam.d, arg, op, real, target, follow, copy_up, excl, fam)
         got = self._decided(p, dir_fd, follow, op, arg, excl)
         if got is None:
             return None
@@ -397,14 +472,26 @@ class Engine:
         return s, s.target
 
     def _redirect(
-        self, d: Decision, arg: Any, op: Op, real: str, target: str, follow: bool, copy_up: bool, excl: bool
+        self,
+        d: Decision,
+        arg: Any,
+        op: Op,
+        real: str,
+        target: str,
+        follow: bool,
+        copy_up: bool,
+        excl: bool,
+        fam: FolderRule | None = None,
     ) -> str:
         if excl and lexists(real) and not lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), arg)
         self.make_parent(target, real)
         if copy_up:
             copy_up_path(real, target, follow)
-        self.log(d, op, arg, real, target)
+        if fam is not None:
+            self._log_fam(fam, op, arg, real, target)
+        else:
+            self.log(d, op, arg, real, target)
         return target
 
     def removable(self, arg: Any, op: Op, dir_fd: int | None = None, *, keep: bool = False) -> Any:
@@ -505,6 +592,7 @@ __all__ = [
     "TOKEN",
     "Engine",
     "FolderRule",
+    "Upper",
     "display_path",
     "in_type_of",
     "invalidate_all",

@@ -29,7 +29,7 @@ _MISSING = (FileNotFoundError, NotADirectoryError)
 
 def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> os.stat_result:
     g = _engine.CURRENT
-    if g is not None and not isinstance(path, int):
+    if g is not None and not g.native_reads and not isinstance(path, int):
         try:
             t = g.read_target(path, dir_fd, follow_symlinks)
         except AccessDenied as e:
@@ -46,7 +46,7 @@ def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) 
 
 def lstat(path: Any, *, dir_fd: int | None = None) -> os.stat_result:
     g = _engine.CURRENT
-    if g is not None:
+    if g is not None and not g.native_reads:
         try:
             t = g.read_target(path, dir_fd, False)
         except AccessDenied as e:
@@ -68,12 +68,12 @@ def access(
     follow_symlinks: bool = True,
 ) -> bool:
     g = _engine.CURRENT
-    if g is None or isinstance(path, int):
+    if g is None or isinstance(path, int) or (g.native_reads and not mode & os.W_OK):
         return o_access(
             path, mode, dir_fd=dir_fd, effective_ids=effective_ids, follow_symlinks=follow_symlinks
         )
     try:
-        t = g.read_target(path, dir_fd, follow_symlinks)
+        t = None if g.native_reads else g.read_target(path, dir_fd, follow_symlinks)
     except AccessDenied as e:
         raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
     ok = False
@@ -94,7 +94,7 @@ def access(
 
 def readlink(path: Any, *, dir_fd: int | None = None) -> Any:
     g = _engine.CURRENT
-    if g is not None:
+    if g is not None and not g.native_reads:
         try:
             t = g.read_target(path, dir_fd, False)
         except AccessDenied as e:
@@ -117,7 +117,7 @@ def _upper(g: Engine, path: Any) -> Any:
 
 def listdir(path: Any = None) -> list[Any]:
     g = _engine.CURRENT
-    if g is None or isinstance(path, int):
+    if g is None or g.native_reads or isinstance(path, int):
         return o_listdir(path)
     arg = "." if path is None else path
     t = _upper(g, arg)
@@ -202,7 +202,7 @@ class _Merged:
 
 def scandir(path: Any = None) -> Any:
     g = _engine.CURRENT
-    if g is None or isinstance(path, int):
+    if g is None or g.native_reads or isinstance(path, int):
         return o_scandir(path)
     arg = "." if path is None else path
     t = _upper(g, arg)

@@ -17,7 +17,7 @@ from abc import ABCMeta
 from sandbox._execute import NOTHING_TO_DO
 from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
-from sandbox.guard._engine import TOKEN
+from sandbox.guard._engine import TOKEN, Upper
 from sandbox.guard._files import (
     at,
     copy_up_path,
@@ -37,6 +37,32 @@ if TYPE_CHECKING:
     from typing import Any
 
 _O_NOFOLLOW = os.O_NOFOLLOW
+#: A truncating open of the run folder's existing copy (``Engine.write_target(upper=True)``): never
+#: creates, never follows a link at the last name.
+_REWRITE = os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The modes a rewrite in place serves (text ones; binary ones: ``_REWRITE_BINARY``).
+_REWRITE_TEXT = {"w": os.O_WRONLY, "wt": os.O_WRONLY, "w+": os.O_RDWR, "w+t": os.O_RDWR, "wt+": os.O_RDWR}
+_REWRITE_BINARY = {"wb": os.O_WRONLY, "w+b": os.O_RDWR, "wb+": os.O_RDWR}
+_REWRITE_PLAIN = {**_REWRITE_TEXT, **_REWRITE_BINARY}
+_STR_OR_NONE = (str, type(None))
+
+
+def _rewrite_flags(
+    mode: str, buffering: int, encoding: Any, errors: Any, newline: Any, closefd: bool, opener: Any
+) -> int | None:
+    """The open flags of a rewrite in place, for arguments ``open`` accepts before it opens
+    anything (any error of ``open`` then comes after, and closes the descriptor); else None."""
+    if opener is not None or closefd is not True or type(buffering) is not int:
+        return None
+    flags = _REWRITE_TEXT.get(mode)
+    if flags is not None:
+        ok = buffering != 0 and type(encoding) in _STR_OR_NONE and type(errors) in _STR_OR_NONE
+        return flags if ok and type(newline) in _STR_OR_NONE else None
+    if encoding is None and errors is None and newline is None:
+        return _REWRITE_BINARY.get(mode)
+    return None
+
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 # open() modes: 0 read, 1 write (truncating or creating), 2 write keeping content (copy-up), 3 create
@@ -87,6 +113,8 @@ def guarded_open(
     if kind is None:
         kind = _mode_kind(mode) if type(mode) is str else 0
     if kind == 0:
+        if g.native_reads:
+            return o_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
         try:
             t = g.read_target(file)
         except AccessDenied as e:
@@ -101,9 +129,22 @@ def guarded_open(
                 return f
         return o_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
     try:
-        target = g.write_target(file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3)
+        target = g.write_target(
+            file, Op.WRITE, follow=kind != 3, copy_up=kind == 2, excl=kind == 3, upper=kind == 1
+        )
     except AccessDenied as e:
         raise e.with_traceback(None) from None  # tv-sandbox: denied by the policy (why: below)
+    if type(target) is Upper:
+        plain = encoding is None and errors is None and newline is None and opener is None
+        if plain and closefd is True and buffering == -1 and type(buffering) is int:
+            flags = _REWRITE_PLAIN.get(mode)  # open(p, "w"): the common case
+        else:
+            flags = _rewrite_flags(mode, buffering, encoding, errors, newline, closefd, opener)
+        done = None if flags is None else _rewrite(target, flags, mode, buffering, encoding, errors, newline)
+        if done is not None:
+            _show_as(done, file)
+            return done
+        target = None  # a new name, or not a plain file: through the overlay, as the caller wrote it
     path = TOKEN.obj = file if target is None else target
     try:
         f = o_open(path, mode, buffering, encoding, errors, newline, closefd, opener)
@@ -112,6 +153,28 @@ def guarded_open(
     if target is not None:
         _show_as(f, file)
     return f
+
+
+def _rewrite(
+    upper: str,
+    flags: int,
+    mode: str,
+    buffering: int,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
+) -> Any:
+    """Open the run folder's existing copy ``upper`` as ``open(upper, mode)`` would, but without
+    creating it or following a link at its last name: None when that fails (the caller then opens
+    its own path through the overlay, which creates or follows as the kernel does)."""
+    TOKEN.obj = upper
+    try:
+        fd = o_os_open(upper, flags | _REWRITE)
+    except OSError:
+        return None
+    finally:
+        TOKEN.obj = None
+    return o_open(fd, mode, buffering, encoding, errors, newline, True, None)  # closes fd if it fails
 
 
 class _FileIOType(ABCMeta):
@@ -139,6 +202,9 @@ class GuardedFileIO(o_FileIO, metaclass=_FileIOType):
             return
         kind = _mode_kind(mode) if type(mode) is str else 0
         target: Any
+        if kind == 0 and g.native_reads:
+            super().__init__(file, mode, closefd, opener)
+            return
         if kind == 0:
             try:
                 target = g.read_target(file)
@@ -172,6 +238,8 @@ def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = No
     if g is None:
         return o_os_open(path, flags, mode, dir_fd=dir_fd)
     if not flags & _WRITE_FLAGS:
+        if g.native_reads:
+            return o_os_open(path, flags, mode, dir_fd=dir_fd)
         try:
             t = g.read_target(path, dir_fd, not flags & _O_NOFOLLOW)
         except AccessDenied as e:
