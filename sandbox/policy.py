@@ -150,10 +150,14 @@ class PolicySpec:
     @property
     def sha256(self) -> str:
         """Hash of the policy's content (not its file name): recorded in every manifest."""
-        from sandbox import _json
-        from sandbox._digest import sha256_hex
+        known: str | None = self.__dict__.get("_sha256")
+        if known is None:  # computed once (the report and the manifest both ask)
+            from sandbox import _json
+            from sandbox._digest import sha256_hex
 
-        return sha256_hex(_json.dumps(self.data, sort_keys=True, separators=(",", ":")).encode())
+            known = sha256_hex(_json.dumps(self.data, sort_keys=True, separators=(",", ":")).encode())
+            object.__setattr__(self, "_sha256", known)
+        return known
 
     def bind(
         self,
