@@ -225,12 +225,13 @@ def spawn(
     executable) or ``cwd`` cannot be entered -- both after the step's processes have been
     reaped, both one line; the original ``OSError`` is the ``__cause__``.
 
-    A root launcher's step gets the identity uid/gid map in its user namespace, so files keep
-    their owners inside: only a process of the parent namespace may map more than its own id, so
-    the keeper forks a *mapper* before it unshares, which writes the maps and exits.
+    A root launcher writes the identity uid/gid map of the step's user namespace (the keeper
+    asks for it over the report pipe: only a process of the parent namespace may map more than
+    its own id), so files keep their owners inside.
 
-    ``meanwhile`` runs here once the keeper is forked, while it sets the step up: the launcher's
-    own work that needs no answer from it (errors in it are ignored: it may only prepare).
+    ``meanwhile`` runs here once the keeper is forked (and, for a root launcher, its map
+    written), while it sets the step up: the launcher's own work that needs no answer from it
+    (errors in it are ignored: it may only prepare).
 
     The step is SIGKILLed when the *thread* calling ``spawn`` exits (Linux ties the
     parent-death signal to the forking thread, not the process): call it from the main thread
@@ -245,52 +246,41 @@ def spawn(
     parent = os.getpid()  # the child compares getppid() to it: did we die before its prctl?
     keep = sorted({int(fd) for fd in pass_fds if int(fd) > 2})
     rfd, wfd = os.pipe()  # both close-on-exec; the child's report
+    gor, gow = os.pipe()  # our answer to its request for a uid map
     started = time.monotonic()
     try:
         pid = os.fork()
     except BaseException:
-        os.close(rfd)
-        os.close(wfd)
+        for fd in (rfd, wfd, gor, gow):
+            os.close(fd)
         raise
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(rfd)
-        _keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, parent)
+        os.close(gow)
+        _keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent)
     os.close(wfd)
-    if meanwhile is not None:
-        try:
-            meanwhile()
-        except Exception:  # only a head start: whatever it prepares is done again when needed
-            pass
-    applied: AppliedLayers | None = None
-    launcher_rss = 0
-    init_pid: int | None = None
-    pidfd, init_gone = -1, False
-    pidns = plan is not None and plan.pid_namespace
-    failure: tuple[str, str] | None = None
-    pending = b""
+    os.close(gor)
+    report = _Report(rfd, gow, pid, pidns=plan is not None and plan.pid_namespace)
     try:
-        while chunk := os.read(rfd, 4096):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                stage, _, rest = raw.decode("utf-8", "replace").partition(" ")
-                if stage == "applied":
-                    applied = AppliedLayers.decode(rest)
-                elif stage == "rss":
-                    launcher_rss = int(rest)
-                elif stage == "init" and init_pid is None:
-                    # at once, while the init waits for its go (or has just been orphaned)
-                    init_pid = int(rest)
-                    pidfd, init_gone = _open_pidfd(init_pid, pid, ns_init=pidns)
-                elif stage in ("setup", "kernel", "exec") and failure is None:
-                    failure = (stage, rest)
+        # A root launcher's keeper asks for its uid map as soon as it has unshared: answer that
+        # first (the keeper waits for it), then do our own work while it builds the rest.
+        if plan is not None and plan.namespace and os.geteuid() == 0:
+            report.read(until="userns")
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except Exception:  # only a head start: whatever it prepares is done again when needed
+                pass
+        report.read()
     finally:
         os.close(rfd)
-    if failure is not None:
-        if pidfd >= 0:
-            os.close(pidfd)
+        os.close(gow)
+    r = report
+    if r.failure is not None:
+        if r.pidfd >= 0:
+            os.close(r.pidfd)
         os.waitpid(pid, 0)
-        stage, rest = failure
+        stage, rest = r.failure
         errno_text, _, message = rest.partition(" ")
         cause = OSError(int(errno_text), message)
         if stage == "kernel":
@@ -299,8 +289,56 @@ def spawn(
             raise UsageError(message) from cause
         raise cause  # a bad descriptor: the caller's bug, as the OSError it is
     # No init pid heard of in a PID namespace: the keeper died before its go, nothing ran.
-    contained = pidns and (init_pid is None or pidfd >= 0 or init_gone)
-    return Child(pid, applied, started, launcher_rss, init_pid, pidfd=pidfd, contained=contained)
+    contained = r.pidns and (r.init_pid is None or r.pidfd >= 0 or r.init_gone)
+    return Child(pid, r.applied, started, r.launcher_rss, r.init_pid, pidfd=r.pidfd, contained=contained)
+
+
+class _Report:
+    """What the keeper (and the init) say on the report pipe, a line each: ``userns`` (a root
+    keeper asks for its uid map: answered at once), ``applied``, ``rss``, ``init`` (a pidfd of
+    it opened at once, while the init waits for its go), or the failure of a stage."""
+
+    def __init__(self, rfd: int, gow: int, keeper: int, *, pidns: bool) -> None:
+        self.rfd, self.gow, self.keeper, self.pidns = rfd, gow, keeper, pidns
+        self.applied: AppliedLayers | None = None
+        self.launcher_rss = 0
+        self.init_pid: int | None = None
+        self.pidfd, self.init_gone = -1, False
+        self.failure: tuple[str, str] | None = None
+        self._pending = b""
+
+    def read(self, until: str | None = None) -> None:
+        """Handle lines until a line of stage ``until`` (or a failure) was handled, else to the
+        end of the pipe."""
+        while chunk := os.read(self.rfd, 4096):
+            self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            stop = False
+            for raw in lines:
+                stage, _, rest = raw.decode("utf-8", "replace").partition(" ")
+                self._handle(stage, rest)
+                stop = stop or (until is not None and (stage == until or stage in _FAILED))
+            if stop:
+                return
+
+    def _handle(self, stage: str, rest: str) -> None:
+        if stage == "userns":
+            try:
+                os.write(self.gow, b"1" if _map_identity(self.keeper) else b"0")
+            except BrokenPipeError:  # the keeper was killed: the end of the pipe says the rest
+                pass
+        elif stage == "applied":
+            self.applied = AppliedLayers.decode(rest)
+        elif stage == "rss":
+            self.launcher_rss = int(rest)
+        elif stage == "init" and self.init_pid is None:
+            self.init_pid = int(rest)
+            self.pidfd, self.init_gone = _open_pidfd(self.init_pid, self.keeper, ns_init=self.pidns)
+        elif stage in _FAILED and self.failure is None:
+            self.failure = (stage, rest)
+
+
+_FAILED = ("setup", "kernel", "exec")
 
 
 def _open_pidfd(pid: int, keeper: int, *, ns_init: bool) -> tuple[int, bool]:
@@ -332,43 +370,6 @@ def _open_pidfd(pid: int, keeper: int, *, ns_init: bool) -> tuple[int, bool]:
     return fd, False
 
 
-class _Mapper:  # pragma: no cover - in the keeper
-    """A child of the keeper, forked before it unshares, so still in the parent user namespace:
-    on request it writes the identity maps of the keeper's new namespace (what only a process
-    outside may do for more than its own id), answers, and exits. It dies with the keeper too:
-    the request pipe's end of file."""
-
-    def __init__(self) -> None:
-        self.keeper = os.getpid()
-        ask_r, self._ask = os.pipe()
-        self._answer, ans_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            ok = False
-            try:
-                os.close(self._ask)
-                os.close(self._answer)
-                if os.read(ask_r, 1) == b"m":
-                    ok = _map_identity(self.keeper)
-                os.write(ans_w, b"1" if ok else b"0")
-            finally:
-                os._exit(0)
-        os.close(ask_r)
-        os.close(ans_w)
-
-    def map(self) -> bool:
-        """Ask (once the keeper has unshared its user namespace); whether the maps were written."""
-        os.write(self._ask, b"m")
-        return os.read(self._answer, 1) == b"1"
-
-    def end(self) -> None:
-        # Not waited for: its exit (an address space to tear down) is not the step's start-up;
-        # whoever reaps the keeper's children next (the init's end, _reap, _end_descendants)
-        # takes it, or, the keeper gone, the system's reaper.
-        os.close(self._ask)  # an end of file, if it was never asked
-        os.close(self._answer)
-
-
 def _map_identity(pid: int) -> bool:
     """Write the identity uid/gid maps of ``pid``'s new user namespace; False when we may not
     (the child then maps its own id only)."""
@@ -388,6 +389,7 @@ def _keeper(
     stdio: tuple[int | None, int | None, int | None],
     keep: list[int],
     wfd: int,
+    gor: int,
     parent: int,
 ) -> None:  # pragma: no cover - runs in the child
     stage = "setup"
@@ -399,20 +401,21 @@ def _keeper(
             os.set_inheritable(fd, True)
         # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
         # steps' pipes, a Ray worker's sockets, locked files) that long.
-        _close_fds_except([*keep, wfd])
+        _close_fds_except([*keep, wfd, gor])
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
         entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
-            mapper = _Mapper() if plan.namespace and os.geteuid() == 0 else None
-            try:
-                entered = enter(plan, mapped_by_parent=mapper.map if mapper else None)
-            finally:
-                if mapper is not None:
-                    mapper.end()
+
+            def mapped_by_parent() -> bool:
+                os.write(wfd, b"userns\n")
+                return os.read(gor, 1) == b"1"
+
+            entered = enter(plan, mapped_by_parent=mapped_by_parent)
         stage = "setup"
+        os.close(gor)
         _die_with(parent)
         # Blocked before any fork: a child's end or a signal to forward is never missed.
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
