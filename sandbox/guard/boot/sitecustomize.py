@@ -67,8 +67,10 @@ def _chain(here: str) -> None:
     from _frozen_importlib import module_from_spec
     from _frozen_importlib_external import PathFinder
 
-    mine = os.path.realpath(__file__)
     path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    if not any(_may_hold(p) for p in path):
+        return  # the usual case, known from a few stats instead of listing every folder
+    mine = os.path.realpath(__file__)
     while True:
         spec = PathFinder.find_spec("sitecustomize", path)
         if spec is None or spec.loader is None:
@@ -84,6 +86,30 @@ def _chain(here: str) -> None:
     mod = module_from_spec(spec)
     sys.modules["sitecustomize"] = mod
     spec.loader.exec_module(mod)
+
+
+
+def _may_hold(entry: str) -> bool:
+    """Whether the ``sys.path`` entry may hold a module ``sitecustomize``: a folder with one of
+    the names the path finder would load it from; anything else that exists (a zip file) may;
+    what does not exist (a missing folder, a path hook's token) cannot."""
+    import os
+    from _frozen_importlib_external import BYTECODE_SUFFIXES, EXTENSION_SUFFIXES, SOURCE_SUFFIXES
+
+    folder = entry or os.curdir
+    try:
+        if not os.path.isdir(folder):
+            os.stat(folder)
+            return True
+    except OSError:
+        return False
+    for suffix in ("", *SOURCE_SUFFIXES, *BYTECODE_SUFFIXES, *EXTENSION_SUFFIXES):
+        try:
+            os.stat(os.path.join(folder, "sitecustomize" + suffix))
+            return True
+        except OSError:
+            pass
+    return False
 
 
 _boot()
