@@ -24,7 +24,7 @@ import pytest
 from conftest import run_argv, tree_snapshot
 
 from sandbox.export import verify
-from sandbox.kernel import _libc, spawning
+from sandbox.kernel import _keeper, _libc
 from sandbox.samples import make_host
 
 RUNS = "artifacts/summaries/runs"
@@ -225,7 +225,7 @@ def test_step_of_a_launcher_dead_before_prctl_exits() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            spawning._die_with(-1)  # a parent pid getppid() cannot return: as if re-parented
+            _keeper._die_with(-1)  # a parent pid getppid() cannot return: as if re-parented
         except BaseException:
             os._exit(1)
         os._exit(0)  # survived: wrong

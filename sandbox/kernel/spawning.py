@@ -26,6 +26,9 @@ Landlock alone, or no plan) the keeper is itself the init: a child subreaper
 (``PR_SET_CHILD_SUBREAPER``), so orphans of the command -- double-forked daemons included --
 are re-parented to it, and when the command ends it SIGKILLs its children until none is left.
 
+The children's side -- keeper, init, command until ``exec`` -- is :mod:`sandbox.kernel._keeper`;
+this module is the launcher's: :func:`spawn`, the report pipe, :class:`Child`.
+
 The step dies with its launcher: the keeper asks for SIGKILL on its parent's death
 (``PR_SET_PDEATHSIG``), the init on the keeper's, the command on the init's. With a PID
 namespace, the init's death ends every process of the step; without one, the command's
@@ -39,38 +42,16 @@ import time
 
 from sandbox._record import record
 from sandbox.errors import KernelUnavailable, UsageError
-from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before fork: see _child
-from sandbox.kernel.plan import AppliedLayers, KernelPlan, enter, seal
+from sandbox.kernel import _libc, mounts
+from sandbox.kernel._keeper import KILL_ALL, run_keeper
+from sandbox.kernel.plan import AppliedLayers, KernelPlan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from collections.abc import Callable, Mapping, Sequence
 else:
-    # ``_signal``, not ``signal``: the wrapper builds enums (importing ``enum``, ``functools``...),
-    # milliseconds of every launch; these are the same functions and numbers.
-    import _signal as signal
-
-# Python ignores SIGPIPE (and SIGXFSZ); an ignored signal stays ignored across exec, so a shell
-# pipeline like `yes | head` would see EPIPE errors instead of dying quietly. Restore them.
-_RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n))
-
-#: What the keeper and the init wait for (blocked, taken with sigwaitinfo): a child's end, and
-#: the signals they forward to the command.
-_FORWARDED = tuple(
-    getattr(signal, n)
-    for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
-    if hasattr(signal, n)
-)
-#: Sent to the keeper by :meth:`Child.kill`: SIGKILL the whole step (SIGKILL itself cannot be
-#: caught, and killing the keeper would let the launcher's wait return before the step is gone).
-KILL_ALL = signal.SIGALRM
-_WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
-#: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group:
-#: the command, in that group too, got it already; forwarding it would deliver it twice.
-_SI_KERNEL = 0x80
-_PR_SET_DUMPABLE = 4
-
+    import _signal as signal  # see _keeper
 
 @record(frozen=True)
 class ChildResult:
@@ -257,7 +238,7 @@ def spawn(
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(rfd)
         os.close(gow)
-        _keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent)
+        run_keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent)
     os.close(wfd)
     os.close(gor)
     report = _Report(rfd, gow, pid, pidns=plan is not None and plan.pid_namespace)
@@ -379,303 +360,3 @@ def _map_identity(pid: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _keeper(
-    argv: list[str],
-    env: dict[str, str],
-    cwd: str,
-    plan: KernelPlan | None,
-    stdio: tuple[int | None, int | None, int | None],
-    keep: list[int],
-    wfd: int,
-    gor: int,
-    parent: int,
-) -> None:  # pragma: no cover - runs in the child
-    stage = "setup"
-    try:
-        for target, fd in enumerate(stdio):
-            if fd is not None and fd != target:
-                os.dup2(fd, target)  # dup2 makes the copy inheritable
-        for fd in keep:
-            os.set_inheritable(fd, True)
-        # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
-        # steps' pipes, a Ray worker's sockets, locked files) that long.
-        _close_fds_except([*keep, wfd, gor])
-        for sig in _RESTORE_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
-        entered: tuple[bool, float, int] | None = None
-        if plan is not None:
-            stage = "kernel"
-
-            def mapped_by_parent() -> bool:
-                os.write(wfd, b"userns\n")
-                return os.read(gor, 1) == b"1"
-
-            entered = enter(plan, mapped_by_parent=mapped_by_parent)
-        stage = "setup"
-        os.close(gor)
-        _die_with(parent)
-        # Blocked before any fork: a child's end or a signal to forward is never missed.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
-        if plan is not None and entered is not None and plan.pid_namespace:
-            sr, sw = os.pipe()
-            gr, gw = os.pipe()  # "go" to the init, once the launcher has been told its pid
-            init = os.fork()
-            if init == 0:
-                os.close(sr)
-                os.close(gw)
-                _init(argv, env, cwd, plan, entered, keep, wfd, sw, gr)
-            os.close(sw)
-            os.close(gr)
-            # The launcher learns the init's pid before anything of the step runs: a step whose
-            # pid it never heard of never ran, and one it heard of it can wait out (a pidfd).
-            os.write(wfd, f"init {init}\n".encode())
-            os.write(gw, b"1")  # gw stays open while we live: its end tells the init we died
-            os.close(wfd)
-            status = _reap(init, keeper=True)  # every process of the namespace is gone once init is
-            told = os.read(sr, 64).split()
-            _end_as(int(told[0]) if told else status)
-        if plan is not None and entered is not None:
-            stage = "kernel"
-            applied = seal(plan, entered)
-            os.write(wfd, f"applied {applied.encode()}\n".encode())
-            stage = "setup"
-        _libc.set_child_subreaper()
-        main = _command(argv, env, cwd, keep, wfd)
-        os.write(wfd, f"init {main}\n".encode())
-        os.close(wfd)
-        status = _reap(main, keeper=True)
-        _end_descendants()
-        _end_as(status)
-    except BaseException as e:
-        _fail(wfd, stage, e)
-
-
-def _init(
-    argv: list[str],
-    env: dict[str, str],
-    cwd: str,
-    plan: KernelPlan,
-    entered: tuple[bool, float, int],
-    keep: list[int],
-    wfd: int,
-    sw: int,
-    go: int,
-) -> None:  # pragma: no cover - PID 1 of the step's namespace
-    stage = "kernel"
-    try:
-        _libc.set_parent_death_signal(signal.SIGKILL)  # the keeper's death ends the namespace
-        # getppid() is 0 in a new PID namespace: the keeper's life is the go pipe's write end.
-        # Its go byte says the launcher knows our pid; an end of file after it (the keeper died
-        # before our prctl, so no parent-death signal will come) is checked after the prctl.
-        if os.read(go, 1) != b"1":
-            os._exit(1)
-        os.set_blocking(go, False)
-        try:
-            os.read(go, 1)  # b"": the keeper is gone
-            os._exit(1)
-        except BlockingIOError:  # alive: from now on its death is our parent-death signal
-            os.close(go)
-        applied = seal(plan, entered)
-        os.write(wfd, f"applied {applied.encode()}\n".encode())
-        # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
-        # fork that costs). Nothing must happen between the two in the child: the namespace's
-        # death already ends the command with us, so it needs no parent-death signal.
-        stage = "exec"
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
-        os.write(wfd, f"rss {_peak_rss()}\n".encode())
-        _close_fds_except([*keep, wfd, sw])  # wfd and sw are close-on-exec
-        try:
-            main = os.posix_spawn(_which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
-        stage = "setup"
-        os.close(wfd)
-        status = _reap(main)
-        os.write(sw, f"{status}\n".encode())
-        # Returning would unwind into the launcher's code; exiting ends the namespace: the
-        # kernel SIGKILLs every process left in it and reaps them before we are gone.
-        os._exit(0)
-    except BaseException as e:
-        _fail(wfd, stage, e)
-
-
-def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int) -> int:
-    """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` and execs."""
-    me = os.getpid()
-    pid = os.fork()
-    if pid:
-        return pid
-    stage = "setup"  # pragma: no cover - the command's process until exec
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        _die_with(me)
-        stage = "exec"
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
-        os.write(wfd, f"rss {_peak_rss()}\n".encode())
-        _close_fds_except([*keep, wfd])
-        try:
-            os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
-    except BaseException as e:
-        _fail(wfd, stage, e)
-    raise AssertionError("unreachable")
-
-
-def _which(name: str, env: Mapping[str, str]) -> str:  # pragma: no cover - in the init
-    """What ``execvpe`` would run for ``name`` with ``env["PATH"]``: ``posix_spawnp`` would search
-    the caller's own PATH instead. Raises the ``OSError`` ``execvpe`` would."""
-    if "/" in name:
-        return name
-    err: OSError = FileNotFoundError(2, "No such file or directory")
-    for d in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
-        path = os.path.join(d or ".", name)
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            if e.errno not in (2, 20):  # ENOENT, ENOTDIR: keep looking, as execvp does
-                err = e
-            continue
-        if (st.st_mode & 0o170000) == 0o100000 and os.access(path, os.X_OK):
-            return path
-        err = PermissionError(13, "Permission denied")
-    raise err
-
-
-def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover - in a child
-    err = getattr(e, "errno", None) or 0
-    text = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
-    msg = " ".join(text.split())  # one line, whatever the message held
-    try:
-        os.write(wfd, f"{stage} {err} {msg}\n".encode())
-    finally:
-        os._exit(127)
-
-
-def _reap(main: int, *, keeper: bool = False) -> int:  # pragma: no cover - keeper or init
-    """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
-    until ``main`` ends; return its wait status. The signals must be blocked already. In the
-    keeper, :data:`KILL_ALL` SIGKILLs ``main`` (the init ends its namespace with it); the init
-    leaves it blocked: a process of the step cannot use it."""
-    status: int | None = None
-    waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
-    while status is None:
-        info = signal.sigwaitinfo(waited)
-        if info.si_signo == signal.SIGCHLD:
-            while True:
-                try:
-                    pid, st = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                if pid == main:
-                    status = st
-        elif info.si_code != _SI_KERNEL or info.si_signo == KILL_ALL:
-            try:
-                os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
-            except ProcessLookupError:
-                pass
-    return status
-
-
-def _end_descendants() -> None:  # pragma: no cover - in the keeper, without a PID namespace
-    """SIGKILL our children until none is left. As a subreaper we inherit every orphan of the
-    step, so this reaches double-forked daemons too; each round re-reads who our children are
-    (a killed one's children were just re-parented to us)."""
-    me = str(os.getpid())
-    while True:
-        try:  # the usual end: no child left, no /proc to read
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            return
-        for pid in _children(me):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            return
-        time.sleep(0.001)
-
-
-def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
-    """Pids whose parent is ``ppid`` (single-threaded): its ``/proc/<pid>/task/<pid>/children``,
-    else -- a kernel without CONFIG_PROC_CHILDREN -- a scan of every process's stat."""
-    try:
-        with open(f"/proc/{ppid}/task/{ppid}/children", "rb") as fh:
-            return [int(c) for c in fh.read().split()]
-    except FileNotFoundError:
-        pass
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                fields = fh.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and fields[1].decode() == ppid:
-            found.append(int(name))
-    return found
-
-
-def _end_as(status: int) -> None:  # pragma: no cover - in the keeper
-    """Exit as the command did: with its code, or killed by its signal (without a core dump)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        _libc.libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, (sig,))
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)
-    os._exit(os.waitstatus_to_exitcode(status))
-
-
-def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Have the kernel SIGKILL this process when ``parent`` (the forking thread) exits.
-
-    After the plan's namespaces: a change of credentials clears the setting. If the parent died
-    before the prctl, no signal will come, but we were re-parented, so ``getppid()`` no longer
-    names it: end now, as the signal would have.
-    """
-    _libc.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(128 + signal.SIGKILL)
-
-
-def _peak_rss() -> int:  # pragma: no cover - runs in the child
-    """VmHWM of this (forked) image, in bytes: what ``ru_maxrss`` will report at least."""
-    try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _close_fds_except(keep: list[int]) -> None:  # pragma: no cover - runs in the child
-    # os.closerange is one close_range(2) call on Linux 5.9+, however high the limit.
-    lo = 3
-    for fd in sorted(keep):
-        if fd >= lo:
-            os.closerange(lo, fd)
-            lo = fd + 1
-    os.closerange(lo, 0x7FFFFFFF)
