@@ -47,11 +47,9 @@ from sandbox.events import count_events, read_events
 from sandbox.loader import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
-    POLICY_RECORD,
     Launched,
     RunOutcome,
     _launch,
-    export_limit,
     start_step,
 )
 
@@ -110,8 +108,8 @@ def _meanwhile(base_dir: str | None) -> None:
     """What the launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
     the keeper builds the sandbox meanwhile): load what the end of the run needs, off the start-up
     path and on the other core, and sweep what launchers killed before us left behind."""
-    import sandbox.export._exporter  # noqa: F401
-    from sandbox import report  # noqa: F401
+    import sandbox.export._exporter
+    import sandbox.finish  # noqa: F401
 
     workspace_mod.sweep(base_dir)
 
@@ -473,6 +471,8 @@ class Run:
         if self.interrupted or self.cancelled:
             extra["cut"] = {"status": status, "why": self.cancelled or signame(self.interrupted or 0)}
         exit_code = self.exit_code
+        from sandbox.finish import report_and_export
+
         rep = report_and_export(
             self.prep,
             self.ws,
@@ -524,99 +524,3 @@ class Run:
         except Exception as e:  # the original error matters more; the export's is attached
             exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
 
-
-def report_and_export(
-    prep: Prepared,
-    ws: Workspace,
-    policy: Policy,
-    *,
-    layers: report_mod.Layers,
-    steps: Sequence[report_mod.StepRecord],
-    warnings: list[str],
-    status: str,
-    exit_code: int,
-    events_file: str,
-    extra: Mapping[str, Any] | None = None,
-    clock: _Clock | None = None,
-    by_link: bool = False,
-) -> dict[str, Any]:
-    """The end of every run -- :meth:`Run.close`, and the sandboxed Ray workers' run
-    (:mod:`sandbox.orchestrator.workers`): once no process of the run is alive, make ``logs/`` safe
-    to open, keep a step's files at the launcher's names aside, write the policy record and the
-    report (``extra`` merged into it), check the destination's free space, export atomically.
-    ``warnings`` grows with what this finds. ``by_link``: the caller proved that no process of
-    the run is left (each step's PID namespace waited out), so the export may hard-link files
-    instead of copying them. Returns the report."""
-    from sandbox import _json as json
-    from sandbox import native
-    from sandbox._paths import write_into
-    from sandbox.events import summarise
-    from sandbox.export import check_space, export_run
-    from sandbox.export import write_error as export_write_error
-
-    req = prep.request
-    # What the run's processes left is hostile: nothing here is opened through a link or a FIFO,
-    # and a file of theirs at a name of the launcher's is kept aside, never silently replaced.
-    warnings.extend(report_mod.secure_logs(ws.run_storage))
-    warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
-    if native.unavailable_reason():  # never an error: the kernel layer still refuses them
-        warnings.append(f"native and shell denials are not explained: {native.unavailable_reason()}")
-    try:  # a full run-folder filesystem fails here first: an export error, in one line
-        write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
-    except OSError as e:
-        raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
-    events = read_events(events_file)
-    lake_diff = None
-    if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
-        from sandbox import lakediff
-
-        mounts = {name: (rel, ws.mount_targets[name]) for name, rel in ws.layout.mounts().items()}
-        lake_diff = lakediff.write(
-            ws.run_storage,
-            report_mod.LAKEHOUSE_DIFF,
-            mounts,
-            events,
-            run_id=req.run_id,
-            run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
-        )
-    rep = report_mod.build(
-        run_id=req.run_id,
-        profile=req.profile,
-        mode=req.mode,
-        policy_name=prep.spec.name,
-        policy_sha256=prep.spec.sha256,
-        policy_source=prep.spec.source,
-        layers=layers,
-        steps=steps,
-        events=events,
-        event_summary=summarise(events),
-        scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
-        protected={name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()},
-        warnings=warnings,
-        lakehouse_diff=lake_diff,
-        status=status,
-    )
-    rep.update(extra or {})
-    try:
-        report_mod.write(ws.run_storage, rep)
-    except OSError as e:
-        raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
-    if clock is not None:
-        clock.lap("report")
-    check_space(req.run_id, ws.run_storage, prep.destination)
-    export_run(
-        ws.run_storage,
-        prep.destination,
-        run_id=req.run_id,
-        status=status,
-        exit_code=exit_code,
-        policy_name=prep.spec.name,
-        policy_sha256=prep.spec.sha256,
-        overwrite=req.overwrite,
-        extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
-        max_bytes=export_limit(prep),
-        by_link=by_link,
-    )
-    if clock is not None:
-        clock.lap("export")
-    return rep

@@ -430,7 +430,7 @@ def _open(
 
 def _close(run: SandboxedRun, status: str) -> RunOutcome:
     """End the run's workers, then report and export it as :meth:`sandbox.run.Run.close` does."""
-    from sandbox.run import report_and_export
+    from sandbox.finish import report_and_export
 
     ws, prep = run.workspace, run.prep
     with contextlib.suppress(FileNotFoundError):
