@@ -44,7 +44,6 @@ _SI_KERNEL = 0x80
 _PR_SET_DUMPABLE = 4
 
 
-
 def run_keeper(
     argv: list[str],
     env: dict[str, str],
@@ -56,6 +55,9 @@ def run_keeper(
     gor: int,
     parent: int,
 ) -> None:  # pragma: no cover - runs in the child
+    """The keeper (the forked child of :func:`~sandbox.kernel.spawning.spawn`): stdio, the plan's
+    namespaces and mounts, then the init (or, without a PID namespace, the command) and their
+    end; never returns."""
     stage = "setup"
     try:
         for target, fd in enumerate(stdio):

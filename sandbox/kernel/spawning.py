@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # see _keeper
 
+
 @record(frozen=True)
 class ChildResult:
     """How a child ended. ``exit_code`` follows the shell: 128 + N when killed by signal N.
