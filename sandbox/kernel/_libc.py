@@ -1,12 +1,13 @@
-"""The few libc entry points the kernel layer needs, through ctypes (Python 3.11 has no
-``os.unshare`` or ``os.mount``). Loaded on first use: ``ctypes`` costs a few milliseconds to import,
-and only a process that applies or probes the kernel layer pays it."""
+"""The few libc entry points the kernel layer needs, through :mod:`sandbox.kernel._ffi` (the
+part of ctypes we use; Python 3.11 has no ``os.unshare`` or ``os.mount``). Loaded on first use:
+only a process that applies or probes the kernel layer pays for it."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
+
+from sandbox.kernel import _ffi
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,29 +35,29 @@ def libc() -> Any:
     """The process's C library with ``errno`` captured after every call (``use_errno``)."""
     global _lib
     if _lib is None:
-        lib = ctypes.CDLL(None, use_errno=True)  # the libc Python itself is linked against
-        lib.syscall.restype = ctypes.c_long
+        lib = _ffi.libc()  # the libc Python itself is linked against
+        lib.syscall.restype = _ffi.c_long
         lib.mount.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_ulong,
-            ctypes.c_char_p,
+            _ffi.c_char_p,
+            _ffi.c_char_p,
+            _ffi.c_char_p,
+            _ffi.c_ulong,
+            _ffi.c_char_p,
         ]
-        lib.mount.restype = ctypes.c_int
-        lib.unshare.argtypes = [ctypes.c_int]
-        lib.unshare.restype = ctypes.c_int
-        lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        lib.prctl.restype = ctypes.c_int
-        lib.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.capset.restype = ctypes.c_int
+        lib.mount.restype = _ffi.c_int
+        lib.unshare.argtypes = [_ffi.c_int]
+        lib.unshare.restype = _ffi.c_int
+        lib.prctl.argtypes = [_ffi.c_int, _ffi.c_ulong, _ffi.c_ulong, _ffi.c_ulong, _ffi.c_ulong]
+        lib.prctl.restype = _ffi.c_int
+        lib.capset.argtypes = [_ffi.c_void_p, _ffi.c_void_p]
+        lib.capset.restype = _ffi.c_int
         # loopback_up: looked up here, before any fork (the child must not dlsym)
-        lib.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.socket.restype = ctypes.c_int
-        lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
-        lib.ioctl.restype = ctypes.c_int
-        lib.close.argtypes = [ctypes.c_int]
-        lib.close.restype = ctypes.c_int
+        lib.socket.argtypes = [_ffi.c_int, _ffi.c_int, _ffi.c_int]
+        lib.socket.restype = _ffi.c_int
+        lib.ioctl.argtypes = [_ffi.c_int, _ffi.c_ulong, _ffi.c_char_p]
+        lib.ioctl.restype = _ffi.c_int
+        lib.close.argtypes = [_ffi.c_int]
+        lib.close.restype = _ffi.c_int
         _lib = lib
     return _lib
 
@@ -65,8 +66,8 @@ def syscall(nr: int, *args: Any) -> int:
     """``syscall(nr, ...)`` with integer arguments widened to ``long``: the call is variadic, so
     ctypes would otherwise pass a Python int as a 32-bit ``int`` and leave the register's top half
     undefined."""
-    conv = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return int(libc().syscall(ctypes.c_long(nr), *conv))
+    conv = [_ffi.c_long(a) if isinstance(a, int) else a for a in args]
+    return int(libc().syscall(_ffi.c_long(nr), *conv))
 
 
 def set_parent_death_signal(sig: int) -> None:
@@ -91,16 +92,16 @@ def drop_all_capabilities() -> None:
     lib = libc()
     last = _last_cap()
     for cap in range(last + 1):
-        if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 and ctypes.get_errno() != errno.EINVAL:
+        if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 and _ffi.get_errno() != errno.EINVAL:
             check(-1, f"drop capability {cap} from the bounding set")
     if (
         lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1
-        and ctypes.get_errno() != errno.EINVAL
+        and _ffi.get_errno() != errno.EINVAL
     ):
         check(-1, "clear the ambient capabilities")
     check(lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}: all zero
+    header = (_ffi.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (_ffi.c_uint32 * 6)()  # two {effective, permitted, inheritable}: all zero
     check(lib.capset(header, data), "capset (clear every capability)")
 
 
@@ -121,6 +122,6 @@ def set_child_subreaper() -> None:
 def check(result: int, what: str, filename: str | None = None) -> int:
     """Raise ``OSError(errno, "<what>: <strerror>", filename)`` when a libc call returned -1."""
     if result == -1:
-        err = ctypes.get_errno()
+        err = _ffi.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}", filename)
     return result

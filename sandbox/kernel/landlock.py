@@ -18,12 +18,11 @@ existing file outside the roots is not checked.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 
-from sandbox.kernel import _libc
+from sandbox.kernel import _ffi, _libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,16 +63,16 @@ _FILE_RIGHTS = ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE
 NEVER_GRANTED = ACCESS_FS_MAKE_CHAR | ACCESS_FS_MAKE_BLOCK
 
 
-class _RulesetAttr(ctypes.Structure):
+class _RulesetAttr(_ffi.Structure):
     # Only the first field of struct landlock_ruleset_attr: the kernel takes a shorter struct and
     # treats the later fields (handled_access_net, ABI 4; scoped, ABI 6) as 0 -- not handled,
     # which is what we want: networking and IPC scoping stay unrestricted.
-    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+    _fields_ = [("handled_access_fs", _ffi.c_uint64)]
 
 
-class _PathBeneathAttr(ctypes.Structure):
+class _PathBeneathAttr(_ffi.Structure):
     _pack_ = 1  # __attribute__((packed)) in the uapi header: 12 bytes
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+    _fields_ = [("allowed_access", _ffi.c_uint64), ("parent_fd", _ffi.c_int32)]
 
 
 def abi_version() -> int:
@@ -89,7 +88,7 @@ def query_abi() -> tuple[int, int]:
     """``(abi, errno)``: the ABI, or 0 and why not (0 when the reason is unknown). Never raises."""
     try:
         v = _libc.syscall(_libc.SYS_LANDLOCK_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION)
-        return (v, 0) if v > 0 else (0, ctypes.get_errno())
+        return (v, 0) if v > 0 else (0, _ffi.get_errno())
     except Exception:
         return 0, 0
 
@@ -140,7 +139,7 @@ def restrict_writes(writable: Sequence[str], *, abi: int | None = None) -> None:
     lib = _libc.libc()
     attr = _RulesetAttr(handled_access_fs=handled)
     ruleset = _libc.check(
-        _libc.syscall(_libc.SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0),
+        _libc.syscall(_libc.SYS_LANDLOCK_CREATE_RULESET, _ffi.byref(attr), _ffi.sizeof(attr), 0),
         "landlock_create_ruleset",
     )
     try:
@@ -164,7 +163,7 @@ def _add_rule(ruleset: int, path: str, handled: int) -> None:
         granted = handled & ~NEVER_GRANTED
         rule = _PathBeneathAttr(allowed_access=granted if is_dir else granted & _FILE_RIGHTS, parent_fd=fd)
         _libc.check(
-            _libc.syscall(_libc.SYS_LANDLOCK_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0),
+            _libc.syscall(_libc.SYS_LANDLOCK_ADD_RULE, ruleset, RULE_PATH_BENEATH, _ffi.byref(rule), 0),
             f"landlock_add_rule({path})",
             path,
         )

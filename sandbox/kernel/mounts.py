@@ -10,12 +10,11 @@ chmod, chown, utime and xattrs, which Landlock does not cover.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import sys
 
-from sandbox.kernel import _libc
+from sandbox.kernel import _ffi, _libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,12 +77,12 @@ ALWAYS_WRITABLE = ("/proc", "/dev")
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 
-class _MountAttr(ctypes.Structure):
+class _MountAttr(_ffi.Structure):
     _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
+        ("attr_set", _ffi.c_uint64),
+        ("attr_clr", _ffi.c_uint64),
+        ("propagation", _ffi.c_uint64),
+        ("userns_fd", _ffi.c_uint64),
     ]
 
 
@@ -192,15 +191,14 @@ def loopback_up() -> None:
     lib = _libc.libc()
     fd = _libc.check(lib.socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0), "a socket to bring up lo")
     try:
-        req = ctypes.create_string_buffer(b"lo", _IFREQ_SIZE)
+        req = _ffi.create_string_buffer(b"lo", _IFREQ_SIZE)
         _libc.check(lib.ioctl(fd, _SIOCGIFFLAGS, req), "read the flags of lo")
         flags = int.from_bytes(req.raw[_IFNAMSIZ : _IFNAMSIZ + 2], sys.byteorder)
         flags |= _IFF_UP
-        ctypes.memmove(ctypes.addressof(req) + _IFNAMSIZ, flags.to_bytes(2, sys.byteorder), 2)
+        _ffi.memmove(_ffi.addressof(req) + _IFNAMSIZ, flags.to_bytes(2, sys.byteorder), 2)
         _libc.check(lib.ioctl(fd, _SIOCSIFFLAGS, req), "bring up lo")
     finally:
         lib.close(fd)
-
 
 
 def hide(path: str) -> bool:
@@ -268,10 +266,10 @@ def _set_readonly(path: str, *, recursive: bool) -> None:
     attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
     flags = AT_RECURSIVE if recursive else 0
     # mount_setattr (5.12+) changes only the read-only bit, so locked flags need no care.
-    rc = _libc.syscall(_libc.SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), 32)
+    rc = _libc.syscall(_libc.SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, _ffi.byref(attr), 32)
     if rc == 0:
         return
-    if ctypes.get_errno() != errno.ENOSYS:
+    if _ffi.get_errno() != errno.ENOSYS:
         _libc.check(rc, f"make {path} read-only", path)
     for point, opts in _topmost(mount_table()):
         if point == path or (recursive and _below(point, path)):
@@ -346,10 +344,10 @@ def _set_attrs(path: str, attrs: int, *, recursive: bool) -> None:
     repeats the read-only state and the locked flags."""
     attr = _MountAttr(attr_set=attrs)
     flags = AT_RECURSIVE if recursive else 0
-    rc = _libc.syscall(_libc.SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), 32)
+    rc = _libc.syscall(_libc.SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, _ffi.byref(attr), 32)
     if rc == 0:
         return
-    if ctypes.get_errno() != errno.ENOSYS:
+    if _ffi.get_errno() != errno.ENOSYS:
         _libc.check(rc, f"set mount options of {path}", path)
     extra = (MS_NOSUID if attrs & MOUNT_ATTR_NOSUID else 0) | (MS_NODEV if attrs & MOUNT_ATTR_NODEV else 0)
     for point, opts in _topmost(mount_table()):

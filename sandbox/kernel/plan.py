@@ -248,9 +248,7 @@ def apply(plan: KernelPlan, *, extra_writable: Sequence[str] = DEVICE_PATHS) -> 
     return seal(plan, entered, extra_writable=extra_writable)
 
 
-def enter(
-    plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = None
-) -> tuple[bool, float, int]:
+def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = None) -> tuple[bool, float, int]:
     """The namespaces and mounts of ``plan``; returns ``(user namespace made, start time, folders
     hidden)`` for :func:`seal`. ``mapped_by_parent``: see
     :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
