@@ -138,6 +138,7 @@ class Run:
         self._launched: Launched | None = None
         self._plan: KernelPlan | None = None
         self._tree: StepTree | None = None
+        self._ended: list[Child] = []  # steps whose keepers Child.release reaps at the close
         # Every step so far ended provably whole (a PID namespace waited out): only then may the
         # export hard-link the run folder's files -- a process that outlived its step could go on
         # writing an inode the export shares.
@@ -259,6 +260,8 @@ class Run:
         events = read_events(self.events_file, skip=n_events)
         tree = self._tree
         self._tree = None
+        if tree is not None:
+            self._ended.append(tree.child)
         rec = report_mod.StepRecord(
             argv=argv,
             exit_code=result.exit_code,
@@ -444,6 +447,8 @@ class Run:
             try:
                 outcome = self._report_and_export(status or self.status)
             finally:
+                for child in self._ended:  # their keepers exited meanwhile: reap them
+                    child.release()
                 if not self.prep.request.keep_workspace:
                     self.ws.remove()
                 self._clock.lap("cleanup")

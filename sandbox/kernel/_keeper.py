@@ -9,6 +9,7 @@ imports); a failure travels back over the report pipe as one line (:func:`_fail`
 from __future__ import annotations
 
 import os
+import resource  # os.wait4's result type: imported before the fork, as everything here
 import time
 
 from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before the fork
@@ -54,6 +55,7 @@ def run_keeper(
     wfd: int,
     gor: int,
     parent: int,
+    ew: int,
 ) -> None:  # pragma: no cover - runs in the child
     """The keeper (the forked child of :func:`~sandbox.kernel.spawning.spawn`): stdio, the plan's
     namespaces and mounts, then the init (or, without a PID namespace, the command) and their
@@ -67,7 +69,7 @@ def run_keeper(
             os.set_inheritable(fd, True)
         # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
         # steps' pipes, a Ray worker's sockets, locked files) that long.
-        _close_fds_except([*keep, wfd, gor])
+        _close_fds_except([*keep, wfd, gor, ew])
         for sig in _RESTORE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
@@ -92,6 +94,7 @@ def run_keeper(
             if init == 0:
                 os.close(sr)
                 os.close(gw)
+                os.close(ew)
                 _init(argv, env, cwd, plan, entered, keep, wfd, sw, gr)
             os.close(sw)
             os.close(gr)
@@ -100,9 +103,21 @@ def run_keeper(
             os.write(wfd, f"init {init}\n".encode())
             os.write(gw, b"1")  # gw stays open while we live: its end tells the init we died
             os.close(wfd)
-            status = _reap(init, keeper=True)  # every process of the namespace is gone once init is
+            # The step's output is the init's and its children's to hold, not ours: the launcher
+            # reads it to its end, which then comes with the step's, not with our own exit.
+            for fd in (0, 1, 2):
+                try:
+                    os.close(fd)
+                except OSError:  # not open (the launcher's own was closed): nothing to hold
+                    pass
+            status, usage = _reap(init, keeper=True)  # the namespace is empty once init is reaped
             told = os.read(sr, 64).split()
-            _end_as(int(told[0]) if told else status)
+            status = int(told[0]) if told else status
+            # The launcher goes on from here, not from our exit (the namespaces' teardown, ~2 ms
+            # on the start-up path): how the step ended and what it used, the init's rusage.
+            os.write(ew, f"end {status} {usage.ru_utime!r} {usage.ru_stime!r} {usage.ru_maxrss}\n".encode())
+            _end_as(status)
+        os.close(ew)  # without a PID namespace the launcher waits for our exit
         if plan is not None and entered is not None:
             stage = "kernel"
             applied = seal(plan, entered)
@@ -112,7 +127,7 @@ def run_keeper(
         main = _command(argv, env, cwd, keep, wfd)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
-        status = _reap(main, keeper=True)
+        status, _ = _reap(main, keeper=True)
         _end_descendants()
         _end_as(status)
     except BaseException as e:
@@ -162,7 +177,7 @@ def _init(
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
         os.close(wfd)
-        status = _reap(main)
+        status, _ = _reap(main)
         os.write(sw, f"{status}\n".encode())
         # Returning would unwind into the launcher's code; exiting ends the namespace: the
         # kernel SIGKILLs every process left in it and reaps them before we are gone.
@@ -227,31 +242,33 @@ def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover -
         os._exit(127)
 
 
-def _reap(main: int, *, keeper: bool = False) -> int:  # pragma: no cover - keeper or init
+def _reap(main: int, *, keeper: bool = False) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
     """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
-    until ``main`` ends; return its wait status. The signals must be blocked already. In the
+    until ``main`` ends; return its wait status and resource usage (its own and that of every
+    descendant it reaped). The signals must be blocked already. In the
     keeper, :data:`KILL_ALL` SIGKILLs ``main`` (the init ends its namespace with it); the init
     leaves it blocked: a process of the step cannot use it."""
     status: int | None = None
+    usage: resource.struct_rusage | None = None
     waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
-    while status is None:
+    while status is None or usage is None:
         info = signal.sigwaitinfo(waited)
         if info.si_signo == signal.SIGCHLD:
             while True:
                 try:
-                    pid, st = os.waitpid(-1, os.WNOHANG)
+                    pid, st, ru = os.wait4(-1, os.WNOHANG)
                 except ChildProcessError:
                     break
                 if pid == 0:
                     break
                 if pid == main:
-                    status = st
+                    status, usage = st, ru
         elif info.si_code != _SI_KERNEL or info.si_signo == KILL_ALL:
             try:
                 os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
             except ProcessLookupError:
                 pass
-    return status
+    return status, usage
 
 
 def _end_descendants() -> None:  # pragma: no cover - in the keeper, without a PID namespace

@@ -77,6 +77,15 @@ class ChildResult:
         return self.peak_rss_bytes if self.peak_rss_bytes > self.launcher_rss_bytes else None
 
 
+@record(frozen=True)
+class _Usage:
+    """The part of ``struct rusage`` a :class:`ChildResult` reads, as the keeper reports it."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
+
+
 class Child:
     """A started step. ``applied`` says which kernel layers it runs under (None: no plan).
 
@@ -99,6 +108,7 @@ class Child:
         *,
         pidfd: int = -1,
         contained: bool = False,
+        endfd: int = -1,
     ) -> None:
         self.pid = pid
         self.applied = applied
@@ -111,6 +121,8 @@ class Child:
         self._launcher_rss = launcher_rss
         self._result: ChildResult | None = None
         self._pidfd = pidfd
+        self._endfd = endfd  # the keeper's "end" line: see wait()
+        self._keeper_waited = False
 
     def _reaped(self, status: int, rusage: object) -> ChildResult:
         code = os.waitstatus_to_exitcode(status)
@@ -127,13 +139,57 @@ class Child:
 
     def wait(self) -> ChildResult:
         """Wait until the command has ended and every process it started is gone (once; later
-        calls return the same result)."""
+        calls return the same result).
+
+        With a PID namespace the keeper says so itself, once it has reaped the namespace's init
+        (the kernel ends every other process of the namespace before its init): a line on the
+        end pipe with the status and the init's resource usage. The keeper's own exit -- the
+        teardown of the step's namespaces -- then goes on beside the launcher's report and
+        export; :meth:`release` reaps it. Without that line (no PID namespace, or a keeper
+        killed from outside) the keeper's exit is waited for, as its status says the same."""
         if self._result is None:
+            end = self._read_end()
+            if end is not None:
+                status, utime, stime, maxrss = end
+                self._reaped(status, _Usage(utime, stime, maxrss))
+                self._close_pidfd()  # its init was reaped: the namespace is empty
+                return self._wait_result()
             _, status, rusage = os.wait4(self.pid, 0)
+            self._keeper_waited = True
             self._reaped(status, rusage)
             self._init_gone()
+        return self._wait_result()
+
+    def _wait_result(self) -> ChildResult:
         assert self._result is not None
         return self._result
+
+    def _read_end(self) -> tuple[int, float, float, int] | None:
+        """The keeper's ``end STATUS UTIME STIME MAXRSS`` line, or None at the pipe's end
+        without one."""
+        if self._endfd < 0:
+            return None
+        data = b""
+        try:
+            while not data.endswith(b"\n") and (chunk := os.read(self._endfd, 256)):
+                data += chunk
+        finally:
+            os.close(self._endfd)
+            self._endfd = -1
+        parts = data.split()
+        if len(parts) != 5 or parts[0] != b"end":
+            return None
+        return int(parts[1]), float(parts[2]), float(parts[3]), int(parts[4])
+
+    def release(self) -> None:
+        """Reap the keeper once it has exited after its "end" line (it exits right after; the
+        step's result is known already). Nothing when :meth:`wait` reaped it."""
+        if self._result is not None and not self._keeper_waited:
+            self._keeper_waited = True
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
 
     def poll(self) -> ChildResult | None:
         """The result if the step has ended, else None, without blocking (long: a keeper killed
@@ -142,8 +198,12 @@ class Child:
             pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
             if pid == 0:
                 return None
+            self._keeper_waited = True
             self._reaped(status, rusage)
             self._init_gone()
+            if self._endfd >= 0:
+                os.close(self._endfd)
+                self._endfd = -1
         return self._result
 
     def _init_gone(self) -> None:
@@ -160,12 +220,17 @@ class Child:
         try:
             select.select([self._pidfd], [], [])
         finally:
+            self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
 
     def __del__(self) -> None:
-        if getattr(self, "_pidfd", -1) >= 0:
-            os.close(self._pidfd)
+        for name in ("_pidfd", "_endfd"):
+            if getattr(self, name, -1) >= 0:
+                os.close(getattr(self, name))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """SIGKILL (the default) ends the whole step now: the keeper SIGKILLs the init (the kernel
@@ -229,19 +294,22 @@ def spawn(
     keep = sorted({int(fd) for fd in pass_fds if int(fd) > 2})
     rfd, wfd = os.pipe()  # both close-on-exec; the child's report
     gor, gow = os.pipe()  # our answer to its request for a uid map
+    er, ew = os.pipe()  # the step's end, from a keeper with a PID namespace (see Child.wait)
     started = time.monotonic()
     try:
         pid = os.fork()
     except BaseException:
-        for fd in (rfd, wfd, gor, gow):
+        for fd in (rfd, wfd, gor, gow, er, ew):
             os.close(fd)
         raise
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(rfd)
         os.close(gow)
-        run_keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent)
+        os.close(er)
+        run_keeper(args, env, cwd, plan, (stdin, stdout, stderr), keep, wfd, gor, parent, ew)
     os.close(wfd)
     os.close(gor)
+    os.close(ew)
     report = _Report(rfd, gow, pid, pidns=plan is not None and plan.pid_namespace)
     try:
         # A root launcher's keeper asks for its uid map as soon as it has unshared: answer that
@@ -259,6 +327,7 @@ def spawn(
         os.close(gow)
     r = report
     if r.failure is not None:
+        os.close(er)
         if r.pidfd >= 0:
             os.close(r.pidfd)
         os.waitpid(pid, 0)
@@ -272,7 +341,9 @@ def spawn(
         raise cause  # a bad descriptor: the caller's bug, as the OSError it is
     # No init pid heard of in a PID namespace: the keeper died before its go, nothing ran.
     contained = r.pidns and (r.init_pid is None or r.pidfd >= 0 or r.init_gone)
-    return Child(pid, r.applied, started, r.launcher_rss, r.init_pid, pidfd=r.pidfd, contained=contained)
+    return Child(
+        pid, r.applied, started, r.launcher_rss, r.init_pid, pidfd=r.pidfd, contained=contained, endfd=er
+    )
 
 
 class _Report:

@@ -443,6 +443,7 @@ def _close(run: SandboxedRun, status: str) -> RunOutcome:
             if k.holder_stdin is not None:
                 os.close(k.holder_stdin)
             k.holder.wait()
+            k.holder.release()
     crashed = [a for a in actors if a["crashed"]]
     if crashed and status == "succeeded":
         status = "failed"

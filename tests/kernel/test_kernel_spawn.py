@@ -216,6 +216,24 @@ def test_wait_returns_once_every_process_of_the_step_is_gone(
         assert child.applied is not None and child.applied.pid_namespace
 
 
+def test_the_keeper_reports_the_end_before_its_own_exit(kernel_support: object, tree) -> None:  # type: ignore[no-untyped-def]
+    """With a PID namespace wait() returns on the keeper's "end" line -- status and the step's
+    CPU time and peak memory -- while the keeper may still be tearing its namespaces down;
+    release() reaps it, so no zombie is left."""
+    burn = "import os, sys\nx = bytearray(64 << 20)\nsum(range(3_000_000))\nos.kill(os.getpid(), 15)"
+    child = spawn([sys.executable, "-I", "-S", "-c", burn], env=dict(os.environ), cwd="/", plan=_pidns_plan(tree))
+    result = child.wait()
+    assert (result.exit_code, result.signal) == (128 + 15, 15)
+    assert result.cpu_s > 0.05 and result.peak_rss_bytes > 64 << 20
+    assert child.contained
+    assert not child._keeper_waited  # the end line told it, not the keeper's exit
+    child.release()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)
+    child.release()  # once is enough
+    child.kill()  # after the end: nothing to signal (the pid may name another process by now)
+
+
 @pytest.mark.parametrize("layer", ["pid-namespace", "subreaper"])
 def test_kill_ends_the_whole_tree_and_terminate_reaches_the_command(
     layer: str, request: pytest.FixtureRequest
