@@ -107,11 +107,14 @@ class _Clock:
 def _meanwhile(base_dir: str | None) -> None:
     """What the launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
     the keeper builds the sandbox meanwhile): load what the end of the run needs, off the start-up
-    path and on the other core, and sweep what launchers killed before us left behind."""
+    path and on the other core, sweep what launchers killed before us left behind, and bring the
+    guard's image up to date for the next steps (built once, then a check of its sources)."""
     import sandbox.export._exporter
     import sandbox.finish  # noqa: F401
+    from sandbox.guard import _image
 
     workspace_mod.sweep(base_dir)
+    _image.refresh()
 
 
 class Run:

@@ -327,13 +327,18 @@ def start_step(
     """Start one step under ``plan`` (None: the Python guard alone) with the guard bootstrapped
     from its environment; ``env`` is the run environment of the step. ``meanwhile``: see
     :func:`sandbox.kernel.spawn`."""
+    from sandbox.guard import _image
     from sandbox.guard.bootstrap import child_env
     from sandbox.kernel import spawn
 
     policy_file = os.path.join(ws.base, POLICY_FILE)
     events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
     full = child_env(
-        env, policy_file=policy_file, events_file=events_file, overlay=bool(plan and plan.overlays)
+        env,
+        policy_file=policy_file,
+        events_file=events_file,
+        overlay=bool(plan and plan.overlays),
+        image=_image.current(),
     )
     return spawn(
         list(argv), env=full, cwd=ws.root, plan=plan, stdout=stdout, stderr=stderr, meanwhile=meanwhile

@@ -9,6 +9,8 @@ child starts (``subprocess``, ``os.system("python ...")``, multiprocessing's ``s
   The launcher keeps it beside the workspace, outside every writable root: a step cannot edit it.
 - ``TV_SANDBOX_EVENTS``: the event log (JSON lines) every deny and redirect is appended to.
 - ``TV_SANDBOX_OVERLAY``: ``1`` when the kernel layer's overlay maps the workspace (see _engine).
+- ``TV_SANDBOX_GUARD_IMAGE``: the guard's modules compiled into one file, when the launcher has
+  one (:mod:`sandbox.guard._image`): read instead of the package, if it matches its sources.
 
 Fails closed: when the guard cannot be installed the child prints one line and exits 1 before any
 user code runs -- a step never runs unguarded by accident. Interpreters started with ``-I``, ``-E``
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 ENV_POLICY = "TV_SANDBOX_POLICY"
 ENV_EVENTS = "TV_SANDBOX_EVENTS"
 ENV_OVERLAY = "TV_SANDBOX_OVERLAY"
+ENV_IMAGE = "TV_SANDBOX_GUARD_IMAGE"  # read by boot/sitecustomize.py (see sandbox.guard._image)
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 
 
@@ -40,9 +43,15 @@ class BootError(RuntimeError):
 
 
 def child_env(
-    env: Mapping[str, str], *, policy_file: str, events_file: str | None, overlay: bool
+    env: Mapping[str, str],
+    *,
+    policy_file: str,
+    events_file: str | None,
+    overlay: bool,
+    image: str | None = None,
 ) -> dict[str, str]:
-    """``env`` plus what a child interpreter needs to install the same guard."""
+    """``env`` plus what a child interpreter needs to install the same guard; ``image``: the
+    guard's compiled modules in one file (:mod:`sandbox.guard._image`), when there is one."""
     out = dict(env)
     rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR]
     out["PYTHONPATH"] = os.pathsep.join([BOOT_DIR, *rest])
@@ -52,6 +61,10 @@ def child_env(
     else:
         out.pop(ENV_EVENTS, None)
     out[ENV_OVERLAY] = "1" if overlay else "0"
+    if image:
+        out[ENV_IMAGE] = image
+    else:
+        out.pop(ENV_IMAGE, None)
     return out
 
 

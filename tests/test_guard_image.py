@@ -1,0 +1,153 @@
+"""The guard's image (sandbox.guard._image): real runs build it, a step loads its guard from it,
+and anything that does not match the sources -- an edited module, another package, a broken
+file -- leaves the step to load the package as always, still guarded."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RunEnv, sandbox_run
+
+from sandbox.guard import _image, child_env
+from sandbox.samples import make_host
+
+# What a step reports: how its guard's modules were loaded, which it loaded, and the guard at work.
+_PROBE = (
+    "import sys\n"
+    "mods = [m for m in sys.modules if m == 'sandbox' or m.startswith('sandbox.')]\n"
+    "print('loader', type(sys.modules['sandbox.policy'].__loader__).__name__)\n"
+    "print('modules', ' '.join(mods))\n"
+    "print('finders', ' '.join(type(f).__name__ for f in sys.meta_path))\n"
+    "try:\n"
+    "    open('data/lakehouse/x.json', 'w')\n"
+    "except PermissionError as e:\n"
+    "    print('denied', 'lakehouse-read-only' in str(e))\n"
+)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "cache"
+    monkeypatch.setenv("TV_SANDBOX_CACHE_DIR", str(d))
+    return d
+
+
+def _probe(host: Path, run_id: str) -> dict[str, str]:
+    r = sandbox_run(host, run_id, sys.executable, "-c", _PROBE)
+    assert r.returncode == 0, r.stderr
+    return dict(line.split(" ", 1) for line in r.stdout.splitlines())
+
+
+def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
+    tmp_path: Path, cache: Path
+) -> None:
+    host = make_host(tmp_path / "host")
+    first = _probe(host, "R1")  # no image yet: the package as always; the launcher builds it meanwhile
+    assert first["loader"] == "SourceFileLoader"
+    image = _image.path()
+    assert image is not None and Path(image).parent == cache and os.path.isfile(image)
+    second = _probe(host, "R2")
+    assert second["loader"] == "_Image"
+    assert second["denied"] == "True"  # the same guard, explaining the same denial
+    assert "_Image" not in second["finders"]  # gone before the user's first import
+    # the image holds exactly what a guarded interpreter loads of the package
+    assert sorted(second["modules"].split()) == sorted(_image.MODULES)
+    assert sorted(first["modules"].split()) == sorted(_image.MODULES)
+
+
+def _rewrite(image: str, change: object) -> None:
+    """Apply ``change`` to the image's entries: ``[name, origin, is_pkg, mtime_ns, size, code]``."""
+    with open(image, "rb") as fh:
+        fmt, version, keys = marshal.load(fh)
+        codes = marshal.load(fh)
+    entries = [[*k, c] for k, c in zip(keys, codes, strict=True)]
+    change(entries)  # type: ignore[operator]
+    with open(image, "wb") as fh:
+        marshal.dump((fmt, version, tuple(tuple(e[:5]) for e in entries)), fh)
+        marshal.dump(tuple(e[5] for e in entries), fh)
+
+
+def _guarded_child(run_env: RunEnv, image: str | None) -> dict[str, str]:
+    """A guarded Python child started straight from :func:`child_env` (no launcher, so nothing
+    repairs the image meanwhile)."""
+    policy_file = Path(run_env.ws.run_storage, "config", "policy.json")
+    policy_file.write_text(json.dumps(run_env.policy.to_dict()))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TV_SANDBOX_")}
+    env = child_env(base, policy_file=str(policy_file), events_file=None, overlay=False, image=image)
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        env=env,
+        cwd=run_env.ws.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return dict(line.split(" ", 1) for line in r.stdout.splitlines())
+
+
+@pytest.mark.parametrize("damage", [None, "stale", "foreign", "truncated", "not-marshal", "missing"])
+def test_an_image_that_does_not_match_the_package_is_not_used(
+    tmp_path: Path, cache: Path, run_env: RunEnv, damage: str | None
+) -> None:
+    """A stale entry (a source edited since: another size), an entry outside the package the
+    step's sitecustomize belongs to (its code never runs), a truncated, foreign or missing
+    file: the child loads the package as always -- and is guarded either way."""
+    assert _image.refresh()
+    image = _image.path()
+    assert image is not None
+    if damage == "stale":
+
+        def change(entries: list[list[object]]) -> None:
+            entries[7][4] = int(entries[7][4]) + 1  # type: ignore[call-overload]
+
+        _rewrite(image, change)
+    elif damage == "foreign":
+        evil = tmp_path / "evil.py"
+        evil.write_text("raise SystemExit('evil code ran')\n")
+        st = evil.stat()
+        code = marshal.dumps(compile(evil.read_text(), str(evil), "exec"))
+
+        def change(entries: list[list[object]]) -> None:
+            entries[7][1:6] = [str(evil), False, st.st_mtime_ns, st.st_size, code]
+
+        _rewrite(image, change)
+    elif damage == "truncated":
+        data = Path(image).read_bytes()
+        Path(image).write_bytes(data[: len(data) // 2])
+    elif damage == "not-marshal":
+        Path(image).write_bytes(b"#!/bin/sh\n")
+    elif damage == "missing":
+        os.unlink(image)
+    out = _guarded_child(run_env, image)
+    assert out["loader"] == ("_Image" if damage is None else "SourceFileLoader")
+    assert out["denied"] == "True"
+
+
+def test_refresh_rebuilds_what_is_stale_and_keeps_what_is_fresh(cache: Path) -> None:
+    assert _image.refresh()
+    image = _image.path()
+    assert image is not None
+    before = os.stat(image).st_mtime_ns
+    assert _image.refresh()
+    assert os.stat(image).st_mtime_ns == before  # fresh: left alone
+
+    def change(entries: list[list[object]]) -> None:
+        entries[0][3] = 0
+
+    _rewrite(image, change)
+    assert _image.refresh()
+    with open(image, "rb") as fh:
+        _, _, keys = marshal.load(fh)
+    assert keys[0][3] == os.stat(keys[0][1]).st_mtime_ns
+
+
+def test_without_a_cache_there_is_no_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TV_SANDBOX_CACHE_DIR", "off")
+    assert _image.path() is None and _image.current() is None and not _image.refresh()
