@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from sandbox.kernel.spawning import Early
+
 PROG = "tv-sandbox"
 _EXIT_HELP = """exit status (Docker's `docker run` convention):
   the command's own  the step ran; its status passes through
@@ -268,6 +270,23 @@ def _audit(ns: dict[str, Any]) -> int:
 
 
 def _run(ns: dict[str, Any]) -> int:
+    # The step's keeper is forked first, while this process is still single-threaded: it loads
+    # the kernel layer and makes the namespaces on the other core during the preflight, the
+    # workspace and the plan (kernel.spawning.prefork). A run that does not take it (a refused
+    # preflight, the guard alone, a policy with the host's network) ends it.
+    early = None
+    if ns["kernel"] != "off" and ns["cmd"]:
+        from sandbox.kernel.spawning import prefork
+
+        early = prefork(network=True)  # what every bundled policy asks for
+    try:
+        return _run_with(ns, early)
+    finally:
+        if early is not None:
+            early.discard()
+
+
+def _run_with(ns: dict[str, Any], early: Early | None) -> int:
     from sandbox.loader import profile_warning, resolve_profile
     from sandbox.runner import RunRequest, execute, preflight
 
@@ -296,7 +315,7 @@ def _run(ns: dict[str, Any]) -> int:
     from sandbox.run import install_interrupt_handlers
 
     install_interrupt_handlers()  # Ctrl-C and SIGTERM end the step's processes, then export
-    outcome = execute(prep)
+    outcome = execute(prep, early=early)
     from sandbox.report import summary_line
 
     rep = outcome.report

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from sandbox.kernel import Child, ChildResult, KernelPlan
+    from sandbox.kernel.spawning import Early
     from sandbox.policy import Policy
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
@@ -142,6 +143,7 @@ class Run:
         self._plan: KernelPlan | None = None
         self._tree: StepTree | None = None
         self._ended: list[Child] = []  # steps whose keepers Child.release reaps at the close
+        self._early: Early | None = None
         # Every step so far ended provably whole (a PID namespace waited out): only then may the
         # export hard-link the run folder's files -- a process that outlived its step could go on
         # writing an inode the export shares.
@@ -159,8 +161,12 @@ class Run:
         self.events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
 
     @classmethod
-    def open(cls, prep: Prepared, *, echo: bool = True, stderr: IO[bytes] | None = None) -> Run:
-        """Build the workspace and place the policy on it; nothing runs yet."""
+    def open(
+        cls, prep: Prepared, *, echo: bool = True, stderr: IO[bytes] | None = None, early: Early | None = None
+    ) -> Run:
+        """Build the workspace and place the policy on it; nothing runs yet. ``early``: a keeper
+        forked before the preflight (:func:`sandbox.kernel.spawning.prefork`), offered to the
+        first step; the run discards it if that step does not take it."""
         from _thread import allocate_lock
 
         req = prep.request
@@ -176,6 +182,9 @@ class Run:
         except BaseException:
             ws.remove()
             raise
+        run._early = early if echo else None  # its step's stdout must be ours (see Early.fits)
+        if early is not None and run._early is None:
+            early.discard()
         run._lock = allocate_lock()
         run._clock = clock
         clock.lap("workspace")
@@ -223,7 +232,9 @@ class Run:
         self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
         logs = os.path.join(self.ws.run_storage, "logs")
         n_events = count_events(self.events_file)
-        rfd, wfd = os.pipe()
+        early, self._early = self._early, None
+        # the early keeper's stderr pipe was made before its fork: it can hand this step only that one
+        rfd, wfd = early.take_stderr() if early is not None else os.pipe()
         tail = bytearray()
         out_fd: int | None = None
         if not self._echo:
@@ -233,7 +244,7 @@ class Run:
             launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
             try:
                 with launching:
-                    child = self._start(argv, env, out_fd, wfd)
+                    child = self._start(argv, env, out_fd, wfd, early)
             except UsageError as e:  # the command could not be executed: its step failed, as in a shell
                 os.close(rfd)
                 return self._not_started(name, argv, e, log, echo_to)
@@ -332,7 +343,9 @@ class Run:
                 "them (see host_changes in the report)"
             )
 
-    def _start(self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int) -> Child:
+    def _start(
+        self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int, early: Early | None
+    ) -> Child:
         if self._launched is None:
             base = self.prep.request.workspace_base
             launched = _launch(
@@ -344,12 +357,15 @@ class Run:
                 stdout=out_fd,
                 stderr=err_fd,
                 meanwhile=lambda: _meanwhile(base),
+                early=early,
             )
             self._launched, self._plan = launched, launched.plan
             self.missing.update(launched.missing)
             self.warnings.extend(launched.warnings)
             child = launched.child
         else:
+            if early is not None:
+                early.discard()
             child = start_step(self.ws, env, argv, self._plan, stdout=out_fd, stderr=err_fd)
         with self._lock:
             self._tree = StepTree(child)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from sandbox.kernel import Child, KernelPlan
+    from sandbox.kernel.spawning import Early
     from sandbox.run import Interrupted, Run, StepSpec  # noqa: F401  # re-exported lazily
 
 KERNEL_CHOICES = ("auto", "off", "require")
@@ -323,10 +324,11 @@ def start_step(
     stdout: int | None = None,
     stderr: int | None = None,
     meanwhile: Callable[[], None] | None = None,
+    early: Early | None = None,
 ) -> Child:
     """Start one step under ``plan`` (None: the Python guard alone) with the guard bootstrapped
-    from its environment; ``env`` is the run environment of the step. ``meanwhile``: see
-    :func:`sandbox.kernel.spawn`."""
+    from its environment; ``env`` is the run environment of the step. ``meanwhile`` and
+    ``early``: see :func:`sandbox.kernel.spawn`."""
     from sandbox.guard import _image
     from sandbox.guard.bootstrap import child_env
     from sandbox.kernel import spawn
@@ -341,7 +343,14 @@ def start_step(
         image=_image.current(),
     )
     return spawn(
-        list(argv), env=full, cwd=ws.root, plan=plan, stdout=stdout, stderr=stderr, meanwhile=meanwhile
+        list(argv),
+        env=full,
+        cwd=ws.root,
+        plan=plan,
+        stdout=stdout,
+        stderr=stderr,
+        meanwhile=meanwhile,
+        early=early,
     )
 
 
@@ -365,6 +374,7 @@ def _launch(
     stdout: int | None = None,
     stderr: int | None = None,
     meanwhile: Callable[[], None] | None = None,
+    early: Early | None = None,
 ) -> Launched:
     """Start a run's first step with the strongest kernel layer this machine accepts.
 
@@ -375,18 +385,38 @@ def _launch(
     is required (``--kernel require``, or the policy's ``kernel = "require"``) only the full layer
     will do: anything less refuses to run (exit 125, before the command ran). The plan it settles
     on is the one every later step of the run gets. ``meanwhile`` runs once, during the first
-    attempt (see :func:`sandbox.kernel.spawn`).
+    attempt (see :func:`sandbox.kernel.spawn`); ``early`` (a keeper forked before the preflight)
+    is offered to the first attempt, and says this kernel's Landlock ABI without ctypes here.
     """
-    req = prep.request
-
-    from sandbox.kernel import missing_layers
-
     pending = [meanwhile] if meanwhile is not None else []
+    offered = [early] if early is not None else []
 
     def start(plan: KernelPlan | None) -> Child:
         once = pending.pop() if pending else None
-        return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr, meanwhile=once)
+        keeper = offered.pop() if offered else None
+        if keeper is not None and plan is None:
+            keeper.discard()
+            keeper = None
+        return start_step(ws, env, argv, plan, stdout=stdout, stderr=stderr, meanwhile=once, early=keeper)
 
+    try:
+        return _attempts(prep, ws, policy, start, early)
+    finally:
+        for keeper in offered:  # not taken: no attempt wanted a namespace
+            keeper.discard()
+
+
+def _attempts(
+    prep: Prepared,
+    ws: Workspace,
+    policy: Policy,
+    start: Callable[[KernelPlan | None], Child],
+    early: Early | None,
+) -> Launched:
+    """The attempts of :func:`_launch`, strongest first."""
+    from sandbox.kernel import missing_layers
+
+    req = prep.request
     if prep.kernel == "off":
         why = 'turned off (--kernel off, or the policy\'s kernel = "off")'
         return Launched(
@@ -398,12 +428,18 @@ def _launch(
                 "(pyarrow, sqlite), shell commands and non-Python children can change it"
             ],
         )
-    from sandbox.kernel import landlock
-
     required = prep.kernel == "require"
     refusals: list[str] = []
-    abi, err = landlock.query_abi()
+    said = early.abi() if early is not None else None
+    if said is not None:
+        abi, err = said
+    else:
+        from sandbox.kernel import landlock
+
+        abi, err = landlock.query_abi()
     if abi == 0:
+        from sandbox.kernel import landlock
+
         refusals.append(landlock.unavailable_reason(err))
     # The namespaces with the network's, without it (a kernel that refuses only CLONE_NEWNET),
     # then Landlock alone.
@@ -462,18 +498,19 @@ def export_limit(prep: Prepared) -> int:
     return DEFAULT_MAX_BYTES if limit is None else limit
 
 
-def execute(prep: Prepared, *, stderr: IO[bytes] | None = None) -> RunOutcome:
+def execute(prep: Prepared, *, stderr: IO[bytes] | None = None, early: Early | None = None) -> RunOutcome:
     """Run a prepared one-step request: workspace, step, report, export (``tv-sandbox run``).
 
     Returns the outcome; its ``exit_code`` is the command's status. A run of several steps is a
-    :class:`sandbox.run.Run`; this is the one-step case of it.
+    :class:`sandbox.run.Run`; this is the one-step case of it. ``early``: a keeper forked
+    before the preflight (:func:`sandbox.kernel.spawning.prefork`), for the step.
     """
     from sandbox.run import Run, StepSpec
 
     if not prep.request.argv:
         raise UsageError("no command to run: put it after '--', e.g. tv-sandbox run ... -- python step.py")
 
-    with Run.open(prep, stderr=stderr) as run:
+    with Run.open(prep, stderr=stderr, early=early) as run:
         run.step(StepSpec(argv=list(prep.request.argv), name="step"))
         return run.close()
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,32 @@ def test_a_folder_rule_is_a_kernel_bind(host: Path, tmp_path: Path) -> None:
     paths = spec.bind(host=host, run_id="K").kernel_paths()
     assert paths.readonly == ("configs",) and paths.writable == ("data/cache",)
     assert load_policy().bind(host=host, run_id="K").kernel_paths().readonly == ()
+
+
+@pytest.mark.parametrize("why", ["run-id", "policy", "kernel-off"])
+def test_a_refused_or_unkernelled_run_leaves_no_process_behind(host: Path, tmp_path: Path, why: str) -> None:
+    """The launcher forks its step's keeper before the preflight (kernel.spawning.prefork): a run
+    refused by the preflight, or one that runs without it, ends it -- nothing of it outlives the
+    launcher."""
+    tag = f"tvs-leftover-{os.getpid()}-{why}"
+    if why == "run-id":
+        r = sandbox_run(host, "bad id", sys.executable, "-c", "pass", tag)
+        assert r.returncode == EXIT_SANDBOX
+    elif why == "policy":
+        r = sandbox_run(
+            host, "R1", sys.executable, "-c", "pass", tag, options=("--policy", str(tmp_path / "none.toml"))
+        )
+        assert r.returncode == EXIT_SANDBOX
+    else:
+        r = sandbox_run(host, "R1", sys.executable, "-c", "pass", tag, options=("--kernel", "off"))
+        assert r.returncode == 0, r.stderr
+    time.sleep(0.3)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if tag.encode() in fh.read():
+                    left.append(pid)
+        except OSError:
+            pass
+    assert left == []

@@ -24,6 +24,8 @@ _PROBE = (
     "print('loader', type(sys.modules['sandbox.policy'].__loader__).__name__)\n"
     "print('modules', ' '.join(mods))\n"
     "print('finders', ' '.join(type(f).__name__ for f in sys.meta_path))\n"
+    "import sandbox.policy as p\n"
+    "print('filename', p.Policy.decide.__code__.co_filename == p.__file__ and p.__file__.startswith('/'))\n"
     "try:\n"
     "    open('data/lakehouse/x.json', 'w')\n"
     "except PermissionError as e:\n"
@@ -55,6 +57,7 @@ def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
     second = _probe(host, "R2")
     assert second["loader"] == "_Image"
     assert second["denied"] == "True"  # the same guard, explaining the same denial
+    assert second["filename"] == "True"  # tracebacks name the package's files, as without it
     assert "_Image" not in second["finders"]  # gone before the user's first import
     # the image holds exactly what a guarded interpreter loads of the package
     assert sorted(second["modules"].split()) == sorted(_image.MODULES)
@@ -151,3 +154,10 @@ def test_refresh_rebuilds_what_is_stale_and_keeps_what_is_fresh(cache: Path) -> 
 def test_without_a_cache_there_is_no_image(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TV_SANDBOX_CACHE_DIR", "off")
     assert _image.path() is None and _image.current() is None and not _image.refresh()
+
+
+def test_sitecustomize_reads_the_format_the_builder_writes() -> None:
+    from sandbox.guard.bootstrap import BOOT_DIR
+
+    text = Path(BOOT_DIR, "sitecustomize.py").read_text()
+    assert f"if fmt != {_image.FORMAT} or version != sys.version:" in text

@@ -31,7 +31,7 @@ from sandbox.guard.bootstrap import ENV_IMAGE
 
 __all__ = ["ENV_IMAGE", "MODULES", "current", "path", "refresh"]
 
-FORMAT = 1  # boot/sitecustomize.py reads this format
+FORMAT = 2  # boot/sitecustomize.py reads this format (2: code names its source by its absolute path)
 
 #: What ``sitecustomize`` imports from the package to install the guard (tests/test_guard_image.py
 #: checks it against a real step's ``sys.modules``), in import order.
@@ -114,7 +114,13 @@ def _code(origin: str, st: os.stat_result) -> bytes:
             + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")
         )
         if data[:16] == header:
-            return data[16:]
+            # as the import system does: the code names the source where it is now (compileall
+            # may have recorded a relative or another path), for tracebacks and linecache
+            import _imp
+
+            code = marshal.loads(data[16:])
+            _imp._fix_co_filename(code, origin)  # type: ignore[attr-defined]
+            return marshal.dumps(code)
     except OSError:
         pass
     with open(origin, "rb") as fh:

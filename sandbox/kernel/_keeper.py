@@ -13,12 +13,13 @@ import resource  # os.wait4's result type: imported before the fork, as everythi
 import time
 
 from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before the fork
-from sandbox.kernel.plan import KernelPlan, enter, seal
+from sandbox.kernel.plan import KernelPlan, enter, enter_mounts, enter_namespaces, seal
+from sandbox.kernel.spawning import KILL_ALL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 else:
     # ``_signal``, not ``signal``: the wrapper builds enums (importing ``enum``, ``functools``...),
     # milliseconds of every launch; these are the same functions and numbers.
@@ -35,9 +36,6 @@ _FORWARDED = tuple(
     for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
     if hasattr(signal, n)
 )
-#: Sent to the keeper by :meth:`Child.kill`: SIGKILL the whole step (SIGKILL itself cannot be
-#: caught, and killing the keeper would let the launcher's wait return before the step is gone).
-KILL_ALL = signal.SIGALRM
 _WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
 #: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group:
 #: the command, in that group too, got it already; forwarding it would deliver it twice.
@@ -62,27 +60,105 @@ def run_keeper(
     end; never returns."""
     stage = "setup"
     try:
-        for target, fd in enumerate(stdio):
-            if fd is not None and fd != target:
-                os.dup2(fd, target)  # dup2 makes the copy inheritable
-        for fd in keep:
-            os.set_inheritable(fd, True)
+        _take_stdio(stdio, keep)
         # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
         # steps' pipes, a Ray worker's sockets, locked files) that long.
         _close_fds_except([*keep, wfd, gor, ew])
-        for sig in _RESTORE_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
+        _reset_signals()
         entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
+            entered = enter(plan, mapped_by_parent=_mapped_by_parent(wfd, gor))
+    except BaseException as e:
+        _fail(wfd, stage, e)
+    _keep(argv, env, cwd, plan, entered, keep, wfd, gor, parent, ew)
 
-            def mapped_by_parent() -> bool:
-                os.write(wfd, b"userns\n")
-                return os.read(gor, 1) == b"1"
 
-            entered = enter(plan, mapped_by_parent=mapped_by_parent)
+def run_early_keeper(
+    network: bool, wfd: int, gor: int, ew: int, pr: int, parent: int, sw: int
+) -> None:  # pragma: no cover - the early keeper
+    """The keeper of :func:`~sandbox.kernel.spawning.prefork`, forked before the launcher knows
+    its step: it loads the kernel layer, says this kernel's Landlock ABI (``abi``), makes the
+    namespaces (the uid map asked for as :func:`run_keeper` does), then reads the rest from
+    ``pr`` -- a ``marshal`` of ``(argv, env, cwd, plan, stdio, keep)`` -- and goes on as
+    :func:`run_keeper`. An empty ``pr`` (the launcher did not need us, or died) ends it quietly.
+    ``sw``: the step's stderr pipe, made before the fork (the only descriptor a step may name
+    besides our own 0, 1 and 2).
+
+    The launcher forks it while single-threaded (``tv-sandbox run`` before its preflight), so
+    importing here is safe; the point is that the imports, the namespaces and the launcher's own
+    preflight and workspace then run side by side, on two cores."""
+    stage = "setup"
+    try:
+        abi, err = landlock.query_abi()
+        os.write(wfd, f"abi {abi} {err}\n".encode())
+        _close_fds_except([wfd, gor, ew, pr, sw])
+        _reset_signals()
+        stage = "kernel"
+        t0 = time.perf_counter()
+        userns = enter_namespaces(
+            pid_namespace=True, network_namespace=network, mapped_by_parent=_mapped_by_parent(wfd, gor)
+        )
         stage = "setup"
+        _die_with(parent)  # after the namespaces: entering a user namespace clears the setting
+        data = b""
+        while chunk := os.read(pr, 1 << 16):
+            data += chunk
+        os.close(pr)
+        if not data:
+            os._exit(0)
+        import marshal
+
+        argv, env, cwd, plan_dict, stdio, keep = marshal.loads(data)
+        plan = KernelPlan.from_dict(plan_dict)
+        if not (plan.namespace and plan.pid_namespace and plan.network_namespace == network):
+            raise ValueError("the plan needs other namespaces than this early keeper made")
+        _take_stdio(tuple(stdio), list(keep))
+        os.close(sw)  # the step holds its stderr; we must not (its end is the step's end)
+        stage = "kernel"
+        entered = enter_mounts(plan, (userns, t0, 0))
+    except BaseException as e:
+        _fail(wfd, stage, e)
+    _keep(argv, env, cwd, plan, entered, list(keep), wfd, gor, parent, ew)
+
+
+def _take_stdio(stdio: tuple[int | None, ...], keep: list[int]) -> None:  # pragma: no cover - in the keeper
+    for target, fd in enumerate(stdio):
+        if fd is not None and fd != target:
+            os.dup2(fd, target)  # dup2 makes the copy inheritable
+    for fd in keep:
+        os.set_inheritable(fd, True)
+
+
+def _reset_signals() -> None:  # pragma: no cover - in the keeper
+    for sig in _RESTORE_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
+
+
+def _mapped_by_parent(wfd: int, gor: int) -> Callable[[], bool]:  # pragma: no cover - in the keeper
+    def ask() -> bool:
+        os.write(wfd, b"userns\n")
+        return os.read(gor, 1) == b"1"
+
+    return ask
+
+
+def _keep(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    plan: KernelPlan | None,
+    entered: tuple[bool, float, int] | None,
+    keep: list[int],
+    wfd: int,
+    gor: int,
+    parent: int,
+    ew: int,
+) -> None:  # pragma: no cover - in the keeper, once its namespaces and mounts are made
+    """The rest of :func:`run_keeper`: the init (or the command) and their end; never returns."""
+    stage = "setup"
+    try:
         os.close(gor)
         _die_with(parent)
         # Blocked before any fork: a child's end or a signal to forward is never missed.

@@ -119,26 +119,6 @@ def in_user_namespace() -> bool:
         return False
 
 
-def identity_maps() -> tuple[str, str]:
-    """``(uid_map, gid_map)`` texts mapping every id this process's namespace knows to itself:
-    what a root launcher writes for its step's user namespace, so files keep their owners."""
-
-    def identity(path: str) -> str:
-        with open(path, encoding="ascii") as fh:
-            rows = [line.split() for line in fh if line.strip()]
-        return "".join(f"{inside} {inside} {count}\n" for inside, _outside, count in rows)
-
-    return identity("/proc/self/uid_map"), identity("/proc/self/gid_map")
-
-
-def write_maps(pid: int, uid_map: str, gid_map: str) -> None:
-    """Write the uid and gid maps of ``pid``'s (new) user namespace from outside it: mapping more
-    than one's own id needs CAP_SETUID/CAP_SETGID in the *parent* namespace, which the process
-    that just unshared does not have there."""
-    _write(f"/proc/{pid}/uid_map", uid_map)
-    _write(f"/proc/{pid}/gid_map", gid_map)
-
-
 def unshare_mount_namespace(
     *,
     user_namespace: bool | None = None,
@@ -154,7 +134,7 @@ def unshare_mount_namespace(
     ``user_namespace=False`` makes only the mount namespace (real root; tests and probes).
 
     The ids: ``mapped_by_parent`` (when given, and the caller is root) asks the parent to write
-    an identity map of the whole range (:func:`identity_maps`, :func:`write_maps`) and returns
+    an identity map of the whole range (``spawning._map_identity``) and returns
     whether it did; otherwise the process maps itself: uid and gid ``0 <id> 1`` (root inside),
     ``setgroups`` denied (the kernel requires that before an unprivileged gid_map).
     ``pid_namespace``: also a new PID namespace for the children forked from now on.

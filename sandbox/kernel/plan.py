@@ -252,21 +252,43 @@ def enter(plan: KernelPlan, *, mapped_by_parent: Callable[[], bool] | None = Non
     """The namespaces and mounts of ``plan``; returns ``(user namespace made, start time, folders
     hidden)`` for :func:`seal`. ``mapped_by_parent``: see
     :func:`sandbox.kernel.mounts.unshare_mount_namespace`."""
-    # Here, not at the top: a plan is data the runner builds without loading ctypes. spawn()
-    # imports both before it forks, so in its child this is a dictionary lookup.
-    from sandbox.kernel import mounts
-
     t0 = time.perf_counter()
     userns = False
     if plan.namespace:
-        userns = mounts.unshare_mount_namespace(
+        userns = enter_namespaces(
             pid_namespace=plan.pid_namespace,
             network_namespace=plan.network_namespace,
             mapped_by_parent=mapped_by_parent,
         )
-        if plan.network_namespace:
-            mounts.loopback_up()
-        mounts.make_private()
+    return enter_mounts(plan, (userns, t0, 0))
+
+
+def enter_namespaces(
+    *, pid_namespace: bool, network_namespace: bool, mapped_by_parent: Callable[[], bool] | None = None
+) -> bool:
+    """The first half of :func:`enter` for a plan with ``namespace``: a user and a mount namespace
+    (private propagation), the PID and network namespaces asked for, ``lo`` up. None of it
+    depends on the plan's paths, so an early keeper does it before the plan is known
+    (:func:`sandbox.kernel.spawning.prefork`). Returns whether a user namespace was made."""
+    # Here, not at the top: a plan is data the runner builds without loading ctypes. spawn()
+    # imports both before it forks, so in its child this is a dictionary lookup.
+    from sandbox.kernel import mounts
+
+    userns = mounts.unshare_mount_namespace(
+        pid_namespace=pid_namespace, network_namespace=network_namespace, mapped_by_parent=mapped_by_parent
+    )
+    if network_namespace:
+        mounts.loopback_up()
+    mounts.make_private()
+    return userns
+
+
+def enter_mounts(plan: KernelPlan, entered: tuple[bool, float, int]) -> tuple[bool, float, int]:
+    """The second half of :func:`enter`: the plan's mounts, in the namespaces that
+    :func:`enter_namespaces` made (``entered``: its answer, the start time, 0)."""
+    from sandbox.kernel import mounts
+
+    userns, t0, _ = entered
     for o in plan.overlays:
         mounts.overlay(o.lower, o.upper, o.work, o.target)
     for b in plan.binds:

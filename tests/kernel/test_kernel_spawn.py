@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -221,7 +222,9 @@ def test_the_keeper_reports_the_end_before_its_own_exit(kernel_support: object, 
     CPU time and peak memory -- while the keeper may still be tearing its namespaces down;
     release() reaps it, so no zombie is left."""
     burn = "import os, sys\nx = bytearray(64 << 20)\nsum(range(3_000_000))\nos.kill(os.getpid(), 15)"
-    child = spawn([sys.executable, "-I", "-S", "-c", burn], env=dict(os.environ), cwd="/", plan=_pidns_plan(tree))
+    child = spawn(
+        [sys.executable, "-I", "-S", "-c", burn], env=dict(os.environ), cwd="/", plan=_pidns_plan(tree)
+    )
     result = child.wait()
     assert (result.exit_code, result.signal) == (128 + 15, 15)
     assert result.cpu_s > 0.05 and result.peak_rss_bytes > 64 << 20
@@ -265,8 +268,9 @@ def test_the_command_in_a_pid_namespace_is_pid_2_under_its_init(kernel_support: 
 
 
 def test_a_keeper_killed_from_outside_still_waits_for_the_whole_namespace(
-    kernel_support: object, tree
-) -> None:  # type: ignore[no-untyped-def]
+    kernel_support: object,
+    tree: Callable[..., Path],
+) -> None:
     """The OOM killer or a stray SIGKILL takes the keeper: its init dies of its parent-death
     signal and the kernel ends the namespace; wait() returns only once that is done."""
     marker = f"tvs-keeper-{os.getpid()}"
@@ -323,3 +327,65 @@ def test_the_keeper_holds_none_of_the_launchers_descriptors() -> None:
         os.close(rfd)
         child.kill()
         child.wait()
+
+
+# The early keeper (prefork) imports after its fork, so it is tried in a fresh, single-threaded
+# interpreter -- as the CLI forks it -- never in this (pytest's) process.
+_EARLY = """
+import json, os, sys
+from sandbox.kernel import KernelPlan, spawn
+from sandbox.kernel.spawning import prefork
+
+w = sys.argv[1]
+network = sys.argv[2] == "net"
+early = prefork(network=True)
+abi = early.abi()  # as the runner asks, before it plans
+rfd, wfd = early.take_stderr()
+plan = KernelPlan(writable=(w,), namespace=True, pid_namespace=True, network_namespace=network)
+code = "import os, sys; sys.stderr.write('from the step'); open(os.path.join(sys.argv[1], 'f'), 'w'); sys.exit(3)"
+child = spawn([sys.executable, "-I", "-S", "-c", code, w], env=dict(os.environ), cwd="/", plan=plan,
+              stderr=wfd, early=early)
+os.close(wfd)
+result = child.wait()
+err = os.read(rfd, 1000).decode()
+child.release()
+try:
+    os.waitpid(early.pid, os.WNOHANG)
+    reaped = False
+except ChildProcessError:
+    reaped = True
+print(json.dumps({
+    "exit": result.exit_code, "stderr": err, "abi": abi, "pid": child.pid == early.pid,
+    "net": child.applied.network_namespace, "pidns": child.applied.pid_namespace,
+    "contained": child.contained, "reaped": reaped,
+    "ctypes": [m for m in ("ctypes", "_ctypes", "sandbox.kernel._ffi", "sandbox.kernel._keeper") if m in sys.modules],
+}))
+"""
+
+
+@pytest.mark.parametrize("fits", ["net", "no-net"])
+def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
+    kernel_support: object,
+    tree: Callable[..., Path],
+    fits: str,
+) -> None:
+    """prefork(): the keeper forked before the step is known makes the namespaces, then runs the
+    step sent to it -- its stderr through the pipe made before the fork, its end reported as
+    spawn's own keeper does -- and the launcher never loads ctypes or the keeper's code. A plan
+    that needs other namespaces (no network namespace) makes spawn discard it and fork its own."""
+    import json
+    import subprocess
+
+    w = tree("w")
+    out = subprocess.run(
+        [sys.executable, "-c", _EARLY, str(w), fits], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["exit"] == 3 and got["stderr"] == "from the step" and (w / "f").exists()
+    assert got["pidns"] and got["contained"] and got["reaped"]
+    assert got["net"] == (fits == "net")
+    assert got["pid"] == (fits == "net")  # the early keeper ran it, or spawn's own keeper did
+    assert got["abi"] is not None and got["abi"][0] >= 1
+    if fits == "net":
+        assert got["ctypes"] == []  # what the early keeper saves the launcher

@@ -105,7 +105,7 @@ def _image(path: str | None, pkg: str) -> _Image | None:
     try:
         with open(path, "rb") as fh:
             fmt, version, keys = marshal.load(fh)
-            if fmt != 1 or version != sys.version:
+            if fmt != 2 or version != sys.version:  # sandbox.guard._image.FORMAT
                 return None
             codes = marshal.load(fh)
         table = {}
