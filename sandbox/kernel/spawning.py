@@ -493,8 +493,9 @@ class Early:
             self.pw = -1
 
     def discard(self) -> None:
-        """End a keeper that will not be used: SIGKILLed and reaped here; its pipes are closed
-        (the stderr pipe unless taken: then it is the taker's)."""
+        """End a keeper that will not be used: SIGKILLed, its pipes closed (the stderr pipe
+        unless taken: then it is the taker's), and reaped by a thread of its own -- the teardown
+        of its namespaces takes a few milliseconds the launcher need not wait for."""
         if self._used:
             return
         self._used = True
@@ -505,7 +506,16 @@ class Early:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        os.waitpid(self.pid, 0)
+        from _thread import start_new_thread
+
+        start_new_thread(_reap_quietly, (self.pid,))
+
+
+def _reap_quietly(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped by someone else (a waitpid(-1) of the caller's)
+        pass
 
 
 def prefork(*, network: bool) -> Early | None:
