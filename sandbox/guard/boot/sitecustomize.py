@@ -15,12 +15,19 @@ def _boot() -> None:
 
     # No collection while the guard's modules load (a few thousand objects, no garbage): CPU
     # on every sandboxed interpreter's start-up. The user's code -- its own sitecustomize
-    # first -- gets the collector back.
+    # first -- gets the collector back, without those objects (below).
     collecting = gc.isenabled()
     gc.disable()
     try:
         here = _guard()
     finally:
+        # What exists now -- the interpreter's start-up, site's and the guard's objects, all of
+        # them as long-lived as the process -- goes to the collector's permanent generation: no
+        # collection of the step's ever traverses it again, the one at exit included (~3 ms of
+        # every sandboxed interpreter's run, half the guard's cost). As gc.freeze() is meant:
+        # also fewer copy-on-write pages in the step's forked children. gc.get_objects() no
+        # longer lists these (gc.unfreeze() brings them back).
+        gc.freeze()
         if collecting:
             gc.enable()
     _chain(here)
