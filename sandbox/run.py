@@ -55,6 +55,7 @@ from sandbox.runner import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from _thread import LockType
     from collections.abc import Mapping, Sequence
     from types import TracebackType
     from typing import IO, Any
@@ -111,11 +112,24 @@ def _meanwhile(base_dir: str | None) -> None:
     path and on the other core, sweep what launchers killed before us left behind, and bring the
     guard's image up to date for the next steps (built once, then a check of its sources)."""
     import sandbox.export._exporter
+    import sandbox.export._space
     import sandbox.finish  # noqa: F401
     from sandbox.guard import _image
 
     workspace_mod.sweep(base_dir)
     _image.refresh()
+    from sandbox import _digest
+
+    _digest.sha256()  # its hash module: the built-in one, of small files
+
+
+def _remove_scratch(ws: Workspace, done: LockType) -> None:
+    try:
+        ws.remove_scratch()
+    except Exception:  # Workspace.remove at the close removes whatever is left
+        pass
+    finally:
+        done.release()
 
 
 class Run:
@@ -463,12 +477,24 @@ class Run:
         if self._closed is not None:
             return self._closed
         with deferred_interrupts():  # an export is short and must not be cut in half by Ctrl-C
+            keep = self.prep.request.keep_workspace
+            cleared = None
+            if not keep and self.steps:
+                # What no report or export reads goes on another thread meanwhile: its unlinks
+                # and rmdirs wait on the disk, not on this thread (a step's temp files, mostly).
+                from _thread import allocate_lock
+
+                cleared = allocate_lock()
+                cleared.acquire()
+                start_thread(_remove_scratch, (self.ws, cleared))
             try:
                 outcome = self._report_and_export(status or self.status)
             finally:
+                if cleared is not None:
+                    cleared.acquire()
                 for child in self._ended:  # their keepers exited meanwhile: reap them
                     child.release()
-                if not self.prep.request.keep_workspace:
+                if not keep:
                     self.ws.remove()
                 self._clock.lap("cleanup")
         self._closed = outcome

@@ -143,6 +143,13 @@ class Workspace:
         """Remove the workspace, its ``owner`` marker last (see :func:`_remove_owned`)."""
         _remove_owned(self.base)
 
+    def remove_scratch(self) -> None:
+        """Remove all of the workspace but the run folder and the ``owner`` marker: the view, the
+        steps' temp dir, the overlay's work folder, the mount points, the bound policy. Nothing
+        of it is read once the last step has ended, so the launcher removes it beside the report
+        and the export (:meth:`sandbox.run.Run.close`); :meth:`remove` then removes the rest."""
+        _remove_owned(self.base, keep=(os.path.basename(self.run_storage),), marker_too=False)
+
 
 _PREFIX = "tv-sandbox-"
 
@@ -151,16 +158,17 @@ def _rmtree(path: str) -> None:
     rmtree(path)  # best effort: what is left stays provably owned (see _remove_owned)
 
 
-def _remove_owned(base: str) -> None:
+def _remove_owned(base: str, *, keep: tuple[str, ...] = (), marker_too: bool = True) -> None:
     """Remove a workspace folder with its ``owner`` marker last: a remover killed halfway (the
     launcher itself, or another launcher's sweep) leaves what is left still provably owned, for
-    a later sweep to finish."""
+    a later sweep to finish. ``keep``: names of the folder to leave; ``marker_too=False`` leaves
+    the marker and the folder itself."""
     try:
         names = os.listdir(base)
     except OSError:
         names = []
     for name in names:
-        if name != OWNER_FILE:
+        if name != OWNER_FILE and name not in keep:
             path = os.path.join(base, name)
             if os.path.isdir(path) and not os.path.islink(path):
                 _rmtree(path)
@@ -169,7 +177,8 @@ def _remove_owned(base: str) -> None:
                     os.unlink(path)
                 except OSError:
                     pass
-    _rmtree(base)
+    if marker_too:
+        _rmtree(base)
 
 
 def temp_root() -> str:
