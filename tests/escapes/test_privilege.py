@@ -404,7 +404,10 @@ def test_terminating_a_launcher_ends_the_whole_step(box: Box) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not _with_marker(marker):
             time.sleep(0.05)
-        assert _with_marker(marker), "the step's daemon never started"
+        if not _with_marker(marker):
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the step's daemon never started; the launcher said: {err!r}")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     finally:
