@@ -21,6 +21,7 @@ import argparse
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,20 @@ def main() -> int:
             print(f"  {k:<12} {v:8.1f}   (min {min(res[k]) * 1000:.1f}, max {max(res[k]) * 1000:.1f})")
         over = m["sandboxed"] - m["plain_env"]
         print(line("sandboxed - plain+env (ms)", over, "<= 100", over <= 100))
+        # Ray's own start of a runtime_env worker varies by hundreds of milliseconds from one
+        # actor to the next (its polling), noise that only adds: the fastest starts of each
+        # variant show what the sandbox itself costs, with far less of it than the medians.
+        q = {k: statistics.quantiles(v, n=4)[0] * 1000 for k, v in res.items()}
+        low = q["sandboxed"] - q["plain_env"]
+        print(line("  the same, first quartiles (ms)", low, "<= 100", low <= 100))
+        print(
+            line(
+                "  the same, fastest starts (ms)",
+                (min(res["sandboxed"]) - min(res["plain_env"])) * 1000,
+                "(info)",
+                True,
+            )
+        )
         print(line("sandboxed - plain (ms)", m["sandboxed"] - m["plain"], "(info)", True))
         launcher = (median(pieces["launcher"]) - median(pieces["bare"])) * 1000
         print(line("launcher alone: join namespace + Landlock + exec (ms)", launcher, "(info)", True))
