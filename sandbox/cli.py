@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-    from sandbox.kernel.spawning import Early
+    from sandbox.kernel._early import Early
 
 PROG = "tv-sandbox"
 _EXIT_HELP = """exit status (Docker's `docker run` convention):
@@ -272,11 +272,11 @@ def _audit(ns: dict[str, Any]) -> int:
 def _run(ns: dict[str, Any]) -> int:
     # The step's keeper is forked first, while this process is still single-threaded: it loads
     # the kernel layer and makes the namespaces on the other core during the preflight, the
-    # workspace and the plan (kernel.spawning.prefork). A run that does not take it (a refused
+    # workspace and the plan (kernel._early.prefork). A run that does not take it (a refused
     # preflight, the guard alone, a policy with the host's network) ends it.
     early = None
     if ns["kernel"] != "off" and ns["cmd"]:
-        from sandbox.kernel.spawning import prefork
+        from sandbox.kernel._early import prefork
 
         early = prefork(network=True)  # what every bundled policy asks for
     try:

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from sandbox.kernel import Child, ChildResult, KernelPlan
-    from sandbox.kernel.spawning import Early
+    from sandbox.kernel._early import Early
     from sandbox.policy import Policy
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
@@ -179,7 +179,7 @@ class Run:
         cls, prep: Prepared, *, echo: bool = True, stderr: IO[bytes] | None = None, early: Early | None = None
     ) -> Run:
         """Build the workspace and place the policy on it; nothing runs yet. ``early``: a keeper
-        forked before the preflight (:func:`sandbox.kernel.spawning.prefork`), offered to the
+        forked before the preflight (:func:`sandbox.kernel._early.prefork`), offered to the
         first step; the run discards it if that step does not take it."""
         from _thread import allocate_lock
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from sandbox.kernel import Child, KernelPlan
-    from sandbox.kernel.spawning import Early
+    from sandbox.kernel._early import Early
     from sandbox.run import Interrupted, Run, StepSpec  # noqa: F401  # re-exported lazily
 
 KERNEL_CHOICES = ("auto", "off", "require")
@@ -503,7 +503,7 @@ def execute(prep: Prepared, *, stderr: IO[bytes] | None = None, early: Early | N
 
     Returns the outcome; its ``exit_code`` is the command's status. A run of several steps is a
     :class:`sandbox.run.Run`; this is the one-step case of it. ``early``: a keeper forked
-    before the preflight (:func:`sandbox.kernel.spawning.prefork`), for the step.
+    before the preflight (:func:`sandbox.kernel._early.prefork`), for the step.
     """
     from sandbox.run import Run, StepSpec
 

@@ -191,7 +191,7 @@ def test_a_folder_rule_is_a_kernel_bind(host: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("why", ["run-id", "policy", "kernel-off"])
 def test_a_refused_or_unkernelled_run_leaves_no_process_behind(host: Path, tmp_path: Path, why: str) -> None:
-    """The launcher forks its step's keeper before the preflight (kernel.spawning.prefork): a run
+    """The launcher forks its step's keeper before the preflight (kernel._early.prefork): a run
     refused by the preflight, or one that runs without it, ends it -- nothing of it outlives the
     launcher."""
     tag = f"tvs-leftover-{os.getpid()}-{why}"

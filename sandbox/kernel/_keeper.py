@@ -77,7 +77,7 @@ def run_keeper(
 def run_early_keeper(
     network: bool, wfd: int, gor: int, ew: int, pr: int, parent: int, sw: int
 ) -> None:  # pragma: no cover - the early keeper
-    """The keeper of :func:`~sandbox.kernel.spawning.prefork`, forked before the launcher knows
+    """The keeper of :func:`~sandbox.kernel._early.prefork`, forked before the launcher knows
     its step: it loads the kernel layer, says this kernel's Landlock ABI (``abi``), makes the
     namespaces (the uid map asked for as :func:`run_keeper` does), then reads the rest from
     ``pr`` -- a ``marshal`` of ``(argv, env, cwd, plan, stdio, keep)`` -- and goes on as

@@ -269,7 +269,7 @@ def enter_namespaces(
     """The first half of :func:`enter` for a plan with ``namespace``: a user and a mount namespace
     (private propagation), the PID and network namespaces asked for, ``lo`` up. None of it
     depends on the plan's paths, so an early keeper does it before the plan is known
-    (:func:`sandbox.kernel.spawning.prefork`). Returns whether a user namespace was made."""
+    (:func:`sandbox.kernel._early.prefork`). Returns whether a user namespace was made."""
     # Here, not at the top: a plan is data the runner builds without loading ctypes. spawn()
     # imports both before it forks, so in its child this is a dictionary lookup.
     from sandbox.kernel import mounts

@@ -334,7 +334,7 @@ def test_the_keeper_holds_none_of_the_launchers_descriptors() -> None:
 _EARLY = """
 import json, os, sys
 from sandbox.kernel import KernelPlan, spawn
-from sandbox.kernel.spawning import prefork
+from sandbox.kernel._early import prefork
 
 w = sys.argv[1]
 network = sys.argv[2] == "net"
