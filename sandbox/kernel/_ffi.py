@@ -73,32 +73,20 @@ else:
     )
     from _ctypes import CFuncPtr as _CFuncPtr
 
+    def _simple(name: str, code: str) -> type:
+        # what ctypes/__init__.py writes as ``class c_int(_SimpleCData): _type_ = "i"``
+        return type(name, (_SimpleCData,), {"_type_": code, "__module__": __name__})
+
     # The type codes are those of ctypes/__init__.py (and of the struct module) on Linux (LP64 and
     # ILP32 alike: 'i' is 32 bits, 'l' the word, 'Q' 64 bits).
-    class c_int(_SimpleCData):
-        _type_ = "i"
-
-    class c_uint(_SimpleCData):
-        _type_ = "I"
-
-    class c_long(_SimpleCData):
-        _type_ = "l"
-
-    class c_ulong(_SimpleCData):
-        _type_ = "L"
-
-    class c_uint64(_SimpleCData):
-        _type_ = "Q"
-
-    class c_char(_SimpleCData):
-        _type_ = "c"
-
-    class c_char_p(_SimpleCData):
-        _type_ = "z"
-
-    class c_void_p(_SimpleCData):
-        _type_ = "P"
-
+    c_int, c_uint, c_long, c_ulong = (
+        _simple("c_int", "i"),
+        _simple("c_uint", "I"),
+        _simple("c_long", "l"),
+        _simple("c_ulong", "L"),
+    )
+    c_uint64, c_char = _simple("c_uint64", "Q"), _simple("c_char", "c")
+    c_char_p, c_void_p = _simple("c_char_p", "z"), _simple("c_void_p", "P")
     c_int32 = c_int
     c_uint32 = c_uint
 
