@@ -21,7 +21,6 @@ from sandbox.policy import (
     PolicySpec,
     Rule,
     RunContext,
-    kernel_compilable,
 )
 
 TYPE_CHECKING = False
@@ -103,7 +102,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "p
     """Load ``path`` -- a policy file, or the name of a built-in policy (``source-layout``) -- or,
     when None, the built-in policy of ``profile``, and validate all of it: its syntax and schema,
     its profile, and that every layer can enforce each rule alike
-    (:func:`sandbox.policy.kernel_compilable`)."""
+    (:func:`sandbox.policy_kernel.kernel_compilable`)."""
     if path is None:
         path = os.path.join(policies_dir(), f"{profile}.toml")
     src = os.fspath(path)
@@ -131,6 +130,8 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "p
             f"this policy is for profile {spec.profile!r} but the run's profile is {profile!r}; "
             f"pass --profile {spec.profile} or a policy written for {profile}",
         )
+    from sandbox.policy_kernel import kernel_compilable  # the launcher's, not a step's: not at the top
+
     kernel_compilable(spec)
     return spec
 
