@@ -122,7 +122,8 @@ def prefork(*, network: bool) -> Early | None:
     """Fork the keeper of a run's first step now, before the launcher's preflight, workspace
     and plan: it loads the kernel layer and makes the step's namespaces (user, mount, PID, and
     the network's when ``network``) on the other core meanwhile, then waits for the step
-    (``spawn(..., early=...)``). Saves the launcher ctypes and ~8 ms of start-up on two cores.
+    (``spawn(..., early=...)``). Saves the launcher ctypes and 3-4 ms of start-up on two cores
+    (docs/benchmarks.md; the fork and its copy-on-write faults cost ~2 ms of what it overlaps).
 
     Only from a single-threaded process (the keeper imports after the fork), and only for a
     step whose stdin and stdout are the caller's own and whose stderr is :attr:`Early.stderr`.
