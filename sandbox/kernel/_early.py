@@ -54,9 +54,12 @@ class Early:
     def fits(self, plan: KernelPlan | None, stdio: tuple[int | None, ...], keep: Sequence[int]) -> bool:
         """Whether this keeper can run a step under ``plan`` with these descriptors: its namespaces
         are the plan's (user, mount, PID; the network's as made), and every descriptor was open
-        at the fork (only the stderr pipe: nothing else of ours reaches the keeper)."""
+        at the fork (only the stderr pipe: nothing else of ours reaches the keeper). A keeper that
+        ended before it said its Landlock ABI (killed, or its imports failed) fits nothing: spawn
+        forks its own."""
         return (
             not self._used
+            and self.abi() is not None
             and plan is not None
             and plan.namespace
             and plan.pid_namespace

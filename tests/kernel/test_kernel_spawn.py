@@ -337,8 +337,11 @@ from sandbox.kernel import KernelPlan, spawn
 from sandbox.kernel._early import prefork
 
 w = sys.argv[1]
-network = sys.argv[2] == "net"
+network = sys.argv[2] != "no-net"
 early = prefork(network=True)
+if sys.argv[2] == "dead":  # killed before it said anything: spawn must fork a keeper of its own
+    os.kill(early.pid, 9)
+    os.waitpid(early.pid, 0)
 abi = early.abi()  # as the runner asks, before it plans
 rfd, wfd = early.take_stderr()
 plan = KernelPlan(writable=(w,), namespace=True, pid_namespace=True, network_namespace=network)
@@ -367,7 +370,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("fits", ["net", "no-net"])
+@pytest.mark.parametrize("fits", ["net", "no-net", "dead"])
 def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
     kernel_support: object,
     tree: Callable[..., Path],
@@ -376,7 +379,8 @@ def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
     """prefork(): the keeper forked before the step is known makes the namespaces, then runs the
     step sent to it -- its stderr through the pipe made before the fork, its end reported as
     spawn's own keeper does -- and the launcher never loads ctypes or the keeper's code. A plan
-    that needs other namespaces (no network namespace) makes spawn discard it and fork its own."""
+    that needs other namespaces (no network namespace), or a keeper that died before it said
+    anything, makes spawn discard it and fork its own."""
     import json
     import subprocess
 
@@ -388,8 +392,8 @@ def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
     got = json.loads(out.stdout)
     assert got["exit"] == 3 and got["stderr"] == "from the step" and (w / "f").exists()
     assert got["pidns"] and got["contained"] and got["reaped"]
-    assert got["net"] == (fits == "net")
+    assert got["net"] == (fits != "no-net")
     assert got["pid"] == (fits == "net")  # the early keeper ran it, or spawn's own keeper did
-    assert got["abi"] is not None and got["abi"][0] >= 1
+    assert (got["abi"] is None) == (fits == "dead")
     if fits == "net":
         assert got["ctypes"] == []  # what the early keeper saves the launcher
