@@ -1,9 +1,11 @@
 """The children's side of :func:`sandbox.kernel.spawning.spawn`: the keeper, the init of the
-step's PID namespace, and the command until ``exec`` (see that module for the design).
+step's PID namespace, and the command until ``exec`` (see that module for the design); and the
+early keeper of :func:`sandbox.kernel._early.prefork` (:func:`run_early_keeper`).
 
 Everything here runs in a forked copy of the launcher, before ``exec``: only code imported before
 the fork, no lock another thread of the parent could hold (no logging, no ``sys.stderr``, no
-imports); a failure travels back over the report pipe as one line (:func:`_fail`).
+imports); a failure travels back over the report pipe as one line (:func:`_fail`). The early
+keeper alone imports this module after its fork: the launcher forks it while single-threaded.
 """
 
 from __future__ import annotations
