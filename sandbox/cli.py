@@ -278,12 +278,32 @@ def _run(ns: dict[str, Any]) -> int:
     if ns["kernel"] != "off" and ns["cmd"]:
         from sandbox.kernel._early import prefork
 
-        early = prefork(network=True)  # what every bundled policy asks for
+        early = prefork(network=isolates_network(ns["policy"]))
     try:
         return _run_with(ns, early)
     finally:
         if early is not None:
             early.discard()
+
+
+def isolates_network(policy_file: str | None) -> bool:
+    """A guess, before the policy is loaded, of whether it gives the step a network namespace --
+    for the early keeper, which makes the namespaces first. Every bundled policy does; a policy
+    file with a line ``network = "host"`` (read as text, not parsed: no TOML parser on this path)
+    does not. A wrong guess costs a keeper, never a decision: the launch ends a keeper made for
+    other namespaces than its plan's and forks one of its own."""
+    if not policy_file:
+        return True
+    try:
+        with open(policy_file, "rb") as fh:
+            raw = fh.read(1 << 20)
+    except OSError:
+        return True  # the preflight says what is wrong with it
+    for line in raw.splitlines():
+        code = line.split(b"#", 1)[0].replace(b" ", b"").replace(b"\t", b"")
+        if code in (b'network="host"', b"network='host'"):
+            return False
+    return True
 
 
 def _run_with(ns: dict[str, Any], early: Early | None) -> int:

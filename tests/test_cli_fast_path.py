@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,30 @@ def test_fast_path_knows_every_option_of_run() -> None:
         assert action.dest == dest and (action.nargs != 0) == takes_value
         if not action.required:
             assert _RUN_DEFAULTS[dest] == action.default
+
+
+@pytest.mark.parametrize(
+    ("text", "isolated"),
+    [
+        (None, True),  # a bundled policy: every one isolates the network
+        ('[kernel]\nnetwork = "host"\n', False),
+        ("[kernel]\n  network='host'   # the machine's\n", False),
+        ('[kernel]\nnetwork = "none"\n', True),
+        ('# network = "host" would open it\n[kernel]\n', True),
+        ('[policy]\ndescription = "no network = host here"\n', True),
+    ],
+)
+def test_the_early_keeper_guesses_the_network_namespace_from_the_policy_file(
+    tmp_path: Path, text: str | None, isolated: bool
+) -> None:
+    """A guess only (a wrong one costs a keeper: the launch forks one for its plan), made without
+    parsing TOML on the start-up path."""
+    from sandbox.cli import isolates_network
+
+    path = None
+    if text is not None:
+        path = str(tmp_path / "p.toml")
+        with open(path, "w") as fh:
+            fh.write(text)
+    assert isolates_network(path) is isolated
+    assert isolates_network(str(tmp_path / "missing.toml")) is True
