@@ -183,15 +183,19 @@ def rmtree(path: str, *, dir_fd: int | None = None, strict: bool = False) -> Non
     ``strict``: raise the first ``OSError``; otherwise remove what can be removed. A folder we may
     not enter (overlayfs leaves ``work/work`` with mode 000) is opened up first: it is ours."""
     try:
-        fd = _open_dir(path, dir_fd)
-        try:
-            _empty(fd, strict)
-        finally:
-            os.close(fd)
-        os.rmdir(path, dir_fd=dir_fd)
+        _remove_dir(path, dir_fd, strict)
     except OSError:
         if strict:
             raise
+
+
+def _remove_dir(name: str, dir_fd: int | None, strict: bool) -> None:
+    fd = _open_dir(name, dir_fd)
+    try:
+        _empty(fd, strict)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def _open_dir(name: str, dir_fd: int | None) -> int:
@@ -208,12 +212,7 @@ def _empty(fd: int, strict: bool) -> None:
     for name, is_dir in entries:
         try:
             if is_dir:
-                sub = _open_dir(name, fd)
-                try:
-                    _empty(sub, strict)
-                finally:
-                    os.close(sub)
-                os.rmdir(name, dir_fd=fd)
+                _remove_dir(name, fd, strict)
             else:
                 os.unlink(name, dir_fd=fd)
         except OSError:
