@@ -14,7 +14,6 @@ from __future__ import annotations
 import marshal
 import os
 import sys
-import zlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,11 +32,20 @@ def cache_dir() -> str | None:
     return os.path.join(base, "tv-sandbox")
 
 
+def fingerprint(raw: bytes) -> str:
+    """A short name for ``raw`` (16 hex digits), the same in every process and run: the hash of
+    the integer its bytes spell (``int`` hashing is not salted, unlike that of ``bytes``), so
+    naming a cache entry loads neither ``zlib`` nor ``hashlib`` (each a shared library to map on
+    the start-up path). Not a digest: whatever is found under the name is checked against
+    ``raw``, or named with ``len(raw)`` beside it where it cannot be."""
+    return f"{hash(int.from_bytes(raw, 'little')):016x}"
+
+
 def _entry(kind: str, raw: bytes) -> str | None:
     d = cache_dir()
     if d is None:
         return None
-    return os.path.join(d, f"{kind}-{zlib.crc32(raw):08x}-{len(raw)}.marshal")
+    return os.path.join(d, f"{kind}-{fingerprint(raw)}-{len(raw)}.marshal")
 
 
 def lookup(kind: str, raw: bytes) -> Any:

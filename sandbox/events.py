@@ -33,14 +33,9 @@ import os
 import posix
 from time import time
 
-try:  # the C string encoder of ``json``, without importing ``json`` (and ``re``) at start-up
-    from _json import encode_basestring_ascii as _enc
-except ImportError:  # pragma: no cover - an interpreter without the accelerator
-    from json.encoder import py_encode_basestring_ascii as _enc
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 _p_open, _p_write, _p_close, _getpid = posix.open, posix.write, posix.close, posix.getpid
 
@@ -62,6 +57,45 @@ FIELDS = (
 TRIM = 200  # denials / redirects kept in a summary
 
 _OPEN: list[EventLog] = []
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def py_encode(s: str) -> str:
+    """``s`` as a JSON string literal, ASCII only: what ``json`` writes, byte for byte (its C
+    encoder is used when it can be loaded; this is for when it cannot)."""
+    out = []
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            n = ord(ch)
+            if n > 0xFFFF:  # a surrogate pair, as json writes it
+                n -= 0x10000
+                out.append(f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}")
+            else:
+                out.append(f"\\u{n:04x}")
+    return '"' + "".join(out) + '"'
+
+
+def _first_encode(s: str) -> str:
+    """:data:`_enc` until the first event: loads json's C string encoder (a shared library,
+    ~0.3 ms of every sandboxed interpreter's start-up were it loaded there; most steps record
+    no event), then stands aside for it. An interpreter that cannot import any more (a denial
+    during its finalization) keeps :func:`py_encode`: an event is never lost to an encoder."""
+    global _enc
+    try:
+        from _json import encode_basestring_ascii as enc
+    except Exception:  # no accelerator, or an import system already torn down
+        enc = py_encode
+    _enc = enc
+    return enc(s)
+
+
+_enc: Callable[[str], str] = _first_encode  # json's C string encoder once an event needed it
 
 
 def _s(v: str | None) -> str:

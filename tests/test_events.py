@@ -139,3 +139,44 @@ def test_summarise_counts_and_trims() -> None:
     assert s["by_op"] == {"write": 250, "mkdir": 1} and s["captured"] == 1
     assert len(s["denials"]) == 200 and len(s["redirects"]) == 1 and s["truncated"]
     assert summarise([])["count"] == 0 and not summarise([])["truncated"]
+
+
+def test_the_fallback_string_encoder_writes_what_json_writes() -> None:
+    """py_encode is what an interpreter that can no longer import (a denial during its
+    finalization) writes with: the same bytes as json's C encoder, surrogates included."""
+    import random
+    from json.encoder import encode_basestring_ascii as c_encode
+
+    from sandbox.events import py_encode
+
+    rng = random.Random(7)
+    samples = [
+        "",
+        'quote " backslash \\ controls \n\r\t\b\f \x00\x1f\x7f',
+        "é € 😀 \U0010ffff",
+        "/data/\udcff\udc80.csv",  # an undecodable file name, as os.fsdecode gives it
+        "".join(chr(rng.randrange(0, 0x110000)) for _ in range(5000)),
+    ]
+    for s in samples:
+        assert py_encode(s) == c_encode(s)
+
+
+def test_a_step_loads_no_json_encoder_until_its_first_event(tmp_path: Path) -> None:
+    """Loading json's C module costs every sandboxed interpreter's start-up; the guard's event log
+    loads it with the first event, and writes that event whole."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "ev.jsonl"
+    code = (
+        "import sys\n"
+        "from sandbox.events import EventLog\n"
+        "assert '_json' not in sys.modules\n"
+        f"ev = EventLog({str(log)!r})\n"
+        "ev.write({'layer': 'python', 'op': 'write', 'path': '/x\"y', 'action': 'deny', 'rule': 'r'})\n"
+        "ev.close()\n"
+        "assert '_json' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    (line,) = read_events(log)
+    assert line["path"] == '/x"y'

@@ -24,9 +24,8 @@ from __future__ import annotations
 import marshal
 import os
 import sys
-import zlib
 
-from sandbox._cache import cache_dir
+from sandbox._cache import cache_dir, fingerprint
 from sandbox.guard.bootstrap import ENV_IMAGE
 
 __all__ = ["ENV_IMAGE", "MODULES", "current", "path", "refresh"]
@@ -66,8 +65,8 @@ def path() -> str | None:
     d = cache_dir()
     if d is None:
         return None
-    key = zlib.crc32(os.fsencode(_PACKAGE))
-    return os.path.join(d, f"guard-{sys.implementation.cache_tag}-{key:08x}.marshal")
+    key = fingerprint(os.fsencode(_PACKAGE))
+    return os.path.join(d, f"guard-{sys.implementation.cache_tag}-{key}.marshal")
 
 
 def current() -> str | None:

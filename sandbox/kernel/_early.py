@@ -51,6 +51,23 @@ class Early:
             self.report.read(until="abi")
         return self.report.abi
 
+    def answer(self) -> None:
+        """Handle what the keeper has said so far, without waiting for more. A root launcher's
+        keeper asks for its uid map as soon as it has unshared and can do nothing until it has
+        it (in its new user namespace its ids are unmapped): answered here, between the
+        launcher's own steps (its preflight, its workspace), the keeper goes on building
+        the sandbox beside them instead of waiting for :func:`spawn`. A read when it said
+        nothing yet."""
+        if self._used:
+            return
+        os.set_blocking(self.rfd, False)
+        try:
+            self.report.read(until="userns")
+        except BlockingIOError:  # nothing more yet
+            pass
+        finally:
+            os.set_blocking(self.rfd, True)
+
     def fits(self, plan: KernelPlan | None, stdio: tuple[int | None, ...], keep: Sequence[int]) -> bool:
         """Whether this keeper can run a step under ``plan`` with these descriptors: its namespaces
         are the plan's (user, mount, PID; the network's as made), and every descriptor was open

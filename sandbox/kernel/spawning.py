@@ -459,17 +459,21 @@ def _map_identity(pid: int) -> bool:
     just unshared does not have there. False when we may not (the child then maps its own id
     only)."""
 
-    def identity(path: str) -> str:
-        with open(path, encoding="ascii") as fh:
-            rows = [line.split() for line in fh if line.strip()]
-        return "".join(f"{inside} {inside} {count}\n" for inside, _outside, count in rows)
+    def identity(path: str) -> bytes:
+        # bytes, not a text file: a TextIOWrapper would import the ascii codec on the start-up path
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            rows = [line.split() for line in os.read(fd, 1 << 16).splitlines() if line.strip()]
+        finally:
+            os.close(fd)
+        return b"".join(b"%s %s %s\n" % (inside, inside, count) for inside, _outside, count in rows)
 
     try:
         for kind in ("uid_map", "gid_map"):
             text = identity(f"/proc/self/{kind}")
             fd = os.open(f"/proc/{pid}/{kind}", os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(fd, text.encode())
+                os.write(fd, text)
             finally:
                 os.close(fd)
         return True

@@ -21,7 +21,6 @@ calls themselves (Go), and libc-internal calls that bypass its exported names.
 from __future__ import annotations
 
 import os
-import zlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ def shim_path(*, build: bool = True) -> str | None:
     except OSError as e:
         _reason = f"the shim's source {SOURCE} is missing ({e.strerror})"
         return None
-    lib = os.path.join(d, "native", f"shim-{zlib.crc32(src):08x}-{len(src)}-{os.uname().machine}.so")
+    lib = os.path.join(d, "native", f"shim-{_cache.fingerprint(src)}-{len(src)}-{os.uname().machine}.so")
     if os.path.exists(lib):
         return lib
     if not build:
