@@ -1,7 +1,16 @@
-"""Lazy package attributes (PEP 562): a package re-exports names whose modules load on first use.
+"""How the package's modules load, for start-up time: lazy package attributes (PEP 562), and
+module images.
 
-``sandbox.kernel`` (ctypes) and ``sandbox.guard`` (the patching machinery) are imported by the
-launcher for one or two names each; loading the rest would cost start-up time.
+Lazy attributes: a package re-exports names whose modules load on first use. ``sandbox.kernel``
+(ctypes) and ``sandbox.guard`` (the patching machinery) are imported by the launcher for one or
+two names each; loading the rest would cost start-up time.
+
+Images (:func:`load_image`): the compiled modules an interpreter of ours is known to load, in
+one file that :mod:`sandbox._image` builds -- one read instead of a search of ``sys.path`` per
+module (a ``stat`` per entry and folder, the ``__pycache__`` lookup, an open and a read). A
+sandboxed interpreter loads its guard from one (``guard/boot/sitecustomize.py``), the launcher
+the rest of ``tv-sandbox run`` (:func:`sandbox._image.install`). Stdlib only, nothing imported
+at the top beyond ``sys``: this module is imported before any image is in place.
 """
 
 from __future__ import annotations
@@ -29,3 +38,64 @@ def attributes(package: str, where: Mapping[str, str]) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+class Image:
+    """A meta path finder and loader serving modules from an image (:func:`load_image`)."""
+
+    def __init__(self, table: dict[str, tuple[str, bool, bytes]]) -> None:
+        self.table = table  # name -> (source path, is a package, marshalled code)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        entry = self.table.get(name)
+        if entry is None:
+            return None
+        from _frozen_importlib import ModuleSpec  # importlib's own, loaded in every interpreter
+
+        spec = ModuleSpec(name, self, origin=entry[0], is_package=entry[1])  # type: ignore[arg-type]
+        spec.has_location = True  # __file__ is the source's, as with the path finder
+        if entry[1]:
+            spec.submodule_search_locations = [entry[0].rpartition("/")[0]]
+        return spec
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        import marshal
+
+        exec(marshal.loads(self.table[module.__name__][2]), module.__dict__)
+
+
+#: The image file's format (:mod:`sandbox._image` writes it); 2: code names its source by its
+#: absolute path.
+IMAGE_FORMAT = 2
+
+
+def load_image(path: str | None, package_dir: str) -> Image | None:
+    """The finder of the image at ``path`` when it answers for the package at ``package_dir`` as
+    its sources are now -- every module a file of that folder with the source's recorded
+    ``mtime_ns`` and size, as a ``.pyc`` is checked -- else None: then the modules load from the
+    package as always. Never raises."""
+    if not path:
+        return None
+    import marshal
+    import os
+
+    try:
+        with open(path, "rb") as fh:
+            fmt, version, keys = marshal.load(fh)
+            if fmt != IMAGE_FORMAT or version != sys.version:
+                return None
+            codes = marshal.load(fh)
+        table = {}
+        for (name, origin, is_pkg, mtime_ns, size), code in zip(keys, codes, strict=True):
+            if not origin.startswith(package_dir + "/"):
+                return None
+            st = os.stat(origin)
+            if st.st_mtime_ns != mtime_ns or st.st_size != size:
+                return None
+            table[name] = (origin, is_pkg, code)
+    except Exception:  # unreadable, truncated, another format: the package as always
+        return None
+    return Image(table)

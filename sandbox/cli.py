@@ -274,6 +274,9 @@ def _run(ns: dict[str, Any]) -> int:
     # the kernel layer and makes the namespaces on the other core during the preflight, the
     # workspace and the plan (kernel._early.prefork). A run that does not take it (a refused
     # preflight, the guard alone, a policy with the host's network) ends it.
+    from sandbox import _image
+
+    _image.install()  # the rest of the run's modules from one file, when it matches the package
     early = None
     if ns["kernel"] != "off" and ns["cmd"]:
         from sandbox.kernel._early import prefork

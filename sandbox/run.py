@@ -110,14 +110,16 @@ def _meanwhile(base_dir: str | None) -> None:
     """What the launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
     the keeper builds the sandbox meanwhile): load what the end of the run needs, off the start-up
     path and on the other core, sweep what launchers killed before us left behind, and bring the
-    guard's image up to date for the next steps (built once, then a check of its sources)."""
+    module images up to date for the next steps and runs (built once, then a check of their
+    sources)."""
     import sandbox.export._exporter
     import sandbox.export._space
     import sandbox.finish  # noqa: F401
-    from sandbox.guard import _image
+    from sandbox import _image
 
     workspace_mod.sweep(base_dir)
-    _image.refresh()
+    _image.refresh("guard")
+    _image.refresh("launcher")
     from sandbox import _digest
 
     _digest.sha256()  # its hash module: the built-in one, of small files

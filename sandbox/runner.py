@@ -329,7 +329,7 @@ def start_step(
     """Start one step under ``plan`` (None: the Python guard alone) with the guard bootstrapped
     from its environment; ``env`` is the run environment of the step. ``meanwhile`` and
     ``early``: see :func:`sandbox.kernel.spawn`."""
-    from sandbox.guard import _image
+    from sandbox import _image
     from sandbox.guard.bootstrap import child_env
     from sandbox.kernel import spawn
 

@@ -10,7 +10,7 @@ child starts (``subprocess``, ``os.system("python ...")``, multiprocessing's ``s
 - ``TV_SANDBOX_EVENTS``: the event log (JSON lines) every deny and redirect is appended to.
 - ``TV_SANDBOX_OVERLAY``: ``1`` when the kernel layer's overlay maps the workspace (see _engine).
 - ``TV_SANDBOX_GUARD_IMAGE``: the guard's modules compiled into one file, when the launcher has
-  one (:mod:`sandbox.guard._image`): read instead of the package, if it matches its sources.
+  one (:mod:`sandbox._image`): read instead of the package, if it matches its sources.
 
 Fails closed: when the guard cannot be installed the child prints one line and exits 1 before any
 user code runs -- a step never runs unguarded by accident. Interpreters started with ``-I``, ``-E``
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 ENV_POLICY = "TV_SANDBOX_POLICY"
 ENV_EVENTS = "TV_SANDBOX_EVENTS"
 ENV_OVERLAY = "TV_SANDBOX_OVERLAY"
-ENV_IMAGE = "TV_SANDBOX_GUARD_IMAGE"  # read by boot/sitecustomize.py (see sandbox.guard._image)
+ENV_IMAGE = "TV_SANDBOX_GUARD_IMAGE"  # read by boot/sitecustomize.py (see sandbox._image)
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 
 
@@ -51,7 +51,7 @@ def child_env(
     image: str | None = None,
 ) -> dict[str, str]:
     """``env`` plus what a child interpreter needs to install the same guard; ``image``: the
-    guard's compiled modules in one file (:mod:`sandbox.guard._image`), when there is one."""
+    guard's compiled modules in one file (:mod:`sandbox._image`), when there is one."""
     out = dict(env)
     rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR]
     out["PYTHONPATH"] = os.pathsep.join([BOOT_DIR, *rest])

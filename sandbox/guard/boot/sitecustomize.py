@@ -42,13 +42,11 @@ def _guard() -> str:
     image = None
     try:
         pkg = os.path.dirname(os.path.dirname(here))
-        image = _image(os.environ.get("TV_SANDBOX_GUARD_IMAGE"), pkg)
-        if image is not None:
-            sys.meta_path.insert(0, image)
         if "sandbox" not in sys.modules:
-            # Only the package's __init__ (which imports nothing) runs while its parent folder is
-            # on sys.path; later imports go through sandbox.__path__. (importlib.util would do it
-            # without touching sys.path, at a few milliseconds of this interpreter's start-up.)
+            # Only the package's __init__ (which imports nothing but sandbox._lazy) runs while its
+            # parent folder is on sys.path; later imports go through sandbox.__path__.
+            # (importlib.util would do it without touching sys.path, at a few milliseconds of
+            # this interpreter's start-up.)
             parent = os.path.dirname(pkg)
             sys.path.insert(0, parent)
             try:
@@ -57,6 +55,13 @@ def _guard() -> str:
                 sys.path.remove(parent)
             if os.path.realpath(os.path.dirname(sandbox.__file__ or "")) != os.path.realpath(pkg):
                 raise ImportError(f"'sandbox' resolved to {sandbox.__file__}, not the package at {pkg}")
+        # The rest of the guard from its image (sandbox/_image.py, built by the launcher) when
+        # that matches the package's sources: one read instead of a search of sys.path a module.
+        from sandbox._lazy import load_image
+
+        image = load_image(os.environ.get("TV_SANDBOX_GUARD_IMAGE"), pkg)
+        if image is not None:
+            sys.meta_path.insert(0, image)
         from sandbox.guard.bootstrap import boot
 
         boot()
@@ -69,63 +74,6 @@ def _guard() -> str:
         if image is not None:  # the user's imports never see it
             sys.meta_path.remove(image)
     return here
-
-
-class _Image:
-    """A meta path finder and loader serving the guard's modules from the launcher's image
-    (sandbox/guard/_image.py): one read instead of a search of sys.path per module."""
-
-    def __init__(self, table: dict) -> None:  # type: ignore[type-arg]
-        self.table = table
-
-    def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
-        entry = self.table.get(name)
-        if entry is None:
-            return None
-        from _frozen_importlib import ModuleSpec
-
-        spec = ModuleSpec(name, self, origin=entry[0], is_package=entry[1])  # type: ignore[arg-type]
-        spec.has_location = True  # __file__ is the source's, as with the path finder
-        if entry[1]:
-            spec.submodule_search_locations = [entry[0].rpartition("/")[0]]
-        return spec
-
-    def create_module(self, spec):  # type: ignore[no-untyped-def]
-        return None
-
-    def exec_module(self, module) -> None:  # type: ignore[no-untyped-def]
-        import marshal
-
-        exec(marshal.loads(self.table[module.__name__][2]), module.__dict__)
-
-
-def _image(path: str | None, pkg: str) -> _Image | None:
-    """The finder of the image at ``path`` when it answers for the package at ``pkg`` as its
-    sources are now (each one's time and size, as a .pyc is checked), else None: then the
-    modules load from the package as always."""
-    if not path:
-        return None
-    import marshal
-    import os
-    import sys
-
-    try:
-        with open(path, "rb") as fh:
-            fmt, version, keys = marshal.load(fh)
-            if fmt != 2 or version != sys.version:  # sandbox.guard._image.FORMAT
-                return None
-            codes = marshal.load(fh)
-        table = {}
-        for (name, origin, is_pkg, mtime_ns, size), code in zip(keys, codes, strict=True):
-            if not origin.startswith(pkg + "/"):
-                return None
-            st = os.stat(origin)
-            if st.st_mtime_ns != mtime_ns or st.st_size != size:
-                return None
-            table[name] = (origin, is_pkg, code)
-    except Exception:  # unreadable, truncated, another format: the package as always
-        return None
-    return _Image(table)
 
 
 def _chain(here: str) -> None:

@@ -1,6 +1,7 @@
-"""The guard's image (sandbox.guard._image): real runs build it, a step loads its guard from it,
-and anything that does not match the sources -- an edited module, another package, a broken
-file -- leaves the step to load the package as always, still guarded."""
+"""Module images (sandbox._image): real runs build them, a step loads its guard from one and the
+next launcher the rest of its run from the other, and anything that does not match the sources --
+an edited module, another package, a broken file -- leaves the modules to load from the package
+as always, still guarded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import RunEnv, sandbox_run
 
-from sandbox.guard import _image, child_env
+from sandbox import _image
+from sandbox.guard import child_env
 from sandbox.samples import make_host
 
 # What a step reports: how its guard's modules were loaded, which it loaded, and the guard at work.
@@ -55,13 +57,14 @@ def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
     image = _image.path()
     assert image is not None and Path(image).parent == cache and os.path.isfile(image)
     second = _probe(host, "R2")
-    assert second["loader"] == "_Image"
+    assert second["loader"] == "Image"
     assert second["denied"] == "True"  # the same guard, explaining the same denial
     assert second["filename"] == "True"  # tracebacks name the package's files, as without it
-    assert "_Image" not in second["finders"]  # gone before the user's first import
-    # the image holds exactly what a guarded interpreter loads of the package
-    assert sorted(second["modules"].split()) == sorted(_image.MODULES)
-    assert sorted(first["modules"].split()) == sorted(_image.MODULES)
+    assert "Image" not in second["finders"]  # gone before the user's first import
+    # the image holds exactly what a guarded interpreter loads of the package after the package
+    guard = sorted(("sandbox", "sandbox._lazy", *_image.GUARD))
+    assert sorted(second["modules"].split()) == guard
+    assert sorted(first["modules"].split()) == guard
 
 
 def _rewrite(image: str, change: object) -> None:
@@ -129,7 +132,7 @@ def test_an_image_that_does_not_match_the_package_is_not_used(
     elif damage == "missing":
         os.unlink(image)
     out = _guarded_child(run_env, image)
-    assert out["loader"] == ("_Image" if damage is None else "SourceFileLoader")
+    assert out["loader"] == ("Image" if damage is None else "SourceFileLoader")
     assert out["denied"] == "True"
 
 
@@ -156,8 +159,61 @@ def test_without_a_cache_there_is_no_image(monkeypatch: pytest.MonkeyPatch) -> N
     assert _image.path() is None and _image.current() is None and not _image.refresh()
 
 
-def test_sitecustomize_reads_the_format_the_builder_writes() -> None:
-    from sandbox.guard.bootstrap import BOOT_DIR
+# A launcher that runs a step, then says how its modules were loaded and which the run loaded --
+# the early keeper's (a fork of it) included, as that keeper imports them.
+_LAUNCHER = (
+    "import sys\n"
+    "from sandbox import cli\n"
+    "code = cli.main(sys.argv[1:])\n"
+    "ran = set(sys.modules)\n"
+    "import sandbox.kernel._keeper\n"
+    "mods = {m for m in sys.modules if m == 'sandbox' or m.startswith('sandbox.')}\n"
+    "print('loader', type(sys.modules['sandbox.policy'].__loader__).__name__)\n"
+    "print('kernel', type(sys.modules['sandbox.kernel._keeper'].__loader__).__name__)\n"
+    "print('modules', ' '.join(sorted(mods)))\n"
+    "print('code', code)\n"
+)
 
-    text = Path(BOOT_DIR, "sitecustomize.py").read_text()
-    assert f"if fmt != {_image.FORMAT} or version != sys.version:" in text
+
+def _launch(host: Path, run_id: str) -> dict[str, str]:
+    argv = ["run", "--root", str(host), "--run-id", run_id, "--", sys.executable, "-c", "pass"]
+    r = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert out["code"] == "0", r.stderr
+    return out
+
+
+def test_a_run_builds_the_launchers_image_and_the_next_run_loads_from_it(tmp_path: Path, cache: Path) -> None:
+    host = make_host(tmp_path / "host")
+    first = _launch(host, "R1")
+    assert first["loader"] == "SourceFileLoader"
+    image = _image.path("launcher")
+    assert image is not None and os.path.isfile(image)
+    second = _launch(host, "R2")
+    assert second["loader"] == "Image" and second["kernel"] == "Image"
+    # the image holds exactly what a run loads after the modules that install it
+    before = {"sandbox", "sandbox._lazy", "sandbox.errors", "sandbox.cli", "sandbox._image", "sandbox._cache"}
+    assert set(second["modules"].split()) == before | set(_image.LAUNCHER)
+
+    def change(entries: list[list[object]]) -> None:  # a source edited since the image was built
+        entries[3][4] = int(entries[3][4]) + 1  # type: ignore[call-overload]
+
+    _rewrite(image, change)
+    assert _launch(host, "R3")["loader"] == "SourceFileLoader"  # and it rebuilt the image meanwhile
+    assert _launch(host, "R4")["loader"] == "Image"
+
+
+def test_the_launcher_takes_no_code_from_a_cache_others_may_write(tmp_path: Path, cache: Path) -> None:
+    """A cache folder shared with other users (TV_SANDBOX_CACHE_DIR pointed at one) feeds the
+    launcher no code: the image is used only when it and its folder are ours alone."""
+    host = make_host(tmp_path / "host")
+    _launch(host, "R1")
+    image = _image.path("launcher")
+    assert image is not None and os.path.isfile(image)
+    assert _launch(host, "R2")["loader"] == "Image"
+    os.chmod(cache, 0o777)
+    assert _launch(host, "R3")["loader"] == "SourceFileLoader"
+    os.chmod(cache, 0o700)
+    os.chmod(image, 0o666)
+    assert _launch(host, "R4")["loader"] == "SourceFileLoader"

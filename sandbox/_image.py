@@ -1,0 +1,243 @@
+"""Module images: the compiled modules an interpreter of ours is known to load, in one file per
+kind, so that its start-up reads one file instead of finding and reading each module.
+
+Why: finding a module on ``sys.path`` -- a ``stat`` per entry and folder, the ``__pycache__``
+lookup, an open and a read per module -- costs ~60 us a module on a small machine, and both
+interpreters on a step's start-up path load dozens: every Python interpreter of a step installs
+the guard before the user's first line (``guard/boot/sitecustomize.py``: ~1.1 ms of its ~8), and
+``tv-sandbox run`` loads the policy model, the runner, the kernel layer and the exporter
+(~1.5 ms; ``bench/bench_start.py``).
+
+Two kinds: ``guard`` (:data:`GUARD`) and ``launcher`` (:data:`LAUNCHER`, the keeper's modules
+included: it is a fork of the launcher). Each is a ``marshal`` file in the per-user cache
+(:mod:`sandbox._cache`) of two objects: a header -- for each module its name, source path,
+whether it is a package, the source's ``mtime_ns`` and size -- then the modules' code (the
+``__pycache__`` bytecode when fresh, else compiled here), in the same order. The launcher builds
+both while its first step runs (:func:`refresh`, off the start-up path). A step finds its
+image in its environment (``TV_SANDBOX_GUARD_IMAGE``, by :func:`current`), the launcher its own
+by :func:`path` (:func:`install`); each is used only when every source still has the recorded
+time and size (:func:`sandbox._lazy.load_image`) -- otherwise, or when the file is missing or
+unreadable, the modules load from the package as always.
+
+A step cannot write the cache (it is outside every writable root). Under ``--kernel off`` a
+step's native writers can -- as they can the package's own ``__pycache__``, with the same
+effect on the next launcher (docs/security.md); a step that points its own children at another
+guard image only changes how its children load their guard, which ``python -S`` already skips.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+from sandbox._cache import cache_dir, fingerprint
+from sandbox._lazy import IMAGE_FORMAT as FORMAT
+from sandbox._lazy import load_image
+
+__all__ = ["FORMAT", "GUARD", "LAUNCHER", "current", "install", "path", "refresh"]
+
+#: What ``sitecustomize`` imports from the package to install the guard, after the package itself
+#: and ``sandbox._lazy`` (tests/test_image.py checks it against a real step's ``sys.modules``),
+#: in import order.
+GUARD = (
+    "sandbox.guard",
+    "sandbox.errors",
+    "sandbox._paths",
+    "sandbox._record",
+    "sandbox.rules",
+    "sandbox.policy",
+    "sandbox.loader",
+    "sandbox.guard.bootstrap",
+    "sandbox.events",
+    "sandbox._execute",
+    "sandbox.guard._files",
+    "sandbox.guard._engine",
+    "sandbox.guard._audit",
+    "sandbox.guard._listing",
+    "sandbox.guard._os",
+    "sandbox.guard._install",
+)
+
+#: What ``tv-sandbox run`` imports from the package once :func:`install` has put its image in
+#: place (``sandbox``, ``_lazy``, ``errors``, ``cli``, this module and ``_cache`` load before),
+#: the early keeper's kernel layer included (tests/test_image.py checks it against a real run).
+LAUNCHER = (
+    "sandbox._record",
+    "sandbox.kernel",
+    "sandbox.kernel.plan",
+    "sandbox.kernel.spawning",
+    "sandbox.kernel._early",
+    "sandbox.kernel._ffi",
+    "sandbox.kernel._libc",
+    "sandbox.kernel.landlock",
+    "sandbox.kernel.mounts",
+    "sandbox.kernel._keeper",
+    "sandbox._paths",
+    "sandbox.rules",
+    "sandbox.policy",
+    "sandbox.loader",
+    "sandbox.report",
+    "sandbox.workspace",
+    "sandbox.runner",
+    "sandbox.policy_kernel",
+    "sandbox._process",
+    "sandbox.events",
+    "sandbox.run",
+    "sandbox.native",
+    "sandbox.guard",
+    "sandbox.guard.bootstrap",
+    "sandbox.export",
+    "sandbox._json",
+    "sandbox._digest",
+    "sandbox.export.manifest",
+    "sandbox.export._recovery",
+    "sandbox.export._stager",
+    "sandbox.export._exporter",
+    "sandbox.export._space",
+    "sandbox.finish",
+)
+
+KINDS = {"guard": GUARD, "launcher": LAUNCHER}
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def path(kind: str = "guard") -> str | None:
+    """Where this package's image of ``kind`` lives (one per package folder and interpreter
+    version), or None when the cache is off."""
+    d = cache_dir()
+    if d is None:
+        return None
+    key = fingerprint(os.fsencode(_PACKAGE))
+    return os.path.join(d, f"{kind}-{sys.implementation.cache_tag}-{key}.marshal")
+
+
+def current() -> str | None:
+    """The guard's image to name in a step's environment: its path when it exists, else None."""
+    p = path()
+    return p if p is not None and os.path.isfile(p) else None
+
+
+def install() -> bool:
+    """Put the launcher's image first on ``sys.meta_path`` when it answers for the package as it
+    is now (:func:`sandbox._lazy.load_image`); True when it did. For ``tv-sandbox run``, a
+    process that lives for one run: the image stays in place (and serves the keeper it forks)."""
+    global _installed
+    p = path("launcher")
+    if p is None or not _ours_alone(p):
+        return False
+    image = load_image(p, _PACKAGE)
+    if image is None:
+        return False
+    sys.meta_path.insert(0, image)
+    _installed = p
+    return True
+
+
+_installed: str | None = None  # the launcher's image this process runs from: fresh by that fact
+
+
+def _ours_alone(p: str) -> bool:
+    """Whether the file ``p`` and its folder belong to this user and no other user may write
+    either: code the launcher runs unsandboxed (as root, in CI) must not come from a cache folder
+    that others share (``TV_SANDBOX_CACHE_DIR`` pointed at one), as ``.pyc`` files never do."""
+    uid = os.geteuid()
+    try:
+        for q in (p, os.path.dirname(p)):
+            st = os.stat(q)
+            if st.st_uid != uid or st.st_mode & 0o022:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _source(name: str) -> str:
+    parts = os.path.join(_PACKAGE, *name.split(".")[1:])
+    return os.path.join(parts, "__init__.py") if os.path.isdir(parts) else parts + ".py"
+
+
+def _fresh(p: str, modules: tuple[str, ...]) -> bool:
+    """Whether the image at ``p`` answers for the sources as they are now (its header only)."""
+    try:
+        with open(p, "rb") as fh:
+            fmt, version, keys = marshal.load(fh)
+        if fmt != FORMAT or version != sys.version or [k[0] for k in keys] != list(modules):
+            return False
+        for _name, origin, _pkg, mtime_ns, size in keys:
+            st = os.stat(origin)
+            if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
+                return False
+    except (OSError, EOFError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _code(origin: str, st: os.stat_result) -> bytes:
+    """The module's marshalled code: its ``__pycache__`` file when that matches the source
+    (what the import system would load), else compiled from the source."""
+    from _frozen_importlib_external import MAGIC_NUMBER, cache_from_source
+
+    try:
+        with open(cache_from_source(origin), "rb") as fh:
+            data = fh.read()
+        header = (
+            MAGIC_NUMBER
+            + (0).to_bytes(4, "little")
+            + (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+            + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+        )
+        if data[:16] == header:
+            # as the import system does: the code names the source where it is now (compileall
+            # may have recorded a relative or another path), for tracebacks and linecache
+            import _imp
+
+            code = marshal.loads(data[16:])
+            _imp._fix_co_filename(code, origin)  # type: ignore[attr-defined]
+            return marshal.dumps(code)
+    except OSError:
+        pass
+    with open(origin, "rb") as fh:
+        source = fh.read()
+    return marshal.dumps(compile(source, origin, "exec", dont_inherit=True))
+
+
+def refresh(kind: str = "guard") -> bool:
+    """Build the image of ``kind`` unless it is fresh; True when one is in place afterwards. Best
+    effort: a cache that cannot be written leaves the modules to load from the package as always."""
+    p = path(kind)
+    if p is None:
+        return False
+    if p == _installed:
+        return True
+    modules = KINDS[kind]
+    if _fresh(p, modules):
+        return True
+    keys, codes = [], []
+    try:
+        for name in modules:
+            origin = _source(name)
+            st = os.stat(origin)
+            code = _code(origin, st)
+            if os.stat(origin).st_mtime_ns != st.st_mtime_ns:  # edited meanwhile: next time
+                return False
+            keys.append((name, origin, origin.endswith("__init__.py"), st.st_mtime_ns, st.st_size))
+            codes.append(code)
+        os.makedirs(os.path.dirname(p), mode=0o700, exist_ok=True)
+        tmp = f"{p}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                # two objects: the header alone answers _fresh()
+                marshal.dump((FORMAT, sys.version, tuple(keys)), fh)
+                marshal.dump(tuple(codes), fh)
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
