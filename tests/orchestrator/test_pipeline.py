@@ -238,7 +238,13 @@ def test_ctrl_c_cancels_cleanly(
         while not leftovers(token) and time.monotonic() < deadline:
             time.sleep(0.1)
         os.killpg(proc.pid, signum)  # what a terminal's Ctrl-C does (to the whole process group)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            # still running a minute after the signal: say what it said before it is killed
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"the pipeline did not end within 60 s of {said}\nstdout:\n{out}\nstderr:\n{err}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
