@@ -243,12 +243,7 @@ def _init(
         # fork that costs). Nothing must happen between the two in the child: the namespace's
         # death already ends the command with us, so it needs no parent-death signal.
         stage = "exec"
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
-        os.write(wfd, f"rss {_peak_rss()}\n".encode())
-        _close_fds_except([*keep, wfd, sw])  # wfd and sw are close-on-exec
+        _ready_to_exec(cwd, wfd, [*keep, wfd, sw])  # wfd and sw are close-on-exec
         try:
             main = os.posix_spawn(_which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS)
         except OSError as e:
@@ -264,6 +259,17 @@ def _init(
         _fail(wfd, stage, e)
 
 
+def _ready_to_exec(cwd: str, wfd: int, keep: list[int]) -> None:  # pragma: no cover - in the child
+    """The last steps before the command's ``exec``: enter ``cwd``, tell the launcher this forked
+    image's peak memory (which the step's ``ru_maxrss`` will include), close all but ``keep``."""
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
+    os.write(wfd, f"rss {_peak_rss()}\n".encode())
+    _close_fds_except(keep)
+
+
 def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int) -> int:
     """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` and execs."""
     me = os.getpid()
@@ -275,12 +281,7 @@ def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wf
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _die_with(me)
         stage = "exec"
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
-        os.write(wfd, f"rss {_peak_rss()}\n".encode())
-        _close_fds_except([*keep, wfd])
+        _ready_to_exec(cwd, wfd, [*keep, wfd])
         try:
             os.execvpe(argv[0], argv, env)
         except OSError as e:
