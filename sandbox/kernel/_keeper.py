@@ -22,6 +22,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from collections.abc import Callable, Mapping
+
+    #: A step as the keeper's children need it: ``(argv, env, cwd, plan, entered, keep)``.
+    _Entered = tuple[bool, float, int]
+    _Step = tuple[list[str], dict[str, str], str, KernelPlan | None, _Entered | None, list[int]]
 else:
     # ``_signal``, not ``signal``: the wrapper builds enums (importing ``enum``, ``functools``...),
     # milliseconds of every launch; these are the same functions and numbers.
@@ -73,7 +77,9 @@ def run_keeper(
             entered = enter(plan, mapped_by_parent=_mapped_by_parent(wfd, gor))
     except BaseException as e:
         _fail(wfd, stage, e)
-    _keep(argv, env, cwd, plan, entered, keep, wfd, gor, parent, ew)
+    step = (argv, env, cwd, plan, entered, keep)
+    pidns = plan is not None and entered is not None and plan.pid_namespace
+    _keep(lambda: step, pidns, wfd, gor, parent, ew)
 
 
 def run_early_keeper(
@@ -81,9 +87,11 @@ def run_early_keeper(
 ) -> None:  # pragma: no cover - the early keeper
     """The keeper of :func:`~sandbox.kernel._early.prefork`, forked before the launcher knows
     its step: it loads the kernel layer, says this kernel's Landlock ABI (``abi``), makes the
-    namespaces (the uid map asked for as :func:`run_keeper` does), then reads the rest from
-    ``pr`` -- a ``marshal`` of ``(argv, env, cwd, plan, stdio, keep)`` -- and goes on as
-    :func:`run_keeper`. An empty ``pr`` (the launcher did not need us, or died) ends it quietly.
+    namespaces (the uid map asked for as :func:`run_keeper` does) and forks the init, and goes on
+    as :func:`run_keeper`'s keeper. The init reads the step from ``pr`` -- a ``marshal`` of
+    ``(argv, env, cwd, plan, stdio, keep)`` -- and makes the plan's mounts itself (the keeper's
+    mount namespace is its own): the fork and its hand-over are done before the step is known,
+    not after. An empty ``pr`` (the launcher did not need us, or died) ends both quietly.
     ``sw``: the step's stderr pipe, made before the fork (the only descriptor a step may name
     besides our own 0, 1 and 2).
 
@@ -103,12 +111,16 @@ def run_early_keeper(
         )
         stage = "setup"
         _die_with(parent)  # after the namespaces: entering a user namespace clears the setting
+    except BaseException as e:
+        _fail(wfd, stage, e)
+
+    def load() -> _Step | None:  # in the init
         data = b""
         while chunk := os.read(pr, 1 << 16):
             data += chunk
         os.close(pr)
         if not data:
-            os._exit(0)
+            return None
         import marshal
 
         argv, env, cwd, plan_dict, stdio, keep = marshal.loads(data)
@@ -116,12 +128,11 @@ def run_early_keeper(
         if not (plan.namespace and plan.pid_namespace and plan.network_namespace == network):
             raise ValueError("the plan needs other namespaces than this early keeper made")
         _take_stdio(tuple(stdio), list(keep))
-        os.close(sw)  # the step holds its stderr; we must not (its end is the step's end)
-        stage = "kernel"
-        entered = enter_mounts(plan, (userns, t0, 0))
-    except BaseException as e:
-        _fail(wfd, stage, e)
-    _keep(argv, env, cwd, plan, entered, list(keep), wfd, gor, parent, ew)
+        os.close(sw)  # on 2 now, where the step writes; the init holds no other copy
+        return argv, env, cwd, plan, enter_mounts(plan, (userns, t0, 0)), list(keep)
+
+    # the step's message and its stderr are the init's: the step's end must not wait for ours
+    _keep(load, True, wfd, gor, parent, ew, handed=(pr, sw))
 
 
 def _take_stdio(stdio: tuple[int | None, ...], keep: list[int]) -> None:  # pragma: no cover - in the keeper
@@ -147,25 +158,24 @@ def _mapped_by_parent(wfd: int, gor: int) -> Callable[[], bool]:  # pragma: no c
 
 
 def _keep(
-    argv: list[str],
-    env: dict[str, str],
-    cwd: str,
-    plan: KernelPlan | None,
-    entered: tuple[bool, float, int] | None,
-    keep: list[int],
+    load: Callable[[], _Step | None],
+    pidns: bool,
     wfd: int,
     gor: int,
     parent: int,
     ew: int,
-) -> None:  # pragma: no cover - in the keeper, once its namespaces and mounts are made
-    """The rest of :func:`run_keeper`: the init (or the command) and their end; never returns."""
+    handed: tuple[int, ...] = (),
+) -> None:  # pragma: no cover - in the keeper, once its namespaces (and mounts) are made
+    """The rest of :func:`run_keeper`: the init (with ``pidns``; or the command) and their end;
+    never returns. ``load()``: the step -- in the init, which may wait for it there (None: there
+    is none, end quietly); ``handed``: descriptors that are the init's alone once it is forked."""
     stage = "setup"
     try:
         os.close(gor)
         _die_with(parent)
         # Blocked before any fork: a child's end or a signal to forward is never missed.
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
-        if plan is not None and entered is not None and plan.pid_namespace:
+        if pidns:
             sr, sw = os.pipe()
             gr, gw = os.pipe()  # "go" to the init, once the launcher has been told its pid
             init = os.fork()
@@ -173,9 +183,11 @@ def _keep(
                 os.close(sr)
                 os.close(gw)
                 os.close(ew)
-                _init(argv, env, cwd, plan, entered, keep, wfd, sw, gr)
+                _init(load, wfd, sw, gr)
             os.close(sw)
             os.close(gr)
+            for fd in handed:
+                os.close(fd)
             # The launcher learns the init's pid before anything of the step runs: a step whose
             # pid it never heard of never ran, and one it heard of it can wait out (a pidfd).
             os.write(wfd, f"init {init}\n".encode())
@@ -196,6 +208,9 @@ def _keep(
             os.write(ew, f"end {status} {usage.ru_utime!r} {usage.ru_stime!r} {usage.ru_maxrss}\n".encode())
             _end_as(status)
         os.close(ew)  # without a PID namespace the launcher waits for our exit
+        step = load()
+        assert step is not None  # a keeper without a PID namespace is handed its step
+        argv, env, cwd, plan, entered, keep = step
         if plan is not None and entered is not None:
             stage = "kernel"
             applied = seal(plan, entered)
@@ -213,15 +228,7 @@ def _keep(
 
 
 def _init(
-    argv: list[str],
-    env: dict[str, str],
-    cwd: str,
-    plan: KernelPlan,
-    entered: tuple[bool, float, int],
-    keep: list[int],
-    wfd: int,
-    sw: int,
-    go: int,
+    load: Callable[[], _Step | None], wfd: int, sw: int, go: int
 ) -> None:  # pragma: no cover - PID 1 of the step's namespace
     stage = "kernel"
     try:
@@ -237,6 +244,11 @@ def _init(
             os._exit(1)
         except BlockingIOError:  # alive: from now on its death is our parent-death signal
             os.close(go)
+        step = load()  # the early keeper's init waits here for its step, and makes its mounts
+        if step is None:
+            os._exit(0)
+        argv, env, cwd, plan, entered, keep = step
+        assert plan is not None and entered is not None  # an init exists for a PID namespace's plan
         applied = seal(plan, entered)
         os.write(wfd, f"applied {applied.encode()}\n".encode())
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
