@@ -70,7 +70,8 @@ class Early:
 
     def fits(self, plan: KernelPlan | None, stdio: tuple[int | None, ...], keep: Sequence[int]) -> bool:
         """Whether this keeper can run a step under ``plan`` with these descriptors: its namespaces
-        are the plan's (user, mount, PID; the network's as made), and every descriptor was open
+        are the plan's (user, mount, PID; the network's as made), its /dev the minimal one with a
+        private /dev/shm (made before the step arrives), and every descriptor was open
         at the fork (only the stderr pipe: nothing else of ours reaches the keeper). A keeper that
         ended before it said its Landlock ABI (killed, or its imports failed) fits nothing: spawn
         forks its own."""
@@ -81,6 +82,8 @@ class Early:
             and plan.namespace
             and plan.pid_namespace
             and plan.network_namespace == self.network
+            and plan.minimal_dev
+            and plan.private_shm
             and not keep
             and stdio[0] is None
             and stdio[1] is None

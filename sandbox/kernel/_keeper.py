@@ -15,7 +15,7 @@ import resource  # os.wait4's result type: imported before the fork, as everythi
 import time
 
 from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before the fork
-from sandbox.kernel.plan import KernelPlan, enter, enter_mounts, enter_namespaces, seal
+from sandbox.kernel.plan import KernelPlan, enter, enter_dev, enter_mounts, enter_namespaces, seal
 from sandbox.kernel.spawning import KILL_ALL
 
 TYPE_CHECKING = False
@@ -115,6 +115,7 @@ def run_early_keeper(
         _fail(wfd, stage, e)
 
     def load() -> _Step | None:  # in the init
+        enter_dev()  # while the launcher still works on the step
         data = b""
         while chunk := os.read(pr, 1 << 16):
             data += chunk
@@ -125,11 +126,17 @@ def run_early_keeper(
 
         argv, env, cwd, plan_dict, stdio, keep = marshal.loads(data)
         plan = KernelPlan.from_dict(plan_dict)
-        if not (plan.namespace and plan.pid_namespace and plan.network_namespace == network):
-            raise ValueError("the plan needs other namespaces than this early keeper made")
+        if not (
+            plan.namespace
+            and plan.pid_namespace
+            and plan.network_namespace == network
+            and plan.minimal_dev
+            and plan.private_shm
+        ):
+            raise ValueError("the plan needs other namespaces or another /dev than this early keeper made")
         _take_stdio(tuple(stdio), list(keep))
         os.close(sw)  # on 2 now, where the step writes; the init holds no other copy
-        return argv, env, cwd, plan, enter_mounts(plan, (userns, t0, 0)), list(keep)
+        return argv, env, cwd, plan, enter_mounts(plan, (userns, t0, 0), dev_made=True), list(keep)
 
     # the step's message and its stderr are the init's: the step's end must not wait for ours
     _keep(load, True, wfd, gor, parent, ew, handed=(pr, sw))

@@ -283,9 +283,23 @@ def enter_namespaces(
     return userns
 
 
-def enter_mounts(plan: KernelPlan, entered: tuple[bool, float, int]) -> tuple[bool, float, int]:
+def enter_dev() -> None:
+    """The minimal /dev and the private /dev/shm of every namespace plan (``minimal_dev`` and
+    ``private_shm``), made before the plan is known: they depend on nothing of it, and the
+    read-only remount and the ``nodev,nosuid`` seal of :func:`enter_mounts` leave /dev alone.
+    (An early keeper's init, waiting for its step; :func:`enter_mounts` then skips them.)"""
+    from sandbox.kernel import mounts
+
+    mounts.minimal_dev()
+    mounts.private_shm()
+
+
+def enter_mounts(
+    plan: KernelPlan, entered: tuple[bool, float, int], *, dev_made: bool = False
+) -> tuple[bool, float, int]:
     """The second half of :func:`enter`: the plan's mounts, in the namespaces that
-    :func:`enter_namespaces` made (``entered``: its answer, the start time, 0)."""
+    :func:`enter_namespaces` made (``entered``: its answer, the start time, 0); ``dev_made``:
+    :func:`enter_dev` made /dev and /dev/shm already."""
     from sandbox.kernel import mounts
 
     userns, t0, _ = entered
@@ -298,9 +312,9 @@ def enter_mounts(plan: KernelPlan, entered: tuple[bool, float, int]) -> tuple[bo
         mounts.remount_all_readonly(plan.writable_roots())
     if plan.namespace and plan.nodev_nosuid:
         mounts.seal_writable(plan.writable_roots())
-    if plan.minimal_dev:
+    if plan.minimal_dev and not dev_made:
         mounts.minimal_dev()
-    if plan.private_shm:
+    if plan.private_shm and not dev_made:
         mounts.private_shm()
     return userns, t0, hidden
 

@@ -344,7 +344,9 @@ if sys.argv[2] == "dead":  # killed before it said anything: spawn must fork a k
     os.waitpid(early.pid, 0)
 abi = early.abi()  # as the runner asks, before it plans
 rfd, wfd = early.take_stderr()
-plan = KernelPlan(writable=(w,), namespace=True, pid_namespace=True, network_namespace=network)
+dev = sys.argv[2] != "host-dev"  # the runner's plans have the minimal /dev the early keeper makes
+plan = KernelPlan(writable=(w,), namespace=True, pid_namespace=True, network_namespace=network,
+                  minimal_dev=dev, private_shm=dev)
 code = "import os, sys; sys.stderr.write('from the step'); open(os.path.join(sys.argv[1], 'f'), 'w'); sys.exit(3)"
 child = spawn([sys.executable, "-I", "-S", "-c", code, w], env=dict(os.environ), cwd="/", plan=plan,
               stderr=wfd, early=early)
@@ -370,7 +372,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("fits", ["net", "no-net", "dead"])
+@pytest.mark.parametrize("fits", ["net", "no-net", "host-dev", "dead"])
 def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
     kernel_support: object,
     tree: Callable[..., Path],
@@ -379,8 +381,8 @@ def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
     """prefork(): the keeper forked before the step is known makes the namespaces, then runs the
     step sent to it -- its stderr through the pipe made before the fork, its end reported as
     spawn's own keeper does -- and the launcher never loads ctypes or the keeper's code. A plan
-    that needs other namespaces (no network namespace), or a keeper that died before it said
-    anything, makes spawn discard it and fork its own."""
+    that needs other namespaces (no network namespace) or another /dev (the host's), or a keeper
+    that died before it said anything, makes spawn discard it and fork its own."""
     import json
     import subprocess
 
