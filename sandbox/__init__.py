@@ -12,10 +12,9 @@ The public face, for library use::
     fs = sandbox.SandboxFileSystem(policy=policy)              # the fsspec enforcer
 
 Each name loads its module on first use (PEP 562): every sandboxed interpreter imports this
-package at start-up, and every import of a submodule runs this file first, so it imports nothing.
+package at start-up, and every import of a submodule runs this file first, so it imports nothing
+-- not even ``__future__`` (see :mod:`sandbox._lazy`).
 """
-
-from __future__ import annotations
 
 from sandbox._lazy import attributes
 

@@ -11,8 +11,8 @@ the guard before the user's first line (``guard/boot/sitecustomize.py``: ~1.1 ms
 Two kinds: ``guard`` (:data:`GUARD`) and ``launcher`` (:data:`LAUNCHER`, the keeper's modules
 included: it is a fork of the launcher). Each is a ``marshal`` file in the per-user cache
 (:mod:`sandbox._cache`) of two objects: a header -- for each module its name, source path,
-whether it is a package, the source's ``mtime_ns`` and size -- then the modules' code (the
-``__pycache__`` bytecode when fresh, else compiled here), in the same order. The launcher builds
+whether it is a package, the source's ``mtime_ns`` and size -- then the modules' code (compiled
+from the sources, :func:`_code`), in the same order. The launcher builds
 both while its first step runs (:func:`refresh`, off the start-up path). A step finds its
 image in its environment (``TV_SANDBOX_GUARD_IMAGE``, by :func:`current`), the launcher its own
 by :func:`path` (:func:`install`); each is used only when every source still has the recorded
@@ -33,7 +33,7 @@ import sys
 
 from sandbox._cache import cache_dir, fingerprint
 from sandbox._lazy import IMAGE_FORMAT as FORMAT
-from sandbox._lazy import load_image
+from sandbox._lazy import load_image, parse_image
 
 __all__ = ["FORMAT", "GUARD", "LAUNCHER", "current", "install", "path", "refresh"]
 
@@ -159,13 +159,15 @@ def _source(name: str) -> str:
 
 
 def _fresh(p: str, modules: tuple[str, ...]) -> bool:
-    """Whether the image at ``p`` answers for the sources as they are now (its header only)."""
+    """Whether the image at ``p`` answers for the sources as they are now, whole."""
     try:
         with open(p, "rb") as fh:
-            fmt, version, keys = marshal.load(fh)
+            fmt, version, keys, block = parse_image(fh.read())
         if fmt != FORMAT or version != sys.version or [k[0] for k in keys] != list(modules):
             return False
-        for _name, origin, _pkg, mtime_ns, size in keys:
+        if sum(k[6] for k in keys) != len(block):  # truncated, or more than its modules
+            return False
+        for _name, origin, _pkg, mtime_ns, size, _start, _length in keys:
             st = os.stat(origin)
             if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
                 return False
@@ -174,33 +176,28 @@ def _fresh(p: str, modules: tuple[str, ...]) -> bool:
     return True
 
 
-def _code(origin: str, st: os.stat_result) -> bytes:
-    """The module's marshalled code: its ``__pycache__`` file when that matches the source
-    (what the import system would load), else compiled from the source."""
-    from _frozen_importlib_external import MAGIC_NUMBER, cache_from_source
+def _code(origin: str) -> bytes:
+    """The module's marshalled code, compiled from its source as the import system would, but
+    for one statement: ``from __future__ import annotations`` becomes the compiler flag it
+    stands for. As a statement it also runs at load time -- an import of the stdlib's
+    ``__future__`` module, found on ``sys.path`` and read: ~0.25 ms of each interpreter's start-up
+    (the launcher's and every sandboxed one's), for a name the package never reads. Only for
+    images, built off the start-up path; the code names the source by its absolute path."""
+    import __future__
 
-    try:
-        with open(cache_from_source(origin), "rb") as fh:
-            data = fh.read()
-        header = (
-            MAGIC_NUMBER
-            + (0).to_bytes(4, "little")
-            + (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
-            + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")
-        )
-        if data[:16] == header:
-            # as the import system does: the code names the source where it is now (compileall
-            # may have recorded a relative or another path), for tracebacks and linecache
-            import _imp
+    import ast
 
-            code = marshal.loads(data[16:])
-            _imp._fix_co_filename(code, origin)  # type: ignore[attr-defined]
-            return marshal.dumps(code)
-    except OSError:
-        pass
     with open(origin, "rb") as fh:
-        source = fh.read()
-    return marshal.dumps(compile(source, origin, "exec", dont_inherit=True))
+        tree = ast.parse(fh.read(), origin)
+    flags = 0
+    body = tree.body
+    for i, node in enumerate(body[:2]):  # after the docstring, if any, as the language requires
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            if [a.name for a in node.names] == ["annotations"] and node.names[0].asname is None:
+                del body[i]
+                flags = __future__.annotations.compiler_flag
+            break
+    return marshal.dumps(compile(tree, origin, "exec", flags=flags, dont_inherit=True))
 
 
 def refresh(kind: str = "guard") -> bool:
@@ -214,23 +211,25 @@ def refresh(kind: str = "guard") -> bool:
     modules = KINDS[kind]
     if _fresh(p, modules):
         return True
-    keys, codes = [], []
+    keys, block = [], bytearray()
     try:
         for name in modules:
             origin = _source(name)
             st = os.stat(origin)
-            code = _code(origin, st)
+            code = _code(origin)
             if os.stat(origin).st_mtime_ns != st.st_mtime_ns:  # edited meanwhile: next time
                 return False
-            keys.append((name, origin, origin.endswith("__init__.py"), st.st_mtime_ns, st.st_size))
-            codes.append(code)
+            is_pkg = origin.endswith("__init__.py")
+            keys.append((name, origin, is_pkg, st.st_mtime_ns, st.st_size, len(block), len(code)))
+            block += code
+        header = marshal.dumps((FORMAT, sys.version, tuple(keys)))
         os.makedirs(os.path.dirname(p), mode=0o700, exist_ok=True)
         tmp = f"{p}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as fh:
-                # two objects: the header alone answers _fresh()
-                marshal.dump((FORMAT, sys.version, tuple(keys)), fh)
-                marshal.dump(tuple(codes), fh)
+            with open(tmp, "wb") as fh:  # the layout sandbox._lazy.parse_image reads
+                fh.write(len(header).to_bytes(8, "little"))
+                fh.write(header)
+                fh.write(block)
             os.replace(tmp, p)
         except BaseException:
             try:

@@ -102,10 +102,16 @@ class StepTree:
     """The processes of a running step, seen from outside: memory sampling and ending them."""
 
     def __init__(self, child: Child) -> None:
+        from _thread import allocate_lock
+
         self.child = child
         self.peak_rss = 0
-        self._stop = False
         self.finished = False  # the step was reaped by the thread waiting for it
+        # Held while the step runs; the sampler waits on it between samples, so that it ends as
+        # soon as the step does (:meth:`stop`) instead of sleeping on: a thread still asleep when
+        # the launcher exits costs its exit a wake-up on the other core (~0.4 ms of start-up).
+        self._running = allocate_lock()
+        self._running.acquire()
 
     def sample(self) -> None:
         """Sum the resident memory of every process of the step, every ``_SAMPLE_S``, until the
@@ -114,8 +120,7 @@ class StepTree:
         each process's ``statm``): no import, and no scan of every process of the machine per
         sample, as ``psutil``'s ``children()`` does -- psutil only where the kernel lacks
         ``/proc/PID/task/TID/children`` (CONFIG_PROC_CHILDREN)."""
-        time.sleep(_SAMPLE_S / 2)
-        if self._stop:
+        if self._running.acquire(timeout=_SAMPLE_S / 2):
             return
         pid = self.child.pid
         measure = _tree_rss
@@ -140,9 +145,19 @@ class StepTree:
                         pass
                 return total
 
-        while not self._stop:
+        while True:
             self.peak_rss = max(self.peak_rss, measure(pid))
-            time.sleep(_SAMPLE_S)
+            if self._running.acquire(timeout=_SAMPLE_S):
+                return
+
+    def stop(self) -> None:
+        """The step has ended: the sampler returns now. Idempotent."""
+        self.finished = True
+        if self._running.locked():
+            try:
+                self._running.release()
+            except RuntimeError:  # released by a concurrent stop()
+                pass
 
     def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
         """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not

@@ -428,7 +428,7 @@ class Run:
                 tree.end(reap=True)
                 result = child.wait()
         finally:
-            tree.finished = tree._stop = True
+            tree.stop()
             ended.release()
         if cut is None and timed_out:
             cut, why = (

@@ -16,6 +16,7 @@ import pytest
 from conftest import RunEnv, sandbox_run
 
 from sandbox import _image
+from sandbox._lazy import parse_image
 from sandbox.guard import child_env
 from sandbox.samples import make_host
 
@@ -70,13 +71,16 @@ def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
 def _rewrite(image: str, change: object) -> None:
     """Apply ``change`` to the image's entries: ``[name, origin, is_pkg, mtime_ns, size, code]``."""
     with open(image, "rb") as fh:
-        fmt, version, keys = marshal.load(fh)
-        codes = marshal.load(fh)
-    entries = [[*k, c] for k, c in zip(keys, codes, strict=True)]
+        fmt, version, keys, block = parse_image(fh.read())
+    entries = [[*k[:5], bytes(block[k[5] : k[5] + k[6]])] for k in keys]
     change(entries)  # type: ignore[operator]
+    keys, out = [], b""
+    for e in entries:
+        keys.append((*e[:5], len(out), len(e[5])))  # type: ignore[arg-type]
+        out += e[5]  # type: ignore[operator]
+    header = marshal.dumps((fmt, version, tuple(keys)))
     with open(image, "wb") as fh:
-        marshal.dump((fmt, version, tuple(tuple(e[:5]) for e in entries)), fh)
-        marshal.dump(tuple(e[5] for e in entries), fh)
+        fh.write(len(header).to_bytes(8, "little") + header + out)
 
 
 def _guarded_child(run_env: RunEnv, image: str | None) -> dict[str, str]:
@@ -150,8 +154,13 @@ def test_refresh_rebuilds_what_is_stale_and_keeps_what_is_fresh(cache: Path) -> 
     _rewrite(image, change)
     assert _image.refresh()
     with open(image, "rb") as fh:
-        _, _, keys = marshal.load(fh)
+        _, _, keys, _ = parse_image(fh.read())
     assert keys[0][3] == os.stat(keys[0][1]).st_mtime_ns
+
+    whole = Path(image).read_bytes()  # a header intact over a truncated block: rebuilt too
+    Path(image).write_bytes(whole[:-1])
+    assert _image.refresh()
+    assert Path(image).read_bytes() == whole
 
 
 def test_without_a_cache_there_is_no_image(monkeypatch: pytest.MonkeyPatch) -> None:
