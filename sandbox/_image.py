@@ -167,7 +167,7 @@ def _fresh(p: str, modules: tuple[str, ...]) -> bool:
             return False
         if sum(k[6] for k in keys) != len(block):  # truncated, or more than its modules
             return False
-        for _name, origin, _pkg, mtime_ns, size, _start, _length in keys:
+        for _name, origin, _pkg, mtime_ns, size, _start, _length, _cached in keys:
             st = os.stat(origin)
             if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
                 return False
@@ -211,6 +211,8 @@ def refresh(kind: str = "guard") -> bool:
     modules = KINDS[kind]
     if _fresh(p, modules):
         return True
+    from _frozen_importlib_external import cache_from_source
+
     keys, block = [], bytearray()
     try:
         for name in modules:
@@ -220,7 +222,8 @@ def refresh(kind: str = "guard") -> bool:
             if os.stat(origin).st_mtime_ns != st.st_mtime_ns:  # edited meanwhile: next time
                 return False
             is_pkg = origin.endswith("__init__.py")
-            keys.append((name, origin, is_pkg, st.st_mtime_ns, st.st_size, len(block), len(code)))
+            cached = cache_from_source(origin)
+            keys.append((name, origin, is_pkg, st.st_mtime_ns, st.st_size, len(block), len(code), cached))
             block += code
         header = marshal.dumps((FORMAT, sys.version, tuple(keys)))
         os.makedirs(os.path.dirname(p), mode=0o700, exist_ok=True)

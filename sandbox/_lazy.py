@@ -44,8 +44,9 @@ def attributes(package: str, where: "Mapping[str, str]") -> "Callable[[str], Any
 class Image:
     """A meta path finder and loader serving modules from an image (:func:`load_image`)."""
 
-    def __init__(self, table: "dict[str, tuple[str, bool, memoryview]]") -> None:
-        self.table = table  # name -> (source path, is a package, its marshalled code in the image)
+    def __init__(self, table: "dict[str, tuple[str, bool, memoryview, str]]") -> None:
+        # name -> (source path, is a package, its marshalled code in the image, its __cached__)
+        self.table = table
 
     def find_spec(self, name: str, path: "Any" = None, target: "Any" = None) -> "Any":
         entry = self.table.get(name)
@@ -55,6 +56,7 @@ class Image:
 
         spec = ModuleSpec(name, self, origin=entry[0], is_package=entry[1])  # type: ignore[arg-type]
         spec.has_location = True  # __file__ is the source's, as with the path finder
+        spec.cached = entry[3]  # as the path finder's, known beforehand: not derived a module
         if entry[1]:
             spec.submodule_search_locations = [entry[0].rpartition("/")[0]]
         return spec
@@ -70,17 +72,19 @@ class Image:
 
 #: The image file's format (:mod:`sandbox._image` writes it); 2: code names its source by its
 #: absolute path; 3: code compiled without the ``from __future__ import annotations`` statement,
-#: the header's length first and the modules' code in one block after it (:func:`parse_image`).
+#: the header's length first and the modules' code in one block after it, the path of each
+#: module's ``.pyc`` in the header (:func:`parse_image`).
 IMAGE_FORMAT = 3
 
 
 def parse_image(data: bytes) -> "tuple[int, str, tuple[tuple[Any, ...], ...], memoryview]":
     """An image file's content as (format, the ``sys.version`` it was built by, its header, its
     code block). The header has one entry a module: its name, source path, whether it is a
-    package, the source's ``mtime_ns`` and size, and the offset and length of its marshalled code
-    in the block. Layout: the header's length (8 bytes, little-endian), the header (``marshal``),
-    the block. One read and no copy: each module is unmarshalled from its slice of the block
-    when it is imported (``marshal.load`` from a file reads an object in many small reads).
+    package, the source's ``mtime_ns`` and size, the offset and length of its marshalled code in
+    the block, and its ``__cached__`` (the ``.pyc`` path the path finder would name). Layout:
+    the header's length (8 bytes, little-endian), the header (``marshal``), the block. One read
+    and no copy: each module is unmarshalled from its slice of the block when it is imported
+    (``marshal.load`` from a file reads an object in many small reads).
     Raises ``ValueError``, ``EOFError`` or ``TypeError`` on another layout."""
     import marshal
 
@@ -107,13 +111,13 @@ def load_image(path: str | None, package_dir: str) -> Image | None:
         if fmt != IMAGE_FORMAT or version != sys.version:
             return None
         table = {}
-        for name, origin, is_pkg, mtime_ns, size, start, length in keys:
+        for name, origin, is_pkg, mtime_ns, size, start, length, cached in keys:
             if not origin.startswith(package_dir + "/") or not 0 <= start <= start + length <= len(block):
                 return None
             st = os.stat(origin)
             if st.st_mtime_ns != mtime_ns or st.st_size != size:
                 return None
-            table[name] = (origin, is_pkg, block[start : start + length])
+            table[name] = (origin, is_pkg, block[start : start + length], cached)
     except Exception:  # unreadable, truncated, another format: the package as always
         return None
     return Image(table)

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
 
-__all__ = ["report_and_export"]
+__all__ = ["policy_record", "report_and_export"]
+
+
+def policy_record(policy: Policy) -> bytes:
+    """The run folder's record of ``policy`` (``config/policy.json``), as the export writes it.
+    Pure: a launcher makes it while its step runs, off the end of the run."""
+    from sandbox import _json as json
+
+    return json.dumps(policy.to_dict(), indent=1).encode()
 
 
 def report_and_export(
@@ -42,6 +50,7 @@ def report_and_export(
     extra: Mapping[str, Any] | None = None,
     clock: _Clock | None = None,
     by_link: bool = False,
+    record: bytes | None = None,
 ) -> dict[str, Any]:
     """The end of every run -- :meth:`Run.close`, and the sandboxed Ray workers' run
     (:mod:`sandbox.orchestrator.workers`): once no process of the run is alive, make ``logs/`` safe
@@ -49,8 +58,8 @@ def report_and_export(
     report (``extra`` merged into it), check the destination's free space, export atomically.
     ``warnings`` grows with what this finds. ``by_link``: the caller proved that no process of
     the run is left (each step's PID namespace waited out), so the export may hard-link files
-    instead of copying them. Returns the report."""
-    from sandbox import _json as json
+    instead of copying them. ``record``: :func:`policy_record` of ``policy``, when the caller made
+    it beforehand. Returns the report."""
     from sandbox import native
     from sandbox._paths import write_into
     from sandbox.events import summarise
@@ -65,7 +74,7 @@ def report_and_export(
     if native.unavailable_reason():  # never an error: the kernel layer still refuses them
         warnings.append(f"native and shell denials are not explained: {native.unavailable_reason()}")
     try:  # a full run-folder filesystem fails here first: an export error, in one line
-        write_into(ws.run_storage, POLICY_RECORD, json.dumps(policy.to_dict(), indent=1).encode())
+        write_into(ws.run_storage, POLICY_RECORD, policy_record(policy) if record is None else record)
     except OSError as e:
         raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
     events = read_events(events_file)

@@ -165,6 +165,7 @@ class Run:
         # writing an inode the export shares.
         self._contained = True
         self._closed: RunOutcome | None = None
+        self._record: bytes | None = None  # the policy's record, made while the first step runs
         self._clock = _Clock()
         self._lock: Any = None
         req = prep.request
@@ -368,6 +369,13 @@ class Run:
     ) -> Child:
         if self._launched is None:
             base = self.prep.request.workspace_base
+
+            def meanwhile() -> None:
+                _meanwhile(base)
+                from sandbox.finish import policy_record
+
+                self._record = policy_record(self.policy)  # the end of the run writes it as is
+
             launched = _launch(
                 self.prep,
                 self.ws,
@@ -376,7 +384,7 @@ class Run:
                 argv,
                 stdout=out_fd,
                 stderr=err_fd,
-                meanwhile=lambda: _meanwhile(base),
+                meanwhile=meanwhile,
                 early=early,
             )
             self._launched, self._plan = launched, launched.plan
@@ -542,6 +550,7 @@ class Run:
             extra=extra,
             clock=self._clock,
             by_link=self._contained,
+            record=self._record,
         )
         req, ws = self.prep.request, self.ws
         kept = ws.base if req.keep_workspace else None

@@ -29,6 +29,8 @@ _PROBE = (
     "print('finders', ' '.join(type(f).__name__ for f in sys.meta_path))\n"
     "import sandbox.policy as p\n"
     "print('filename', p.Policy.decide.__code__.co_filename == p.__file__ and p.__file__.startswith('/'))\n"
+    "from importlib.util import cache_from_source\n"
+    "print('cached', p.__cached__ == cache_from_source(p.__file__))\n"
     "try:\n"
     "    open('data/lakehouse/x.json', 'w')\n"
     "except PermissionError as e:\n"
@@ -61,6 +63,7 @@ def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
     assert second["loader"] == "Image"
     assert second["denied"] == "True"  # the same guard, explaining the same denial
     assert second["filename"] == "True"  # tracebacks name the package's files, as without it
+    assert second["cached"] == first["cached"] == "True"  # and __cached__ is the path finder's
     assert "Image" not in second["finders"]  # gone before the user's first import
     # the image holds exactly what a guarded interpreter loads of the package after the package
     guard = sorted(("sandbox", "sandbox._lazy", *_image.GUARD))
@@ -69,14 +72,14 @@ def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
 
 
 def _rewrite(image: str, change: object) -> None:
-    """Apply ``change`` to the image's entries: ``[name, origin, is_pkg, mtime_ns, size, code]``."""
+    """Apply ``change`` to the image's entries: ``[name, origin, is_pkg, mtime_ns, size, code, cached]``."""
     with open(image, "rb") as fh:
         fmt, version, keys, block = parse_image(fh.read())
-    entries = [[*k[:5], bytes(block[k[5] : k[5] + k[6]])] for k in keys]
+    entries = [[*k[:5], bytes(block[k[5] : k[5] + k[6]]), k[7]] for k in keys]
     change(entries)  # type: ignore[operator]
     keys, out = [], b""
     for e in entries:
-        keys.append((*e[:5], len(out), len(e[5])))  # type: ignore[arg-type]
+        keys.append((*e[:5], len(out), len(e[5]), e[6]))  # type: ignore[arg-type]
         out += e[5]  # type: ignore[operator]
     header = marshal.dumps((fmt, version, tuple(keys)))
     with open(image, "wb") as fh:
