@@ -188,8 +188,6 @@ class Run:
 
         req = prep.request
         clock = _Clock()
-        if early is not None:
-            early.answer()  # its uid map, asked for during our preflight: it builds on meanwhile
         ws = workspace_mod.create(
             prep.host, req.run_id, prep.spec.layout, base_dir=req.workspace_base, mirror=prep.kernel == "off"
         )
@@ -204,8 +202,6 @@ class Run:
         run._early = early if echo else None  # its step's stdout must be ours (see Early.fits)
         if early is not None and run._early is None:
             early.discard()
-        elif early is not None:
-            early.answer()  # if it asked while we built the workspace
         run._lock = allocate_lock()
         run._clock = clock
         clock.lap("workspace")

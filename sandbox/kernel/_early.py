@@ -21,19 +21,17 @@ else:
 
 
 class Early:
-    """A keeper forked before its step is known (:func:`prefork`). It holds the report, answer
-    and end pipes :func:`spawn` would make, plus ``pw``, where spawn writes the step, and the
+    """A keeper forked before its step is known (:func:`prefork`). It holds the report and end
+    pipes :func:`spawn` would make, plus ``pw``, where spawn writes the step, and the
     step's stderr pipe, made before the fork so that the keeper has it (``stderr``: ``(read,
     write)``; the caller reads the read end, as it would its own pipe's)."""
 
-    def __init__(
-        self, pid: int, rfd: int, gow: int, er: int, pw: int, stderr: tuple[int, int], network: bool
-    ) -> None:
-        self.pid, self.rfd, self.gow, self.er, self.pw = pid, rfd, gow, er, pw
+    def __init__(self, pid: int, rfd: int, er: int, pw: int, stderr: tuple[int, int], network: bool) -> None:
+        self.pid, self.rfd, self.er, self.pw = pid, rfd, er, pw
         self.stderr = stderr
         self.network = network
         self.started = time.monotonic()
-        self.report = _Report(rfd, gow, pid, pidns=True)
+        self.report = _Report(rfd, pid, pidns=True)
         self._used = False
         self._stderr_taken = False
 
@@ -50,23 +48,6 @@ class Early:
         if not self._used:
             self.report.read(until="abi")
         return self.report.abi
-
-    def answer(self) -> None:
-        """Handle what the keeper has said so far, without waiting for more. A root launcher's
-        keeper asks for its uid map as soon as it has unshared and can do nothing until it has
-        it (in its new user namespace its ids are unmapped): answered here, between the
-        launcher's own steps (its preflight, its workspace), the keeper goes on building
-        the sandbox beside them instead of waiting for :func:`spawn`. A read when it said
-        nothing yet."""
-        if self._used:
-            return
-        os.set_blocking(self.rfd, False)
-        try:
-            self.report.read(until="userns")
-        except BlockingIOError:  # nothing more yet
-            pass
-        finally:
-            os.set_blocking(self.rfd, True)
 
     def fits(self, plan: KernelPlan | None, stdio: tuple[int | None, ...], keep: Sequence[int]) -> bool:
         """Whether this keeper can run a step under ``plan`` with these descriptors: its namespaces
@@ -122,7 +103,7 @@ class Early:
         if self._used:
             return
         self._used = True
-        for fd in (self.pw, self.rfd, self.gow, self.er, *(() if self._stderr_taken else self.stderr)):
+        for fd in (self.pw, self.rfd, self.er, *(() if self._stderr_taken else self.stderr)):
             if fd >= 0:
                 os.close(fd)
         try:
@@ -152,7 +133,6 @@ def prefork(*, network: bool) -> Early | None:
     step whose stdin and stdout are the caller's own and whose stderr is :attr:`Early.stderr`.
     None when the fork failed (then spawn works as always)."""
     rfd, wfd = os.pipe()
-    gor, gow = os.pipe()
     er, ew = os.pipe()
     pr, pw = os.pipe()
     sr, sw = os.pipe()
@@ -160,17 +140,17 @@ def prefork(*, network: bool) -> Early | None:
     try:
         pid = os.fork()
     except OSError:
-        for fd in (rfd, wfd, gor, gow, er, ew, pr, pw, sr, sw):
+        for fd in (rfd, wfd, er, ew, pr, pw, sr, sw):
             os.close(fd)
         return None
     if pid == 0:  # pragma: no cover - the early keeper
-        for fd in (rfd, gow, er, pw, sr):
+        for fd in (rfd, er, pw, sr):
             os.close(fd)
         try:
             from sandbox.kernel._keeper import run_early_keeper
         except BaseException:
             os._exit(127)
-        run_early_keeper(network, wfd, gor, ew, pr, parent, sw)
-    for fd in (wfd, gor, ew, pr):
+        run_early_keeper(network, wfd, ew, pr, parent, sw)
+    for fd in (wfd, ew, pr):
         os.close(fd)
-    return Early(pid, rfd, gow, er, pw, (sr, sw), network)
+    return Early(pid, rfd, er, pw, (sr, sw), network)

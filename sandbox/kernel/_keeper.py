@@ -14,7 +14,7 @@ import os
 import resource  # os.wait4's result type: imported before the fork, as everything here
 import time
 
-from sandbox.kernel import _libc, landlock, mounts  # noqa: F401  # loaded before the fork
+from sandbox.kernel import _libc, landlock, mounts  # loaded before the fork
 from sandbox.kernel.plan import KernelPlan, enter, enter_dev, enter_mounts, enter_namespaces, seal
 from sandbox.kernel.spawning import KILL_ALL
 
@@ -57,7 +57,6 @@ def run_keeper(
     stdio: tuple[int | None, int | None, int | None],
     keep: list[int],
     wfd: int,
-    gor: int,
     parent: int,
     ew: int,
 ) -> None:  # pragma: no cover - runs in the child
@@ -69,25 +68,25 @@ def run_keeper(
         _take_stdio(stdio, keep)
         # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
         # steps' pipes, a Ray worker's sockets, locked files) that long.
-        _close_fds_except([*keep, wfd, gor, ew])
+        _close_fds_except([*keep, wfd, ew])
         _reset_signals()
         entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
-            entered = enter(plan, mapped_by_parent=_mapped_by_parent(wfd, gor))
+            entered = enter(plan, mapped_by_parent=_mapper() if plan.namespace else None)
     except BaseException as e:
         _fail(wfd, stage, e)
     step = (argv, env, cwd, plan, entered, keep)
     pidns = plan is not None and entered is not None and plan.pid_namespace
-    _keep(lambda: step, pidns, wfd, gor, parent, ew)
+    _keep(lambda: step, pidns, wfd, parent, ew)
 
 
 def run_early_keeper(
-    network: bool, wfd: int, gor: int, ew: int, pr: int, parent: int, sw: int
+    network: bool, wfd: int, ew: int, pr: int, parent: int, sw: int
 ) -> None:  # pragma: no cover - the early keeper
     """The keeper of :func:`~sandbox.kernel._early.prefork`, forked before the launcher knows
     its step: it loads the kernel layer, says this kernel's Landlock ABI (``abi``), makes the
-    namespaces (the uid map asked for as :func:`run_keeper` does) and forks the init, and goes on
+    namespaces (the uid map written as for :func:`run_keeper`) and forks the init, and goes on
     as :func:`run_keeper`'s keeper. The init reads the step from ``pr`` -- a ``marshal`` of
     ``(argv, env, cwd, plan, stdio, keep)`` -- and makes the plan's mounts itself (the keeper's
     mount namespace is its own): the fork and its hand-over are done before the step is known,
@@ -102,13 +101,11 @@ def run_early_keeper(
     try:
         abi, err = landlock.query_abi()
         os.write(wfd, f"abi {abi} {err}\n".encode())
-        _close_fds_except([wfd, gor, ew, pr, sw])
+        _close_fds_except([wfd, ew, pr, sw])
         _reset_signals()
         stage = "kernel"
         t0 = time.perf_counter()
-        userns = enter_namespaces(
-            pid_namespace=True, network_namespace=network, mapped_by_parent=_mapped_by_parent(wfd, gor)
-        )
+        userns = enter_namespaces(pid_namespace=True, network_namespace=network, mapped_by_parent=_mapper())
         stage = "setup"
         _die_with(parent)  # after the namespaces: entering a user namespace clears the setting
     except BaseException as e:
@@ -139,7 +136,7 @@ def run_early_keeper(
         return argv, env, cwd, plan, enter_mounts(plan, (userns, t0, 0), dev_made=True), list(keep)
 
     # the step's message and its stderr are the init's: the step's end must not wait for ours
-    _keep(load, True, wfd, gor, parent, ew, handed=(pr, sw))
+    _keep(load, True, wfd, parent, ew, handed=(pr, sw))
 
 
 def _take_stdio(stdio: tuple[int | None, ...], keep: list[int]) -> None:  # pragma: no cover - in the keeper
@@ -156,10 +153,47 @@ def _reset_signals() -> None:  # pragma: no cover - in the keeper
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
 
 
-def _mapped_by_parent(wfd: int, gor: int) -> Callable[[], bool]:  # pragma: no cover - in the keeper
+def _mapper() -> Callable[[], bool] | None:  # pragma: no cover - in the keeper, before unshare
+    """For a root keeper: a helper forked now, still of the parent user namespace, that writes
+    the identity map of the keeper's new one when asked (:func:`sandbox.kernel.mounts.map_identity`:
+    only a process outside may map more than its own id). Returns the asking function, which
+    also reaps it; None for any other keeper (it maps its own id) or when the fork fails.
+
+    The keeper's own helper rather than the launcher: the keeper asks as soon as it has
+    unshared, and the launcher is busy then with its preflight and workspace -- its answer
+    would wait for them, and take their time. The helper ends at the keeper's end (the
+    end of its pipe), asked or not."""
+    if os.geteuid() != 0:
+        return None
+    keeper = os.getpid()
+    ar, aw = os.pipe()  # the keeper's "map me now"
+    br, bw = os.pipe()  # the helper's answer
+    try:
+        helper = os.fork()
+    except OSError:
+        for fd in (ar, aw, br, bw):
+            os.close(fd)
+        return None
+    if helper == 0:
+        ok = False
+        try:
+            os.close(aw)
+            os.close(br)
+            ok = os.read(ar, 1) == b"m" and mounts.map_identity(keeper)
+            os.write(bw, b"1" if ok else b"0")
+        finally:
+            os._exit(0 if ok else 1)
+    os.close(ar)
+    os.close(bw)
+
     def ask() -> bool:
-        os.write(wfd, b"userns\n")
-        return os.read(gor, 1) == b"1"
+        try:
+            os.write(aw, b"m")
+            return os.read(br, 1) == b"1"
+        finally:
+            os.close(aw)
+            os.close(br)
+            os.waitpid(helper, 0)
 
     return ask
 
@@ -168,7 +202,6 @@ def _keep(
     load: Callable[[], _Step | None],
     pidns: bool,
     wfd: int,
-    gor: int,
     parent: int,
     ew: int,
     handed: tuple[int, ...] = (),
@@ -178,7 +211,6 @@ def _keep(
     is none, end quietly); ``handed``: descriptors that are the init's alone once it is forked."""
     stage = "setup"
     try:
-        os.close(gor)
         _die_with(parent)
         # Blocked before any fork: a child's end or a signal to forward is never missed.
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)

@@ -119,6 +119,36 @@ def in_user_namespace() -> bool:
         return False
 
 
+def map_identity(pid: int) -> bool:
+    """Write the identity uid/gid maps of ``pid``'s new user namespace -- every id this process's
+    namespace knows, to itself, so files keep their owners -- from outside it: mapping more than
+    one's own id needs CAP_SETUID/CAP_SETGID in the *parent* namespace, which the process that
+    just unshared does not have there: the keeper's mapper does it (``_keeper``), a fork made
+    before the keeper's ``unshare``. False when we may not (the keeper then maps its own id
+    only)."""
+
+    def identity(path: str) -> bytes:
+        # bytes, not a text file: a TextIOWrapper would import the ascii codec in the forked helper
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            rows = [line.split() for line in os.read(fd, 1 << 16).splitlines() if line.strip()]
+        finally:
+            os.close(fd)
+        return b"".join(b"%s %s %s\n" % (inside, inside, count) for inside, _outside, count in rows)
+
+    try:
+        for kind in ("uid_map", "gid_map"):
+            text = identity(f"/proc/self/{kind}")
+            fd = os.open(f"/proc/{pid}/{kind}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
 def unshare_mount_namespace(
     *,
     user_namespace: bool | None = None,
@@ -133,10 +163,11 @@ def unshare_mount_namespace(
     root may do outside (open_by_handle_at, mknod, kill, raw I/O...) is gone for the step.
     ``user_namespace=False`` makes only the mount namespace (real root; tests and probes).
 
-    The ids: ``mapped_by_parent`` (when given, and the caller is root) asks the parent to write
-    an identity map of the whole range (``spawning._map_identity``) and returns
-    whether it did; otherwise the process maps itself: uid and gid ``0 <id> 1`` (root inside),
-    ``setgroups`` denied (the kernel requires that before an unprivileged gid_map).
+    The ids: ``mapped_by_parent`` (when given, and the caller is root) asks a process of the
+    parent namespace -- the keeper's mapper (``_keeper``) -- to write an identity map of the
+    whole range (:func:`map_identity`) and returns whether it did; otherwise the process maps
+    itself: uid and gid ``0 <id> 1`` (root inside), ``setgroups`` denied (the kernel requires
+    that before an unprivileged gid_map).
     ``pid_namespace``: also a new PID namespace for the children forked from now on.
     ``network_namespace``: also a new network namespace, for this process at once: only a loopback
     interface, down until :func:`loopback_up` (owned by the new user namespace, whose root may).

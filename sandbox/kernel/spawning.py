@@ -277,13 +277,11 @@ def spawn(
     executable) or ``cwd`` cannot be entered -- both after the step's processes have been
     reaped, both one line; the original ``OSError`` is the ``__cause__``.
 
-    A root launcher writes the identity uid/gid map of the step's user namespace (the keeper
-    asks for it over the report pipe: only a process of the parent namespace may map more than
-    its own id), so files keep their owners inside.
+    A root launcher's step gets the identity uid/gid map in its user namespace, so files keep
+    their owners inside: the keeper has a helper of its own write it (see ``_keeper``).
 
-    ``meanwhile`` runs here once the keeper is forked (and, for a root launcher, its map
-    written), while it sets the step up: the launcher's own work that needs no answer from it
-    (errors in it are ignored: it may only prepare).
+    ``meanwhile`` runs here once the keeper is forked, while it sets the step up: the launcher's
+    own work that needs no answer from it (errors in it are ignored: it may only prepare).
 
     ``early``: the keeper :func:`~sandbox.kernel._early.prefork` made, which takes this step if it
     :meth:`~sandbox.kernel._early.Early.fits`
@@ -304,7 +302,7 @@ def spawn(
         early.discard()
         early = None
     if early is not None:
-        pid, rfd, gow, er, started = early.pid, early.rfd, early.gow, early.er, early.started
+        pid, rfd, er, started = early.pid, early.rfd, early.er, early.started
         report = early.report
         early.send(args, env, cwd, plan, stdio, keep)  # type: ignore[arg-type]  # fits(): a plan
     else:
@@ -314,29 +312,22 @@ def spawn(
         _libc.libc()  # load libc now (prctl, the plan): the child must not dlopen (or import) anything
         parent = os.getpid()  # the child compares getppid() to it: did we die before its prctl?
         rfd, wfd = os.pipe()  # both close-on-exec; the child's report
-        gor, gow = os.pipe()  # our answer to its request for a uid map
         er, ew = os.pipe()  # the step's end, from a keeper with a PID namespace (see Child.wait)
         started = time.monotonic()
         try:
             pid = os.fork()
         except BaseException:
-            for fd in (rfd, wfd, gor, gow, er, ew):
+            for fd in (rfd, wfd, er, ew):
                 os.close(fd)
             raise
         if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
             os.close(rfd)
-            os.close(gow)
             os.close(er)
-            run_keeper(args, env, cwd, plan, stdio, keep, wfd, gor, parent, ew)
+            run_keeper(args, env, cwd, plan, stdio, keep, wfd, parent, ew)
         os.close(wfd)
-        os.close(gor)
         os.close(ew)
-        report = _Report(rfd, gow, pid, pidns=plan is not None and plan.pid_namespace)
+        report = _Report(rfd, pid, pidns=plan is not None and plan.pid_namespace)
     try:
-        # A root launcher's keeper asks for its uid map as soon as it has unshared: answer that
-        # first (the keeper waits for it), then do our own work while it builds the rest.
-        if plan is not None and plan.namespace and os.geteuid() == 0:
-            report.read(until="userns")
         if meanwhile is not None:
             try:
                 meanwhile()
@@ -345,7 +336,6 @@ def spawn(
         report.read()
     finally:
         os.close(rfd)
-        os.close(gow)
     r = report
     if r.failure is not None:
         os.close(er)
@@ -368,12 +358,12 @@ def spawn(
 
 
 class _Report:
-    """What the keeper (and the init) say on the report pipe, a line each: ``userns`` (a root
-    keeper asks for its uid map: answered at once), ``applied``, ``rss``, ``init`` (a pidfd of
-    it opened at once, while the init waits for its go), or the failure of a stage."""
+    """What the keeper (and the init) say on the report pipe, a line each: ``abi`` (an early
+    keeper's), ``applied``, ``rss``, ``init`` (a pidfd of it opened at once, while the init waits
+    for its go), or the failure of a stage."""
 
-    def __init__(self, rfd: int, gow: int, keeper: int, *, pidns: bool) -> None:
-        self.rfd, self.gow, self.keeper, self.pidns = rfd, gow, keeper, pidns
+    def __init__(self, rfd: int, keeper: int, *, pidns: bool) -> None:
+        self.rfd, self.keeper, self.pidns = rfd, keeper, pidns
         self.applied: AppliedLayers | None = None
         self.launcher_rss = 0
         self.init_pid: int | None = None
@@ -401,12 +391,7 @@ class _Report:
                 return
 
     def _handle(self, stage: str, rest: str) -> None:
-        if stage == "userns":
-            try:
-                os.write(self.gow, b"1" if _map_identity(self.keeper) else b"0")
-            except BrokenPipeError:  # the keeper was killed: the end of the pipe says the rest
-                pass
-        elif stage == "applied":
+        if stage == "applied":
             self.applied = AppliedLayers.decode(rest)
         elif stage == "rss":
             self.launcher_rss = int(rest)
@@ -450,32 +435,3 @@ def _open_pidfd(pid: int, keeper: int, *, ns_init: bool) -> tuple[int, bool]:
         os.close(fd)
         return -1, ns_init
     return fd, False
-
-
-def _map_identity(pid: int) -> bool:
-    """Write the identity uid/gid maps of ``pid``'s new user namespace -- every id this process's
-    namespace knows, to itself, so files keep their owners -- from outside it: mapping more than
-    one's own id needs CAP_SETUID/CAP_SETGID in the *parent* namespace, which the process that
-    just unshared does not have there. False when we may not (the child then maps its own id
-    only)."""
-
-    def identity(path: str) -> bytes:
-        # bytes, not a text file: a TextIOWrapper would import the ascii codec on the start-up path
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            rows = [line.split() for line in os.read(fd, 1 << 16).splitlines() if line.strip()]
-        finally:
-            os.close(fd)
-        return b"".join(b"%s %s %s\n" % (inside, inside, count) for inside, _outside, count in rows)
-
-    try:
-        for kind in ("uid_map", "gid_map"):
-            text = identity(f"/proc/self/{kind}")
-            fd = os.open(f"/proc/{pid}/{kind}", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, text)
-            finally:
-                os.close(fd)
-        return True
-    except OSError:
-        return False
