@@ -25,7 +25,17 @@ if TYPE_CHECKING:
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
 
-__all__ = ["policy_record", "report_and_export"]
+__all__ = ["policy_record", "prepare_destination", "report_and_export"]
+
+
+def prepare_destination(prep: Prepared) -> list[str]:
+    """Clean up after crashed exports beside the run's destination (:func:`sandbox.export.recover`:
+    a listing of the runs folder, which grows with every run); one line per action, for the
+    report's warnings. What a launcher does while its step runs, so that the export at the end
+    need not (``report_and_export(recovered=True)``): nothing of the step can reach that folder."""
+    from sandbox.export import recover
+
+    return [f"before the export: {line}" for line in recover(os.path.dirname(prep.destination))]
 
 
 def policy_record(policy: Policy) -> bytes:
@@ -51,6 +61,7 @@ def report_and_export(
     clock: _Clock | None = None,
     by_link: bool = False,
     record: bytes | None = None,
+    recovered: bool = False,
 ) -> dict[str, Any]:
     """The end of every run -- :meth:`Run.close`, and the sandboxed Ray workers' run
     (:mod:`sandbox.orchestrator.workers`): once no process of the run is alive, make ``logs/`` safe
@@ -59,7 +70,9 @@ def report_and_export(
     ``warnings`` grows with what this finds. ``by_link``: the caller proved that no process of
     the run is left (each step's PID namespace waited out), so the export may hard-link files
     instead of copying them. ``record``: :func:`policy_record` of ``policy``, when the caller made
-    it beforehand. Returns the report."""
+    it beforehand; ``recovered``: the caller ran :func:`prepare_destination` since the run's
+    processes began (the export need not clean up after crashed exports again). Returns the
+    report."""
     from sandbox import native
     from sandbox._paths import write_into
     from sandbox.events import summarise
@@ -115,7 +128,7 @@ def report_and_export(
         raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
     if clock is not None:
         clock.lap("report")
-    check_space(req.run_id, ws.run_storage, prep.destination)
+    check_space(req.run_id, ws.run_storage, prep.destination, by_link=by_link)
     export_run(
         ws.run_storage,
         prep.destination,
@@ -128,6 +141,7 @@ def report_and_export(
         extra={"profile": req.profile, "mode": req.mode, "layers": rep["layers"]},
         max_bytes=export_limit(prep),
         by_link=by_link,
+        recover=not recovered,
     )
     if clock is not None:
         clock.lap("export")

@@ -166,6 +166,7 @@ class Run:
         self._contained = True
         self._closed: RunOutcome | None = None
         self._record: bytes | None = None  # the policy's record, made while the first step runs
+        self._recovered = False  # the destination's folder cleaned up meanwhile (prepare_destination)
         self._clock = _Clock()
         self._lock: Any = None
         req = prep.request
@@ -368,9 +369,11 @@ class Run:
 
             def meanwhile() -> None:
                 _meanwhile(base)
-                from sandbox.finish import policy_record
+                from sandbox.finish import policy_record, prepare_destination
 
                 self._record = policy_record(self.policy)  # the end of the run writes it as is
+                self.warnings.extend(prepare_destination(self.prep))
+                self._recovered = True
 
             launched = _launch(
                 self.prep,
@@ -547,6 +550,7 @@ class Run:
             clock=self._clock,
             by_link=self._contained,
             record=self._record,
+            recovered=self._recovered,
         )
         req, ws = self.prep.request, self.ws
         kept = ws.base if req.keep_workspace else None

@@ -304,3 +304,26 @@ def test_disk_full_at_many_points(small_fs: Path, tmp_path: Path) -> None:
     print(f"disk full: {dict(outcomes)}; failed writing {dict(failed_at)}")
     assert outcomes["OLD"] >= 3 and outcomes["NEW"] >= 3, outcomes
     assert failed_at["manifest.json"] >= 1 and failed_at["data/filler.bin"] >= 1, failed_at
+
+
+def test_a_linked_export_needs_no_room_for_the_data_it_links(small_fs: Path, tmp_path: Path) -> None:
+    """``check_space`` asks for room to copy the run folder's data -- but not when the export
+    hard-links it on the run folder's own filesystem: then the data is already there."""
+    from sandbox.export import check_space
+
+    src = small_fs / "run"
+    (src / "data").mkdir(parents=True)
+    page = os.statvfs(small_fs).f_frsize
+    st = os.statvfs(small_fs)
+    (src / "data" / "big.bin").write_bytes(os.urandom(st.f_bavail * st.f_frsize - 4 * page))
+    dest = str(small_fs / "runs" / "R1")
+    with pytest.raises(ExportError, match="free space there"):
+        check_space("R1", str(src), dest)
+    check_space("R1", str(src), dest, by_link=True)
+    res = do_export(src, Path(dest), by_link=True)
+    assert res.linked == 1 and verify(dest) == []
+    other = tmp_path / "other-run"  # a run folder on another filesystem: copied, so checked
+    other.mkdir()
+    (other / "big.bin").write_bytes(os.urandom(2 * st.f_bavail * st.f_frsize))
+    with pytest.raises(ExportError, match="free space there"):
+        check_space("R2", str(other), str(small_fs / "runs" / "R2"), by_link=True)

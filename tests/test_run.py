@@ -132,6 +132,20 @@ def test_overwrite_swaps_atomically(host: Path) -> None:
     assert not (out / "a.txt").exists() and (out / "b.txt").read_text() == "2" and verify(out) == []
 
 
+def test_a_run_cleans_up_after_crashed_exports_while_its_step_runs(host: Path) -> None:
+    """What a killed exporter left beside the run's destination is removed -- during the step,
+    off the end of the run -- and said in the report."""
+    crashed = host / RUNS / ".OTHER.tvs-stage-0123abcd"
+    (crashed / "data").mkdir(parents=True)
+    (crashed / "data" / "half.bin").write_bytes(b"x" * 10)
+    r = run(host, "after-crash", sys.executable, "-c", "pass")
+    assert r.returncode == 0, r.stderr
+    assert not crashed.exists()
+    report = json.loads((host / RUNS / "after-crash" / "sandbox_report.json").read_text())
+    assert report["warnings"] == [f"before the export: removed {crashed} (an unfinished export stage)"]
+    assert verify(host / RUNS / "after-crash") == []
+
+
 def test_keep_workspace(host: Path, tmp_path: Path) -> None:
     base = tmp_path / "wsb"
     base.mkdir()

@@ -110,6 +110,7 @@ def export_run(
     extra: Mapping[str, Any] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     by_link: bool = False,
+    recover: bool = True,
     _fault: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the run folder ``src`` to ``dest`` atomically, with ``dest/manifest.json``.
@@ -121,7 +122,9 @@ def export_run(
     any more -- the export would share its inodes: the launcher passes it once every step's
     PID namespace is gone; the run folder keeps its files until the
     workspace is removed, so a failed export loses nothing. Folders, links and the manifest are
-    made, and everything fsynced, exactly as by a copy.
+    made, and everything fsynced, exactly as by a copy. ``recover``: first clean up after
+    crashed exports in ``dest``'s folder (:func:`~sandbox.export.recover`, a listing of that
+    folder); False when the caller just did (a launcher does it while its step runs).
 
     Raises :class:`PreflightError` (before writing anything) when ``dest`` exists and not
     ``overwrite``; :class:`ExportError` (one line: what failed, where, what to do) when the copy or
@@ -155,7 +158,7 @@ def export_run(
         raise ExportError(_failure_message(run_id, dest_s, failed, False, False)) from exc
     try:
         try:
-            recovered = tuple(recover_at(pfd, parent))
+            recovered = tuple(recover_at(pfd, parent)) if recover else ()
             existed = os.path.lexists(dest_s)
             if existed and not overwrite:  # recover() put back a previous export moved aside by a crash
                 raise PreflightError(_exists_message(run_id, dest_s))

@@ -21,13 +21,18 @@ def _tree_bytes(top: str) -> int:
     return total
 
 
-def check_space(run_id: str, src: str, dest: str) -> None:
+def check_space(run_id: str, src: str, dest: str, *, by_link: bool = False) -> None:
     """Refuse, with one line, an export that cannot fit at its destination (ENOSPC half-way would
-    leave the previous export intact, but after minutes of copying)."""
+    leave the previous export intact, but after minutes of copying). ``by_link``: the export may
+    hard-link (:func:`~sandbox.export.export_run`); on the run folder's own filesystem it then
+    copies no data to speak of -- only a file some other name also links -- so there is nothing
+    to check up front, and the run folder is not walked (an ENOSPC is still one line, then)."""
     parent = os.path.dirname(dest)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     try:
+        if by_link and os.stat(src).st_dev == os.stat(parent).st_dev:
+            return
         st = os.statvfs(parent)
     except OSError:
         return  # the export itself reports what is wrong with the destination

@@ -308,10 +308,9 @@ def enter_mounts(
     for b in plan.binds:
         mounts.bind(b.src, b.dst, readonly=b.readonly)
     hidden = sum(1 for p in plan.hidden if mounts.hide(p))
-    if plan.readonly_root:
-        mounts.remount_all_readonly(plan.writable_roots())
+    table = mounts.remount_all_readonly(plan.writable_roots()) if plan.readonly_root else None
     if plan.namespace and plan.nodev_nosuid:
-        mounts.seal_writable(plan.writable_roots())
+        mounts.seal_writable(plan.writable_roots(), table)
     if plan.minimal_dev and not dev_made:
         mounts.minimal_dev()
     if plan.private_shm and not dev_made:
