@@ -73,8 +73,8 @@ class Image:
 #: The image file's format (:mod:`sandbox._image` writes it); 2: code names its source by its
 #: absolute path; 3: code compiled without the ``from __future__ import annotations`` statement,
 #: the header's length first and the modules' code in one block after it, the path of each
-#: module's ``.pyc`` in the header (:func:`parse_image`).
-IMAGE_FORMAT = 3
+#: module's ``.pyc`` in the header (:func:`parse_image`); 4: without docstrings.
+IMAGE_FORMAT = 4
 
 
 def parse_image(data: bytes) -> "tuple[int, str, tuple[tuple[Any, ...], ...], memoryview]":

@@ -31,6 +31,7 @@ _PROBE = (
     "print('filename', p.Policy.decide.__code__.co_filename == p.__file__ and p.__file__.startswith('/'))\n"
     "from importlib.util import cache_from_source\n"
     "print('cached', p.__cached__ == cache_from_source(p.__file__))\n"
+    "print('docs', p.__doc__ is not None, p.Policy.decide.__doc__ is not None)\n"
     "try:\n"
     "    open('data/lakehouse/x.json', 'w')\n"
     "except PermissionError as e:\n"
@@ -64,6 +65,7 @@ def test_a_run_builds_the_image_and_the_next_steps_load_their_guard_from_it(
     assert second["denied"] == "True"  # the same guard, explaining the same denial
     assert second["filename"] == "True"  # tracebacks name the package's files, as without it
     assert second["cached"] == first["cached"] == "True"  # and __cached__ is the path finder's
+    assert first["docs"] == "True True" and second["docs"] == "False False"  # as python -OO has it
     assert "Image" not in second["finders"]  # gone before the user's first import
     # the image holds exactly what a guarded interpreter loads of the package after the package
     guard = sorted(("sandbox", "sandbox._lazy", *_image.GUARD))
