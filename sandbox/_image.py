@@ -37,10 +37,11 @@ from sandbox._lazy import load_image, parse_image
 
 __all__ = ["FORMAT", "GUARD", "LAUNCHER", "current", "install", "path", "refresh"]
 
-#: What ``sitecustomize`` imports from the package to install the guard, after the package itself
-#: and ``sandbox._lazy`` (tests/test_image.py checks it against a real step's ``sys.modules``),
-#: in import order.
+#: What ``sitecustomize`` imports from the package to install the guard, the package itself first
+#: (tests/test_image.py checks it against a real step's ``sys.modules``), in import order.
 GUARD = (
+    "sandbox",
+    "sandbox._lazy",
     "sandbox.guard",
     "sandbox.errors",
     "sandbox._paths",

@@ -9,6 +9,10 @@ Fails closed: any failure prints one line to stderr and exits with status 1 -- n
 unguarded step.
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def _boot() -> None:
     import gc
@@ -43,25 +47,34 @@ def _guard() -> str:
     try:
         pkg = os.path.dirname(os.path.dirname(here))
         if "sandbox" not in sys.modules:
-            # Only the package's __init__ (which imports nothing but sandbox._lazy) runs while its
-            # parent folder is on sys.path; later imports go through sandbox.__path__.
-            # (importlib.util would do it without touching sys.path, at a few milliseconds of
-            # this interpreter's start-up.)
-            parent = os.path.dirname(pkg)
-            sys.path.insert(0, parent)
-            try:
-                import sandbox
-            finally:
-                sys.path.remove(parent)
-            if os.path.realpath(os.path.dirname(sandbox.__file__ or "")) != os.path.realpath(pkg):
-                raise ImportError(f"'sandbox' resolved to {sandbox.__file__}, not the package at {pkg}")
-        # The rest of the guard from its image (sandbox/_image.py, built by the launcher) when
-        # that matches the package's sources: one read instead of a search of sys.path a module.
-        from sandbox._lazy import load_image
+            # The guard from its image (sandbox/_image.py, built by the launcher) when that
+            # matches the package's sources: one read instead of a search of sys.path a module,
+            # the package itself included. Its reader is sandbox._lazy, run from the package's
+            # own .pyc (importlib's loader, no search) before any module of the package exists.
+            from _frozen_importlib_external import SourceFileLoader
 
-        image = load_image(os.environ.get("TV_SANDBOX_GUARD_IMAGE"), pkg)
-        if image is not None:
-            sys.meta_path.insert(0, image)
+            reader: dict[str, Any] = {"__name__": "sandbox._lazy"}  # a scratch copy: the module
+            code = SourceFileLoader("sandbox._lazy", pkg + "/_lazy.py").get_code("sandbox._lazy")
+            exec(code or "", reader)  # loads from the image, if any, like the rest
+            image = reader["load_image"](os.environ.get("TV_SANDBOX_GUARD_IMAGE"), pkg)
+            if image is not None:
+                sys.meta_path.insert(0, image)
+                import sandbox
+            else:
+                # Only the package's __init__ (which imports nothing but sandbox._lazy) runs
+                # while its parent folder is on sys.path; later imports go through
+                # sandbox.__path__. (importlib.util would do it without touching sys.path, at a
+                # few milliseconds of this interpreter's start-up.)
+                parent = os.path.dirname(pkg)
+                sys.path.insert(0, parent)
+                try:
+                    import sandbox
+                finally:
+                    sys.path.remove(parent)
+            found = os.path.dirname(sandbox.__file__ or "")
+            # what the image served is the package's by load_image's check; anything else is checked
+            if sandbox.__spec__.loader is not image and os.path.realpath(found) != os.path.realpath(pkg):
+                raise ImportError(f"'sandbox' resolved to {sandbox.__file__}, not the package at {pkg}")
         from sandbox.guard.bootstrap import boot
 
         boot()
