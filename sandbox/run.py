@@ -372,6 +372,7 @@ class Run:
                 from sandbox.finish import policy_record, prepare_destination
 
                 self._record = policy_record(self.policy)  # the end of the run writes it as is
+                self.prep.spec.sha256  # noqa: B018 - computed once, for the report and the manifest
                 self.warnings.extend(prepare_destination(self.prep))
                 self._recovered = True
 

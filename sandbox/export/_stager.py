@@ -53,8 +53,10 @@ class Stager:
         self.deleted: list[str] = []
         self.skipped: list[dict[str, Any]] = []
         self.bytes = 0
-        self.view = memoryview(bytearray(_CHUNK))
-        self.zeros = bytes(_CHUNK)
+        # The read buffer grows to what the files need, up to _CHUNK: zeroing all of it up front
+        # is 64 page faults of every export, most of whose files are a few kB.
+        self.view = memoryview(bytearray(0))
+        self.zeros = bytes(_CHUNK)  # calloc'ed: its pages are only mapped where read
         self.pending: list[tuple[int, str]] = []  # written, writeback started, not yet fsynced
 
     def flush(self) -> None:
@@ -220,6 +222,8 @@ class Stager:
             pos = end
 
     def _read(self, fd: int, here: str, offset: int, length: int) -> Iterator[memoryview]:
+        if len(self.view) < min(length, _CHUNK):
+            self.view = memoryview(bytearray(min(max(length, 1 << 12), _CHUNK)))
         view = self.view
         while length > 0:
             want = min(length, len(view))
