@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import interleaved, line, median
+from _common import interleaved, line, median, paired
 
 from sandbox.samples import make_host
 
@@ -86,10 +86,16 @@ def main() -> int:
             args.runs, bare=bare, kernel=kernel_auto, host_net=kernel_host_net, guard_only=kernel_off
         )
         b = median(t["bare"])
-        d_k = (median(t["kernel"]) - b) * 1000
-        d_h = (median(t["host_net"]) - b) * 1000
-        d_g = (median(t["guard_only"]) - b) * 1000
+        d_k = paired(t["kernel"], t["bare"]) * 1000
+        d_h = paired(t["host_net"], t["bare"]) * 1000
+        d_g = paired(t["guard_only"], t["bare"]) * 1000
         print(f"# {args.runs} runs each, interleaved; bare `python -c pass` median {b * 1000:.1f} ms")
+        print("# each 'minus bare': the median of the differences of the rounds (bench/_common.py: paired)")
+        print(
+            "#   medians, ms: "
+            + ", ".join(f"{k} {median(v) * 1000:.1f}" for k, v in t.items())
+            + f" (kernel on minus bare, by medians: {(median(t['kernel']) - b) * 1000:.1f})"
+        )
         print(f"# launcher: {' '.join(launcher)}")
         print(line("tv-sandbox run (kernel layer on) minus bare, ms", d_k, "<= 50", d_k <= 50))
         print(line('tv-sandbox run, kernel on, network = "host" minus bare, ms', d_h, "<= 50", d_h <= 50))
@@ -156,7 +162,9 @@ def unprivileged_cost(tmp: Path, runs: int) -> tuple[float, float, str] | None:
     counter = iter(range(10**6))
 
     def sandboxed(py: str) -> list[str]:
-        argv = [*drop, py, "-m", "sandbox", "run", "--root", str(host), "--run-id", f"u{next(counter)}"]
+        # what the console script runs (the user has none of its own: ``python -m sandbox`` adds runpy)
+        script = "import sys; from sandbox.cli import entry; sys.argv[0] = 'tv-sandbox'; sys.exit(entry())"
+        argv = [*drop, py, "-c", script, "run", "--root", str(host), "--run-id", f"u{next(counter)}"]
         return [*argv, "--", py, "-c", "pass"]
 
     # The first Python whose sandboxed run works (a venv may link to an interpreter under /root,
@@ -175,8 +183,7 @@ def unprivileged_cost(tmp: Path, runs: int) -> tuple[float, float, str] | None:
         subprocess.run([*drop, py, "-c", "pass"], env=env, check=True, cwd="/")
 
     t = interleaved(runs, bare=bare, ours=ours)
-    b = median(t["bare"])
-    return (median(t["ours"]) - b) * 1000, b * 1000, py
+    return paired(t["ours"], t["bare"]) * 1000, median(t["bare"]) * 1000, py
 
 
 def pid_namespace_cost(tmp: Path, runs: int, what: str = "pid_namespace") -> tuple[float, float]:

@@ -55,6 +55,7 @@ FIELDS = (
     "hint",
 )
 TRIM = 200  # denials / redirects kept in a summary
+EVENTS_NAME = "sandbox_events.jsonl"  # the run's event log, in $TV_RUN_DIR/logs/
 
 _OPEN: list[EventLog] = []
 

@@ -15,6 +15,7 @@ import os
 
 from sandbox._paths import write_into
 from sandbox._record import asdict, field, record
+from sandbox.events import EVENTS_NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 REPORT_NAME = "sandbox_report.json"
-EVENTS_NAME = "sandbox_events.jsonl"  # in $TV_RUN_DIR/logs/
 LAKEHOUSE_DIFF = "reports/lakehouse_diff.json"  # audit mode: written by sandbox.lakediff
 
 # Fragments of the messages libc/Python print for EROFS and EACCES (strerror), for explanations.

@@ -29,7 +29,6 @@ import os
 import sys
 import time
 
-from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
 from sandbox._process import (
     SIGINT,
@@ -43,7 +42,7 @@ from sandbox._process import (
 )
 from sandbox._record import record
 from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, UsageError
-from sandbox.events import count_events, read_events
+from sandbox.events import EVENTS_NAME, count_events, read_events
 from sandbox.loader import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
     from sandbox.kernel import Child, ChildResult, KernelPlan
     from sandbox.kernel._early import Early
     from sandbox.policy import Policy
+    from sandbox.report import StepRecord
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
 
@@ -148,7 +148,7 @@ class Run:
         self.prep = prep
         self.ws = ws
         self.policy = policy
-        self.steps: list[report_mod.StepRecord] = []
+        self.steps: list[StepRecord] = []
         self.warnings: list[str] = list(prep.warnings)
         self.missing: dict[str, str] = {}
         self.interrupted: int | None = None  # the signal that interrupted the run
@@ -176,7 +176,7 @@ class Run:
         self.env: dict[str, str] = ws.native_env(env)
         self.carried: list[str] = []  # what consolidation moved from the workspace into the run folder
         self.policy_file = os.path.join(ws.base, POLICY_FILE)
-        self.events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
+        self.events_file = os.path.join(ws.run_storage, "logs", EVENTS_NAME)
 
     @classmethod
     def open(
@@ -229,7 +229,7 @@ class Run:
             )
         return {**self.env, **extra}
 
-    def step(self, spec: StepSpec) -> report_mod.StepRecord:
+    def step(self, spec: StepSpec) -> StepRecord:
         """Run one step to its end (or its timeout, or a cancel) and return its record.
 
         Raises :class:`RunClosed` when the run was cancelled or interrupted before the step
@@ -246,8 +246,12 @@ class Run:
         argv = spec.command()
         env = self._step_env(spec)
         # What the previous step left is hostile: the launcher opens nothing there by a name the
-        # step could have turned into a link or a FIFO.
-        self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
+        # step could have turned into a link or a FIFO. (Before the first, nothing wrote there
+        # but the launcher: the report's module loads while that step runs, off its start-up.)
+        if self.steps:
+            from sandbox import report as report_mod
+
+            self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
         logs = os.path.join(self.ws.run_storage, "logs")
         n_events = count_events(self.events_file)
         early, self._early = self._early, None
@@ -294,6 +298,8 @@ class Run:
         self._tree = None
         if tree is not None:
             self._ended.append(tree.child)
+        from sandbox import report as report_mod
+
         rec = report_mod.StepRecord(
             argv=argv,
             exit_code=result.exit_code,
@@ -313,7 +319,7 @@ class Run:
 
     def _not_started(
         self, name: str, argv: list[str], err: UsageError, log: IO[bytes], echo_to: IO[bytes] | None
-    ) -> report_mod.StepRecord:
+    ) -> StepRecord:
         """A step whose command could not be executed: 127 when it was not found, else 126 (what
         a shell and ``docker run`` answer), its message in the step's stderr log."""
         import errno
@@ -329,6 +335,8 @@ class Run:
         if echo_to is not None:
             echo_to.write(line)
             echo_to.flush()
+        from sandbox import report as report_mod
+
         rec = report_mod.StepRecord(
             argv=argv,
             exit_code=code,
@@ -346,6 +354,8 @@ class Run:
         the overlay, its writes into the workspace skeleton (moved into the run folder: no output
         lost in a fallback); the explain shim's raw lines (decided by the policy: every native
         denial and overlay redirect explained and counted)."""
+        from sandbox import report as report_mod
+
         self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))  # every process of it is gone
         plan = self._plan
         if plan is None or not plan.overlays:
@@ -523,6 +533,8 @@ class Run:
 
     def _report_and_export(self, status: str) -> RunOutcome:
         applied = self._launched.child.applied if self._launched else None
+        from sandbox import report as report_mod
+
         layers = report_mod.Layers(
             python_guard=True,
             landlock_abi=getattr(applied, "landlock_abi", 0) if applied else 0,

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 
-from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
 from sandbox._record import field, record
 from sandbox.errors import KernelUnavailable, PreflightError, UsageError
+from sandbox.events import EVENTS_NAME
 from sandbox.loader import NAME_CHARS, load_policy
 from sandbox.policy import AUDIT_DIR, MODES, Op, Policy, PolicySpec
 from sandbox.workspace import Workspace
@@ -334,7 +334,7 @@ def start_step(
     from sandbox.kernel import spawn
 
     policy_file = os.path.join(ws.base, POLICY_FILE)
-    events_file = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
+    events_file = os.path.join(ws.run_storage, "logs", EVENTS_NAME)
     full = child_env(
         env,
         policy_file=policy_file,

@@ -15,10 +15,10 @@ from conftest import tree_snapshot
 
 from sandbox import native
 from sandbox import workspace as workspace_mod
-from sandbox.events import read_events
+from sandbox.events import EVENTS_NAME, read_events
 from sandbox.kernel import KernelSupport
 from sandbox.loader import load_policy, save_resolved
-from sandbox.report import EVENTS_NAME, explain_native, host_changes, summary_line
+from sandbox.report import explain_native, host_changes, summary_line
 from sandbox.runner import POLICY_FILE, kernel_plan, start_step
 from sandbox.samples import make_host
 

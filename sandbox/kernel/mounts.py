@@ -456,7 +456,10 @@ def minimal_dev() -> None:
 def mount_proc() -> None:
     """A fresh /proc for the calling process's PID namespace (call it from that namespace's
     PID 1): the step sees its own processes only. The kernel-wide knobs of :data:`PROC_READONLY`
-    are bound read-only over themselves, and no user namespace may be made inside ours."""
+    are bound read-only over themselves, and no user namespace may be made inside ours. Once:
+    nothing when /proc already is this namespace's (:func:`proc_is_ours`)."""
+    if proc_is_ours():
+        return
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, what="mount a fresh /proc")
     # No user namespace inside the step's (bubblewrap's --disable-userns, Docker's seccomp
     # profile): less kernel for it to reach. The limit is our namespace's own; only
@@ -470,6 +473,16 @@ def mount_proc() -> None:
         if os.path.lexists(p):
             _mount(p, p, None, MS_BIND | MS_REC, what=f"bind {p} onto itself")
             _set_readonly(p, recursive=True)
+
+
+def proc_is_ours() -> bool:
+    """Whether /proc is the calling process's PID namespace's: its ``self`` names our pid as
+    that namespace numbers it (the host's /proc names the host's pid). Only :func:`mount_proc`
+    mounts one, whole or not at all (a failure ends the process)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
 
 
 def _is_mount_point(path: str, table: Sequence[tuple[str, frozenset[str]]]) -> bool:

@@ -285,13 +285,16 @@ def enter_namespaces(
 
 def enter_dev() -> None:
     """The minimal /dev and the private /dev/shm of every namespace plan (``minimal_dev`` and
-    ``private_shm``), made before the plan is known: they depend on nothing of it, and the
-    read-only remount and the ``nodev,nosuid`` seal of :func:`enter_mounts` leave /dev alone.
-    (An early keeper's init, waiting for its step; :func:`enter_mounts` then skips them.)"""
+    ``private_shm``), and, in PID 1 of a PID namespace, its fresh /proc, made before the plan is
+    known: they depend on nothing of it, and the read-only remount and the ``nodev,nosuid`` seal
+    of :func:`enter_mounts` leave /dev and /proc alone. (An early keeper's init, waiting for its
+    step; :func:`enter_mounts` then skips /dev, :func:`seal` finds /proc made.)"""
     from sandbox.kernel import mounts
 
     mounts.minimal_dev()
     mounts.private_shm()
+    if os.getpid() == 1:
+        mounts.mount_proc()
 
 
 def enter_mounts(

@@ -46,6 +46,7 @@ from typing import Any
 from sandbox import report as report_mod
 from sandbox import workspace as workspace_mod
 from sandbox.errors import KernelUnavailable
+from sandbox.events import EVENTS_NAME
 from sandbox.guard.bootstrap import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY
 from sandbox.kernel.plan import DEVICE_PATHS, KernelPlan
 from sandbox.loader import save_resolved
@@ -405,7 +406,7 @@ def _open(
         k = _open_kernel(prep, ws, pol, ray_dirs)
         env = dict(ws.env(profile))
         env[ENV_POLICY] = os.path.join(ws.base, POLICY_FILE)
-        env[ENV_EVENTS] = os.path.join(ws.run_storage, "logs", report_mod.EVENTS_NAME)
+        env[ENV_EVENTS] = os.path.join(ws.run_storage, "logs", EVENTS_NAME)
         env[ENV_OVERLAY] = "1" if k.kind == "namespace" else "0"
         run = SandboxedRun(prep, ws, pol, k, env, ray_dirs, node_id)
         write_state(
