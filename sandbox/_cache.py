@@ -55,7 +55,7 @@ def lookup(kind: str, raw: bytes) -> Any:
         return None
     try:
         with open(path, "rb") as fh:
-            fmt, version, key, value = marshal.load(fh)
+            fmt, version, key, value = marshal.loads(fh.read())  # one read: load() reads piecemeal
     except (OSError, EOFError, ValueError, TypeError):
         return None
     if fmt != _FORMAT or version != sys.version or key != raw:

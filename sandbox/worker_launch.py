@@ -62,7 +62,7 @@ def write_state(path: str, state: Mapping[str, Any]) -> None:
 def read_state(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            state = marshal.load(fh)
+            state = marshal.loads(fh.read())  # one read: load() reads piecemeal
     except FileNotFoundError:
         raise UsageError(
             f"run state {path} is gone: its sandboxed run has ended (or this worker runs on "
