@@ -17,7 +17,7 @@ from sandbox.runner import POLICY_RECORD, export_limit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
     from sandbox.policy import Policy
@@ -62,6 +62,7 @@ def report_and_export(
     by_link: bool = False,
     record: bytes | None = None,
     recovered: bool = False,
+    before_export: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The end of every run -- :meth:`Run.close`, and the sandboxed Ray workers' run
     (:mod:`sandbox.orchestrator.workers`): once no process of the run is alive, make ``logs/`` safe
@@ -71,7 +72,8 @@ def report_and_export(
     the run is left (each step's PID namespace waited out), so the export may hard-link files
     instead of copying them. ``record``: :func:`policy_record` of ``policy``, when the caller made
     it beforehand; ``recovered``: the caller ran :func:`prepare_destination` since the run's
-    processes began (the export need not clean up after crashed exports again). Returns the
+    processes began (the export need not clean up after crashed exports again);
+    ``before_export``: called once the report is written, before the export. Returns the
     report."""
     from sandbox import native
     from sandbox._paths import write_into
@@ -128,6 +130,8 @@ def report_and_export(
         raise export_write_error(req.run_id, prep.destination, report_mod.REPORT_NAME, e) from e
     if clock is not None:
         clock.lap("report")
+    if before_export is not None:
+        before_export()
     check_space(req.run_id, ws.run_storage, prep.destination, by_link=by_link)
     export_run(
         ws.run_storage,

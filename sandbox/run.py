@@ -55,7 +55,7 @@ from sandbox.runner import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from _thread import LockType
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
     from typing import IO, Any
 
@@ -502,20 +502,26 @@ class Run:
             return self._closed
         with deferred_interrupts():  # an export is short and must not be cut in half by Ctrl-C
             keep = self.prep.request.keep_workspace
-            cleared = None
-            if not keep and self.steps:
-                # What no report or export reads goes on another thread meanwhile: its unlinks
-                # and rmdirs wait on the disk, not on this thread (a step's temp files, mostly).
-                from _thread import allocate_lock
+            cleared: list[LockType] = []
 
-                cleared = allocate_lock()
-                cleared.acquire()
-                start_thread(_remove_scratch, (self.ws, cleared))
+            def clear_scratch() -> None:
+                # What no report or export reads goes on another thread during the export: its
+                # unlinks and rmdirs wait on the disk, and so do the export's fsyncs -- each
+                # thread runs while the other waits. (Beside the report, whose Python holds the
+                # lock of the interpreter between short calls, the two would take turns.)
+                if not keep and self.steps and not cleared:
+                    from _thread import allocate_lock
+
+                    done = allocate_lock()
+                    done.acquire()
+                    start_thread(_remove_scratch, (self.ws, done))
+                    cleared.append(done)
+
             try:
-                outcome = self._report_and_export(status or self.status)
+                outcome = self._report_and_export(status or self.status, before_export=clear_scratch)
             finally:
-                if cleared is not None:
-                    cleared.acquire()
+                for done in cleared:
+                    done.acquire()
                 for child in self._ended:  # their keepers exited meanwhile: reap them
                     child.release()
                 if not keep:
@@ -531,7 +537,7 @@ class Run:
             self.ws.remove()
         self._closed = RunOutcome(125, self.prep.destination, {}, None, status="failed")
 
-    def _report_and_export(self, status: str) -> RunOutcome:
+    def _report_and_export(self, status: str, *, before_export: Callable[[], None]) -> RunOutcome:
         applied = self._launched.child.applied if self._launched else None
         from sandbox import report as report_mod
 
@@ -564,6 +570,7 @@ class Run:
             by_link=self._contained,
             record=self._record,
             recovered=self._recovered,
+            before_export=before_export,
         )
         req, ws = self.prep.request, self.ws
         kept = ws.base if req.keep_workspace else None
