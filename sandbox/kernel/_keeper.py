@@ -73,7 +73,12 @@ def run_keeper(
         entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
-            entered = enter(plan, mapped_by_parent=_mapper() if plan.namespace else None)
+            mapper = _Mapper.fork() if plan.namespace else None
+            try:
+                entered = enter(plan, mapped_by_parent=mapper)
+            finally:
+                if mapper is not None:
+                    mapper.close()
     except BaseException as e:
         _fail(wfd, stage, e)
     step = (argv, env, cwd, plan, entered, keep)
@@ -105,7 +110,12 @@ def run_early_keeper(
         _reset_signals()
         stage = "kernel"
         t0 = time.perf_counter()
-        userns = enter_namespaces(pid_namespace=True, network_namespace=network, mapped_by_parent=_mapper())
+        mapper = _Mapper.fork()
+        try:
+            userns = enter_namespaces(pid_namespace=True, network_namespace=network, mapped_by_parent=mapper)
+        finally:
+            if mapper is not None:
+                mapper.close()
         stage = "setup"
         _die_with(parent)  # after the namespaces: entering a user namespace clears the setting
     except BaseException as e:
@@ -153,49 +163,61 @@ def _reset_signals() -> None:  # pragma: no cover - in the keeper
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
 
 
-def _mapper() -> Callable[[], bool] | None:  # pragma: no cover - in the keeper, before unshare
-    """For a root keeper: a helper forked now, still of the parent user namespace, that writes
-    the identity map of the keeper's new one when asked (:func:`sandbox.kernel.mounts.map_identity`:
-    only a process outside may map more than its own id). Returns the asking function, which
-    also reaps it; None for any other keeper (it maps its own id) or when the fork fails.
+class _Mapper:
+    """For a root keeper: a helper forked before its ``unshare``, still of the parent user
+    namespace, that writes the identity map of the keeper's new one when asked
+    (:func:`sandbox.kernel.mounts.map_identity`: only a process outside may map more than its own
+    id). Calling it asks, waits for the answer and reaps the helper; :meth:`close` reaps it
+    unasked (the end of its pipe ends it). A keeper that dies first ends it the same way.
 
     The keeper's own helper rather than the launcher: the keeper asks as soon as it has
     unshared, and the launcher is busy then with its preflight and workspace -- its answer
-    would wait for them, and take their time. The helper ends at the keeper's end (the
-    end of its pipe), asked or not."""
-    if os.geteuid() != 0:
-        return None
-    keeper = os.getpid()
-    ar, aw = os.pipe()  # the keeper's "map me now"
-    br, bw = os.pipe()  # the helper's answer
-    try:
-        helper = os.fork()
-    except OSError:
-        for fd in (ar, aw, br, bw):
-            os.close(fd)
-        return None
-    if helper == 0:
-        ok = False
-        try:
-            os.close(aw)
-            os.close(br)
-            ok = os.read(ar, 1) == b"m" and mounts.map_identity(keeper)
-            os.write(bw, b"1" if ok else b"0")
-        finally:
-            os._exit(0 if ok else 1)
-    os.close(ar)
-    os.close(bw)
+    would wait for them, and take their time."""
 
-    def ask() -> bool:
-        try:
-            os.write(aw, b"m")
-            return os.read(br, 1) == b"1"
-        finally:
-            os.close(aw)
-            os.close(br)
-            os.waitpid(helper, 0)
+    def __init__(self, helper: int, ask: int, answer: int) -> None:
+        self.helper, self.ask, self.answer = helper, ask, answer
 
-    return ask
+    @classmethod
+    def fork(cls) -> _Mapper | None:
+        """The helper of a root keeper; None for any other (it maps its own id) or when the
+        fork fails (then the keeper maps its own id too)."""
+        if os.geteuid() != 0:
+            return None
+        keeper = os.getpid()
+        ar, aw = os.pipe()  # the keeper's "map me now"
+        br, bw = os.pipe()  # the helper's answer
+        try:
+            helper = os.fork()
+        except OSError:
+            for fd in (ar, aw, br, bw):
+                os.close(fd)
+            return None
+        if helper == 0:  # pragma: no cover - the helper
+            ok = False
+            try:
+                os.close(aw)
+                os.close(br)
+                ok = os.read(ar, 1) == b"m" and mounts.map_identity(keeper)
+                os.write(bw, b"1" if ok else b"0")
+            finally:
+                os._exit(0 if ok else 1)
+        os.close(ar)
+        os.close(bw)
+        return cls(helper, aw, br)
+
+    def __call__(self) -> bool:
+        try:
+            os.write(self.ask, b"m")
+            return os.read(self.answer, 1) == b"1"
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.helper:
+            os.close(self.ask)
+            os.close(self.answer)
+            os.waitpid(self.helper, 0)
+            self.helper = 0
 
 
 def _keep(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -399,3 +400,32 @@ def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
     assert (got["abi"] is None) == (fits == "dead")
     if fits == "net":
         assert got["ctypes"] == []  # what the early keeper saves the launcher
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root keeper forks a mapper")
+def test_a_root_keepers_mapper_never_outlives_it() -> None:
+    """The helper a root keeper forks to write its uid map (``_keeper._Mapper``) ends with the
+    keeper: reaped when closed unasked (the namespaces were refused), and ending by itself, without
+    writing, when the keeper dies before asking (the end of its pipe)."""
+    code = """
+import os
+from sandbox.kernel import _libc
+from sandbox.kernel._keeper import _Mapper
+_libc.set_child_subreaper()  # a keeper's orphaned helper comes to us
+m = _Mapper.fork()
+helper = m.helper
+m.close()
+closed = not os.path.exists(f"/proc/{helper}")
+r, w = os.pipe()
+keeper = os.fork()
+if keeper == 0:
+    os.write(w, str(_Mapper.fork().helper).encode())
+    os._exit(0)  # dies without asking
+os.close(w)
+orphan = int(os.read(r, 32))
+os.waitpid(keeper, 0)
+_, status = os.waitpid(orphan, 0)  # blocks for as long as it lives
+print(closed, os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr
