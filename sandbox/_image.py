@@ -172,7 +172,7 @@ def _fresh(p: str, modules: tuple[str, ...]) -> bool:
             st = os.stat(origin)
             if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
                 return False
-    except (OSError, EOFError, ValueError, TypeError):
+    except Exception:  # unreadable, truncated, another layout: stale, so built anew
         return False
     return True
 

@@ -112,7 +112,8 @@ def load_image(path: str | None, package_dir: str) -> Image | None:
             return None
         table = {}
         for name, origin, is_pkg, mtime_ns, size, start, length, cached in keys:
-            if not origin.startswith(package_dir + "/") or not 0 <= start <= start + length <= len(block):
+            inside = origin.startswith(package_dir + "/") and os.path.normpath(origin) == origin  # no ".."
+            if not inside or not 0 <= start <= start + length <= len(block):
                 return None
             st = os.stat(origin)
             if st.st_mtime_ns != mtime_ns or st.st_size != size:

@@ -107,13 +107,13 @@ def _guarded_child(run_env: RunEnv, image: str | None) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in r.stdout.splitlines())
 
 
-@pytest.mark.parametrize("damage", [None, "stale", "foreign", "truncated", "not-marshal", "missing"])
+@pytest.mark.parametrize("damage", [None, "stale", "foreign", "dotdot", "truncated", "not-marshal", "missing"])
 def test_an_image_that_does_not_match_the_package_is_not_used(
     tmp_path: Path, cache: Path, run_env: RunEnv, damage: str | None
 ) -> None:
     """A stale entry (a source edited since: another size), an entry outside the package the
-    step's sitecustomize belongs to (its code never runs), a truncated, foreign or missing
-    file: the child loads the package as always -- and is guarded either way."""
+    step's sitecustomize belongs to (its code never runs) or named through "..", a truncated,
+    foreign or missing file: the child loads the package as always -- and is guarded either way."""
     assert _image.refresh()
     image = _image.path()
     assert image is not None
@@ -131,6 +131,13 @@ def test_an_image_that_does_not_match_the_package_is_not_used(
 
         def change(entries: list[list[object]]) -> None:
             entries[7][1:6] = [str(evil), False, st.st_mtime_ns, st.st_size, code]
+
+        _rewrite(image, change)
+    elif damage == "dotdot":  # a path through "..": the package's own file, but not by its name
+
+        def change(entries: list[list[object]]) -> None:
+            origin = str(entries[7][1])
+            entries[7][1] = os.path.join(os.path.dirname(origin), "guard", "..", os.path.basename(origin))
 
         _rewrite(image, change)
     elif damage == "truncated":

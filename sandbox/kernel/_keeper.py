@@ -168,7 +168,8 @@ class _Mapper:
     namespace, that writes the identity map of the keeper's new one when asked
     (:func:`sandbox.kernel.mounts.map_identity`: only a process outside may map more than its own
     id). Calling it asks, waits for the answer and reaps the helper; :meth:`close` reaps it
-    unasked (the end of its pipe ends it). A keeper that dies first ends it the same way.
+    unasked (the end of its pipe ends it). A keeper that dies first ends it (its parent-death
+    signal), and it writes only to the keeper it was forked by (a descriptor of its /proc folder).
 
     The keeper's own helper rather than the launcher: the keeper asks as soon as it has
     unshared, and the launcher is busy then with its preflight and workspace -- its answer
@@ -195,9 +196,18 @@ class _Mapper:
         if helper == 0:  # pragma: no cover - the helper
             ok = False
             try:
-                os.close(aw)
-                os.close(br)
-                ok = os.read(ar, 1) == b"m" and mounts.map_identity(keeper)
+                # It dies with the keeper from here on, and holds nothing of it but its two pipe
+                # ends and the keeper's /proc folder: a folder descriptor names that process for
+                # good, so a keeper killed meanwhile, its pid reused, never gets another process
+                # a map (the folder's files answer ESRCH then). A ^C ends the keeper, and so us.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                _libc.set_parent_death_signal(signal.SIGKILL)
+                proc = os.open(f"/proc/{keeper}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                if os.getppid() != keeper:  # died before the prctl: no signal will come
+                    os._exit(1)
+                _close_fds_except([ar, bw, proc])
+                os.closerange(0, 3)  # nor its stdio (the step's stderr pipe: its end of file)
+                ok = os.read(ar, 1) == b"m" and mounts.map_identity(proc)
                 os.write(bw, b"1" if ok else b"0")
             finally:
                 os._exit(0 if ok else 1)
@@ -206,10 +216,16 @@ class _Mapper:
         return cls(helper, aw, br)
 
     def __call__(self) -> bool:
+        # SIGPIPE is the default in the keeper (for the step's exec): a helper gone before it read
+        # our byte (killed from outside) makes this a refusal, not the keeper's silent death.
+        old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         try:
             os.write(self.ask, b"m")
             return os.read(self.answer, 1) == b"1"
+        except BrokenPipeError:
+            return False
         finally:
+            signal.signal(signal.SIGPIPE, old)
             self.close()
 
     def close(self) -> None:

@@ -119,13 +119,14 @@ def in_user_namespace() -> bool:
         return False
 
 
-def map_identity(pid: int) -> bool:
-    """Write the identity uid/gid maps of ``pid``'s new user namespace -- every id this process's
-    namespace knows, to itself, so files keep their owners -- from outside it: mapping more than
-    one's own id needs CAP_SETUID/CAP_SETGID in the *parent* namespace, which the process that
-    just unshared does not have there: the keeper's mapper does it (``_keeper``), a fork made
-    before the keeper's ``unshare``. False when we may not (the keeper then maps its own id
-    only)."""
+def map_identity(proc: int) -> bool:
+    """Write the identity uid/gid maps of the new user namespace of the process whose /proc folder
+    is open as ``proc`` (a descriptor names that process for good; a pid may be reused once it
+    is dead) -- every id this process's namespace knows, to itself, so files keep their owners --
+    from outside it: mapping more than one's own id needs CAP_SETUID/CAP_SETGID in the *parent*
+    namespace, which the process that just unshared does not have there: the keeper's mapper
+    does it (``_keeper``), a fork made before the keeper's ``unshare``. False when we may not (the
+    keeper then maps its own id only)."""
 
     def identity(path: str) -> bytes:
         # bytes, not a text file: a TextIOWrapper would import the ascii codec in the forked helper
@@ -139,7 +140,7 @@ def map_identity(pid: int) -> bool:
     try:
         for kind in ("uid_map", "gid_map"):
             text = identity(f"/proc/self/{kind}")
-            fd = os.open(f"/proc/{pid}/{kind}", os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(kind, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
             try:
                 os.write(fd, text)
             finally:

@@ -405,8 +405,8 @@ def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
 @pytest.mark.skipif(os.geteuid() != 0, reason="only a root keeper forks a mapper")
 def test_a_root_keepers_mapper_never_outlives_it() -> None:
     """The helper a root keeper forks to write its uid map (``_keeper._Mapper``) ends with the
-    keeper: reaped when closed unasked (the namespaces were refused), and ending by itself, without
-    writing, when the keeper dies before asking (the end of its pipe)."""
+    keeper: reaped when closed unasked (the namespaces were refused), and ended, without writing,
+    when the keeper dies before asking (its parent-death signal, or the end of its pipe)."""
     code = """
 import os
 from sandbox.kernel import _libc
@@ -425,7 +425,47 @@ os.close(w)
 orphan = int(os.read(r, 32))
 os.waitpid(keeper, 0)
 _, status = os.waitpid(orphan, 0)  # blocks for as long as it lives
-print(closed, os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1)
+ended = os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9  # its parent-death signal
+print(closed, ended or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root mapper's map")
+def test_the_identity_map_goes_only_to_the_process_whose_proc_folder_was_opened() -> None:
+    """``mounts.map_identity`` writes through a descriptor of the process's /proc folder: once
+    that process is gone -- its pid free for another -- nothing is written anywhere."""
+    code = """
+import os, time
+from sandbox.kernel import mounts
+from sandbox.kernel.mounts import CLONE_NEWUSER
+from sandbox.kernel import _libc
+
+def child(r):
+    _libc.check(_libc.libc().unshare(CLONE_NEWUSER), "unshare")
+    os.read(r, 1)
+    print("child", " ".join(open("/proc/self/uid_map").read().split()), flush=True)
+    os._exit(0)
+
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    child(r)
+proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+time.sleep(0.2)
+print("alive", mounts.map_identity(proc), flush=True)
+os.write(w, b"x")
+os.waitpid(pid, 0)
+os.close(proc)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    child(r)
+proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print("gone", mounts.map_identity(proc), flush=True)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ["alive True", "child 0 0 4294967295", "gone False"], out.stderr

@@ -71,9 +71,12 @@ def _guard() -> str:
                     import sandbox
                 finally:
                     sys.path.remove(parent)
-            found = os.path.dirname(sandbox.__file__ or "")
-            # what the image served is the package's by load_image's check; anything else is checked
-            if sandbox.__spec__.loader is not image and os.path.realpath(found) != os.path.realpath(pkg):
+            if sandbox.__spec__.loader is image:  # load_image took only files of pkg
+                ours = sandbox.__file__ == pkg + "/__init__.py"
+            else:
+                found = os.path.dirname(sandbox.__file__ or "")
+                ours = os.path.realpath(found) == os.path.realpath(pkg)
+            if not ours:
                 raise ImportError(f"'sandbox' resolved to {sandbox.__file__}, not the package at {pkg}")
         from sandbox.guard.bootstrap import boot
 
