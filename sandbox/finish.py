@@ -31,11 +31,43 @@ __all__ = ["policy_record", "prepare_destination", "report_and_export"]
 def prepare_destination(prep: Prepared) -> list[str]:
     """Clean up after crashed exports beside the run's destination (:func:`sandbox.export.recover`:
     a listing of the runs folder, which grows with every run); one line per action, for the
-    report's warnings. What a launcher does while its step runs, so that the export at the end
-    need not (``report_and_export(recovered=True)``): nothing of the step can reach that folder."""
+    report's warnings. What a launcher does while its step runs (:class:`Recovery`), so that the
+    export at the end need not (``report_and_export(recovered=True)``): nothing of the step can
+    reach that folder."""
     from sandbox.export import recover
 
     return [f"before the export: {line}" for line in recover(os.path.dirname(prep.destination))]
+
+
+class Recovery:
+    """:func:`prepare_destination` on a thread of its own, started once the run's first step is
+    running -- a launch that was refused leaves the host as it was -- and joined before the
+    export. The launcher's main thread meanwhile waits for the step, with its timeout, its tee
+    and its signals, however long the runs folder takes to list."""
+
+    def __init__(self, prep: Prepared) -> None:
+        from _thread import allocate_lock
+
+        from sandbox._process import start_thread
+
+        self.lines: list[str] | None = None
+        self._done = allocate_lock()
+        self._done.acquire()
+        start_thread(self._run, (prep,))
+
+    def _run(self, prep: Prepared) -> None:
+        try:
+            self.lines = prepare_destination(prep)
+        except Exception:  # the export cleans up itself then
+            pass
+        finally:
+            self._done.release()
+
+    def join(self) -> list[str] | None:
+        """Its lines, for the report's warnings, once done; None when it failed (the export
+        then cleans up as always)."""
+        with self._done:
+            return self.lines
 
 
 def policy_record(policy: Policy) -> bytes:
@@ -132,7 +164,12 @@ def report_and_export(
         clock.lap("report")
     if before_export is not None:
         before_export()
-    check_space(req.run_id, ws.run_storage, prep.destination, by_link=by_link)
+
+    def space() -> None:
+        check_space(req.run_id, ws.run_storage, prep.destination)
+
+    if not by_link:  # a copy: checked up front; links need no room, so only before a copy
+        space()
     export_run(
         ws.run_storage,
         prep.destination,
@@ -146,6 +183,7 @@ def report_and_export(
         max_bytes=export_limit(prep),
         by_link=by_link,
         recover=not recovered,
+        before_copy=space if by_link else None,
     )
     if clock is not None:
         clock.lap("export")

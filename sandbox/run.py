@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import IO, Any
 
+    from sandbox.finish import Recovery
     from sandbox.kernel import Child, ChildResult, KernelPlan
     from sandbox.kernel._early import Early
     from sandbox.policy import Policy
@@ -166,7 +167,8 @@ class Run:
         self._contained = True
         self._closed: RunOutcome | None = None
         self._record: bytes | None = None  # the policy's record, made while the first step runs
-        self._recovered = False  # the destination's folder cleaned up meanwhile (prepare_destination)
+        self._recovery: Recovery | None = None  # the destination's folder, cleaned up meanwhile
+        self._ran = False  # a step of this run was started (its processes may have written)
         self._clock = _Clock()
         self._lock: Any = None
         req = prep.request
@@ -248,7 +250,7 @@ class Run:
         # What the previous step left is hostile: the launcher opens nothing there by a name the
         # step could have turned into a link or a FIFO. (Before the first, nothing wrote there
         # but the launcher: the report's module loads while that step runs, off its start-up.)
-        if self.steps:
+        if self._ran:
             from sandbox import report as report_mod
 
             self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
@@ -266,6 +268,7 @@ class Run:
             launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
             try:
                 with launching:
+                    self._ran = True
                     child = self._start(argv, env, out_fd, wfd, early)
             except UsageError as e:  # the command could not be executed: its step failed, as in a shell
                 os.close(rfd)
@@ -283,6 +286,10 @@ class Run:
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
             start_thread(tee, (rfd, echo_to, log, tail, pumped, running))
+            if self._recovery is None:  # the first step runs: the export's clean-up, meanwhile
+                from sandbox.finish import Recovery
+
+                self._recovery = Recovery(self.prep)
             self._clock.lap("launch")
             try:
                 result, cut, why = self._wait(
@@ -379,12 +386,10 @@ class Run:
 
             def meanwhile() -> None:
                 _meanwhile(base)
-                from sandbox.finish import policy_record, prepare_destination
+                from sandbox.finish import policy_record
 
                 self._record = policy_record(self.policy)  # the end of the run writes it as is
                 self.prep.spec.sha256  # noqa: B018 - computed once, for the report and the manifest
-                self.warnings.extend(prepare_destination(self.prep))
-                self._recovered = True
 
             launched = _launch(
                 self.prep,
@@ -553,6 +558,8 @@ class Run:
         if self.interrupted or self.cancelled:
             extra["cut"] = {"status": status, "why": self.cancelled or signame(self.interrupted or 0)}
         exit_code = self.exit_code
+        recovered = self._recovery.join() if self._recovery is not None else None
+        self.warnings.extend(recovered or ())
         from sandbox.finish import report_and_export
 
         rep = report_and_export(
@@ -569,7 +576,7 @@ class Run:
             clock=self._clock,
             by_link=self._contained,
             record=self._record,
-            recovered=self._recovered,
+            recovered=recovered is not None,
             before_export=before_export,
         )
         req, ws = self.prep.request, self.ws

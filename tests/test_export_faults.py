@@ -306,9 +306,11 @@ def test_disk_full_at_many_points(small_fs: Path, tmp_path: Path) -> None:
     assert failed_at["manifest.json"] >= 1 and failed_at["data/filler.bin"] >= 1, failed_at
 
 
-def test_a_linked_export_needs_no_room_for_the_data_it_links(small_fs: Path, tmp_path: Path) -> None:
-    """``check_space`` asks for room to copy the run folder's data -- but not when the export
-    hard-links it on the run folder's own filesystem: then the data is already there."""
+def test_a_linked_export_checks_the_room_only_when_it_must_copy(small_fs: Path, tmp_path: Path) -> None:
+    """Links need no room: a linked export of a run folder on its destination's own mount goes
+    through on a disk too full for a copy. Another mount of the same filesystem (a bind mount:
+    same device, and ``link`` refuses it with EXDEV) makes it copy -- and check the room first,
+    one line before any data is written, as an export by copy does up front."""
     from sandbox.export import check_space
 
     src = small_fs / "run"
@@ -316,14 +318,27 @@ def test_a_linked_export_needs_no_room_for_the_data_it_links(small_fs: Path, tmp
     page = os.statvfs(small_fs).f_frsize
     st = os.statvfs(small_fs)
     (src / "data" / "big.bin").write_bytes(os.urandom(st.f_bavail * st.f_frsize - 4 * page))
-    dest = str(small_fs / "runs" / "R1")
+    dest = small_fs / "runs" / "R1"
     with pytest.raises(ExportError, match="free space there"):
-        check_space("R1", str(src), dest)
-    check_space("R1", str(src), dest, by_link=True)
-    res = do_export(src, Path(dest), by_link=True)
-    assert res.linked == 1 and verify(dest) == []
-    other = tmp_path / "other-run"  # a run folder on another filesystem: copied, so checked
+        check_space("R1", str(src), str(dest))
+    checked: list[bool] = []
+    res = do_export(src, dest, by_link=True, before_copy=lambda: checked.append(True))
+    assert res.linked == 1 and not checked and verify(dest) == []
+
+    (small_fs / "other").mkdir()
+    other = tmp_path / "bound"
     other.mkdir()
-    (other / "big.bin").write_bytes(os.urandom(2 * st.f_bavail * st.f_frsize))
-    with pytest.raises(ExportError, match="free space there"):
-        check_space("R2", str(other), str(small_fs / "runs" / "R2"), by_link=True)
+    subprocess.run(["mount", "--bind", str(small_fs / "other"), str(other)], check=True)
+    try:
+        assert os.stat(other).st_dev == os.stat(src).st_dev
+        with pytest.raises(ExportError, match="free space there"):
+            do_export(
+                src,
+                other / "runs" / "R2",
+                run_id="R2",
+                by_link=True,
+                before_copy=lambda: check_space("R2", str(src), str(other / "runs" / "R2")),
+            )
+        assert os.listdir(other / "runs") == []  # nothing staged is left
+    finally:
+        subprocess.run(["umount", str(other)], check=True)

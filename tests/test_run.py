@@ -193,13 +193,16 @@ def test_renames_across_the_kernel_layers_mounts_work(host: Path, kernel_support
 
 def _refusing(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[Any], bool]) -> None:
     """Make the kernel refuse the plans ``refuse`` names, as a machine without them would: the
-    forked child reports that the plan could not be applied (KernelUnavailable)."""
+    forked child reports that the plan could not be applied (KernelUnavailable) -- after the
+    launcher's own ``meanwhile`` work, which runs while a real keeper builds the sandbox."""
     import sandbox.kernel
     from sandbox.errors import KernelUnavailable
     from sandbox.kernel import spawning
 
     def spawn(argv: Any, *, plan: Any = None, **kw: Any) -> Any:
         if plan is not None and refuse(plan):
+            if kw.get("meanwhile") is not None:
+                kw["meanwhile"]()
             raise KernelUnavailable("kernel layer could not be applied: unshare: Operation not permitted")
         return spawning.spawn(argv, plan=plan, **kw)
 
@@ -267,6 +270,7 @@ def test_require_means_the_full_layer(
     else:
         monkeypatch.setattr(landlock, "query_abi", lambda: (0, 38))
     (tmp_path / "ws").mkdir()
+    (host / RUNS / ".OTHER.tvs-stage-0123abcd").mkdir(parents=True)  # a crashed export's: left be
     before = tree_snapshot(host)
     argv = ["run", "--root", str(host), "--run-id", "req", "--kernel", "require"]
     code = main([*argv, "--workspace-dir", str(tmp_path / "ws"), "--", sys.executable, "-c", STEP])

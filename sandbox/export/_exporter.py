@@ -111,6 +111,7 @@ def export_run(
     max_bytes: int = DEFAULT_MAX_BYTES,
     by_link: bool = False,
     recover: bool = True,
+    before_copy: Callable[[], None] | None = None,
     _fault: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the run folder ``src`` to ``dest`` atomically, with ``dest/manifest.json``.
@@ -125,6 +126,9 @@ def export_run(
     made, and everything fsynced, exactly as by a copy. ``recover``: first clean up after
     crashed exports in ``dest``'s folder (:func:`~sandbox.export.recover`, a listing of that
     folder); False when the caller just did (a launcher does it while its step runs).
+    ``before_copy``: called once, before the first file's data is copied (a linked export that
+    must copy after all: :func:`~sandbox.export.check_space` then); what it raises fails the
+    export as a failed copy would.
 
     Raises :class:`PreflightError` (before writing anything) when ``dest`` exists and not
     ``overwrite``; :class:`ExportError` (one line: what failed, where, what to do) when the copy or
@@ -176,7 +180,7 @@ def export_run(
             policy_sha256=policy_sha256,
         )
         manifest, replaced, linked = _stage_and_commit(
-            pfd, src_s, dest_s, existed, overwrite, header, run, fault, max_bytes, by_link
+            pfd, src_s, dest_s, existed, overwrite, header, run, fault, max_bytes, by_link, before_copy
         )
     finally:
         os.close(pfd)
@@ -195,6 +199,7 @@ def _stage_and_commit(
     fault: Callable[[str], None],
     max_bytes: int,
     by_link: bool,
+    before_copy: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], bool, int]:
     """Stage ``src`` beside ``dest`` with its manifest (:func:`_stage`), then put the stage in place
     (:class:`_Commit`); on any failure undo both (``rollback()``) and raise one :class:`ExportError`
@@ -207,7 +212,7 @@ def _stage_and_commit(
         failed = _Failed("creating a stage beside", dest, exc)
         raise ExportError(_failure_message(run_id, dest, failed, existed, False)) from exc
     stage = os.path.join(parent, stage_name)
-    stager = _Stager(fault, max_bytes=max_bytes, link=False)
+    stager = _Stager(fault, max_bytes=max_bytes, link=False, before_copy=before_copy)
     commit = _Commit(pfd, name, stage_name, _old_name(name, tag))
     try:
         manifest = _stage(stager, sfd, src, stage, header, run, by_link, fault)

@@ -21,18 +21,16 @@ def _tree_bytes(top: str) -> int:
     return total
 
 
-def check_space(run_id: str, src: str, dest: str, *, by_link: bool = False) -> None:
+def check_space(run_id: str, src: str, dest: str) -> None:
     """Refuse, with one line, an export that cannot fit at its destination (ENOSPC half-way would
-    leave the previous export intact, but after minutes of copying). ``by_link``: the export may
-    hard-link (:func:`~sandbox.export.export_run`); on the run folder's own filesystem it then
-    copies no data to speak of -- only a file some other name also links -- so there is nothing
-    to check up front, and the run folder is not walked (an ENOSPC is still one line, then)."""
+    leave the previous export intact, but after minutes of copying). A linked export
+    (:func:`~sandbox.export.export_run` ``by_link``) runs it only before it first copies data --
+    when the filesystem refused a link: another mount, even of the same filesystem -- since
+    links need no room (``before_copy``)."""
     parent = os.path.dirname(dest)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     try:
-        if by_link and os.stat(src).st_dev == os.stat(parent).st_dev:
-            return
         st = os.statvfs(parent)
     except OSError:
         return  # the export itself reports what is wrong with the destination

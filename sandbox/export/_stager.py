@@ -42,8 +42,16 @@ class Stager:
     devices are never opened, only listed under ``"skipped"``.
     """
 
-    def __init__(self, fault: Callable[[str], None], *, max_bytes: int, link: bool) -> None:
+    def __init__(
+        self,
+        fault: Callable[[str], None],
+        *,
+        max_bytes: int,
+        link: bool,
+        before_copy: Callable[[], None] | None = None,
+    ) -> None:
         self.fault = fault
+        self.before_copy = before_copy  # called once, before the first copy of a file's data
         self.max_bytes = max_bytes
         self.link = link  # same filesystem: hard-link files into the stage instead of copying them
         self.linked = 0
@@ -183,6 +191,9 @@ class Stager:
                 self._defer(fd, d)  # the data the step wrote must be durable: fsync the inode
                 fd = -1
             else:
+                if self.before_copy is not None:
+                    check, self.before_copy = self.before_copy, None
+                    check()
                 digest = self._copy(fd, dfd, name, here, d, size, mode)
         finally:
             if fd >= 0:
