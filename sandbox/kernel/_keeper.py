@@ -133,7 +133,10 @@ def run_early_keeper(
 
     def load() -> _Step | None:  # in the init
         enter_dev()  # while the launcher still works on the step
-        _warm_up()
+        try:
+            _warm_up()
+        except Exception:  # only a head start: the step is handled the same without it
+            pass
         data = b""
         while chunk := os.read(pr, 1 << 16):
             data += chunk
