@@ -146,8 +146,8 @@ class Workspace:
     def remove_scratch(self) -> None:
         """Remove all of the workspace but the run folder and the ``owner`` marker: the view, the
         steps' temp dir, the overlay's work folder, the mount points, the bound policy. Nothing
-        of it is read once the last step has ended, so the launcher removes it beside the report
-        and the export (:meth:`sandbox.run.Run.close`); :meth:`remove` then removes the rest."""
+        of it is read once the last step has ended, so the launcher removes it during the export
+        (:meth:`sandbox.run.Run.close`); :meth:`remove` then removes the rest."""
         _remove_owned(self.base, keep=(os.path.basename(self.run_storage),), marker_too=False)
 
 
