@@ -17,9 +17,7 @@ import time
 from sandbox.kernel import _libc, landlock, mounts  # loaded before the fork
 from sandbox.kernel.plan import (
     AppliedLayers,
-    Bind,
     KernelPlan,
-    Overlay,
     enter,
     enter_dev,
     enter_mounts,
@@ -171,19 +169,18 @@ def _warm_up() -> None:  # pragma: no cover - in an early keeper's init, waiting
     while the launcher still works on the step than between its arrival and its ``exec``."""
     import marshal
 
-    plan = KernelPlan(
-        writable=("/tmp",),
-        overlays=(Overlay(("/h",), "/u", "/w", "/t"),),
-        binds=(Bind("/a", "/b"), Bind("/c", "/d", readonly=False)),
-        readonly_root=True,
-        namespace=True,
-        pid_namespace=True,
-        private_shm=True,
-        minimal_dev=True,
-        network_namespace=True,
-        hidden=("/r",),
-    )
-    message = marshal.loads(marshal.dumps(([], {}, "/", plan.to_dict(), [None, None, 2], [])))
+    plan = {  # what a step's message holds: KernelPlan.to_dict() of a plan like the runner's
+        "writable": ["/tmp"],
+        "overlays": [{"lower": ["/h"], "upper": "/u", "work": "/w", "target": "/t"}],
+        "binds": [
+            {"src": "/a", "dst": "/b", "readonly": True},
+            {"src": "/c", "dst": "/d", "readonly": False},
+        ],
+        "hidden": ["/r"],
+        **dict.fromkeys(("readonly_root", "namespace", "pid_namespace", "private_shm", "minimal_dev"), True),
+        "network_namespace": True,
+    }
+    message = marshal.loads(marshal.dumps(([], {}, "/", plan, [None, None, 2], [])))
     KernelPlan.from_dict(message[3]).writable_roots()
     mounts.mount_table()
     AppliedLayers(namespace=True, overlay=True).encode()
