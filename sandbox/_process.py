@@ -38,6 +38,32 @@ def start_thread(fn: Any, args: tuple[Any, ...] = ()) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+class Background:
+    """``fn(*args)`` on a bare thread (:func:`start_thread`), for work the launcher does beside
+    another; :meth:`join` waits for it and returns its result -- None when it raised: what such
+    work only prepares is done again where it is needed."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        from _thread import allocate_lock
+
+        self.result: Any = None
+        self._done = allocate_lock()
+        self._done.acquire()
+        start_thread(self._run, (fn, args))
+
+    def _run(self, fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            self.result = fn(*args)
+        except Exception:
+            pass
+        finally:
+            self._done.release()
+
+    def join(self) -> Any:
+        with self._done:
+            return self.result
+
+
 STDERR_TAIL = 8192
 DRAIN_S = 1.0  # how long the tee drains a step's stderr after the step has ended
 GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended

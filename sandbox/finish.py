@@ -25,49 +25,37 @@ if TYPE_CHECKING:
     from sandbox.runner import Prepared
     from sandbox.workspace import Workspace
 
-__all__ = ["policy_record", "prepare_destination", "report_and_export"]
+__all__ = ["policy_record", "prepare_destination", "report_and_export", "while_first_step"]
 
 
 def prepare_destination(prep: Prepared) -> list[str]:
     """Clean up after crashed exports beside the run's destination (:func:`sandbox.export.recover`:
     a listing of the runs folder, which grows with every run); one line per action, for the
-    report's warnings. What a launcher does while its step runs (:class:`Recovery`), so that the
-    export at the end need not (``report_and_export(recovered=True)``): nothing of the step can
-    reach that folder."""
+    report's warnings. What a launcher does on a thread once its first step runs -- a launch
+    that was refused leaves the host as it was -- so that the export at the end need not
+    (``report_and_export(recovered=True)``): nothing of the step can reach that folder."""
     from sandbox.export import recover
 
     return [f"before the export: {line}" for line in recover(os.path.dirname(prep.destination))]
 
 
-class Recovery:
-    """:func:`prepare_destination` on a thread of its own, started once the run's first step is
-    running -- a launch that was refused leaves the host as it was -- and joined before the
-    export. The launcher's main thread meanwhile waits for the step, with its timeout, its tee
-    and its signals, however long the runs folder takes to list."""
+def while_first_step(prep: Prepared, policy: Policy) -> bytes:
+    """What a launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
+    the keeper builds the sandbox meanwhile), off the start-up path and on the other core: load
+    what the end of the run needs, sweep what launchers killed before it left behind, bring the
+    module images up to date for the next steps and runs (built once, then a check of their
+    sources), hash the policy; returns the policy's record, written as is at the end."""
+    import sandbox.export._exporter
+    import sandbox.export._space  # noqa: F401
+    from sandbox import _digest, _image
+    from sandbox import workspace as workspace_mod
 
-    def __init__(self, prep: Prepared) -> None:
-        from _thread import allocate_lock
-
-        from sandbox._process import start_thread
-
-        self.lines: list[str] | None = None
-        self._done = allocate_lock()
-        self._done.acquire()
-        start_thread(self._run, (prep,))
-
-    def _run(self, prep: Prepared) -> None:
-        try:
-            self.lines = prepare_destination(prep)
-        except Exception:  # the export cleans up itself then
-            pass
-        finally:
-            self._done.release()
-
-    def join(self) -> list[str] | None:
-        """Its lines, for the report's warnings, once done; None when it failed (the export
-        then cleans up as always)."""
-        with self._done:
-            return self.lines
+    workspace_mod.sweep(prep.request.workspace_base)
+    _image.refresh("guard")
+    _image.refresh("launcher")
+    _digest.sha256()  # its hash module: the built-in one, of small files
+    prep.spec.sha256  # noqa: B018 - computed once, for the report and the manifest
+    return policy_record(policy)
 
 
 def policy_record(policy: Policy) -> bytes:

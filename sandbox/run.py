@@ -32,6 +32,7 @@ import time
 from sandbox import workspace as workspace_mod
 from sandbox._process import (
     SIGINT,
+    Background,
     Interrupted,
     StepTree,
     deferred_interrupts,
@@ -54,12 +55,10 @@ from sandbox.runner import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from _thread import LockType
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
     from typing import IO, Any
 
-    from sandbox.finish import Recovery
     from sandbox.kernel import Child, ChildResult, KernelPlan
     from sandbox.kernel._early import Early
     from sandbox.policy import Policy
@@ -107,34 +106,6 @@ class _Clock:
         self._t = now
 
 
-def _meanwhile(base_dir: str | None) -> None:
-    """What the launcher does while its first step is set up and runs (``spawn``'s ``meanwhile``:
-    the keeper builds the sandbox meanwhile): load what the end of the run needs, off the start-up
-    path and on the other core, sweep what launchers killed before us left behind, and bring the
-    module images up to date for the next steps and runs (built once, then a check of their
-    sources)."""
-    import sandbox.export._exporter
-    import sandbox.export._space
-    import sandbox.finish  # noqa: F401
-    from sandbox import _image
-
-    workspace_mod.sweep(base_dir)
-    _image.refresh("guard")
-    _image.refresh("launcher")
-    from sandbox import _digest
-
-    _digest.sha256()  # its hash module: the built-in one, of small files
-
-
-def _remove_scratch(ws: Workspace, done: LockType) -> None:
-    try:
-        ws.remove_scratch()
-    except Exception:  # Workspace.remove at the close removes whatever is left
-        pass
-    finally:
-        done.release()
-
-
 class Run:
     """An open run: a workspace with its bound policy, steps run one after another, closed once.
 
@@ -167,7 +138,7 @@ class Run:
         self._contained = True
         self._closed: RunOutcome | None = None
         self._record: bytes | None = None  # the policy's record, made while the first step runs
-        self._recovery: Recovery | None = None  # the destination's folder, cleaned up meanwhile
+        self._recovery: Background | None = None  # the destination's folder, cleaned up meanwhile
         self._ran = False  # a step of this run was started (its processes may have written)
         self._clock = _Clock()
         self._lock: Any = None
@@ -287,9 +258,9 @@ class Run:
             # than a lock to be joined.
             start_thread(tee, (rfd, echo_to, log, tail, pumped, running))
             if self._recovery is None:  # the first step runs: the export's clean-up, meanwhile
-                from sandbox.finish import Recovery
+                from sandbox.finish import prepare_destination
 
-                self._recovery = Recovery(self.prep)
+                self._recovery = Background(prepare_destination, self.prep)
             self._clock.lap("launch")
             try:
                 result, cut, why = self._wait(
@@ -382,14 +353,11 @@ class Run:
         self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int, early: Early | None
     ) -> Child:
         if self._launched is None:
-            base = self.prep.request.workspace_base
 
             def meanwhile() -> None:
-                _meanwhile(base)
-                from sandbox.finish import policy_record
+                from sandbox.finish import while_first_step
 
-                self._record = policy_record(self.policy)  # the end of the run writes it as is
-                self.prep.spec.sha256  # noqa: B018 - computed once, for the report and the manifest
+                self._record = while_first_step(self.prep, self.policy)
 
             launched = _launch(
                 self.prep,
@@ -507,26 +475,22 @@ class Run:
             return self._closed
         with deferred_interrupts():  # an export is short and must not be cut in half by Ctrl-C
             keep = self.prep.request.keep_workspace
-            cleared: list[LockType] = []
+            scratch: list[Background] = []
 
             def clear_scratch() -> None:
                 # What no report or export reads goes on another thread during the export: its
                 # unlinks and rmdirs wait on the disk, and so do the export's fsyncs -- each
                 # thread runs while the other waits. (Beside the report, whose Python holds the
-                # lock of the interpreter between short calls, the two would take turns.)
-                if not keep and self.steps and not cleared:
-                    from _thread import allocate_lock
-
-                    done = allocate_lock()
-                    done.acquire()
-                    start_thread(_remove_scratch, (self.ws, done))
-                    cleared.append(done)
+                # lock of the interpreter between short calls, the two would take turns.) What
+                # it leaves, Workspace.remove removes below.
+                if not keep and self.steps and not scratch:
+                    scratch.append(Background(self.ws.remove_scratch))
 
             try:
                 outcome = self._report_and_export(status or self.status, before_export=clear_scratch)
             finally:
-                for done in cleared:
-                    done.acquire()
+                for job in scratch:
+                    job.join()
                 for child in self._ended:  # their keepers exited meanwhile: reap them
                     child.release()
                 if not keep:

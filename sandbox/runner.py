@@ -10,9 +10,9 @@ one-step case (``tv-sandbox run``).
 Start-up cost is part of the contract (<= 50 ms over a bare interpreter), so the path up to the
 step's ``exec`` imports only what it uses: no ``json``, ``re``, ``dataclasses``, ``threading`` or
 ``shutil`` here. What the run needs afterwards (the exporter, hashing, JSON) is imported while the
-step runs (``sandbox.run._meanwhile``), and the kernel layer is not probed in advance: the launch tries the
-full plan and falls back, only when the kernel refuses, to Landlock alone, then to the guard alone
-(or, when the kernel layer is required, refuses to run).
+step runs (``sandbox.finish.while_first_step``), and the kernel layer is not probed in advance:
+the launch tries the full plan and falls back, only when the kernel refuses, to Landlock alone,
+then to the guard alone (or, when the kernel layer is required, refuses to run).
 """
 
 from __future__ import annotations
