@@ -73,6 +73,7 @@ LAUNCHER = (
     "sandbox.kernel._libc",
     "sandbox.kernel.landlock",
     "sandbox.kernel.mounts",
+    "sandbox.kernel._mapper",
     "sandbox.kernel._keeper",
     "sandbox._paths",
     "sandbox.rules",

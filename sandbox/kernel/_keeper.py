@@ -15,6 +15,7 @@ import resource  # os.wait4's result type: imported before the fork, as everythi
 import time
 
 from sandbox.kernel import _libc, landlock, mounts  # loaded before the fork
+from sandbox.kernel._mapper import Mapper
 from sandbox.kernel.plan import (
     AppliedLayers,
     KernelPlan,
@@ -76,12 +77,12 @@ def run_keeper(
         _take_stdio(stdio, keep)
         # The keeper lives as long as the step: it must not hold the launcher's descriptors (other
         # steps' pipes, a Ray worker's sockets, locked files) that long.
-        _close_fds_except([*keep, wfd, ew])
+        _libc.close_fds_except([*keep, wfd, ew])
         _reset_signals()
         entered: tuple[bool, float, int] | None = None
         if plan is not None:
             stage = "kernel"
-            mapper = _Mapper.fork() if plan.namespace else None
+            mapper = Mapper.fork() if plan.namespace else None
             try:
                 entered = enter(plan, mapped_by_parent=mapper)
             finally:
@@ -114,11 +115,11 @@ def run_early_keeper(
     try:
         abi, err = landlock.query_abi()
         os.write(wfd, f"abi {abi} {err}\n".encode())
-        _close_fds_except([wfd, ew, pr, sw])
+        _libc.close_fds_except([wfd, ew, pr, sw])
         _reset_signals()
         stage = "kernel"
         t0 = time.perf_counter()
-        mapper = _Mapper.fork()
+        mapper = Mapper.fork()
         try:
             userns = enter_namespaces(pid_namespace=True, network_namespace=network, mapped_by_parent=mapper)
         finally:
@@ -198,79 +199,6 @@ def _reset_signals() -> None:  # pragma: no cover - in the keeper
     for sig in _RESTORE_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: start clean
-
-
-class _Mapper:
-    """For a root keeper: a helper forked before its ``unshare``, still of the parent user
-    namespace, that writes the identity map of the keeper's new one when asked
-    (:func:`sandbox.kernel.mounts.map_identity`: only a process outside may map more than its own
-    id). Calling it asks, waits for the answer and reaps the helper; :meth:`close` reaps it
-    unasked (the end of its pipe ends it). A keeper that dies first ends it (its parent-death
-    signal), and it writes only to the keeper it was forked by (a descriptor of its /proc folder).
-
-    The keeper's own helper rather than the launcher: the keeper asks as soon as it has
-    unshared, and the launcher is busy then with its preflight and workspace -- its answer
-    would wait for them, and take their time."""
-
-    def __init__(self, helper: int, ask: int, answer: int) -> None:
-        self.helper, self.ask, self.answer = helper, ask, answer
-
-    @classmethod
-    def fork(cls) -> _Mapper | None:
-        """The helper of a root keeper; None for any other (it maps its own id) or when the
-        fork fails (then the keeper maps its own id too)."""
-        if os.geteuid() != 0:
-            return None
-        keeper = os.getpid()
-        ar, aw = os.pipe()  # the keeper's "map me now"
-        br, bw = os.pipe()  # the helper's answer
-        try:
-            helper = os.fork()
-        except OSError:
-            for fd in (ar, aw, br, bw):
-                os.close(fd)
-            return None
-        if helper == 0:  # pragma: no cover - the helper
-            ok = False
-            try:
-                # It dies with the keeper from here on, and holds nothing of it but its two pipe
-                # ends and the keeper's /proc folder: a folder descriptor names that process for
-                # good, so a keeper killed meanwhile, its pid reused, never gets another process
-                # a map (the folder's files answer ESRCH then). A ^C ends the keeper, and so us.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                _libc.set_parent_death_signal(signal.SIGKILL)
-                proc = os.open(f"/proc/{keeper}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                if os.getppid() != keeper:  # died before the prctl: no signal will come
-                    os._exit(1)
-                _close_fds_except([ar, bw, proc])
-                os.closerange(0, 3)  # nor its stdio (the step's stderr pipe: its end of file)
-                ok = os.read(ar, 1) == b"m" and mounts.map_identity(proc)
-                os.write(bw, b"1" if ok else b"0")
-            finally:
-                os._exit(0 if ok else 1)
-        os.close(ar)
-        os.close(bw)
-        return cls(helper, aw, br)
-
-    def __call__(self) -> bool:
-        # SIGPIPE is the default in the keeper (for the step's exec): a helper gone before it read
-        # our byte (killed from outside) makes this a refusal, not the keeper's silent death.
-        old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        try:
-            os.write(self.ask, b"m")
-            return os.read(self.answer, 1) == b"1"
-        except BrokenPipeError:
-            return False
-        finally:
-            signal.signal(signal.SIGPIPE, old)
-            self.close()
-
-    def close(self) -> None:
-        if self.helper:
-            os.close(self.ask)
-            os.close(self.answer)
-            os.waitpid(self.helper, 0)
-            self.helper = 0
 
 
 def _keep(
@@ -393,7 +321,7 @@ def _ready_to_exec(cwd: str, wfd: int, keep: list[int]) -> None:  # pragma: no c
     except OSError as e:
         raise OSError(e.errno, f"cannot enter the working folder {cwd}: {e.strerror}") from None
     os.write(wfd, f"rss {_peak_rss()}\n".encode())
-    _close_fds_except(keep)
+    _libc.close_fds_except(keep)
 
 
 def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int) -> int:
@@ -557,13 +485,3 @@ def _peak_rss() -> int:  # pragma: no cover - runs in the child
     except (OSError, ValueError, IndexError):
         pass
     return 0
-
-
-def _close_fds_except(keep: list[int]) -> None:  # pragma: no cover - runs in the child
-    # os.closerange is one close_range(2) call on Linux 5.9+, however high the limit.
-    lo = 3
-    for fd in sorted(keep):
-        if fd >= lo:
-            os.closerange(lo, fd)
-            lo = fd + 1
-    os.closerange(lo, 0x7FFFFFFF)

@@ -125,3 +125,15 @@ def check(result: int, what: str, filename: str | None = None) -> int:
         err = _ffi.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}", filename)
     return result
+
+
+def close_fds_except(keep: list[int]) -> None:  # pragma: no cover - runs in a forked child
+    """Close every descriptor from 3 up but those in ``keep`` (a forked child of the kernel
+    layer, before it waits or execs: it holds nothing of the launcher's it was not handed).
+    ``os.closerange`` is one close_range(2) call on Linux 5.9+, however high the limit."""
+    lo = 3
+    for fd in sorted(keep):
+        if fd >= lo:
+            os.closerange(lo, fd)
+            lo = fd + 1
+    os.closerange(lo, 0x7FFFFFFF)

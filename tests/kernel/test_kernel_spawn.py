@@ -404,22 +404,22 @@ def test_an_early_keeper_takes_the_step_it_fits_and_is_discarded_otherwise(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only a root keeper forks a mapper")
 def test_a_root_keepers_mapper_never_outlives_it() -> None:
-    """The helper a root keeper forks to write its uid map (``_keeper._Mapper``) ends with the
+    """The helper a root keeper forks to write its uid map (``_mapper.Mapper``) ends with the
     keeper: reaped when closed unasked (the namespaces were refused), and ended, without writing,
     when the keeper dies before asking (its parent-death signal, or the end of its pipe)."""
     code = """
 import os
 from sandbox.kernel import _libc
-from sandbox.kernel._keeper import _Mapper
+from sandbox.kernel._mapper import Mapper
 _libc.set_child_subreaper()  # a keeper's orphaned helper comes to us
-m = _Mapper.fork()
+m = Mapper.fork()
 helper = m.helper
 m.close()
 closed = not os.path.exists(f"/proc/{helper}")
 r, w = os.pipe()
 keeper = os.fork()
 if keeper == 0:
-    os.write(w, str(_Mapper.fork().helper).encode())
+    os.write(w, str(Mapper.fork().helper).encode())
     os._exit(0)  # dies without asking
 os.close(w)
 orphan = int(os.read(r, 32))
