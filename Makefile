@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Python 3.11's venv brings setuptools, which nothing here uses (3.12's venv no longer does):
+	@# its distutils-precedence.pth costs every interpreter of the venv ~1 ms of start-up, the
+	@# launcher's and each sandboxed step's included (docs/benchmarks.md).
+	$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("setuptools") is None)' \
+		&& $(BIN)/python -m pip uninstall --quiet --yes setuptools || true
 	touch $(STAMP)
 
 # PYTHONDONTWRITEBYTECODE may be set (it is on our machines): without cached bytecode every
