@@ -1,13 +1,15 @@
-"""The per-user cache's upkeep (sandbox._cache_prune): on real files in a temp cache folder, what a
-prune removes -- images of package folders that are gone or of another format, entries unused for
-30 days, unfinished writes -- and what it never touches: the running package's entries, other
-files, links and what they point at. A launcher prunes at most once a day."""
+"""The per-user cache's upkeep (sandbox._cache_prune, `tv-sandbox cache`): on real files in a temp
+cache folder, what a prune removes -- images of package folders that are gone or of another
+format, entries unused for 30 days, unfinished writes -- and what it never touches: the running
+package's entries, other files, links and what they point at. A launcher prunes at most once a
+day; the CLI shows, prunes and clears, in one line when it cannot."""
 
 from __future__ import annotations
 
 import marshal
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ from conftest import sandbox_run
 from sandbox import _cache, _cache_prune, _image, native
 from sandbox._cache_prune import GONE, NOT_AN_IMAGE, UNFINISHED, UNUSED
 from sandbox._lazy import IMAGE_FORMAT
+from sandbox.cli import main
+from sandbox.errors import EXIT_SANDBOX
 from sandbox.samples import make_host
 
 DAY = 86400.0
@@ -261,3 +265,93 @@ def test_a_run_prunes_the_cache_while_its_step_runs(tmp_path: Path, cache: Path)
     later = _image_of(cache, tmp_path / "gone2" / "sandbox")
     assert sandbox_run(host, "R2", sys.executable, "-c", "pass").returncode == 0
     assert later.exists()  # the second run of the day leaves it
+
+
+def test_cli_shows_what_the_cache_holds(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _image.refresh("guard") and _image.refresh("launcher")
+    _image_of(cache, tmp_path / "gone" / "sandbox")
+    _cache.store("toml", b"a = 1", {"a": 1})
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"cache: {cache}"
+    counts = {line.split("  ")[-1]: int(line.split()[0]) for line in out.splitlines()[1:-1]}
+    assert counts == {
+        "module images (guard)": 2,
+        "module images (launcher)": 1,
+        "parsed policy files": 1,
+        "in all": 4,
+    }
+    assert "(last: never)" in out and "would remove 1 entry" in out and f"1 {GONE}" in out
+    assert len(list(cache.iterdir())) == 4  # shown, not pruned
+
+
+def test_cli_prune_and_clear(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _image.refresh("guard")
+    gone = _image_of(cache, tmp_path / "gone" / "sandbox")
+    (cache / _cache.PRUNE_STAMP).write_bytes(b"")  # pruned today: the command prunes regardless
+    (cache / "notes.txt").write_text("mine")
+    assert main(["cache", "prune"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tv-sandbox: removed 1 entry (") and out.rstrip().endswith(f": 1 {GONE}")
+    assert not gone.exists() and os.path.isfile(_image.path() or "")
+    assert main(["cache", "clear"]) == 0
+    assert capsys.readouterr().out.startswith("tv-sandbox: removed 1 entry (")
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
+    assert main(["cache", "prune"]) == 0
+    assert "removed 0 entries (0 B)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("action", [[], ["prune"], ["clear"]])
+def test_cli_with_the_cache_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    monkeypatch.setenv(_cache.ENV_DIR, "off")
+    monkeypatch.chdir(tmp_path)
+    assert main(["cache", *action]) == 0
+    out, err = capsys.readouterr()
+    assert "cache is off (TV_SANDBOX_CACHE_DIR=off)" in out and err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("action", [[], ["prune"], ["clear"]])
+def test_cli_with_no_cache_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    monkeypatch.setenv(_cache.ENV_DIR, str(tmp_path / "not-yet"))
+    assert main(["cache", *action]) == 0
+    assert "is empty (not made yet)" in capsys.readouterr().out
+    assert not (tmp_path / "not-yet").exists()
+
+
+def _cli(env_dir: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, _cache.ENV_DIR: env_dir}
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_cli_bad_input_is_one_line_and_125(tmp_path: Path, cache: Path) -> None:
+    r = _cli(str(cache), "cache", "tidy")
+    assert r.returncode == EXIT_SANDBOX and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and "invalid choice: 'tidy'" in r.stderr
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    for action in ([], ["prune"], ["clear"]):
+        r = _cli(str(not_a_folder), "cache", *action)
+        assert r.returncode == EXIT_SANDBOX, r
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert f"the per-user cache {not_a_folder} cannot be read (Not a directory)" in r.stderr
+    assert not_a_folder.read_text() == ""
+
+
+def test_cli_in_a_process(tmp_path: Path, cache: Path) -> None:
+    gone = _image_of(cache, tmp_path / "gone" / "sandbox")
+    r = _cli(str(cache), "cache")
+    assert r.returncode == 0 and "module images (guard)" in r.stdout and gone.exists()
+    r = _cli(str(cache), "cache", "prune")
+    assert r.returncode == 0 and f"1 {GONE}" in r.stdout and not gone.exists()
+    _cache.store("toml", b"a = 1", {"a": 1})
+    r = _cli(str(cache), "cache", "clear")
+    assert r.returncode == 0 and "removed 1 entry" in r.stdout and list(cache.iterdir()) == []
