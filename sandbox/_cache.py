@@ -7,6 +7,10 @@ it validates the result as if freshly made. Where: ``$TV_SANDBOX_CACHE_DIR``, el
 off. Entries are ``marshal`` files written atomically; a cache that cannot be read or written is
 silently not used. A sandboxed step can never write here (it is outside every writable root), and
 nothing in a step reads it.
+
+Nothing here removes an entry: :mod:`sandbox._cache_prune` does, for every kind of entry the cache
+holds (these, the module images, the explain shim) -- at most once a day, by a launcher while its
+first step runs (:func:`prune_due` says when), and on ``tv-sandbox cache prune``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ if TYPE_CHECKING:
 
 _FORMAT = 1
 ENV_DIR = "TV_SANDBOX_CACHE_DIR"
+#: The file in the cache folder whose mtime is when it was last pruned automatically.
+PRUNE_STAMP = "last-prune"
+PRUNE_EVERY = 86400.0  # seconds: a launcher prunes at most once a day
 
 
 def cache_dir() -> str | None:
@@ -79,3 +86,23 @@ def store(kind: str, raw: bytes, value: Any) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def prune_due(now: float | None = None) -> bool:
+    """Whether the cache folder exists and was not pruned in the last day (:data:`PRUNE_STAMP`):
+    one ``stat`` on most runs, so that a launcher loads :mod:`sandbox._cache_prune` only when it
+    has work to do. A stamp dated a day or more in the future (a clock set back) is due too."""
+    d = cache_dir()
+    if d is None:
+        return False
+    try:
+        stamp = os.stat(os.path.join(d, PRUNE_STAMP)).st_mtime
+    except FileNotFoundError:
+        return os.path.isdir(d)
+    except OSError:
+        return False
+    if now is None:
+        import time
+
+        now = time.time()
+    return abs(now - stamp) >= PRUNE_EVERY

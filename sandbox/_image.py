@@ -17,7 +17,9 @@ both while its first step runs (:func:`refresh`, off the start-up path). A step 
 image in its environment (``TV_SANDBOX_GUARD_IMAGE``, by :func:`current`), the launcher its own
 by :func:`path` (:func:`install`); each is used only when every source still has the recorded
 time and size (:func:`sandbox._lazy.load_image`) -- otherwise, or when the file is missing or
-unreadable, the modules load from the package as always.
+unreadable, the modules load from the package as always. Each package folder (a clone, a
+worktree, a venv) has its own pair, which :mod:`sandbox._cache_prune` removes once the folder is
+gone -- found from the header's first source path, so the header stays a list of absolute paths.
 
 A step cannot write the cache (it is outside every writable root). Under ``--kernel off`` a
 step's native writers can -- as they can the package's own ``__pycache__``, with the same

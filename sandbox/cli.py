@@ -38,7 +38,8 @@ _EXIT_HELP = """exit status (Docker's `docker run` convention):
   126                the command was found but cannot be executed
   127                the command was not found
   130 / 143          interrupted (Ctrl-C / SIGTERM)
-verify: 0 the run folder matches its manifest, 1 it does not, 125 it cannot be checked"""
+verify: 0 the run folder matches its manifest, 1 it does not, 125 it cannot be checked
+cache: 0 (the cache off or not made yet included), 125 the cache folder cannot be read"""
 
 # `run`'s options: the name argparse gives each, and whether it takes a value.
 _RUN_OPTIONS = {
@@ -210,6 +211,24 @@ def _parser() -> argparse.ArgumentParser:
         help="check an exported run folder against its manifest.json (exit 0: intact, 1: not)",
     )
     verify.add_argument("run_folder", metavar="RUN_FOLDER", help="HOST/<runs>/<RUN_ID>")
+    cache = sub.add_parser(
+        "cache",
+        help="show what the per-user cache holds (module images, parsed policies, shim); prune or clear it",
+        description=(
+            "Where the per-user cache is ($TV_SANDBOX_CACHE_DIR, else $XDG_CACHE_HOME/tv-sandbox, else "
+            "~/.cache/tv-sandbox; TV_SANDBOX_CACHE_DIR=off turns it off) and what it holds. `prune` removes, "
+            "now, what a run removes once a day: module images of package folders that are gone (or of "
+            "another version), entries unused for 30 days, unfinished writes older than a day -- never what "
+            "this installation uses. `clear` removes every entry; each is made again when next needed."
+        ),
+    )
+    cache.add_argument(
+        "action",
+        nargs="?",
+        choices=("prune", "clear"),
+        metavar="prune|clear",
+        help="prune: remove what no longer serves, now; clear: remove every entry (default: show them)",
+    )
     return p
 
 
@@ -391,6 +410,71 @@ def _verify(folder: str) -> int:
     return 0
 
 
+def _cache_command(action: str | None) -> int:
+    """``tv-sandbox cache [prune|clear]``: where the per-user cache is and what it holds (and what
+    a prune would remove); prune it now; or remove every entry. A cache that is off or not made
+    yet is no error; one that cannot be read is (125)."""
+    from sandbox import _cache, _cache_prune
+
+    d = _cache.cache_dir()
+    if d is None:
+        print(f"{PROG}: the per-user cache is off ({_cache.ENV_DIR}=off): nothing is kept")
+        return 0
+    try:
+        if action == "prune":
+            removed = _cache_prune.prune(d, keep=_cache_prune.in_use())
+            print(f"{PROG}: removed {_amount(removed)} from {d}{_reasons(removed)}")
+        elif action == "clear":
+            print(f"{PROG}: removed {_amount(_cache_prune.clear(d))} from {d}")
+        else:
+            _cache_show(d)
+    except FileNotFoundError:
+        print(f"{PROG}: the per-user cache {d} is empty (not made yet)")
+    except OSError as e:
+        raise UsageError(
+            f"the per-user cache {d} cannot be read ({e.strerror}): set {_cache.ENV_DIR} to a folder "
+            "of yours, or to off"
+        ) from e
+    return 0
+
+
+def _cache_show(d: str) -> None:
+    from sandbox import _cache_prune
+
+    held = _cache_prune.usage(d)
+    print(f"cache: {d}")
+    for label, (count, size) in held.items():
+        print(f"  {count:5d} {_size(size):>10}  {label}")
+    total = sum(c for c, _ in held.values()), sum(b for _, b in held.values())
+    print(f"  {total[0]:5d} {_size(total[1]):>10}  in all")
+    last = _cache_prune.last_pruned(d)
+    when = "never" if last is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(last))
+    stale = _cache_prune.prune(d, keep=_cache_prune.in_use(), dry_run=True)
+    print(
+        f"pruned by `{PROG} run` once a day (last: {when}); `{PROG} cache prune` would remove "
+        f"{_amount(stale)} now{_reasons(stale)}"
+    )
+
+
+def _amount(removed: Sequence[tuple[str, int, str]]) -> str:
+    n = len(removed)
+    return f"{n} {'entry' if n == 1 else 'entries'} ({_size(sum(size for _, size, _ in removed))})"
+
+
+def _reasons(removed: Sequence[tuple[str, int, str]]) -> str:
+    counts: dict[str, int] = {}
+    for _, _, why in removed:
+        counts[why] = counts.get(why, 0) + 1
+    return "".join(f"{'; ' if i else ': '}{n} {why}" for i, (why, n) in enumerate(sorted(counts.items())))
+
+
+def _size(n: int) -> str:
+    value, unit = float(n), 0
+    while value >= 1024 and unit < 3:
+        value, unit = value / 1024, unit + 1
+    return f"{n} B" if unit == 0 else f"{value:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
+
+
 def _doctor() -> int:
     from sandbox.kernel import describe, probe
 
@@ -460,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor()
         if ns["command"] == "verify":
             return _verify(ns["run_folder"])
+        if ns["command"] == "cache":
+            return _cache_command(ns["action"])
         if ns["command"] == "demo":
             from sandbox.demo import main as demo
 

@@ -44,15 +44,20 @@ def while_first_step(prep: Prepared, policy: Policy) -> bytes:
     the keeper builds the sandbox meanwhile), off the start-up path and on the other core: load
     what the end of the run needs, sweep what launchers killed before it left behind, bring the
     module images up to date for the next steps and runs (built once, then a check of their
-    sources), hash the policy; returns the policy's record, written as is at the end."""
+    sources), prune the per-user cache once a day, hash the policy; returns the policy's record,
+    written as is at the end."""
     import sandbox.export._exporter
     import sandbox.export._space  # noqa: F401
-    from sandbox import _digest, _image
+    from sandbox import _cache, _digest, _image
     from sandbox import workspace as workspace_mod
 
     workspace_mod.sweep(prep.request.workspace_base)
     _image.refresh("guard")
     _image.refresh("launcher")
+    if _cache.prune_due():  # one stat; the pruner loads only on the day's first run
+        from sandbox import _cache_prune
+
+        _cache_prune.auto()
     _digest.sha256()  # its hash module: the built-in one, of small files
     prep.spec.sha256  # noqa: B018 - computed once, for the report and the manifest
     return policy_record(policy)

@@ -65,18 +65,28 @@ def shim_path(*, build: bool = True) -> str | None:
         _reason = "the per-user cache is off (TV_SANDBOX_CACHE_DIR=off): nowhere to keep the built shim"
         return None
     try:
-        with open(SOURCE, "rb") as fh:
-            src = fh.read()
+        lib = library(d)
     except OSError as e:
         _reason = f"the shim's source {SOURCE} is missing ({e.strerror})"
         return None
-    lib = os.path.join(d, "native", f"shim-{_cache.fingerprint(src)}-{len(src)}-{os.uname().machine}.so")
     if os.path.exists(lib):
         return lib
     if not build:
         _reason = "not built yet"
         return None
     return _build(lib)
+
+
+def library(cache: str) -> str:
+    """Where the shim for this source and machine lives in the cache folder ``cache``, built or
+    not (named by the source's bytes: an edited ``shim.c`` is a new library). Raises ``OSError``
+    when the source cannot be read. No side effect, unlike :func:`shim_path` (which records why
+    it returned None): the cache's upkeep asks it which shim is in use."""
+    from sandbox._cache import fingerprint
+
+    with open(SOURCE, "rb") as fh:
+        src = fh.read()
+    return os.path.join(cache, "native", f"shim-{fingerprint(src)}-{len(src)}-{os.uname().machine}.so")
 
 
 def _build(lib: str) -> str | None:
