@@ -482,8 +482,14 @@ def _doctor() -> int:
     return 0
 
 
-def _stage(e: BaseException) -> str:
+#: The subcommands that run no command of the user's: their errors name no stage of one.
+_NO_COMMAND = ("verify", "cache", "doctor")
+
+
+def _stage(e: BaseException, subcommand: str | None = None) -> str:
     """Which stage an error stopped, for its one line: CI reads 125 and the words say which."""
+    if subcommand in _NO_COMMAND:
+        return "error"
     if isinstance(e, ExportError):
         return "error after the command ran (export failed)"
     if isinstance(e, SandboxError) and e.exit_status != EXIT_USAGE:
@@ -523,6 +529,7 @@ def entry() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    subcommand: str | None = None
     try:
         if args[:2] == ["worker", "--run-state"]:  # Ray's worker start-up: no argparse on this path
             from sandbox.worker_launch import main as worker_main
@@ -531,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = _fast_run(args)
         if ns is None:
             ns = vars(_parser().parse_args(args))
+        subcommand = ns["command"]
         if ns["command"] == "run":
             return _run(ns)
         if ns["command"] == "audit":
@@ -558,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SandboxError as e:
         err = exec_failure(e)
-        print(f"{PROG}: {_stage(err)}: {err}", file=sys.stderr)
+        print(f"{PROG}: {_stage(err, subcommand)}: {err}", file=sys.stderr)
         return err.exit_status if isinstance(err, SandboxError) else EXIT_USAGE
     except KeyboardInterrupt as e:  # before a run began, or after it was exported
         signum = getattr(e, "signum", 2)

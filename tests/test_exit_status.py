@@ -105,6 +105,8 @@ def test_verify_a_run_folder(host: Path) -> None:
         [sys.executable, "-m", "sandbox", "verify", str(out / "nope")], capture_output=True, text=True
     )
     assert none.returncode == EXIT_SANDBOX and "is not a folder" in none.stderr
+    # verify runs no command of the user's: no "before the command ran" in its one line
+    assert none.stderr.startswith(f"tv-sandbox: error: {out / 'nope'} is not a folder"), none.stderr
 
 
 # -- policies by name, TV_PROFILE ---------------------------------------------------------------
