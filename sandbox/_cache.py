@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 _FORMAT = 1
 ENV_DIR = "TV_SANDBOX_CACHE_DIR"
+#: The kinds of :func:`store`'s entries (``{kind}-{key}-{len}.marshal``): the parse of a policy file.
+KINDS = ("toml",)
 #: The file in the cache folder whose mtime is when it was last pruned automatically.
 PRUNE_STAMP = "last-prune"
 PRUNE_EVERY = 86400.0  # seconds: a launcher prunes at most once a day
@@ -37,6 +39,23 @@ def cache_dir() -> str | None:
         return None if d in ("", "off") else d
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "tv-sandbox")
+
+
+def alone(st: os.stat_result) -> bool:
+    """Whether what ``st`` describes belongs to this user and no other user may write it."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def owned_alone(p: str) -> bool:
+    """Whether the file ``p`` and its folder are this user's alone (:func:`alone`). What the cache
+    holds is trusted -- code the launcher runs unsandboxed (as root, in CI), the shim a step
+    preloads, a policy's parse -- only from a folder no other user can write entries into, as
+    ``.pyc`` files never are: a ``TV_SANDBOX_CACHE_DIR`` or ``XDG_CACHE_HOME`` shared with others
+    feeds the runs nothing (they parse, compile and build as without a cache)."""
+    try:
+        return alone(os.stat(p)) and alone(os.stat(os.path.dirname(p)))
+    except OSError:
+        return False
 
 
 def fingerprint(raw: bytes) -> str:
@@ -58,7 +77,7 @@ def _entry(kind: str, raw: bytes) -> str | None:
 def lookup(kind: str, raw: bytes) -> Any:
     """What :func:`store` kept for ``(kind, raw)``, or ``None``."""
     path = _entry(kind, raw)
-    if path is None:
+    if path is None or not owned_alone(path):
         return None
     try:
         with open(path, "rb") as fh:
@@ -96,11 +115,17 @@ def prune_due(now: float | None = None) -> bool:
     if d is None:
         return False
     try:
-        stamp = os.stat(os.path.join(d, PRUNE_STAMP)).st_mtime
+        st = os.stat(os.path.join(d, PRUNE_STAMP))
     except FileNotFoundError:
-        return os.path.isdir(d)
+        try:
+            return alone(os.stat(d))  # a folder others may write is not pruned (nor used)
+        except OSError:
+            return False
     except OSError:
         return False
+    if st.st_uid != os.geteuid():
+        return False  # another user's stamp: a folder shared with them, not pruned
+    stamp = st.st_mtime
     if now is None:
         import time
 

@@ -6,11 +6,11 @@ Why: nothing else removes an entry, and every package folder -- each clone, work
 venv -- adds its own pair of module images (~0.8 MB, :mod:`sandbox._image`) that outlives it.
 :func:`prune` removes
 
-- a module image whose package folder is gone, or that is not an image of this format (another
-  layout, truncated, an older tv-sandbox's). The folder comes from the image's header alone (its
-  first module's source path, less as many folders as the module's name is deep): a few kB read,
-  not the image;
-- any entry not used for 30 days (:data:`UNUSED_FOR`), by its ``st_atime``. ``relatime``, Linux's
+- a module image whose package folder is gone. The folder comes from the image's header alone (its
+  first module's source path, less as many folders as the module's name is deep), read by hand
+  (:func:`_first_key`): a few kB, not the image, and never through ``marshal``;
+- any entry not used for 30 days (:data:`UNUSED_FOR`), by its ``st_atime`` -- an image this version
+  cannot read too (another installed version sharing the cache may use it). ``relatime``, Linux's
   default, updates it at most once a day, which is all this needs; on a ``noatime`` mount an entry
   in use looks unused a month after it was made, and the cost is one rebuild a month -- acceptable;
 - a ``*.<pid>.tmp`` file older than a day: its writer was killed between the write and the rename.
@@ -18,17 +18,17 @@ venv -- adds its own pair of module images (~0.8 MB, :mod:`sandbox._image`) that
 What the running package uses (its two images and its shim, :func:`in_use`) is kept whatever its
 times: a step reads the guard's image and maps the shim on mounts where no atime changes.
 
-Only regular files of this user named like an entry are removed: the cache folder's top and its
-``native/`` subfolder, both opened once and every file named relative to their descriptors, never
-through a link (the cache folder's own path is taken as the writers take it, a link included), and
-nothing else is entered. Files of other kinds or names -- a user's notes, a link named like an
-entry, another user's file in a shared folder -- are left alone. Stdlib only; best effort: what
-cannot be read or removed stays as it is.
+Only in a cache folder of this user's alone (:class:`Shared` otherwise: nothing in it is used
+either), and only regular files of this user with one link, named exactly like an entry: in the
+cache folder's top and its ``native/`` subfolder, both opened once and every file named relative
+to their descriptors, never through a link (the cache folder's own path is taken as the writers
+take it, a link included), and nothing else is entered. Files of other kinds or names -- a user's
+notes, a link named like an entry, a hard link to a file elsewhere -- are left alone. Stdlib only;
+best effort: what cannot be read or removed stays as it is.
 """
 
 from __future__ import annotations
 
-import marshal
 import os
 import stat
 import time
@@ -42,12 +42,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GONE",
-    "NOT_AN_IMAGE",
     "TMP_AGE",
     "UNFINISHED",
     "UNUSED",
     "UNUSED_FOR",
     "Removal",
+    "Shared",
     "auto",
     "clear",
     "in_use",
@@ -63,12 +63,10 @@ NATIVE = "native"  # the one subfolder: sandbox.native's shims
 #: What one removal was (or, dry, would be): the entry's path, its size in bytes, and why.
 Removal = tuple[str, int, str]
 GONE = "package folder gone"
-NOT_AN_IMAGE = "not an image of this version"
 UNUSED = "unused for 30 days"
 UNFINISHED = "unfinished write"
 _UNFINISHED_LABEL = "unfinished writes"
 _HEX = frozenset("0123456789abcdef")
-_MAX_HEADER = 1 << 20  # an image's header is a few kB: more is not one of ours
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # O_NOATIME: reading a header is no use of the image -- else relatime would renew its atime every
 # day and no image of a live folder would ever look unused. Allowed on one's own files, the only
@@ -77,10 +75,14 @@ _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os,
 
 
 def _key(s: str) -> bool:
-    """Whether ``s`` is a :func:`sandbox._cache.fingerprint` (16 hex digits, ``-`` first when the
-    hash is negative; 8 in tv-sandbox's first images)."""
+    """Whether ``s`` is a :func:`sandbox._cache.fingerprint` exactly: 16 hex digits, or ``-`` and
+    15 when the hash is negative (8 and 7 in tv-sandbox's first images)."""
     digits = s[1:] if s[:1] == "-" else s
-    return 0 < len(digits) <= 16 and set(digits) <= _HEX
+    return len(s) in (8, 16) and len(digits) > 0 and set(digits) <= _HEX
+
+
+def _digits(s: str) -> bool:
+    return s.isascii() and s.isdigit()
 
 
 def _image_kind(name: str) -> str | None:
@@ -91,7 +93,13 @@ def _image_kind(name: str) -> str | None:
     tag, _, key = rest.rpartition("-")
     if tag.endswith("-"):  # a negative key
         tag, key = tag[:-1], "-" + key
-    return kind if kind in _image.KINDS and tag and _key(key) else None
+    return kind if kind in _image.KINDS and _tag(tag) and _key(key) else None
+
+
+def _tag(tag: str) -> bool:
+    """Whether ``tag`` is shaped like ``sys.implementation.cache_tag`` (``cpython-311``)."""
+    impl, _, version = tag.partition("-")
+    return impl.isascii() and impl.isalpha() and impl.islower() and _digits(version)
 
 
 def _parse_kind(name: str) -> str | None:
@@ -100,8 +108,7 @@ def _parse_kind(name: str) -> str | None:
         return None
     kind, _, rest = name.removesuffix(".marshal").partition("-")
     key, _, size = rest.rpartition("-")
-    ok = kind.isalpha() and kind.islower() and kind not in _image.KINDS and _key(key) and size.isdigit()
-    return kind if ok else None
+    return kind if kind in _cache.KINDS and _key(key) and _digits(size) else None
 
 
 def _is_shim(name: str) -> bool:
@@ -110,7 +117,7 @@ def _is_shim(name: str) -> bool:
         return False
     rest, _, machine = name[5:-3].rpartition("-")
     key, _, size = rest.rpartition("-")
-    return bool(machine) and _key(key) and size.isdigit()
+    return bool(machine) and machine.isascii() and _key(key) and _digits(size)
 
 
 def _label(name: str, native: bool) -> str | None:
@@ -118,27 +125,44 @@ def _label(name: str, native: bool) -> str | None:
     :func:`usage` counts it; None when it is not named like an entry of ours."""
     if name.endswith(".tmp"):  # an unfinished write: "{entry}.{pid}.tmp"
         base, _, pid = name[:-4].rpartition(".")
-        return _UNFINISHED_LABEL if pid.isdigit() and _label(base, native) else None
+        return _UNFINISHED_LABEL if _digits(pid) and _label(base, native) else None
     if native:
         return "native shims" if _is_shim(name) else None
     kind = _image_kind(name)
     if kind is not None:
         return f"module images ({kind})"
-    kind = _parse_kind(name)
-    if kind is None:
-        return None
-    return "parsed policy files" if kind == "toml" else f"{kind} entries"
+    return "parsed policy files" if _parse_kind(name) == "toml" else None
+
+
+class Shared(OSError):
+    """The cache folder is not this user's alone: others can write entries into it (see
+    :func:`sandbox._cache.owned_alone`); nothing there is used, and nothing is removed."""
 
 
 def _open(d: str) -> list[tuple[int, str]]:
-    """Descriptors of the cache folder and of its ``native/`` when that is a real folder, each
-    with the path it stands for. Raises ``OSError`` when the cache folder cannot be opened."""
+    """Descriptors of the cache folder and of its ``native/`` when that is a real folder of this
+    user's alone, each with the path it stands for. Raises ``OSError`` when the cache folder
+    cannot be opened, :class:`Shared` when others may write it."""
     top = os.open(d, _DIR)
     out = [(top, d)]
     try:
-        out.append((os.open(NATIVE, _DIR | os.O_NOFOLLOW, dir_fd=top), os.path.join(d, NATIVE)))
-    except OSError:
-        pass
+        st = os.fstat(top)
+        if not _cache.alone(st):
+            raise Shared(
+                f"the per-user cache {d} is not this user's alone (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): tv-sandbox neither uses nor prunes it"
+            )
+        try:
+            sub = os.open(NATIVE, _DIR | os.O_NOFOLLOW, dir_fd=top)
+        except OSError:
+            return out
+        if _cache.alone(os.fstat(sub)):
+            out.append((sub, os.path.join(d, NATIVE)))
+        else:
+            os.close(sub)
+    except BaseException:
+        _close(out)
+        raise
     return out
 
 
@@ -164,7 +188,8 @@ def _entries(fd: int, native: bool) -> list[tuple[str, str, os.stat_result]]:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+        # one link only: a name hard-linked to a file elsewhere is not an entry of ours
+        if stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_nlink == 1:
             out.append((name, label, st))
     return out
 
@@ -174,6 +199,8 @@ def _package(name: object, origin: object, is_pkg: object) -> str | None:
     at ``P/kernel/plan.py`` and ``sandbox.kernel`` at ``P/kernel/__init__.py`` are both of ``P``."""
     if not (isinstance(name, str) and isinstance(origin, str) and os.path.isabs(origin)):
         return None
+    if "\0" in origin or not origin.isprintable():  # a path the system could not have given
+        return None
     parts = name.split(".")
     folder = origin
     for _ in range(len(parts) - 1 + bool(is_pkg)):
@@ -182,33 +209,93 @@ def _package(name: object, origin: object, is_pkg: object) -> str | None:
 
 
 def _image_problem(fd: int, name: str) -> str | None:
-    """Why the image ``name`` of the folder ``fd`` serves no package any more (:data:`GONE`,
-    :data:`NOT_AN_IMAGE`), or None. Reads its header only (the layout of
-    :func:`sandbox._lazy.parse_image`: its length in 8 bytes, then the header)."""
+    """:data:`GONE` when the image ``name`` of the folder ``fd`` is of a package folder that no
+    longer exists, else None. Reads the start of its header only (the layout of
+    :func:`sandbox._lazy.parse_image`: its length in 8 bytes, then the header), and does not
+    unmarshal it: an entry's bytes are anyone's who could write the file, and ``marshal`` trusts
+    the counts it reads (13 bytes can ask it for gigabytes). An image it cannot read -- another
+    layout, truncated -- is left to the rule of disuse."""
     try:
         f = os.open(name, _READ, dir_fd=fd)
     except OSError:
         return None  # gone meanwhile, or a link put in its place: left as it is
     try:
-        head = os.read(f, 8)
-        n = int.from_bytes(head, "little")
-        if len(head) < 8 or not 0 < n <= _MAX_HEADER:
-            return NOT_AN_IMAGE
-        fmt, _version, keys = marshal.loads(os.pread(f, n, 8))
-        package = _package(*keys[0][:3]) if fmt == IMAGE_FORMAT else None
-    except Exception:  # truncated, not marshal, another layout
-        return NOT_AN_IMAGE
+        head = os.pread(f, 8 + _HEAD_READ, 0)
+    except OSError:
+        return None
     finally:
         os.close(f)
+    first = _first_key(head[8:8 + int.from_bytes(head[:8], "little")]) if len(head) > 8 else None
+    package = _package(*first) if first is not None else None
     if package is None:
-        return NOT_AN_IMAGE
+        return None
     try:
         os.stat(os.path.join(package, "__init__.py"))
     except (FileNotFoundError, NotADirectoryError):
         return GONE
-    except OSError:
+    except (OSError, ValueError):
         pass  # cannot tell (a folder this user may not search): kept
     return None
+
+
+_HEAD_READ = 4096  # the header's start: its format, the version and the first module's key
+_REF = 0x80  # marshal's FLAG_REF bit on a type code
+
+
+def _first_key(data: bytes) -> tuple[str, str, bool] | None:
+    """``(name, origin, is_pkg)`` of the first module of an image's header ``data`` -- a marshal of
+    ``(IMAGE_FORMAT, sys.version, ((name, origin, is_pkg, ...), ...))`` -- read by hand, every
+    count checked against the bytes there are; None when ``data`` is not that, of this format."""
+    pos = 0
+
+    def code() -> int:
+        nonlocal pos
+        if pos >= len(data):
+            raise ValueError
+        pos += 1
+        return data[pos - 1] & ~_REF
+
+    def count(width: int) -> int:
+        nonlocal pos
+        if pos + width > len(data):
+            raise ValueError
+        pos += width
+        return int.from_bytes(data[pos - width : pos], "little", signed=width == 4)
+
+    def tuple_of(least: int) -> None:
+        c = code()
+        n = count(4) if c == ord("(") else count(1) if c == ord(")") else -1
+        if n < least:
+            raise ValueError
+
+    def text() -> str:
+        nonlocal pos
+        c = code()
+        if c in (ord("z"), ord("Z")):  # short ASCII
+            n = count(1)
+        elif c in (ord("u"), ord("t"), ord("a"), ord("A")):
+            n = count(4)
+        else:
+            raise ValueError
+        if not 0 <= n <= len(data) - pos:
+            raise ValueError
+        pos += n
+        return data[pos - n : pos].decode("utf-8")
+
+    try:
+        tuple_of(3)
+        if code() != ord("i") or count(4) != IMAGE_FORMAT:
+            return None
+        text()  # the version
+        tuple_of(1)  # the modules
+        tuple_of(3)  # the first one's key
+        name, origin = text(), text()
+        flag = code()
+        if flag not in (ord("T"), ord("F")):
+            return None
+        return name, origin, flag == ord("T")
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _why(fd: int, name: str, label: str, st: os.stat_result, now: float) -> str | None:
@@ -223,21 +310,31 @@ def _why(fd: int, name: str, label: str, st: os.stat_result, now: float) -> str 
     return None
 
 
-def _unlink(fd: int, name: str) -> bool:
+def _unlink(fd: int, name: str, path: str, size: int, failed: list[Removal] | None) -> bool:
     try:
         os.unlink(name, dir_fd=fd)
-    except OSError:
+    except FileNotFoundError:  # removed meanwhile (another launcher's prune)
+        return False
+    except OSError as e:
+        if failed is not None:
+            failed.append((path, size, e.strerror or type(e).__name__))
         return False
     return True
 
 
 def prune(
-    d: str, *, keep: Collection[str] = (), now: float | None = None, dry_run: bool = False
+    d: str,
+    *,
+    keep: Collection[str] = (),
+    now: float | None = None,
+    dry_run: bool = False,
+    failed: list[Removal] | None = None,
 ) -> list[Removal]:
     """Remove from the cache folder ``d`` what no longer serves (the rules in the module's
     docstring), but the paths in ``keep``; with ``dry_run``, only say what. Returns what was
-    removed. Raises ``OSError`` only when ``d`` itself cannot be opened (``FileNotFoundError``:
-    there is no cache yet); a file that cannot be read or removed is left as it is."""
+    removed; what could not be removed goes to ``failed`` (its reason: the error). Raises
+    ``OSError`` only when ``d`` itself cannot be opened (``FileNotFoundError``: there is no cache
+    yet; :class:`Shared`: others may write it); an entry that cannot be read is left as it is."""
     when = time.time() if now is None else now
     removed: list[Removal] = []
     folders = _open(d)
@@ -247,34 +344,41 @@ def prune(
                 path = os.path.join(where, name)
                 if path in keep:
                     continue
-                why = _why(fd, name, label, st, when)
-                if why is not None and (dry_run or _unlink(fd, name)):
+                try:  # one odd entry never stops the rest
+                    why = _why(fd, name, label, st, when)
+                except Exception:
+                    continue
+                if why is not None and (dry_run or _unlink(fd, name, path, st.st_size, failed)):
                     removed.append((path, st.st_size, why))
     finally:
         _close(folders)
     return removed
 
 
-def clear(d: str) -> list[Removal]:
-    """Remove every entry from the cache folder ``d`` (each reason: ``"cleared"``), the prune
-    stamp and an empty ``native/`` too; anything else stays. Raises as :func:`prune`."""
+def clear(d: str, *, keep: Collection[str] = (), failed: list[Removal] | None = None) -> list[Removal]:
+    """Remove every entry from the cache folder ``d`` (each reason: ``"cleared"``) but the paths
+    in ``keep`` (what a run of this installation may be using: :func:`in_use`), the prune stamp
+    and an empty ``native/`` too when they are this user's; anything else stays. Raises and
+    reports as :func:`prune`."""
     removed: list[Removal] = []
     folders = _open(d)
     try:
         for fd, where in folders:
             for name, _label, st in _entries(fd, where != d):
-                if _unlink(fd, name):
-                    removed.append((os.path.join(where, name), st.st_size, "cleared"))
+                path = os.path.join(where, name)
+                if path not in keep and _unlink(fd, name, path, st.st_size, failed):
+                    removed.append((path, st.st_size, "cleared"))
         top = folders[0][0]
         try:
-            if stat.S_ISREG(os.stat(_cache.PRUNE_STAMP, dir_fd=top, follow_symlinks=False).st_mode):
+            st = os.stat(_cache.PRUNE_STAMP, dir_fd=top, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
                 os.unlink(_cache.PRUNE_STAMP, dir_fd=top)
         except OSError:
             pass
-        if len(folders) > 1:
+        if len(folders) > 1:  # native/, a folder of this user's alone (_open)
             try:
                 os.rmdir(NATIVE, dir_fd=top)
-            except OSError:  # not empty: a file not ours
+            except OSError:  # not empty: a shim in use, or a file not ours
                 pass
     finally:
         _close(folders)
@@ -328,11 +432,14 @@ def auto(now: float | None = None) -> bool:
         return False
     when = time.time() if now is None else now
     try:
-        folders = _open(d)
+        folders = _open(d)  # Shared: a folder others may write is neither stamped nor pruned
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             f = os.open(_cache.PRUNE_STAMP, flags, 0o600, dir_fd=folders[0][0])
             try:
+                st = os.fstat(f)
+                if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1):
+                    return False  # a stamp not ours alone: its times are not ours to set
                 os.utime(f, (when, when))
             finally:
                 os.close(f)

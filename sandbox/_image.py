@@ -33,7 +33,7 @@ import marshal
 import os
 import sys
 
-from sandbox._cache import cache_dir, fingerprint
+from sandbox._cache import cache_dir, fingerprint, owned_alone
 from sandbox._lazy import IMAGE_FORMAT as FORMAT
 from sandbox._lazy import load_image, parse_image
 
@@ -118,9 +118,10 @@ def path(kind: str = "guard") -> str | None:
 
 
 def current() -> str | None:
-    """The guard's image to name in a step's environment: its path when it exists, else None."""
+    """The guard's image to name in a step's environment: its path when it exists in a cache folder
+    of this user's alone (:func:`sandbox._cache.owned_alone`), else None."""
     p = path()
-    return p if p is not None and os.path.isfile(p) else None
+    return p if p is not None and os.path.isfile(p) and owned_alone(p) else None
 
 
 def install() -> bool:
@@ -129,7 +130,7 @@ def install() -> bool:
     process that lives for one run: the image stays in place (and serves the keeper it forks)."""
     global _installed
     p = path("launcher")
-    if p is None or not _ours_alone(p):
+    if p is None or not owned_alone(p):
         return False
     image = load_image(p, _PACKAGE)
     if image is None:
@@ -140,21 +141,6 @@ def install() -> bool:
 
 
 _installed: str | None = None  # the launcher's image this process runs from: fresh by that fact
-
-
-def _ours_alone(p: str) -> bool:
-    """Whether the file ``p`` and its folder belong to this user and no other user may write
-    either: code the launcher runs unsandboxed (as root, in CI) must not come from a cache folder
-    that others share (``TV_SANDBOX_CACHE_DIR`` pointed at one), as ``.pyc`` files never do."""
-    uid = os.geteuid()
-    try:
-        for q in (p, os.path.dirname(p)):
-            st = os.stat(q)
-            if st.st_uid != uid or st.st_mode & 0o022:
-                return False
-    except OSError:
-        return False
-    return True
 
 
 def _source(name: str) -> str:

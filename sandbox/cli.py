@@ -412,29 +412,41 @@ def _verify(folder: str) -> int:
 
 def _cache_command(action: str | None) -> int:
     """``tv-sandbox cache [prune|clear]``: where the per-user cache is and what it holds (and what
-    a prune would remove); prune it now; or remove every entry. A cache that is off or not made
-    yet is no error; one that cannot be read is (125)."""
+    a prune would remove); prune it now; or remove every entry this installation is not using. A
+    cache that is off or not made yet is no error; one that cannot be read, or that other users
+    may write (then nothing in it is used or removed), is (125)."""
     from sandbox import _cache, _cache_prune
 
     d = _cache.cache_dir()
     if d is None:
-        print(f"{PROG}: the per-user cache is off ({_cache.ENV_DIR}=off): nothing is kept")
+        print(f"{PROG}: the per-user cache is off ({_cache.ENV_DIR} is empty or off): nothing is kept")
         return 0
+    failed: list[tuple[str, int, str]] = []
     try:
         if action == "prune":
-            removed = _cache_prune.prune(d, keep=_cache_prune.in_use())
+            removed = _cache_prune.prune(d, keep=_cache_prune.in_use(), failed=failed)
             print(f"{PROG}: removed {_amount(removed)} from {d}{_reasons(removed)}")
         elif action == "clear":
-            print(f"{PROG}: removed {_amount(_cache_prune.clear(d))} from {d}")
+            keep = _cache_prune.in_use()
+            removed = _cache_prune.clear(d, keep=keep, failed=failed)
+            kept = sum(1 for p in keep if os.path.exists(p))
+            print(
+                f"{PROG}: removed {_amount(removed)} from {d}"
+                + (f"; kept {kept} this installation uses" if kept else "")
+            )
         else:
             _cache_show(d)
     except FileNotFoundError:
         print(f"{PROG}: the per-user cache {d} is empty (not made yet)")
+    except _cache_prune.Shared as e:
+        raise UsageError(f"{e}; point {_cache.ENV_DIR} at a folder of yours") from e
     except OSError as e:
         raise UsageError(
             f"the per-user cache {d} cannot be read ({e.strerror}): set {_cache.ENV_DIR} to a folder "
             "of yours, or to off"
         ) from e
+    if failed:
+        raise UsageError(f"could not remove {_amount(failed)}{_reasons(failed)}")
     return 0
 
 
@@ -529,7 +541,7 @@ def entry() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    subcommand: str | None = None
+    subcommand: str | None = args[0] if args else None  # for the error line of a misused one too
     try:
         if args[:2] == ["worker", "--run-state"]:  # Ray's worker start-up: no argparse on this path
             from sandbox.worker_launch import main as worker_main

@@ -18,7 +18,7 @@ import pytest
 from conftest import sandbox_run
 
 from sandbox import _cache, _cache_prune, _image, native
-from sandbox._cache_prune import GONE, NOT_AN_IMAGE, UNFINISHED, UNUSED
+from sandbox._cache_prune import GONE, UNFINISHED, UNUSED, Shared
 from sandbox._lazy import IMAGE_FORMAT
 from sandbox.cli import main
 from sandbox.errors import EXIT_SANDBOX
@@ -119,7 +119,9 @@ def test_a_prune_reads_an_images_header_without_using_the_image(tmp_path: Path, 
     assert image.stat().st_atime_ns == before
 
 
-def test_images_that_cannot_be_read_as_this_format_are_removed(tmp_path: Path, cache: Path) -> None:
+def test_images_it_cannot_read_are_left_to_the_rule_of_disuse(tmp_path: Path, cache: Path) -> None:
+    """Another format's image may serve another installed tv-sandbox sharing the cache: removed
+    only once unused for 30 days, as are garbage and truncated files named like images."""
     clone = _package(tmp_path / "clone")
     tag = sys.implementation.cache_tag
     older = _image_of(cache, clone, "launcher", fmt=IMAGE_FORMAT - 1)
@@ -129,15 +131,103 @@ def test_images_that_cannot_be_read_as_this_format_are_removed(tmp_path: Path, c
     truncated.write_bytes((5000).to_bytes(8, "little") + b"\0" * 100)
     first8 = cache / f"launcher-{tag}-03bac5d8.marshal"  # the first images' 8-digit keys
     first8.write_bytes(b"\xff" * 64)
-    parse = cache / f"toml-{KEY}-12.marshal"  # not an image: only its age counts
-    parse.write_bytes(b"garbage")
-    assert _prune(cache) == {
-        older.name: NOT_AN_IMAGE,
-        garbage.name: NOT_AN_IMAGE,
-        truncated.name: NOT_AN_IMAGE,
-        first8.name: NOT_AN_IMAGE,
-    }
-    assert parse.exists()
+    assert _prune(cache) == {}
+    for p in (older, garbage, truncated, first8):
+        _age(p, 31)
+    assert _prune(cache) == {p.name: UNUSED for p in (older, garbage, truncated, first8)}
+
+
+def test_a_crafted_header_costs_the_prune_nothing(tmp_path: Path, cache: Path) -> None:
+    """An image's bytes are whoever wrote the file's: the header is read by hand, every count
+    checked against the bytes there are (marshal would allocate what a 13-byte header asks: ~2 GB
+    here), and an origin no system path can be (a NUL, a lone surrogate) stops nothing."""
+    tag = sys.implementation.cache_tag
+    bomb = cache / f"guard-{tag}-{KEY}.marshal"
+    body = b"(" + (2**28).to_bytes(4, "little") + b"\0" * 8
+    bomb.write_bytes(len(body).to_bytes(8, "little") + body)
+    for i, origin in enumerate(("/x\0/sandbox/__init__.py", "/x\ud800/sandbox/__init__.py")):
+        keys = (("sandbox", origin, True, 1, 0, 0, 0, ""),)
+        header = marshal.dumps((IMAGE_FORMAT, sys.version, keys))
+        (cache / f"launcher-{tag}-{i:016x}.marshal").write_bytes(len(header).to_bytes(8, "little") + header)
+    gone = _image_of(cache, tmp_path / "gone" / "sandbox")
+    stale = [cache / f"toml-{KEY}-{n}.marshal.42.tmp" for n in range(20)]
+    for p in stale:
+        p.write_bytes(b"partial")
+        _age(p, 3)
+    t = time.perf_counter()
+    removed = _prune(cache)
+    assert time.perf_counter() - t < 5
+    assert removed == {gone.name: GONE, **{p.name: UNFINISHED for p in stale}}
+    assert bomb.exists()
+
+
+def test_files_of_a_user_only_named_alike_are_not_entries(tmp_path: Path, cache: Path) -> None:
+    """Only the exact names the cache writes: a user's own files in a folder pointed at as the
+    cache (``TV_SANDBOX_CACHE_DIR=$HOME/data``) stay, however old."""
+    mine = [
+        cache / "results-2024-05.marshal",
+        cache / "guard-v1-1.marshal",
+        cache / "data-cafe-2.marshal",
+        cache / f"guard-cpython-311-{KEY}0.marshal",  # 17 digits
+        cache / f"toml-{KEY}-١٢.marshal",  # Arabic-Indic digits
+        cache / f"parse-{KEY}-12.marshal",  # a kind the cache does not write
+    ]
+    for p in mine:
+        p.write_bytes(b"mine")
+        _age(p, 400)
+    assert _cache_prune.usage(str(cache)) == {}
+    assert _prune(cache) == {} and _cache_prune.clear(str(cache)) == []
+    assert all(p.exists() for p in mine)
+
+
+def test_a_name_hard_linked_elsewhere_is_not_an_entry(tmp_path: Path, cache: Path) -> None:
+    """A file with another link (another user's link into a shared folder, to a file the victim
+    can write) is never read, removed, or stamped through."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "world.txt"
+    victim.write_bytes(b"keep")
+    _age(victim, 400)
+    before = victim.stat()
+    os.link(victim, cache / f"toml-{KEY}-12.marshal")
+    os.link(victim, cache / _cache.PRUNE_STAMP)
+    assert _prune(cache) == {} and _cache_prune.clear(str(cache)) == []
+    assert not _cache_prune.auto()  # the stamp is not ours alone: neither dated nor a prune
+    after = victim.stat()
+    assert victim.read_bytes() == b"keep" and after.st_mtime_ns == before.st_mtime_ns and after.st_nlink == 3
+
+
+def test_a_cache_folder_others_may_write_is_neither_used_nor_pruned(tmp_path: Path, cache: Path) -> None:
+    """Entries another user could have written are not trusted -- a policy's parse (a development
+    parse planted under production's bytes), the launcher's and the guard's code, the shim every
+    step preloads -- and nothing in such a folder is removed or stamped."""
+    raw = b"[policy]\nname = 'x'\n"
+    _cache.store("toml", raw, {"planted": True})
+    assert _image.refresh("guard") and _image.refresh("launcher")
+    assert _cache.lookup("toml", raw) == {"planted": True} and _image.current() is not None
+    gone = _image_of(cache, tmp_path / "gone" / "sandbox")
+    cache.chmod(0o777)
+    assert _cache.lookup("toml", raw) is None
+    assert _image.current() is None and not _image.install()
+    assert not _cache.prune_due() and not _cache_prune.auto()
+    with pytest.raises(Shared, match="not this user's alone"):
+        _cache_prune.prune(str(cache))
+    with pytest.raises(Shared):
+        _cache_prune.clear(str(cache))
+    assert gone.exists() and not (cache / _cache.PRUNE_STAMP).exists()
+    r = _cli(str(cache), "cache", "prune")
+    assert r.returncode == EXIT_SANDBOX and r.stderr.startswith(f"tv-sandbox: error: the per-user cache {cache} is not")
+    cache.chmod(0o700)
+    assert _cache.lookup("toml", raw) == {"planted": True}
+    # the shim: its folder or the file writable by others -> not taken, with the reason
+    lib = Path(native.library(str(cache)))
+    lib.parent.mkdir()
+    lib.write_bytes(b"\x7fELF")
+    lib.chmod(0o666)
+    assert native.shim_path(build=False) is None
+    assert "writable by other users" in (native.unavailable_reason() or "")
+    lib.chmod(0o644)
+    assert native.shim_path(build=False) == str(lib)
 
 
 def test_entries_unused_for_30_days_are_removed(tmp_path: Path, cache: Path) -> None:
@@ -296,9 +386,12 @@ def test_cli_prune_and_clear(tmp_path: Path, cache: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert out.startswith("tv-sandbox: removed 1 entry (") and out.rstrip().endswith(f": 1 {GONE}")
     assert not gone.exists() and os.path.isfile(_image.path() or "")
+    _cache.store("toml", b"a = 1", {"a": 1})
     assert main(["cache", "clear"]) == 0
-    assert capsys.readouterr().out.startswith("tv-sandbox: removed 1 entry (")
-    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
+    # what a run of this installation may be using at this moment stays (a step's LD_PRELOAD)
+    out = capsys.readouterr().out
+    assert out.startswith("tv-sandbox: removed 1 entry (") and out.rstrip().endswith("; kept 1 this installation uses")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["notes.txt", os.path.basename(_image.path() or "")])
     assert main(["cache", "prune"]) == 0
     assert "removed 0 entries (0 B)" in capsys.readouterr().out
 
@@ -311,7 +404,7 @@ def test_cli_with_the_cache_off(
     monkeypatch.chdir(tmp_path)
     assert main(["cache", *action]) == 0
     out, err = capsys.readouterr()
-    assert "cache is off (TV_SANDBOX_CACHE_DIR=off)" in out and err == ""
+    assert "cache is off (TV_SANDBOX_CACHE_DIR is empty or off)" in out and err == ""
     assert list(tmp_path.iterdir()) == []
 
 

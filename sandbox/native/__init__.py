@@ -70,9 +70,22 @@ def shim_path(*, build: bool = True) -> str | None:
         _reason = f"the shim's source {SOURCE} is missing ({e.strerror})"
         return None
     if os.path.exists(lib):
+        if not _cache.owned_alone(lib):  # a library every step preloads: only one no other user wrote
+            _reason = f"the shim {lib} or its folder is not this user's alone: writable by other users"
+            return None
         return lib
     if not build:
         _reason = "not built yet"
+        return None
+    folder = os.path.dirname(lib)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        shared = not (_cache.alone(os.stat(d)) and _cache.alone(os.stat(folder)))
+    except OSError as e:
+        _reason = f"cannot make the shim's folder {folder} ({e.strerror})"
+        return None
+    if shared:
+        _reason = f"the per-user cache {d} is writable by other users: no shim is built or taken there"
         return None
     return _build(lib)
 
@@ -99,7 +112,6 @@ def _build(lib: str) -> str | None:
 
     tmp = f"{lib}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(lib), mode=0o700, exist_ok=True)
         r = subprocess.run(
             [cc, "-shared", "-fPIC", "-O2", "-o", tmp, SOURCE, "-ldl"],
             capture_output=True,
