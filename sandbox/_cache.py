@@ -5,8 +5,8 @@ beside a copy of those bytes: an entry answers only for exactly the same input, 
 it validates the result as if freshly made. Where: ``$TV_SANDBOX_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/tv-sandbox``, else ``~/.cache/tv-sandbox``; ``TV_SANDBOX_CACHE_DIR=off`` turns it
 off. Entries are ``marshal`` files written atomically; a cache that cannot be read or written is
-silently not used. A sandboxed step can never write here (it is outside every writable root), and
-nothing in a step reads it.
+silently not used, nor one other users may write (:func:`owned_alone`). A sandboxed step can never
+write here (it is outside every writable root), and nothing in a step reads it.
 
 Nothing here removes an entry: :mod:`sandbox._cache_prune` does, for every kind of entry the cache
 holds (these, the module images, the explain shim) -- at most once a day, by a launcher while its
