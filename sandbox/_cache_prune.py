@@ -38,7 +38,7 @@ from sandbox._lazy import IMAGE_FORMAT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterator, Sequence
 
 __all__ = [
     "GONE",
@@ -50,9 +50,11 @@ __all__ = [
     "Shared",
     "auto",
     "clear",
+    "describe",
     "in_use",
     "last_pruned",
     "prune",
+    "show",
     "usage",
 ]
 
@@ -192,6 +194,18 @@ def _entries(fd: int, native: bool) -> list[tuple[str, str, os.stat_result]]:
         if stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_nlink == 1:
             out.append((name, label, st))
     return out
+
+
+def _walk(d: str) -> Iterator[tuple[int, str, str, str, os.stat_result]]:
+    """``(folder descriptor, name, path, label, lstat)`` of each entry of the cache folder ``d``
+    and its ``native/`` (:func:`_entries`), the folders closed after. Raises as :func:`_open`."""
+    folders = _open(d)
+    try:
+        for fd, where in folders:
+            for name, label, st in _entries(fd, where != d):
+                yield fd, name, os.path.join(where, name), label, st
+    finally:
+        _close(folders)
 
 
 def _package(name: object, origin: object, is_pkg: object) -> str | None:
@@ -337,21 +351,15 @@ def prune(
     yet; :class:`Shared`: others may write it); an entry that cannot be read is left as it is."""
     when = time.time() if now is None else now
     removed: list[Removal] = []
-    folders = _open(d)
-    try:
-        for fd, where in folders:
-            for name, label, st in _entries(fd, where != d):
-                path = os.path.join(where, name)
-                if path in keep:
-                    continue
-                try:  # one odd entry never stops the rest
-                    why = _why(fd, name, label, st, when)
-                except Exception:
-                    continue
-                if why is not None and (dry_run or _unlink(fd, name, path, st.st_size, failed)):
-                    removed.append((path, st.st_size, why))
-    finally:
-        _close(folders)
+    for fd, name, path, label, st in _walk(d):
+        if path in keep:
+            continue
+        try:  # one odd entry never stops the rest
+            why = _why(fd, name, label, st, when)
+        except Exception:
+            continue
+        if why is not None and (dry_run or _unlink(fd, name, path, st.st_size, failed)):
+            removed.append((path, st.st_size, why))
     return removed
 
 
@@ -361,13 +369,11 @@ def clear(d: str, *, keep: Collection[str] = (), failed: list[Removal] | None = 
     and an empty ``native/`` too when they are this user's; anything else stays. Raises and
     reports as :func:`prune`."""
     removed: list[Removal] = []
+    for fd, name, path, _label, st in _walk(d):
+        if path not in keep and _unlink(fd, name, path, st.st_size, failed):
+            removed.append((path, st.st_size, "cleared"))
     folders = _open(d)
     try:
-        for fd, where in folders:
-            for name, _label, st in _entries(fd, where != d):
-                path = os.path.join(where, name)
-                if path not in keep and _unlink(fd, name, path, st.st_size, failed):
-                    removed.append((path, st.st_size, "cleared"))
         top = folders[0][0]
         try:
             st = os.stat(_cache.PRUNE_STAMP, dir_fd=top, follow_symlinks=False)
@@ -389,15 +395,47 @@ def usage(d: str) -> dict[str, tuple[int, int]]:
     """What the cache folder ``d`` holds: for each kind of entry, their number and bytes (only
     the kinds it holds). Raises as :func:`prune`."""
     out: dict[str, tuple[int, int]] = {}
-    folders = _open(d)
-    try:
-        for fd, where in folders:
-            for _name, label, st in _entries(fd, where != d):
-                count, size = out.get(label, (0, 0))
-                out[label] = (count + 1, size + st.st_size)
-    finally:
-        _close(folders)
+    for _fd, _name, _path, label, st in _walk(d):
+        count, size = out.get(label, (0, 0))
+        out[label] = (count + 1, size + st.st_size)
     return dict(sorted(out.items()))
+
+
+def show(d: str, prog: str) -> list[str]:
+    """The lines of ``tv-sandbox cache`` (``prog``): what the cache folder ``d`` holds, when a run
+    last pruned it, what a prune would remove now. Raises as :func:`prune`."""
+    held = usage(d)
+    lines = [f"cache: {d}"]
+    lines += [f"  {count:5d} {_size(size):>10}  {label}" for label, (count, size) in held.items()]
+    total = sum(c for c, _ in held.values()), sum(b for _, b in held.values())
+    lines.append(f"  {total[0]:5d} {_size(total[1]):>10}  in all")
+    last = last_pruned(d)
+    when = "never" if last is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(last))
+    stale = prune(d, keep=in_use(), dry_run=True)
+    lines.append(
+        f"pruned by `{prog} run` once a day (last: {when}); "
+        f"`{prog} cache prune` would remove {describe(stale, ' now')}"
+    )
+    return lines
+
+
+def describe(removals: Sequence[Removal], between: str = "") -> str:
+    """``N entries (size)<between>: k <reason>; ...``: what a prune or a clear removed (or could
+    not)."""
+    n = len(removals)
+    counts: dict[str, int] = {}
+    for _, _, why in removals:
+        counts[why] = counts.get(why, 0) + 1
+    reasons = "".join(f"{'; ' if i else ': '}{k} {why}" for i, (why, k) in enumerate(sorted(counts.items())))
+    amount = f"{n} {'entry' if n == 1 else 'entries'} ({_size(sum(size for _, size, _ in removals))})"
+    return f"{amount}{between}{reasons}"
+
+
+def _size(n: int) -> str:
+    value, unit = float(n), 0
+    while value >= 1024 and unit < 3:
+        value, unit = value / 1024, unit + 1
+    return f"{n} B" if unit == 0 else f"{value:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
 
 
 def last_pruned(d: str) -> float | None:

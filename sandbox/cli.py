@@ -425,17 +425,17 @@ def _cache_command(action: str | None) -> int:
     try:
         if action == "prune":
             removed = _cache_prune.prune(d, keep=_cache_prune.in_use(), failed=failed)
-            print(f"{PROG}: removed {_amount(removed)} from {d}{_reasons(removed)}")
+            print(f"{PROG}: removed {_cache_prune.describe(removed, f' from {d}')}")
         elif action == "clear":
             keep = _cache_prune.in_use()
             removed = _cache_prune.clear(d, keep=keep, failed=failed)
             kept = sum(1 for p in keep if os.path.exists(p))
             print(
-                f"{PROG}: removed {_amount(removed)} from {d}"
+                f"{PROG}: removed {_cache_prune.describe(removed, f' from {d}')}"
                 + (f"; kept {kept} this installation uses" if kept else "")
             )
         else:
-            _cache_show(d)
+            print("\n".join(_cache_prune.show(d, PROG)))
     except FileNotFoundError:
         print(f"{PROG}: the per-user cache {d} is empty (not made yet)")
     except _cache_prune.Shared as e:
@@ -446,45 +446,8 @@ def _cache_command(action: str | None) -> int:
             "of yours, or to off"
         ) from e
     if failed:
-        raise UsageError(f"could not remove {_amount(failed)}{_reasons(failed)}")
+        raise UsageError(f"could not remove {_cache_prune.describe(failed)}")
     return 0
-
-
-def _cache_show(d: str) -> None:
-    from sandbox import _cache_prune
-
-    held = _cache_prune.usage(d)
-    print(f"cache: {d}")
-    for label, (count, size) in held.items():
-        print(f"  {count:5d} {_size(size):>10}  {label}")
-    total = sum(c for c, _ in held.values()), sum(b for _, b in held.values())
-    print(f"  {total[0]:5d} {_size(total[1]):>10}  in all")
-    last = _cache_prune.last_pruned(d)
-    when = "never" if last is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(last))
-    stale = _cache_prune.prune(d, keep=_cache_prune.in_use(), dry_run=True)
-    print(
-        f"pruned by `{PROG} run` once a day (last: {when}); `{PROG} cache prune` would remove "
-        f"{_amount(stale)} now{_reasons(stale)}"
-    )
-
-
-def _amount(removed: Sequence[tuple[str, int, str]]) -> str:
-    n = len(removed)
-    return f"{n} {'entry' if n == 1 else 'entries'} ({_size(sum(size for _, size, _ in removed))})"
-
-
-def _reasons(removed: Sequence[tuple[str, int, str]]) -> str:
-    counts: dict[str, int] = {}
-    for _, _, why in removed:
-        counts[why] = counts.get(why, 0) + 1
-    return "".join(f"{'; ' if i else ': '}{n} {why}" for i, (why, n) in enumerate(sorted(counts.items())))
-
-
-def _size(n: int) -> str:
-    value, unit = float(n), 0
-    while value >= 1024 and unit < 3:
-        value, unit = value / 1024, unit + 1
-    return f"{n} B" if unit == 0 else f"{value:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
 
 
 def _doctor() -> int:
