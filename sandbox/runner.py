@@ -221,11 +221,19 @@ def kernel_plan(
         )
 
     # A top lower layer of empty folders gives every mount point a folder in the merged view
-    # without writing it into the upper layer (the run folder).
+    # without writing it into the upper layer (the run folder); the keeper makes them on a tmpfs
+    # over this one folder (Overlay.points), not on the disk.
     points = os.path.join(ws.base, ".mountpoints")
-    for rel in (os.path.join(ws.layout.runs, ws.run_id), *ws.layout.mounts().values()):
-        os.makedirs(os.path.join(points, rel), exist_ok=True)
-    overlays = [Overlay(lower=(points, ws.host), upper=ws.run_storage, work=ws.overlay_work, target=ws.root)]
+    os.makedirs(points, exist_ok=True)
+    overlays = [
+        Overlay(
+            lower=(points, ws.host),
+            upper=ws.run_storage,
+            work=ws.overlay_work,
+            target=ws.root,
+            points=(os.path.join(ws.layout.runs, ws.run_id), *ws.layout.mounts().values()),
+        )
+    ]
     binds = [Bind(ws.run_storage, ws.run_dir, readonly=False)]
     extra_writable: list[str] = []
     for name, rel in ws.layout.mounts().items():

@@ -172,7 +172,7 @@ def _warm_up() -> None:  # pragma: no cover - in an early keeper's init, waiting
 
     plan = {  # what a step's message holds: KernelPlan.to_dict() of a plan like the runner's
         "writable": ["/tmp"],
-        "overlays": [{"lower": ["/h"], "upper": "/u", "work": "/w", "target": "/t"}],
+        "overlays": [{"lower": ["/h"], "upper": "/u", "work": "/w", "target": "/t", "points": ["r/a", "l"]}],
         "binds": [
             {"src": "/a", "dst": "/b", "readonly": True},
             {"src": "/c", "dst": "/d", "readonly": False},

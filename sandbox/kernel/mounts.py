@@ -328,6 +328,17 @@ def _escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
+def scaffold(path: str, folders: Sequence[str]) -> None:
+    """A fresh tmpfs on ``path`` (``nodev,nosuid,noexec``) holding the empty ``folders`` (relative
+    paths): an overlay's top lower layer of mount points (:class:`~sandbox.kernel.plan.Overlay`'s
+    ``points``), in the namespace's memory instead of on the workspace's disk. The read-only pass
+    makes it read-only with everything else that is not a writable root."""
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _mount("tmpfs", path, "tmpfs", flags, "mode=0755,size=64k", what=f"a tmpfs on {path}")
+    for rel in folders:
+        os.makedirs(os.path.join(path, rel), mode=0o755, exist_ok=True)
+
+
 def overlay(lower: Sequence[str], upper: str, work: str, target: str) -> None:
     """Mount an overlay on ``target``: reads see ``upper`` over ``lower`` (first = topmost), every
     write, create or delete lands in ``upper`` (deletes as whiteouts: char devices 0/0).

@@ -73,6 +73,25 @@ def test_host_path_stays_read_only_while_the_overlay_is_writable(kernel_support:
     assert r.code != 0 and "Read-only file system" in r.err
 
 
+def test_mount_points_are_made_in_memory_not_on_the_disk(kernel_support: object, layers, tree) -> None:  # type: ignore[no-untyped-def]
+    """An overlay's ``points`` show as empty folders in the merged view (where a bind can sit)
+    without a write to the upper layer or to the folder the tmpfs covers, which the step cannot
+    write either."""
+    host, run, work, ws = layers
+    points, store = tree("points"), tree("store")
+    plan = KernelPlan(
+        writable=(),
+        overlays=(Overlay((str(points), str(host)), str(run), str(work), str(ws), points=("runs/R1", "data")),),
+        binds=(Bind(str(store), str(ws / "runs" / "R1"), readonly=False),),
+        readonly_root=True,
+        namespace=True,
+    )
+    r = sh(f"set -e; test -d data && test -f data/prices.csv; echo r > runs/R1/out; ! mkdir {points}/x", plan, cwd=ws)
+    assert r.code == 0, r.err
+    assert (store / "out").read_text() == "r\n"
+    assert list(points.iterdir()) == [] and list(run.iterdir()) == []
+
+
 def test_a_bind_can_sit_on_the_overlay(kernel_support: object, layers, tree) -> None:  # type: ignore[no-untyped-def]
     """The runner's shape: the merged workspace, a writable bind inside it, a read-only one, and
     the merged view bound over the host's own path."""

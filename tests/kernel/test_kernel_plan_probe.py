@@ -15,7 +15,7 @@ from sandbox.kernel import AppliedLayers, Bind, KernelPlan, KernelSupport, Overl
 def _full() -> KernelPlan:
     return KernelPlan(
         writable=("/w", "/dev/shm"),
-        overlays=(Overlay(("/host", "/base"), "/run", "/work", "/ws"),),
+        overlays=(Overlay(("/points", "/host"), "/run", "/work", "/ws", points=("runs/R1", "lake")),),
         binds=(Bind("/run", "/ws/runs/R1", readonly=False), Bind("/lake", "/ws/lake")),
         readonly_root=True,
         landlock=True,
@@ -26,7 +26,8 @@ def _full() -> KernelPlan:
 def test_round_trip() -> None:
     plan = _full()
     assert KernelPlan.from_dict(plan.to_dict()) == plan
-    assert plan.to_dict()["overlays"][0]["lower"] == ["/host", "/base"]
+    assert plan.to_dict()["overlays"][0]["lower"] == ["/points", "/host"]
+    assert plan.to_dict()["overlays"][0]["points"] == ["runs/R1", "lake"]
     net = KernelPlan(namespace=True, network_namespace=True, hidden=("/tmp/ray",))
     assert KernelPlan.from_dict(net.to_dict()) == net and net.to_dict()["hidden"] == ["/tmp/ray"]
     with pytest.raises(ValueError, match="need namespace=True"):
@@ -61,6 +62,10 @@ def test_writable_roots_include_overlay_targets_and_rw_binds() -> None:
         (lambda: KernelPlan(readonly_root=True), "need namespace=True"),
         (lambda: KernelPlan(writable=("relative",)), "writable path must be an absolute path"),
         (lambda: Overlay((), "/u", "/w", "/t"), "at least one lower"),
+        (lambda: Overlay(("/p",), "/u", "/w", "/t", points=("/abs",)), "plain relative path"),
+        (lambda: Overlay(("/p",), "/u", "/w", "/t", points=("../up",)), "plain relative path"),
+        (lambda: Overlay(("/p",), "/u", "/w", "/t", points=("a/../../b",)), "plain relative path"),
+        (lambda: Overlay(("/p",), "/u", "/w", "/t", points=("",)), "plain relative path"),
         (lambda: Bind("/a", "b"), "bind destination must be an absolute path"),
         (lambda: KernelPlan.from_dict({"writable": [], "mounts": []}), "unknown kernel plan keys: mounts"),
     ],
