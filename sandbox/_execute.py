@@ -28,6 +28,7 @@ from __future__ import annotations
 from sandbox._record import replace
 from sandbox.errors import AccessDenied
 from sandbox.policy import Action, Decision, Op, overlay_maps
+from sandbox.rules import EVENT_FIELDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,20 +95,6 @@ class _NothingToDo:
 #: and the run has no copy to remove (the event log records the capture).
 NOTHING_TO_DO = _NothingToDo()
 
-#: The names of an event's fields after ``time`` and ``pid`` (``sandbox.events.FIELDS``).
-EVENT_FIELDS = (
-    "layer",
-    "op",
-    "action",
-    "rule",
-    "path",
-    "resolved",
-    "target",
-    "captured",
-    "profile",
-    "reason",
-    "hint",
-)
 
 
 def defers_to_overlay(overlay: bool, d: Decision) -> bool:

@@ -33,27 +33,15 @@ import os
 import posix
 from time import time
 
+from sandbox.rules import EVENT_FIELDS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 _p_open, _p_write, _p_close, _getpid = posix.open, posix.write, posix.close, posix.getpid
 
-FIELDS = (
-    "time",
-    "pid",
-    "layer",
-    "op",
-    "action",
-    "rule",
-    "path",
-    "resolved",
-    "target",
-    "captured",
-    "profile",
-    "reason",
-    "hint",
-)
+FIELDS = ("time", "pid", *EVENT_FIELDS)  # a line's keys, in order
 TRIM = 200  # denials / redirects kept in a summary
 EVENTS_NAME = "sandbox_events.jsonl"  # the run's event log, in $TV_RUN_DIR/logs/
 

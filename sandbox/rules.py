@@ -104,6 +104,24 @@ class Action(_Name, metaclass=_Names):
 Action._define("allow", "deny", "redirect")
 
 
+#: The fields of the record of a decision an enforcer executed, in order: the event log's lines
+#: after their ``time`` and ``pid`` (``sandbox.events.FIELDS``), what ``sandbox._execute.emit``
+#: hands a sink. One list for the writer, the executor and every reader.
+EVENT_FIELDS = (
+    "layer",
+    "op",
+    "action",
+    "rule",
+    "path",
+    "resolved",
+    "target",
+    "captured",
+    "profile",
+    "reason",
+    "hint",
+)
+
+
 @record(frozen=True)
 class Decision:
     """The answer for one (resolved path, operation).
