@@ -13,8 +13,6 @@ holds (these, the module images, the explain shim) -- at most once a day, by a l
 first step runs (:func:`prune_due` says when), and on ``tv-sandbox cache prune``.
 """
 
-from __future__ import annotations
-
 import marshal
 import os
 import sys
@@ -74,7 +72,7 @@ def _entry(kind: str, raw: bytes) -> str | None:
     return os.path.join(d, f"{kind}-{fingerprint(raw)}-{len(raw)}.marshal")
 
 
-def lookup(kind: str, raw: bytes) -> Any:
+def lookup(kind: str, raw: bytes) -> "Any":
     """What :func:`store` kept for ``(kind, raw)``, or ``None``."""
     path = _entry(kind, raw)
     if path is None or not owned_alone(path):
@@ -89,7 +87,7 @@ def lookup(kind: str, raw: bytes) -> Any:
     return value
 
 
-def store(kind: str, raw: bytes, value: Any) -> None:
+def store(kind: str, raw: bytes, value: "Any") -> None:
     """Keep ``value`` (plain data: dicts, lists, str, numbers) for ``(kind, raw)``; best effort."""
     path = _entry(kind, raw)
     if path is None:

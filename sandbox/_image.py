@@ -27,8 +27,6 @@ effect on the next launcher (docs/security.md); a step that points its own child
 guard image only changes how its children load their guard, which ``python -S`` already skips.
 """
 
-from __future__ import annotations
-
 import marshal
 import os
 import sys

@@ -6,8 +6,6 @@ itself, 126 for a command that cannot be executed, 127 for one that is not found
 one line on stderr, prefixed ``tv-sandbox:``.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time
@@ -53,7 +51,7 @@ _RUN_OPTIONS = {
     "--workspace-dir": ("workspace_dir", True),
     "--kernel": ("kernel", True),
 }
-_RUN_DEFAULTS: dict[str, Any] = {
+_RUN_DEFAULTS: "dict[str, Any]" = {
     "profile": None,
     "policy": None,
     "mode": "enforce",
@@ -64,7 +62,7 @@ _RUN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _fast_run(args: Sequence[str]) -> dict[str, Any] | None:
+def _fast_run(args: "Sequence[str]") -> "dict[str, Any] | None":
     """``run``'s options when ``args`` is a plain, well-formed ``run ... -- CMD``, else ``None``.
 
     The common invocation skips ``argparse`` (~8 ms of a 50 ms start-up budget): each known option
@@ -103,7 +101,7 @@ def _fast_run(args: Sequence[str]) -> dict[str, Any] | None:
     return {**_RUN_DEFAULTS, **opts, "command": "run", "cmd": list(args[sep:])}  # "--" too, as argparse
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> "argparse.ArgumentParser":
     import argparse
 
     class _Parser(argparse.ArgumentParser):
@@ -232,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _audit_parser(sub: Any) -> None:
+def _audit_parser(sub: "Any") -> None:
     audit = sub.add_parser(
         "audit",
         help="find isolation problems in scripts before they run (static AST + a run on a fake host)",
@@ -264,7 +262,7 @@ def _audit_parser(sub: Any) -> None:
     audit.add_argument("--run-id", default="AUDIT", metavar="ID", help="the run id of that host's export")
 
 
-def _audit(ns: dict[str, Any]) -> int:
+def _audit(ns: "dict[str, Any]") -> int:
     from sandbox.audit import Severity, audit_paths
     from sandbox.audit.render import render
     from sandbox.loader import resolve_profile
@@ -288,7 +286,7 @@ def _audit(ns: dict[str, Any]) -> int:
     return 1 if report.fails(Severity.named(ns["fail_on"])) else 0
 
 
-def _run(ns: dict[str, Any]) -> int:
+def _run(ns: "dict[str, Any]") -> int:
     # The step's keeper is forked first, while this process is still single-threaded: it loads
     # the kernel layer and makes the namespaces on the other core during the preflight, the
     # workspace and the plan (kernel._early.prefork). A run that does not take it (a refused
@@ -328,7 +326,7 @@ def isolates_network(policy_file: str | None) -> bool:
     return True
 
 
-def _run_with(ns: dict[str, Any], early: Early | None) -> int:
+def _run_with(ns: "dict[str, Any]", early: "Early | None") -> int:
     from sandbox.loader import profile_warning, resolve_profile
     from sandbox.runner import RunRequest, execute, preflight
 
@@ -502,7 +500,7 @@ def entry() -> None:
     sys.exit(code)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     subcommand: str | None = args[0] if args else None  # for the error line of a misused one too
     try:

@@ -3,8 +3,6 @@
 Stdlib only: the guard imports this module in every sandboxed interpreter.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 
@@ -125,7 +123,7 @@ class AccessDenied(PermissionError):
 
     def __init__(
         self,
-        filename: Any,
+        filename: "Any",
         *,
         op: str,
         rule: str,
@@ -134,7 +132,7 @@ class AccessDenied(PermissionError):
         profile: str = "",
         layer: str = "python",
         resolved: str | None = None,
-        filename2: Any = None,
+        filename2: "Any" = None,
     ) -> None:
         strerror = os.strerror(errno.EACCES)
         # as the OS error names it: open(Path(...)) reports the path as a str
@@ -164,7 +162,7 @@ class AccessDenied(PermissionError):
         head = super().__str__()  # "[Errno 13] Permission denied: 'x'" (-> 'y'), as the OS says it
         return f"{head} -- {self.explanation}"
 
-    def __reduce__(self) -> Any:  # picklable across multiprocessing / Ray
+    def __reduce__(self) -> "Any":  # picklable across multiprocessing / Ray
         return (
             _rebuild_access_denied,
             (
@@ -182,7 +180,7 @@ class AccessDenied(PermissionError):
 
 
 def _rebuild_access_denied(
-    filename: Any,
+    filename: "Any",
     op: str,
     rule: str,
     reason: str,
@@ -190,7 +188,7 @@ def _rebuild_access_denied(
     profile: str,
     layer: str,
     resolved: str | None,
-    filename2: Any,
+    filename2: "Any",
 ) -> AccessDenied:
     return AccessDenied(
         filename,

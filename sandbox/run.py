@@ -137,7 +137,9 @@ class Run:
         # writing an inode the export shares.
         self._contained = True
         self._closed: RunOutcome | None = None
-        self._record: bytes | None = None  # the policy's record, made while the first step runs
+        # what the launcher does while its first step runs (finish.while_first_step), on a thread:
+        # its result is the policy's record
+        self._first: Background | None = None
         self._recovery: Background | None = None  # the destination's folder, cleaned up meanwhile
         self._ran = False  # a step of this run was started (its processes may have written)
         self._clock = _Clock()
@@ -355,9 +357,12 @@ class Run:
         if self._launched is None:
 
             def meanwhile() -> None:
-                from sandbox.finish import while_first_step
-
-                self._record = while_first_step(self.prep, self.policy)
+                # On a thread, once the keeper has the step: the step's output, its timeout and
+                # Ctrl-C are watched from its start however long this takes -- the first run
+                # after an upgrade builds the module images (~0.5 s), the day's first prunes the
+                # cache. (Before the step is handed over it would take the interpreter's lock
+                # from the launcher's own work.)
+                self._first = Background(_while_first_step, self.prep, self.policy)
 
             launched = _launch(
                 self.prep,
@@ -502,6 +507,8 @@ class Run:
     def discard(self) -> None:
         """Remove the workspace without reporting or exporting: for a run refused before any of
         its commands ran (an error of tv-sandbox itself writes nothing to the host)."""
+        if self._first is not None:  # nothing may be half-written when the launcher exits
+            self._first.join()
         if self._closed is None and not self.prep.request.keep_workspace:
             self.ws.remove()
         self._closed = RunOutcome(125, self.prep.destination, {}, None, status="failed")
@@ -539,7 +546,7 @@ class Run:
             extra=extra,
             clock=self._clock,
             by_link=self._contained,
-            record=self._record,
+            record=self._first.join() if self._first is not None else None,
             recovered=recovered is not None,
             before_export=before_export,
         )
@@ -580,3 +587,8 @@ class Run:
         except Exception as e:  # the original error matters more; the export's is attached
             exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
 
+
+def _while_first_step(prep: Prepared, policy: Policy) -> bytes:
+    from sandbox.finish import while_first_step
+
+    return while_first_step(prep, policy)

@@ -198,26 +198,32 @@ def temp_root() -> str:
 #
 # A workspace is ``tv-sandbox-<RUN_ID>-<seal>``, made 0700, holding ``owner`` -- written 0600 by
 # the launcher, O_EXCL, never following a link -- with the launcher's pid, its start time (clock
-# ticks since boot: with the pid it names one process, never a reused pid) and a random token; the
-# seal is the first 16 hex digits of blake2b(token). The sweep removes a folder only when all of it
-# holds: a real folder owned by this user with no access for others, ``owner`` a regular file of
-# this user, private (0600), one link, in this format, whose token seals the folder's name, and whose
+# ticks since boot: with the pid it names one process, never a reused pid) and a random token whose
+# first 16 hex digits are the seal (a marker of v1, from earlier versions: the first 16 of
+# blake2b(token), still verified). The sweep removes a folder only when all of it holds: a real
+# folder owned by this user with no access for others, ``owner`` a regular file of this user,
+# private (0600), one link, in this format, whose token seals the folder's name, and whose
 # launcher is gone. A folder that merely looks like ours -- the name, an old mtime, a marker
 # copied from another workspace or written by hand without the token's seal -- is never touched.
 # The seal ties marker and name: a marker copied into another folder, or a folder renamed to look
-# like one, does not verify. (Someone who reads this and forges both on purpose can have the folder
+# like one, does not verify. It needs no secret, so no hash (a shared library to load on the
+# start-up path, ~0.4 ms): someone who reads this and forges both on purpose can have the folder
 # removed -- as they could remove it themselves; a step cannot: under the kernel layer it cannot
-# write the temp dir at all, and the Python guard denies it.)
+# write the temp dir at all, and the Python guard denies it.
 # A launcher killed in the microseconds between ``mkdir`` and the marker leaves an empty folder
 # (or one with a partial marker): it is never swept, as it cannot be proved ours -- a few bytes.
 
 OWNER_FILE = "owner"
 KEPT_FILE = "kept"
-_OWNER_MAGIC = "tv-sandbox workspace owner v1"
+_OWNER_MAGIC = "tv-sandbox workspace owner v2"
+_OWNER_MAGIC_V1 = "tv-sandbox workspace owner v1"  # earlier versions' markers: still swept
 
 
-def _seal(token: str) -> str:
-    try:  # the C module alone: hashlib would load OpenSSL on the start-up path (~4 ms)
+def _seal(token: str, magic: str = _OWNER_MAGIC) -> str:
+    """The name's suffix that ``token`` seals, in the marker format ``magic``."""
+    if magic == _OWNER_MAGIC:
+        return token[:16]
+    try:  # v1; the C module alone: hashlib would load OpenSSL
         from _blake2 import blake2b
     except ImportError:  # pragma: no cover - an interpreter built without it
         from hashlib import blake2b
@@ -300,12 +306,12 @@ def owner_of(path: str) -> tuple[int, str] | None:
     finally:
         os.close(fd)
     lines = text.split("\n")
-    if len(lines) != 3 or lines[0] != _OWNER_MAGIC or lines[2]:
+    if len(lines) != 3 or lines[0] not in (_OWNER_MAGIC, _OWNER_MAGIC_V1) or lines[2]:
         return None
     fields = lines[1].split(" ")
     if len(fields) != 3 or not fields[0].isdigit() or len(fields[2]) != 32:
         return None
-    if _seal(fields[2]) != name.rpartition("-")[2]:
+    if _seal(fields[2], lines[0]) != name.rpartition("-")[2]:
         return None
     return int(fields[0]), fields[1]
 

@@ -16,8 +16,9 @@ import psutil
 import pytest
 from conftest import tree_snapshot
 
+from sandbox.policy import Policy
 from sandbox.run import Run, RunClosed, StepSpec
-from sandbox.runner import RunRequest, preflight
+from sandbox.runner import Prepared, RunRequest, preflight
 from sandbox.samples import make_host
 
 PY = sys.executable
@@ -100,6 +101,31 @@ def test_a_timeout_ends_the_steps_whole_process_tree(host: Path) -> None:
     assert rec.cut == "timeout" and "timeout of 1 s" in rec.cut_reason and rec.exit_code != 0
     assert out.status == "failed" and _marked(marker) == []  # no orphan keeps running after the export
     assert not (host / RUNS / "slow" / "data" / "late.txt").exists()
+
+
+def test_a_slow_start_of_the_run_delays_neither_the_timeout_nor_the_steps_output(
+    host: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the launcher does while its first step runs (the module images built after an upgrade,
+    the day's prune of the cache: here 2 s) runs beside the step: its timeout counts from its start
+    and its output is drained meanwhile (a pipe holds 64 kB), not after."""
+    import sandbox.finish
+
+    real = sandbox.finish.while_first_step
+
+    def slow(prep: Prepared, policy: Policy) -> bytes:
+        time.sleep(2.0)
+        return real(prep, policy)
+
+    monkeypatch.setattr(sandbox.finish, "while_first_step", slow)
+    with _open(host, "slowstart") as run:
+        noisy = "import sys; sys.stdout.write('x' * 200_000); sys.stdout.flush(); open('data/done', 'w')"
+        t0 = time.monotonic()
+        rec = run.step(StepSpec([PY, "-c", f"{noisy}; import time; time.sleep(30)"], timeout_s=0.5))
+        assert rec.cut == "timeout" and time.monotonic() - t0 < 1.8, (rec, time.monotonic() - t0)
+    out = host / RUNS / "slowstart"
+    assert (out / "data" / "done").exists()  # it wrote past its 200 kB of output before the timeout
+    assert json.loads((out / "config" / "policy.json").read_text())["spec"]  # the record, made meanwhile
 
 
 def test_cancel_from_another_thread_ends_the_step_and_refuses_the_next(host: Path) -> None:

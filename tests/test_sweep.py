@@ -99,6 +99,31 @@ def test_look_alikes_survive_and_a_dead_launchers_workspace_goes(tmp_path: Path)
         assert tree_snapshot(p) == snap, p
 
 
+def test_an_earlier_versions_dead_workspace_goes_and_its_look_alikes_stay(tmp_path: Path) -> None:
+    """Markers of v1 (a launcher of an earlier version, killed) sealed the name with
+    blake2b(token): still proved ours, and still only with that seal -- a v1 marker whose name
+    carries the v2 seal (the token's first digits), or a v2 marker whose name carries the v1
+    seal, is not."""
+    from hashlib import blake2b
+
+    base = tmp_path / "base"
+    base.mkdir()
+    dead = _dead_pid()
+    token = os.urandom(16).hex()
+    v1_seal = blake2b(token.encode(), digest_size=8).hexdigest()
+    v1 = f"tv-sandbox workspace owner v1\n{dead} 1 {token}\n"
+    v2 = f"{workspace_mod._OWNER_MAGIC}\n{dead} 1 {token}\n"
+    old_ws = _forge(base, f"tv-sandbox-R1-{v1_seal}", v1)
+    crossed = [
+        _forge(base, f"tv-sandbox-R2-{token[:16]}", v1),
+        _forge(base, f"tv-sandbox-R3-{v1_seal}", v2),
+    ]
+    before = {p: tree_snapshot(p) for p in crossed}
+    assert workspace_mod.sweep(base) == [str(old_ws)]
+    for p, snap in before.items():
+        assert tree_snapshot(p) == snap, p
+
+
 def test_a_live_launchers_workspace_is_not_swept(tmp_path: Path) -> None:
     host = make_host(tmp_path / "h")
     ws = workspace_mod.create(host, "live", Layout(), base_dir=tmp_path)
