@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
 
 #: The environment a sandboxed step's interpreters read (set by ``guard.bootstrap.child_env``).
-ENV_POLICY = "TV_SANDBOX_POLICY"  # the resolved policy's file (``loader.save_resolved``)
+ENV_POLICY = "TV_SANDBOX_POLICY"  # the resolved policy's file (``resolved.save_resolved``)
 ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (JSON lines)
 ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
 

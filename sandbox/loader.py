@@ -23,6 +23,10 @@ from sandbox.policy import (
     RunContext,
 )
 
+# their home before sandbox.resolved: still importable from here
+from sandbox.resolved import load_resolved as load_resolved
+from sandbox.resolved import save_resolved as save_resolved
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -378,48 +382,9 @@ def _missing(src: str, table: str) -> Any:
     raise PolicyError(src, table, f"the [{table}] table is required")
 
 
-# -- the resolved policy: how a launcher hands a run's policy to the interpreters of its step ------
+# -- the resolved policy (sandbox.resolved) as a policy file is read: validated whole --------------
 
 
 def policy_from_dict(d: Mapping[str, Any]) -> Policy:
     """The :class:`Policy` of ``Policy.to_dict()``, its spec validated again (as a file is)."""
     return Policy(spec_from_mapping(d["spec"], d.get("source", "<resolved>")), RunContext.from_dict(d["run"]))
-
-
-def save_resolved(policy: Policy, path: str) -> None:
-    """Write ``policy.to_dict()`` where :func:`load_resolved` reads it: the form in which a launcher
-    hands a run's policy to the interpreters of its step. ``marshal``, because reading it must not
-    import anything (``json`` costs milliseconds in every sandboxed interpreter's start-up); a
-    ``.json`` path gets JSON (for people and other tools)."""
-    data = policy.to_dict()
-    if path.endswith(".json"):
-        import json
-
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        return
-    import marshal
-
-    with open(path, "wb") as fh:
-        marshal.dump(data, fh)
-
-
-def load_resolved(path: str) -> Policy:
-    """The policy :func:`save_resolved` wrote (validated again). ``OSError`` when unreadable,
-    ``ValueError`` when it is not a resolved policy."""
-    if path.endswith(".json"):
-        import json
-
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    else:
-        import marshal
-
-        with open(path, "rb") as fh:
-            try:
-                data = marshal.loads(fh.read())  # one read: load() reads piecemeal (~0.15 ms)
-            except (EOFError, TypeError) as e:
-                raise ValueError(f"not a resolved policy ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError("not a resolved policy (not a mapping)")
-    return policy_from_dict(data)

@@ -312,7 +312,7 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved policy: what a child interpreter needs to rebuild it (see
-        :func:`sandbox.loader.policy_from_dict`, which validates the spec again)."""
+        :mod:`sandbox.resolved`)."""
         return {"spec": dict(self.spec.data), "source": self.spec.source, "run": self.ctx.to_dict()}
 
     def __repr__(self) -> str:

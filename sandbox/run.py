@@ -44,7 +44,7 @@ from sandbox._process import (
 from sandbox._record import record
 from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, UsageError
 from sandbox.events import EVENTS_NAME, count_events, read_events
-from sandbox.loader import save_resolved
+from sandbox.resolved import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
     Launched,

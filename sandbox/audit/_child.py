@@ -14,8 +14,9 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from sandbox.loader import load_resolved, policy_from_dict
+from sandbox.loader import policy_from_dict
 from sandbox.policy import Policy
+from sandbox.resolved import load_resolved
 
 ENV_SEED = "TV_AUDIT_SEED"
 

@@ -27,11 +27,11 @@ A redirect target is resolved and decided again (``Policy.settle``): a symlink a
 own folder cannot carry a redirected write out of it.
 
 The policy comes from ``policy=`` (a :class:`~sandbox.policy.Policy`, its ``to_dict()``, the
-path of a resolved policy as :func:`sandbox.loader.save_resolved` writes it -- ``marshal``, or JSON
+path of a resolved policy as :func:`sandbox.resolved.save_resolved` writes it -- ``marshal``, or JSON
 for a ``.json`` path -- or what ``sandbox.loader.load_policy`` returns with the run's ``host=`` and
 ``run_id=``: ``fsspec.filesystem("sandbox", policy=spec, host=H, run_id=R)``), else from
 ``$TV_SANDBOX_POLICY`` (set in every sandboxed step: the run's resolved policy, ``marshal``; see
-:func:`sandbox.loader.load_resolved`). With a
+:func:`sandbox.resolved.load_resolved`). With a
 local backend the local side of ``get``/``put`` is the same filesystem and is checked too; with a
 remote backend the local side is the caller's business (the Python guard covers it in a step).
 Synchronous backends only (an async one is used through its sync API).

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from sandbox import _execute, _paths
 from sandbox._execute import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, NOTHING_TO_DO
 from sandbox.errors import AccessDenied
-from sandbox.loader import load_resolved, policy_from_dict
+from sandbox.loader import policy_from_dict
 from sandbox.policy import (
     Action,
     Decision,
@@ -28,6 +28,7 @@ from sandbox.policy import (
     PolicySpec,
     bind_for_library,
 )
+from sandbox.resolved import load_resolved
 
 TYPE_CHECKING = False
 EventSink = Callable[[dict[str, Any]], None]  # receives each deny / redirect record
@@ -69,7 +70,7 @@ def load_policy(
     if not src:
         raise ValueError(
             "SandboxFileSystem needs a policy: pass policy=<sandbox.policy.Policy, its to_dict(), "
-            "or the path sandbox.loader.save_resolved wrote it to (marshal; JSON for a .json path)> "
+            "or the path sandbox.resolved.save_resolved wrote it to (marshal; JSON for a .json path)> "
             "-- e.g. fsspec.filesystem('sandbox', policy=p) or "
             "storage_options={'policy': p} -- or run inside a sandboxed step, where "
             f"${ENV_POLICY} names the run's resolved policy"
@@ -80,7 +81,7 @@ def load_policy(
         raise ValueError(f"cannot read the policy file {src} ({e.strerror})") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(
-            f"{src} is not a resolved policy (see sandbox.loader.save_resolved): {e!r}"
+            f"{src} is not a resolved policy (see sandbox.resolved.save_resolved): {e!r}"
         ) from None
 
 

@@ -5,7 +5,7 @@ folder first on ``PYTHONPATH``; the ``sitecustomize`` there calls :func:`boot` w
 child starts (``subprocess``, ``os.system("python ...")``, multiprocessing's ``spawn`` and
 ``forkserver``; a ``fork`` inherits the patches as they are).
 
-- ``TV_SANDBOX_POLICY``: path of the resolved policy (:func:`sandbox.loader.save_resolved`).
+- ``TV_SANDBOX_POLICY``: path of the resolved policy (:func:`sandbox.resolved.save_resolved`).
   The launcher keeps it beside the workspace, outside every writable root: a step cannot edit it.
 - ``TV_SANDBOX_EVENTS``: the event log (JSON lines) every deny and redirect is appended to.
 - ``TV_SANDBOX_OVERLAY``: ``1`` when the kernel layer's overlay maps the workspace (see _engine).
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from sandbox.loader import load_resolved
+from sandbox.resolved import load_resolved
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

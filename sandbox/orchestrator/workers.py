@@ -49,8 +49,8 @@ from sandbox.errors import KernelUnavailable
 from sandbox.events import EVENTS_NAME
 from sandbox.guard.bootstrap import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY
 from sandbox.kernel.plan import DEVICE_PATHS, KernelPlan
-from sandbox.loader import save_resolved
 from sandbox.policy import Policy
+from sandbox.resolved import save_resolved
 from sandbox.runner import (
     POLICY_FILE,
     Prepared,
