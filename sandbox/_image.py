@@ -30,6 +30,7 @@ guard image only changes how its children load their guard, which ``python -S`` 
 import marshal
 import os
 import sys
+from _thread import allocate_lock
 
 from sandbox._cache import cache_dir, fingerprint, owned_alone
 from sandbox._lazy import IMAGE_FORMAT as FORMAT
@@ -140,6 +141,7 @@ def install() -> bool:
 
 
 _installed: str | None = None  # the launcher's image this process runs from: fresh by that fact
+_refreshing = allocate_lock()
 
 
 def _source(name: str) -> str:
@@ -208,7 +210,11 @@ def refresh(kind: str = "guard") -> bool:
         return False
     if p == _installed:
         return True
-    modules = KINDS[kind]
+    with _refreshing:  # two runs of one process (threads) never write one file at once
+        return _refresh(p, KINDS[kind])
+
+
+def _refresh(p: str, modules: tuple[str, ...]) -> bool:
     if _fresh(p, modules):
         return True
     from _frozen_importlib_external import cache_from_source

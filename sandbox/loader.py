@@ -253,8 +253,8 @@ def _policy_table(data: Mapping[str, Any], src: str) -> tuple[str, str, str, str
             f"{kernel!r} is not allowed; allowed: {', '.join(KERNEL_SETTINGS)}",
         )
     description = pol.get("description", "")
-    if description:
-        _typed(description, str, src, "policy.description")
+    if not isinstance(description, str):  # false, 0, [] too: a step's interpreters refuse them
+        raise PolicyError(src, "policy.description", f"must be a string, not {description!r}")
     return name, profile, kernel, description
 
 

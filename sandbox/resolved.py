@@ -120,8 +120,10 @@ def from_built(form: Any, data: Any, source: Any) -> PolicySpec:
 
 
 def _tuple(value: Any, n: int | None = None) -> tuple[Any, ...]:
-    if type(value) is not tuple or (n is not None and len(value) != n):
+    if type(value) is not tuple:
         raise ValueError(f"not a resolved policy (a {type(value).__name__} where a tuple belongs)")
+    if n is not None and len(value) != n:
+        raise ValueError(f"not a resolved policy ({len(value)} fields where {n} belong)")
     return value
 
 

@@ -362,7 +362,8 @@ class Run:
                 # after an upgrade builds the module images (~0.5 s), the day's first prunes the
                 # cache. (Before the step is handed over it would take the interpreter's lock
                 # from the launcher's own work.)
-                self._first = Background(_while_first_step, self.prep, self.policy)
+                if self._first is None:  # once a run (a first step not found launches again)
+                    self._first = Background(_while_first_step, self.prep, self.policy)
 
             launched = _launch(
                 self.prep,
@@ -508,7 +509,8 @@ class Run:
         """Remove the workspace without reporting or exporting: for a run refused before any of
         its commands ran (an error of tv-sandbox itself writes nothing to the host)."""
         if self._first is not None:  # nothing may be half-written when the launcher exits
-            self._first.join()
+            with deferred_interrupts():
+                self._first.join()
         if self._closed is None and not self.prep.request.keep_workspace:
             self.ws.remove()
         self._closed = RunOutcome(125, self.prep.destination, {}, None, status="failed")

@@ -203,8 +203,9 @@ def temp_root() -> str:
 # blake2b(token), still verified). The sweep removes a folder only when all of it holds: a real
 # folder owned by this user with no access for others, ``owner`` a regular file of this user,
 # private (0600), one link, in this format, whose token seals the folder's name, and whose
-# launcher is gone. A folder that merely looks like ours -- the name, an old mtime, a marker
-# copied from another workspace or written by hand without the token's seal -- is never touched.
+# launcher is gone, and no ``kept`` file (a workspace handed to the user). A folder that merely
+# looks like ours -- the name, an old mtime, a marker copied from another workspace -- is never
+# touched.
 # The seal ties marker and name: a marker copied into another folder, or a folder renamed to look
 # like one, does not verify. It needs no secret, so no hash (a shared library to load on the
 # start-up path, ~0.4 ms): someone who reads this and forges both on purpose can have the folder
@@ -312,6 +313,8 @@ def owner_of(path: str) -> tuple[int, str] | None:
     if len(fields) != 3 or not fields[0].isdigit() or len(fields[2]) != 32:
         return None
     if _seal(fields[2], lines[0]) != name.rpartition("-")[2]:
+        return None
+    if os.path.lexists(os.path.join(path, KEPT_FILE)):  # handed to the user (keep): never ours again
         return None
     return int(fields[0]), fields[1]
 

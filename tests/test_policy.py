@@ -160,6 +160,8 @@ def _with(path: tuple[str, ...], value: object) -> dict[str, object]:
         (("policy", "profile"), "staging", "policy.profile", "allowed: production, development"),
         (("policy", "kernel"), "maybe", "policy.kernel", "allowed: warn, require, off"),
         (("policy", "name"), KeyError, "policy.name", "required"),
+        (("policy", "description"), False, "policy.description", "must be a string"),
+        (("policy", "description"), 0, "policy.description", "must be a string"),
         (("layout", "lakehouse"), "/abs/lake", "layout.lakehouse", "relative"),
         (("layout", "exports"), "../export", "layout.exports", "escapes"),
         (("layout", "runs"), KeyError, "layout.runs", "required"),

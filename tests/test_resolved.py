@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandbox.errors import PolicyError
 from sandbox.guard import child_env
-from sandbox.loader import load_policy, policies_dir, policy_from_dict
+from sandbox.loader import load_policy, policies_dir, policy_from_dict, spec_from_mapping
 from sandbox.policy import Policy
-from sandbox.resolved import BUILT, load_resolved, save_resolved
+from sandbox.resolved import BUILT, built, from_built, load_resolved, save_resolved
 
 HAND_WRITTEN = """
 [policy]
@@ -155,3 +157,42 @@ def test_an_interpreter_with_a_tampered_policy_fails_closed(tmp_path: Path) -> N
     assert r.returncode == 1 and r.stdout == "", r
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "refusing to run unguarded" in lines[0] and "not a resolved policy" in lines[0]
+
+
+#: Values of every type a TOML document can hold, valid and not, for any field of a policy.
+_ANY = st.sampled_from(
+    [
+        "", "x", "data/cache", "cache/**", "production", "development", "warn", "off", "none", "host",
+        "deny", "allow", "redirect", "write", "mutate", "all", "a b", "ünï", False, True, 0, 7, 1.5,
+        [], ["write"], ["data", "logs"], {}, {"network": "host"}, None,
+    ]
+)
+_FIELDS = [
+    ("policy", "name"), ("policy", "profile"), ("policy", "description"), ("policy", "kernel"),
+    ("layout", "lakehouse"), ("layout", "run_folders"), ("kernel", "network"),
+    ("rule", "name"), ("rule", "paths"), ("rule", "ops"), ("rule", "action"), ("rule", "reason"), ("rule", "hint"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(_FIELDS), _ANY), max_size=4))
+def test_every_spec_the_loader_accepts_rebuilds_from_its_built_form(changes: list[Any]) -> None:
+    """The launcher writes the built form of whatever the loader accepted: a step's interpreters
+    must rebuild exactly that spec, never refuse it (every Python step of the run would fail)."""
+    doc: dict[str, Any] = {
+        "policy": {"name": "p", "profile": "production", "description": "d"},
+        "layout": {"lakehouse": "data/lakehouse", "exports": "export", "runs": "runs"},
+        "rule": [{"name": "r", "paths": ["configs/**"], "ops": ["mutate"], "action": "deny", "reason": "no"}],
+    }
+    for (table, key), value in changes:
+        node = doc["rule"][0] if table == "rule" else doc.setdefault(table, {})
+        if value is None:
+            node.pop(key, None)
+        else:
+            node[key] = value
+    try:
+        spec = spec_from_mapping(doc, "x.toml")
+    except PolicyError:
+        return
+    again = from_built(built(spec), spec.data, spec.source)
+    assert again == spec and again.data == spec.data

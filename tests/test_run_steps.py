@@ -128,6 +128,28 @@ def test_a_slow_start_of_the_run_delays_neither_the_timeout_nor_the_steps_output
     assert json.loads((out / "config" / "policy.json").read_text())["spec"]  # the record, made meanwhile
 
 
+def test_the_first_steps_background_work_runs_once_a_run(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first step whose command is not found launches nothing: the next step launches again,
+    but what the launcher does beside its first step (module images, the cache's prune) starts
+    once, and the run's close waits for it."""
+    import sandbox.finish
+
+    real, calls, done = sandbox.finish.while_first_step, [], []
+
+    def counted(prep: Prepared, policy: Policy) -> bytes:
+        calls.append(1)
+        time.sleep(0.3)
+        out = real(prep, policy)
+        done.append(1)
+        return out
+
+    monkeypatch.setattr(sandbox.finish, "while_first_step", counted)
+    with _open(host, "once") as run:
+        assert run.step(StepSpec(["no-such-command-tv"])).exit_code == 127
+        assert run.step(StepSpec(["true"])).exit_code == 0
+    assert calls == [1] and done == [1]
+
+
 def test_cancel_from_another_thread_ends_the_step_and_refuses_the_next(host: Path) -> None:
     marker = f"9{os.getpid()}"
     with _open(host, "cancel") as run:

@@ -138,6 +138,14 @@ def test_a_kept_workspace_is_never_swept(tmp_path: Path) -> None:
     workspace_mod.keep(ws)
     assert workspace_mod.owner_of(ws.base) is None
     assert workspace_mod.sweep(tmp_path) == [] and os.path.isdir(ws.base)
+    # the user's now, even with a marker that seals its name again (the seal holds no secret)
+    seal = ws.base.rpartition("-")[2]
+    marker = Path(ws.base, workspace_mod.OWNER_FILE)
+    marker.write_text(f"{workspace_mod._OWNER_MAGIC}\n{_dead_pid()} 1 {seal}{'0' * 16}\n")
+    marker.chmod(0o600)
+    assert workspace_mod.sweep(tmp_path) == [] and os.path.isdir(ws.base)
+    marker.unlink()
+    assert workspace_mod.sweep(tmp_path) == []
 
 
 def test_a_run_through_the_cli_leaves_look_alikes_alone(tmp_path: Path) -> None:
