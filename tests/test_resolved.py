@@ -127,12 +127,17 @@ def _tampered(form: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     ]
 
 
-def test_a_tampered_built_form_is_refused(tmp_path: Path) -> None:
-    policy = _policies(tmp_path)[-1]
+def _saved(tmp_path: Path) -> tuple[Path, dict[str, Any], int, tuple[Any, ...]]:
+    """The hand-written policy's resolved file: its path, content, built form's version and form."""
     path = tmp_path / "p.marshal"
-    save_resolved(policy, str(path))
+    save_resolved(_policies(tmp_path)[-1], str(path))
     data = marshal.loads(path.read_bytes())
     fmt, form = data[BUILT]
+    return path, data, fmt, form
+
+
+def test_a_tampered_built_form_is_refused(tmp_path: Path) -> None:
+    path, data, fmt, form = _saved(tmp_path)
     for bad in _tampered(form):
         path.write_bytes(marshal.dumps({**data, BUILT: (fmt, bad)}))
         with pytest.raises(ValueError, match="not a resolved policy"):
@@ -143,11 +148,7 @@ def test_a_tampered_built_form_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_interpreter_with_a_tampered_policy_fails_closed(tmp_path: Path) -> None:
-    policy = _policies(tmp_path)[-1]
-    path = tmp_path / "p.marshal"
-    save_resolved(policy, str(path))
-    data = marshal.loads(path.read_bytes())
-    fmt, form = data[BUILT]
+    path, data, fmt, form = _saved(tmp_path)
     path.write_bytes(marshal.dumps({**data, BUILT: (fmt, _tampered(form)[5])}))
     base = {k: v for k, v in os.environ.items() if not k.startswith("TV_SANDBOX_")}
     env = child_env(base, policy_file=str(path), events_file=None, overlay=False)
