@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 _FORMAT = 1
 ENV_DIR = "TV_SANDBOX_CACHE_DIR"
-#: The kinds of :func:`store`'s entries (``{kind}-{key}-{len}.marshal``): the parse of a policy file.
-KINDS = ("toml",)
+#: The kinds of :func:`store`'s entries (``{kind}-{key}-{len}.marshal``): the parse of a policy file,
+#: and a policy file validated whole (``sandbox.loader.load_policy``).
+KINDS = ("toml", "policy")
 #: The file in the cache folder whose mtime is when it was last pruned automatically.
 PRUNE_STAMP = "last-prune"
 PRUNE_EVERY = 86400.0  # seconds: a launcher prunes at most once a day

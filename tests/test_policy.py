@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -342,8 +343,8 @@ def test_parse_cache_answers_only_for_the_same_bytes(tmp_path: Path, monkeypatch
     pol = tmp_path / "p.toml"
     pol.write_bytes(src.read_bytes())
     first = load_policy(pol, profile="production")
-    entries = list((tmp_path / "cache").iterdir())
-    assert len(entries) == 1  # the parse was kept...
+    entries = sorted(e.name.partition("-")[0] for e in (tmp_path / "cache").iterdir())
+    assert entries == ["policy", "toml"]  # the parse and the validated spec were kept...
     assert load_policy(pol, profile="production") == first  # ...and gives the same policy
     # an edit is a different file: parsed (and validated) afresh, never the old answer
     pol.write_bytes(src.read_bytes().replace(b'name = "production"', b'name = "edited"', 1))
@@ -357,6 +358,55 @@ def test_parse_cache_answers_only_for_the_same_bytes(tmp_path: Path, monkeypatch
     for _ in range(2):
         with pytest.raises(PolicyError, match="unknown key"):
             load_policy(pol, profile="production")
+
+
+def test_a_policy_validated_before_by_the_same_code_is_not_validated_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher's start-up: a policy file's validation and the kernel layer's check (~0.6 ms)
+    run once for its bytes and this code; a change of either, a foreign or broken entry, a file
+    that fails, all go through the whole validation; the profile is checked on every load."""
+    import marshal
+
+    from sandbox import _cache, loader, policy_kernel
+
+    monkeypatch.setenv(_cache.ENV_DIR, str(tmp_path / "cache"))
+    pol = tmp_path / "p.toml"
+    pol.write_bytes((Path(policies_dir()) / "production.toml").read_bytes())
+    validated: list[str] = []
+    real_validate, real_check = loader.spec_from_mapping, policy_kernel.kernel_compilable
+
+    def validate(data: Any, src: str = "<memory>") -> Any:
+        validated.append(src)
+        return real_validate(data, src)
+
+    def check(spec: Any) -> Any:
+        validated.append("kernel")
+        return real_check(spec)
+
+    monkeypatch.setattr(loader, "spec_from_mapping", validate)
+    monkeypatch.setattr(policy_kernel, "kernel_compilable", check)
+    first = load_policy(pol, profile="production")
+    assert validated == [str(pol), "kernel"]
+    again = load_policy(pol, profile="production")
+    assert again == first and again.data == first.data and again.source == first.source
+    assert validated == [str(pol), "kernel"]  # nothing validated again
+    with pytest.raises(PolicyError, match="for profile 'production'"):
+        load_policy(pol, profile="development")
+    entry = Path(_cache._entry("policy", pol.read_bytes()) or "")
+    # another version of the validating code: the whole validation again
+    monkeypatch.setattr(loader, "_code_stamp", lambda: ((1, 1),))
+    assert load_policy(pol, profile="production") == first and len(validated) == 4
+    # an entry of this code's stamp that is not what it stores: validated afresh, not trusted
+    fmt, version, key, (stamp, data, form) = marshal.loads(entry.read_bytes())
+    entry.write_bytes(marshal.dumps((fmt, version, key, (stamp, data, form[:5]))))
+    assert load_policy(pol, profile="production") == first and len(validated) == 6
+    # a file that fails is never kept as validated
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(pol.read_bytes() + b"\n[extra]\nx = 1\n")
+    with pytest.raises(PolicyError, match="unknown key"):
+        load_policy(bad, profile="production")
+    assert _cache.lookup("policy", bad.read_bytes()) is None
 
 
 def test_parse_cache_off_and_unwritable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
