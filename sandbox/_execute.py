@@ -25,8 +25,8 @@ engine imports it). Layer: below ``guard/`` and ``fs/``, above the model (docs/a
 
 from __future__ import annotations
 
+from sandbox._denied import AccessDenied
 from sandbox._record import replace
-from sandbox.errors import AccessDenied
 from sandbox.policy import Action, Decision, Op, overlay_maps
 from sandbox.rules import EVENT_FIELDS
 

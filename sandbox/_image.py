@@ -44,7 +44,7 @@ GUARD = (
     "sandbox",
     "sandbox._lazy",
     "sandbox.guard",
-    "sandbox.errors",
+    "sandbox._denied",
     "sandbox._paths",
     "sandbox._record",
     "sandbox.rules",
@@ -62,7 +62,7 @@ GUARD = (
 )
 
 #: What ``tv-sandbox run`` imports from the package once :func:`install` has put its image in
-#: place (``sandbox``, ``_lazy``, ``errors``, ``cli``, this module and ``_cache`` load before),
+#: place (``sandbox``, ``_lazy``, ``errors``, ``_denied``, ``cli``, this module and ``_cache`` load before),
 #: the early keeper's kernel layer included (tests/test_image.py checks it against a real run).
 LAUNCHER = (
     "sandbox._record",

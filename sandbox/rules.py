@@ -8,8 +8,8 @@ interpreter has already loaded (no enum, dataclasses, typing or fnmatch at impor
 
 from __future__ import annotations
 
+from sandbox._denied import AccessDenied
 from sandbox._record import record
-from sandbox.errors import AccessDenied
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

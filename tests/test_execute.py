@@ -28,6 +28,7 @@ def test_it_imports_only_the_model_and_the_base() -> None:
     ours = {m for m in loaded if m.startswith("sandbox")}
     assert ours <= {
         "sandbox",
+        "sandbox._denied",
         "sandbox._execute",
         "sandbox._lazy",
         "sandbox._paths",

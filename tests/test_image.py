@@ -214,7 +214,7 @@ def test_a_run_builds_the_launchers_image_and_the_next_run_loads_from_it(tmp_pat
     second = _launch(host, "R2")
     assert second["loader"] == "Image" and second["kernel"] == "Image"
     # the image holds exactly what a run loads after the modules that install it
-    before = {"sandbox", "sandbox._lazy", "sandbox.errors", "sandbox.cli", "sandbox._image", "sandbox._cache"}
+    before = {"sandbox", "sandbox._lazy", "sandbox.errors", "sandbox._denied", "sandbox.cli", "sandbox._image", "sandbox._cache"}
     assert set(second["modules"].split()) == before | set(_image.LAUNCHER)
 
     def change(entries: list[list[object]]) -> None:  # a source edited since the image was built

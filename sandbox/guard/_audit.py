@@ -34,8 +34,8 @@ from __future__ import annotations
 import os
 import sys
 
+from sandbox._denied import AccessDenied
 from sandbox._record import replace
-from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
 from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, INTERNAL, TOKEN, Engine
 from sandbox.guard._files import structural

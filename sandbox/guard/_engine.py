@@ -53,9 +53,9 @@ import stat
 import sys
 
 from sandbox import _execute, _paths
+from sandbox._denied import AccessDenied
 from sandbox._execute import NOTHING_TO_DO, defers_to_overlay
 from sandbox._record import replace
-from sandbox.errors import AccessDenied
 from sandbox.guard._files import (
     INTERNAL,
     ORIGINALS,

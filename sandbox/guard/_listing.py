@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from sandbox.errors import AccessDenied
+from sandbox._denied import AccessDenied
 from sandbox.guard import _engine
 from sandbox.guard._engine import Engine
 from sandbox.policy import Op

@@ -14,8 +14,8 @@ import errno
 import os
 from abc import ABCMeta
 
+from sandbox._denied import AccessDenied
 from sandbox._execute import NOTHING_TO_DO
-from sandbox.errors import AccessDenied
 from sandbox.guard import _engine
 from sandbox.guard._engine import TOKEN, Upper
 from sandbox.guard._files import (
