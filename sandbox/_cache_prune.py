@@ -122,6 +122,10 @@ def _is_shim(name: str) -> bool:
     return bool(machine) and machine.isascii() and _key(key) and _digits(size)
 
 
+#: What :func:`usage` calls the entries of each of :data:`sandbox._cache.KINDS`.
+_PARSE_LABELS = {"toml": "parsed policy files", "policy": "validated policy files"}
+
+
 def _label(name: str, native: bool) -> str | None:
     """What the file ``name`` of the cache folder (``native``: of its ``native/``) holds, as
     :func:`usage` counts it; None when it is not named like an entry of ours."""
@@ -133,7 +137,7 @@ def _label(name: str, native: bool) -> str | None:
     kind = _image_kind(name)
     if kind is not None:
         return f"module images ({kind})"
-    return "parsed policy files" if _parse_kind(name) == "toml" else None
+    return _PARSE_LABELS.get(_parse_kind(name) or "")
 
 
 class Shared(OSError):

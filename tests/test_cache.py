@@ -363,6 +363,7 @@ def test_cli_shows_what_the_cache_holds(
     assert _image.refresh("guard") and _image.refresh("launcher")
     _image_of(cache, tmp_path / "gone" / "sandbox")
     _cache.store("toml", b"a = 1", {"a": 1})
+    _cache.store("policy", b"a = 1", ((), {"a": 1}, ()))
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"cache: {cache}"
@@ -371,10 +372,11 @@ def test_cli_shows_what_the_cache_holds(
         "module images (guard)": 2,
         "module images (launcher)": 1,
         "parsed policy files": 1,
-        "in all": 4,
+        "validated policy files": 1,
+        "in all": 5,
     }
     assert "(last: never)" in out and "would remove 1 entry" in out and f"1 {GONE}" in out
-    assert len(list(cache.iterdir())) == 4  # shown, not pruned
+    assert len(list(cache.iterdir())) == 5  # shown, not pruned
 
 
 def test_cli_prune_and_clear(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -387,10 +389,11 @@ def test_cli_prune_and_clear(tmp_path: Path, cache: Path, capsys: pytest.Capture
     assert out.startswith("tv-sandbox: removed 1 entry (") and out.rstrip().endswith(f": 1 {GONE}")
     assert not gone.exists() and os.path.isfile(_image.path() or "")
     _cache.store("toml", b"a = 1", {"a": 1})
+    _cache.store("policy", b"a = 1", ((), {"a": 1}, ()))
     assert main(["cache", "clear"]) == 0
     # what a run of this installation may be using at this moment stays (a step's LD_PRELOAD)
     out = capsys.readouterr().out
-    assert out.startswith("tv-sandbox: removed 1 entry (") and out.rstrip().endswith("; kept 1 this installation uses")
+    assert out.startswith("tv-sandbox: removed 2 entries (") and out.rstrip().endswith("; kept 1 this installation uses")
     assert sorted(p.name for p in cache.iterdir()) == sorted(["notes.txt", os.path.basename(_image.path() or "")])
     assert main(["cache", "prune"]) == 0
     assert "removed 0 entries (0 B)" in capsys.readouterr().out
