@@ -14,7 +14,12 @@ folders not hidden), side by side with the default.
 As root, the same is measured with the launcher run by an unprivileged user (``setpriv`` to
 nobody): its user namespace maps only its own id, and no mapper is needed.
 
-Usage: python bench/bench_start.py [--runs 20] [--phases]
+With --baseline DIR, another source tree of the package (e.g. ``git worktree add DIR <commit>``)
+runs the same kernel-on step in the same rounds, through a script shaped like the console script:
+its cost over bare and ours over it, paired round by round. This VM's speed drifts (bare 12-22 ms),
+so a start-up measured on another day is no baseline; the same rounds are.
+
+Usage: python bench/bench_start.py [--runs 20] [--phases] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -41,7 +46,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--phases", action="store_true")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        default=None,
+        help="also run the kernel-on step with the sandbox package of DIR, a source tree of another "
+        "commit (`git worktree add DIR <commit>`; compiled here first), in the same rounds",
+    )
     args = ap.parse_args()
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "sandbox", "cli.py")):
+        ap.error(f"--baseline {args.baseline}: no sandbox/cli.py there; pass a source tree of the package")
     tmp = Path(tempfile.mkdtemp(prefix="tvs-bench-start-"))
     try:
         host = make_host(tmp / "host")
@@ -89,9 +103,21 @@ def main() -> int:
         def kernel_host_net(r: int) -> None:
             subprocess.run(sandboxed("auto", "--policy", str(host_net)), check=True, stderr=subprocess.DEVNULL)
 
-        t = interleaved(
-            args.runs, bare=bare, kernel=kernel_auto, host_net=kernel_host_net, guard_only=kernel_off
-        )
+        variants: dict[str, Callable[[int], None]] = {
+            "bare": bare,
+            "kernel": kernel_auto,
+            "host_net": kernel_host_net,
+            "guard_only": kernel_off,
+        }
+        if args.baseline:
+            base_launcher = baseline_launcher(tmp, Path(args.baseline).resolve())
+
+            def kernel_baseline(r: int) -> None:
+                argv = sandboxed("auto")
+                subprocess.run([*base_launcher, *argv[len(launcher) :]], check=True, stderr=subprocess.DEVNULL)
+
+            variants["baseline"] = kernel_baseline
+        t = interleaved(args.runs, **variants)
         b = median(t["bare"])
         d_k = paired(t["kernel"], t["bare"]) * 1000
         d_h = paired(t["host_net"], t["bare"]) * 1000
@@ -120,6 +146,11 @@ def main() -> int:
         print(line("tv-sandbox run (kernel layer on) minus bare, ms", d_k, "<= 50", d_k <= 50))
         print(line('tv-sandbox run, kernel on, network = "host" minus bare, ms', d_h, "<= 50", d_h <= 50))
         print(line("tv-sandbox run --kernel off minus bare, ms", d_g, "<= 50", d_g <= 50))
+        if args.baseline:
+            d_b = paired(t["baseline"], t["bare"]) * 1000
+            d_kb = paired(t["kernel"], t["baseline"]) * 1000
+            print(f"# baseline {args.baseline}, kernel on, the same rounds: {d_b:.1f} ms over bare")
+            print(line("tv-sandbox run (kernel layer on) minus the baseline's, ms", d_kb, "<= 0", d_kb <= 0))
         with_ns, without = pid_namespace_cost(tmp, args.runs)
         print(
             line(
@@ -158,6 +189,24 @@ def main() -> int:
 
 
 NOBODY = 65534
+
+
+def baseline_launcher(tmp: Path, tree: Path) -> list[str]:
+    """The launcher of the package in ``tree``, run as the console script runs ours: a script
+    file of the venv's interpreter that imports ``sandbox.cli`` (``entry``, or ``main`` in trees
+    older than it) with ``tree`` first on ``sys.path``. The tree is compiled first (as ``make
+    bytecode`` compiles ours): a tree without ``.pyc`` files would pay its compile on every run."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "sandbox")], check=True)
+    script = tmp / "baseline-tv-sandbox"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"sys.path.insert(0, {str(tree)!r})\n"
+        "import sandbox.cli as cli\n"
+        "sys.exit((getattr(cli, 'entry', None) or cli.main)())\n"
+    )
+    script.chmod(0o755)
+    return [str(script)]
 
 
 def by_speed(ours: list[float], bare: list[float]) -> str:

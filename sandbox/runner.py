@@ -153,6 +153,12 @@ def preflight(req: RunRequest) -> Prepared:
             )
     _check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
     kernel = req.kernel
+    if spec.kernel == "require" and kernel == "off":
+        # The policy's author set a floor; a flag of the caller's does not lower it.
+        raise PreflightError(
+            f'policy {spec.name!r} requires the kernel layer (kernel = "require"), but --kernel off '
+            'turns it off: drop --kernel off, or use a policy without kernel = "require"'
+        )
     if spec.kernel == "require" and kernel == "auto":
         kernel = "require"
     elif spec.kernel == "off" and kernel == "auto":

@@ -149,6 +149,13 @@ BAD: list[tuple[str, list[str], Setup, str]] = [
         _write("p.toml", POLICY_HEAD.replace("production", "development") + LAYOUT),
         "is for profile 'development'",
     ),
+    (
+        # the policy's floor: a flag of the caller's does not lower it (issue 9)
+        "kernel-off-under-a-require-policy",
+        ["--policy", "{tmp}/p.toml", "--kernel", "off"],
+        _write("p.toml", POLICY_HEAD.replace('"production"\n', '"production"\nkernel = "require"\n') + LAYOUT),
+        'requires the kernel layer (kernel = "require"), but --kernel off',
+    ),
     ("workspace-in-host", ["--workspace-dir", "{host}/scripts"], _nothing, "lies inside the host"),
     ("workspace-dir-missing", ["--workspace-dir", "{tmp}/nowhere"], _nothing, "does not exist"),
     # a folder the kernel lets nobody write to, root included (issue 12: it was an "internal error")

@@ -88,11 +88,20 @@ def drop_all_capabilities() -> None:
     effective, permitted and inheritable sets. ``no_new_privs`` is set too. Needs CAP_SETPCAP
     for the bounding set: call it while the process still holds it (root of its user
     namespace). Capabilities the kernel does not know (EINVAL) are skipped.
+
+    Without CAP_SETPCAP (an unprivileged launcher where no user namespace can be made: Landlock
+    alone) the bounding set cannot shrink -- and need not, when no user id of the process is 0:
+    with ``no_new_privs`` an ``exec`` grants nothing through a set-user-ID or file-capability
+    binary, and a non-root ``exec`` gains no capability but from the ambient and inheritable
+    sets, both emptied here. A process with a user id 0 that cannot drop the bounding set would
+    regain it at its next ``exec``: that is an error.
     """
     lib = libc()
     last = _last_cap()
     for cap in range(last + 1):
         if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 and _ffi.get_errno() != errno.EINVAL:
+            if _ffi.get_errno() == errno.EPERM and 0 not in os.getresuid():
+                break  # no CAP_SETPCAP, nothing to regain it with: see above
             check(-1, f"drop capability {cap} from the bounding set")
     if (
         lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1

@@ -1,0 +1,103 @@
+"""An unprivileged launcher where no user namespace can be made: Landlock alone, for real.
+
+The machines where this happens (a kernel or distribution refusing unprivileged user namespaces)
+are the fallback users really hit. The launcher runs as nobody inside a namespace whose own limit
+forbids user namespaces (``no_userns.py``: the machine's settings are untouched), so the step gets
+Landlock, the Python guard and no capability -- not a mount namespace. A shell step that deletes
+the lakehouse's files (``make clean``) must be refused by Landlock, explained and counted; what it
+writes into the workspace must be gathered into the run folder; the host must be unchanged.
+
+Before the fix the Landlock plan failed on the bounding set (``PR_CAPBSET_DROP`` needs
+CAP_SETPCAP, which no unprivileged process holds), the run fell back to the Python guard alone, and
+the lakehouse's CSVs were deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_privilege import NOBODY, REPO, RUNS, UNPRIVILEGED, Box
+
+from sandbox.kernel import landlock
+
+NO_USERNS = str(Path(__file__).with_name("no_userns.py"))
+REQUIRE = os.environ.get("TV_SANDBOX_REQUIRE_KERNEL") == "1"
+
+STEP = r"""
+rm -f data/lakehouse/*.csv
+grep -E '^(CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs):' /proc/self/status
+mkdir -p data && echo native > data/native.txt
+"""
+
+
+@pytest.fixture
+def box() -> Iterator[Box]:
+    b = Box("unprivileged")  # skips (fails in CI) where the CLI cannot run as nobody
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _run(box: Box, run_id: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        NO_USERNS,
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        str(UNPRIVILEGED),
+        "-m",
+        "sandbox",
+        "run",
+        "--root",
+        str(box.host),
+        "--run-id",
+        run_id,
+        "--workspace-dir",
+        str(box.ws),
+        "--",
+        "sh",
+        "-c",
+        STEP,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TV_", "PYTHON"))}
+    env.update(PYTHONPATH=REPO, HOME=str(box.root), TMPDIR=str(box.ws))
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, cwd="/")
+
+
+def test_landlock_alone_refuses_a_shell_step_and_keeps_its_outputs(box: Box) -> None:
+    if not landlock.abi_version():
+        if REQUIRE:
+            pytest.fail("Landlock unavailable in CI")
+        pytest.skip(reason="Landlock is unavailable here")
+    before = box.snapshot()
+    r = _run(box, "ll1")
+    if r.returncode == 125 and r.stderr.startswith("no_userns:"):
+        if REQUIRE:
+            pytest.fail(f"cannot make the test's user namespace in CI: {r.stderr}")
+        pytest.skip(reason=r.stderr.strip())
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((box.host / RUNS / "ll1" / "sandbox_report.json").read_text())
+    layers = rep["layers"]
+    assert layers["landlock_abi"], (layers, r.stderr)
+    # the fallback says so: no mount namespace, and why
+    assert not layers["mount_namespace"] and "mount_namespace" in layers["missing"], layers
+    assert "only Landlock and the Python guard are active" in r.stderr, r.stderr
+    # the step holds no capability (the bounding set is moot: no uid 0, no_new_privs)
+    got = dict(line.split(":\t", 1) for line in r.stdout.splitlines())
+    for k in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert got[k] == "0000000000000000", (k, got)
+    assert got["NoNewPrivs"] == "1", got
+    # refused by Landlock, explained and counted; the host as it was
+    assert "3 denied" in r.stderr, r.stderr
+    assert box.snapshot() == before
+    # what the step wrote into the workspace is in the run folder
+    assert (box.host / RUNS / "ll1" / "data" / "native.txt").read_text() == "native\n"
