@@ -259,6 +259,7 @@ def _keep(
             os.write(wfd, f"applied {applied.encode()}\n".encode())
             stage = "setup"
         _libc.set_child_subreaper()
+        _untraceable()
         main = _command(argv, env, cwd, keep, wfd)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
@@ -293,6 +294,7 @@ def _init(
         assert plan is not None and entered is not None  # an init exists for a PID namespace's plan
         applied = seal(plan, entered)
         os.write(wfd, f"applied {applied.encode()}\n".encode())
+        _untraceable()
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
         # fork that costs). Nothing must happen between the two in the child: the namespace's
         # death already ends the command with us, so it needs no parent-death signal.
@@ -448,6 +450,15 @@ def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
         if len(fields) > 1 and fields[1].decode() == ppid:
             found.append(int(name))
     return found
+
+
+def _untraceable() -> None:  # pragma: no cover - in the init, or a keeper that is the init
+    """Not dumpable: the step's processes, of the same uid and without CAP_SYS_PTRACE, can then
+    neither ptrace the process that waits for their command (a stopped init holds the run open)
+    nor open its ``/proc/PID/fd`` -- where the pipe that tells the launcher the command's status
+    is, so a step could forge its own exit status. Our own ``exec`` would reset it; there is none
+    (the command is spawned, and ``capset`` dropping capabilities keeps it)."""
+    _libc.libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _end_as(status: int) -> None:  # pragma: no cover - in the keeper

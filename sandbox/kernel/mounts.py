@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 
 # <linux/sockios.h>, <net/if.h>
@@ -169,7 +170,8 @@ def unshare_mount_namespace(
     whole range (:func:`map_identity`) and returns whether it did; otherwise the process maps
     itself: uid and gid ``0 <id> 1`` (root inside), ``setgroups`` denied (the kernel requires
     that before an unprivileged gid_map).
-    ``pid_namespace``: also a new PID namespace for the children forked from now on.
+    ``pid_namespace``: also a new PID namespace for the children forked from now on, and a new
+    IPC namespace (System V IPC, POSIX message queues) for this process at once.
     ``network_namespace``: also a new network namespace, for this process at once: only a loopback
     interface, down until :func:`loopback_up` (owned by the new user namespace, whose root may).
     The process must be single-threaded (the kernel refuses CLONE_NEWUSER otherwise).
@@ -179,11 +181,15 @@ def unshare_mount_namespace(
     uid, gid = os.geteuid(), os.getegid()
     userns = True if user_namespace is None else user_namespace
     lib = _libc.libc()
-    flags = CLONE_NEWNS | (CLONE_NEWUSER if userns else 0) | (CLONE_NEWPID if pid_namespace else 0)
+    flags = CLONE_NEWNS | (CLONE_NEWUSER if userns else 0)
+    # The step's processes are its own, and so are their System V IPC objects and POSIX message
+    # queues: without an IPC namespace a step reads and writes the machine's shared memory
+    # segments by key (bubblewrap's --unshare-ipc, Docker's default).
+    flags |= (CLONE_NEWPID | CLONE_NEWIPC) if pid_namespace else 0
     flags |= CLONE_NEWNET if network_namespace else 0
     rc = lib.unshare(flags)
     what = "unshare a mount namespace" + (" in a new user namespace" if userns else "")
-    what += " with a PID namespace" if pid_namespace else ""
+    what += " with a PID and an IPC namespace" if pid_namespace else ""
     _libc.check(rc, what + (" and a network namespace" if network_namespace else ""))
     if userns:
         _made_user_namespace = True
@@ -428,7 +434,8 @@ MINIMAL_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 def minimal_dev() -> None:
     """Replace /dev with a tmpfs holding only :data:`MINIMAL_DEVICES` (bound from the host's
     nodes), a new devpts instance on /dev/pts (``ptmx`` links into it: the step's terminals are its
-    own), an empty /dev/shm, and the ``fd``/``stdin``/``stdout``/``stderr`` links. Raw disks,
+    own), an empty /dev/shm, and the ``fd``/``stdin``/``stdout``/``stderr`` links. The nodes'
+    binds are read-only (their modes and times are the host's). Raw disks,
     ``kmsg``, ``mem`` and every other node of the host's /dev are gone from the step's view."""
     fds = {}
     try:
@@ -441,6 +448,10 @@ def minimal_dev() -> None:
         for name, fd in fds.items():
             os.close(os.open("/dev/" + name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
             _mount(f"/proc/self/fd/{fd}", "/dev/" + name, None, MS_BIND, what=f"bind /dev/{name}")
+            # Read-only: the node is the host's own inode, and a root step owns it -- chmod or
+            # utime through a writable bind would change the host's /dev/null. Reads and writes
+            # *to the device* still work: a read-only mount refuses only changes of the inode.
+            _set_readonly("/dev/" + name, recursive=False)
     finally:
         for fd in fds.values():
             os.close(fd)

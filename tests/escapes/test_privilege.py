@@ -621,3 +621,108 @@ def test_a_step_cannot_make_a_user_namespace(box: Box) -> None:
     r, export, _ = box.run(USERNS)
     box.report(export)
     assert r.returncode == REFUSED and "refused 28" in r.stdout, (r.stdout, r.stderr[-2000:])  # ENOSPC
+
+
+# -- found by a second attacker's review (2026-11-30) ----------------------------------------------
+
+DEV_METADATA = r"""
+import os, sys
+got = []
+# Each change sets what is already there (the mode, the times): where it is allowed -- the bug
+# this tests -- the call succeeds and changes nothing but the node's ctime; never the machine's
+# /dev/null to 0600.
+for name in ("null", "zero", "full", "random", "urandom", "tty"):
+    path = "/dev/" + name
+    try:
+        st = os.stat(path)
+    except OSError:
+        continue
+    for what, call in (
+        ("chmod", lambda: os.chmod(path, st.st_mode & 0o7777)),
+        ("utime", lambda: os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))),
+    ):
+        try:
+            call()
+            got.append(what + " " + name)
+        except OSError:
+            pass
+with open("/dev/null", "w") as fh:  # the devices themselves still work
+    fh.write("x")
+with open("/dev/zero", "rb") as fh:
+    assert fh.read(2) == b"\0\0"
+print(" ".join(got))
+sys.exit(9 if got else 3)
+"""
+
+
+def test_the_device_nodes_modes_and_times_are_the_hosts(box: Box) -> None:
+    """/dev's nodes are the host's own inodes, bound in; a uid-0 step owns them. A writable bind
+    let it chmod the host's /dev/full (chmod 000 /dev/null would break the machine)."""
+    dev = {n: os.stat("/dev/" + n) for n in ("null", "zero", "full", "random", "urandom")}
+    r, export, _ = box.run(DEV_METADATA)
+    box.report(export)
+    assert r.returncode == REFUSED, (r.stdout, r.stderr[-2000:])
+    for n, st in dev.items():
+        now = os.stat("/dev/" + n)
+        assert (now.st_mode, now.st_mtime_ns, now.st_ctime_ns) == (st.st_mode, st.st_mtime_ns, st.st_ctime_ns), n
+
+
+SYSV = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+seen = libc.shmget({key}, 0, 0)  # the machine's segment, by its key
+made = libc.shmget(0x7e57, 4096, 0o1000 | 0o600)  # IPC_CREAT: one that would outlive the run
+print(seen, made)
+sys.exit(9 if seen >= 0 else 3)
+"""
+
+
+def test_system_v_ipc_is_the_steps_own(box: Box) -> None:
+    """No IPC namespace let a step attach root's SysV shared memory by key and leave segments,
+    queues and semaphores behind on the machine (bubblewrap's --unshare-ipc, Docker's default)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = 0x5EED0000 + os.getpid() % 0xFFFF
+    shmid = libc.shmget(key, 4096, 0o1000 | 0o666)
+    assert shmid >= 0, ctypes.get_errno()
+    before = subprocess.run(["ipcs", "-m"], capture_output=True, text=True).stdout
+    try:
+        r, export, _ = box.run(SYSV.replace("{key}", str(key)))
+        box.report(export)
+        assert r.returncode == REFUSED, (r.stdout, r.stderr[-2000:])
+        assert subprocess.run(["ipcs", "-m"], capture_output=True, text=True).stdout == before
+    finally:
+        libc.shmctl(shmid, 0, None)  # IPC_RMID
+        leaked = libc.shmget(0x7E57, 0, 0)  # where the step's would be, had it reached the machine
+        if leaked >= 0:
+            libc.shmctl(leaked, 0, None)
+
+
+FORGE = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+try:
+    fds = os.listdir("/proc/1/fd")
+except OSError:
+    fds = [str(n) for n in range(3, 16)]
+for fd in fds:
+    try:
+        with open(f"/proc/1/fd/{fd}", "w") as fh:  # the init's status pipe to the launcher
+            fh.write("0\n")
+    except OSError:
+        pass
+traced = libc.ptrace(0x4206, 1, 0, 0) == 0  # PTRACE_SEIZE the init: it would hold the run open
+print("traced" if traced else "not traced")
+sys.exit(5)
+"""
+
+
+def test_a_step_can_neither_trace_its_init_nor_forge_its_status(box: Box) -> None:
+    """The init (PID 1 of the step) was dumpable: the step opened /proc/1/fd/N and wrote "0" to
+    the pipe that carries its command's status -- a failing step reported success -- and could
+    ptrace-stop it to hold the run open."""
+    r, export, elapsed = box.run(FORGE, timeout=60)
+    box.report(export)
+    assert r.returncode == 5 and "not traced" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert elapsed < 10
