@@ -180,15 +180,43 @@ def _check_workspace_base(workspace_base: str | None, host: str, targets: Mappin
         ]
         places.append(("the temp dir", workspace_mod.temp_root()))
     protected = [("the host", host), *((f"the {name} mount", real) for name, real in targets.items())]
+    # By path, and by identity: a bind mount of the host elsewhere (/mnt/alias -> HOST) is the
+    # same folder under another path, which realpath does not see through -- each folder on the
+    # way to the place is compared with each protected root by (device, inode).
+    ids: dict[tuple[int, int], tuple[str, str]] = {}
+    for label, root in protected:
+        try:
+            st = os.stat(root)
+        except OSError:
+            continue
+        ids[(st.st_dev, st.st_ino)] = (label, root)
     for what, path in places:
         real = os.path.realpath(path)
-        for label, root in protected:
-            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-                fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
-                raise PreflightError(
-                    f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
-                    f"{fix} to a folder outside the host and its mounts"
-                )
+        inside = next(
+            (
+                (label, root)
+                for label, root in protected
+                if real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+            ),
+            None,
+        )
+        folder = real
+        while inside is None:
+            try:
+                here = os.stat(folder)
+                inside = ids.get((here.st_dev, here.st_ino))
+            except OSError:
+                pass
+            if folder == os.sep:
+                break
+            folder = os.path.dirname(folder)
+        if inside is not None:
+            label, root = inside
+            fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
+            raise PreflightError(
+                f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
+                f"{fix} to a folder outside the host and its mounts"
+            )
 
 
 def kernel_plan(

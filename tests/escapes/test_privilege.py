@@ -492,6 +492,27 @@ def test_a_workspace_dir_inside_a_mount_that_lies_outside_the_host_is_refused(tm
     assert r.returncode == EXIT_USAGE and "lakehouse mount" in r.stderr, r.stderr
 
 
+def test_a_tmpdir_inside_the_host_through_a_bind_mount_alias_is_refused(tmp_path: Path) -> None:
+    """The host bound elsewhere (``mount --bind HOST /mnt/alias``) is the same folder under a path
+    realpath does not map back: TMPDIR=/mnt/alias/data/lakehouse built the workspace -- and left
+    a killed launcher's files -- inside the lakehouse. Compared by (device, inode) too."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="a bind mount needs root")
+    host = make_host(tmp_path / "host")
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(host), str(alias)], check=True)
+    try:
+        before = tree_snapshot(host)
+        argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", "t", "--", "true"]
+        for env in ({"TMPDIR": str(alias / "data" / "lakehouse")}, {"TMPDIR": str(alias / "configs")}):
+            r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+            assert r.returncode == EXIT_USAGE and "lies inside" in r.stderr, r.stderr
+        assert tree_snapshot(host) == before
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
+
+
 # -- a full run-folder filesystem ------------------------------------------------------------------
 
 
