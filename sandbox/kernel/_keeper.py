@@ -52,8 +52,10 @@ _FORWARDED = tuple(
     if hasattr(signal, n)
 )
 _WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
-#: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group:
-#: the command, in that group too, got it already; forwarding it would deliver it twice.
+#: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group --
+#: the launcher's, the keeper's and the init's, not the command's (a session of its own, see
+#: _init): the launcher got it too and ends the step its own way; forwarding it here would deliver
+#: a second signal.
 _SI_KERNEL = 0x80
 _PR_SET_DUMPABLE = 4
 
@@ -297,11 +299,17 @@ def _init(
         _untraceable()
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
         # fork that costs). Nothing must happen between the two in the child: the namespace's
-        # death already ends the command with us, so it needs no parent-death signal.
+        # death already ends the command with us, so it needs no parent-death signal. In a
+        # session of its own (bubblewrap's --new-session): the launcher's terminal is not its
+        # controlling terminal, so it cannot push input into it (TIOCSTI: commands typed into the
+        # user's shell after the run, bubblewrap's CVE-2017-5226) nor get its job-control
+        # signals -- the terminal's ^C reaches the launcher, which ends the step.
         stage = "exec"
         _ready_to_exec(cwd, wfd, [*keep, wfd, sw])  # wfd and sw are close-on-exec
         try:
-            main = os.posix_spawn(_which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS)
+            main = os.posix_spawn(
+                _which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS, setsid=True
+            )
         except OSError as e:
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
@@ -336,6 +344,7 @@ def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wf
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _die_with(me)
+        os.setsid()  # see _init: no controlling terminal
         stage = "exec"
         _ready_to_exec(cwd, wfd, [*keep, wfd])
         try:

@@ -106,9 +106,13 @@ class Box:
         env: dict[str, str] | None = None,
         timeout: float = 60,
         options: tuple[str, ...] = (),
+        terminal: bool = False,
     ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
         """``tv-sandbox run`` of ``python -I -S -c code`` (``options``: more of ``run``'s, such as
-        ``--policy FILE``); returns the process, the export and the wall time."""
+        ``--policy FILE``); returns the process, the export and the wall time. ``terminal``: the
+        launcher runs in a session of its own whose controlling terminal is a new pseudo-terminal,
+        as from a user's shell; its stdin, stdout and stderr are that terminal (stdout then holds
+        everything written to it, and what was pushed into its input)."""
         self.n += 1
         run_id = f"p{self.n}"
         argv = [
@@ -136,7 +140,10 @@ class Box:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("TV_", "PYTHON"))}
         base.update(PYTHONPATH=REPO, HOME=str(self.root), TMPDIR=str(self.ws), **(env or {}))
         t0 = time.monotonic()
-        r = subprocess.run(argv, capture_output=True, text=True, env=base, timeout=timeout, cwd="/")
+        if terminal:
+            r = _in_a_terminal(argv, base, timeout)
+        else:
+            r = subprocess.run(argv, capture_output=True, text=True, env=base, timeout=timeout, cwd="/")
         return r, self.host / RUNS / run_id, time.monotonic() - t0
 
     def report(self, export: Path) -> dict[str, object]:
@@ -151,6 +158,47 @@ class Box:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _in_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``argv`` as from a shell in a terminal: a new session whose controlling terminal is a new
+    pty, stdio on it; returns what the terminal showed (stdout) and the status."""
+    import fcntl
+    import pty
+    import select
+    import termios
+
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    p = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd="/", start_new_session=True,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every slave descriptor is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        code = p.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return subprocess.CompletedProcess(argv, code, out.decode(errors="replace"), "")
 
 
 @pytest.fixture(params=USERS)
@@ -747,3 +795,32 @@ def test_a_step_can_neither_trace_its_init_nor_forge_its_status(box: Box) -> Non
     box.report(export)
     assert r.returncode == 5 and "not traced" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
     assert elapsed < 10
+
+
+TIOCSTI = r"""
+import fcntl, os, sys, termios
+got = []
+try:
+    tty = os.open("/dev/tty", os.O_RDWR)  # the controlling terminal: none in a session of its own
+except OSError:
+    tty = None
+for name, fd in (("/dev/tty", tty), ("stdin", 0), ("stderr", 2)):
+    if fd is None:
+        continue
+    try:
+        fcntl.ioctl(fd, termios.TIOCSTI, b"#")  # one byte pushed into the terminal's input
+        got.append(name)
+    except OSError:
+        pass
+print("pushed through", *got) if got else print("nothing pushed")
+sys.exit(9 if got else 3)
+"""
+
+
+def test_a_step_cannot_type_into_the_launchers_terminal(box: Box) -> None:
+    """The step shared the launcher's session and controlling terminal: TIOCSTI pushed a command
+    line into the user's shell, run unsandboxed once the run ended (bubblewrap's CVE-2017-5226;
+    this kernel's dev.tty.legacy_tiocsti allows it). The command runs in a session of its own."""
+    r, export, _ = box.run(TIOCSTI, terminal=True)
+    box.report(export)
+    assert r.returncode == REFUSED and "nothing pushed" in r.stdout, r.stdout[-2000:]
