@@ -297,6 +297,8 @@ def _init(
         applied = seal(plan, entered)
         os.write(wfd, f"applied {applied.encode()}\n".encode())
         _untraceable()
+        if plan.namespace:
+            _own_stdio()
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
         # fork that costs). Nothing must happen between the two in the child: the namespace's
         # death already ends the command with us, so it needs no parent-death signal. In a
@@ -459,6 +461,51 @@ def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
         if len(fields) > 1 and fields[1].decode() == ppid:
             found.append(int(name))
     return found
+
+
+def _own_stdio() -> None:  # pragma: no cover - in the init, after the mounts and Landlock
+    """Hand the command its 0, 1 and 2 as its own view opens them, where the launcher's are a
+    host inode it could otherwise change through the descriptor: ``fchmod``, ``futimens`` and
+    ``fsetxattr`` need only ownership, which a root step has of root's files, and the descriptor
+    carries the launcher's writable mount (``< lakehouse.csv`` made the lakehouse file 0777).
+
+    - a device other than a terminal (``< /dev/null``): the step's own node of that device,
+      same access mode (read-only bind: the host's node cannot be changed);
+    - a file or folder open read-only (``< data/x.csv``): the same path in the step's view,
+      read-only, at the same offset -- what the step itself would open.
+    Everything else is kept: pipes and sockets (no inode of the host's), the user's terminal,
+    and a file open for writing -- the target the user redirected the output to (reopened in the
+    step's view, its writes would land in the run folder's copy, or be refused).
+    """
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+            kind = st.st_mode & 0o170000
+            if kind == 0o020000 and not os.isatty(fd):  # a character device
+                with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+                    info = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
+                mode = int(info[b"flags"].strip(), 8) & 0o3  # O_ACCMODE
+                path = os.readlink(f"/proc/self/fd/{fd}")
+                if not path.startswith("/dev/") or os.stat(path).st_rdev != st.st_rdev:
+                    continue
+                _replace(fd, os.open(path, mode | os.O_NOCTTY | os.O_CLOEXEC))
+            elif kind in (0o100000, 0o040000):  # a file, a folder
+                with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+                    info = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
+                if int(info[b"flags"].strip(), 8) & 0o3 != os.O_RDONLY:
+                    continue
+                path = os.readlink(f"/proc/self/fd/{fd}")
+                new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+                if kind == 0o100000:
+                    os.lseek(new, int(info[b"pos"]), os.SEEK_SET)
+                _replace(fd, new)
+        except (OSError, KeyError, ValueError):
+            continue  # not there in the step's view (deleted, hidden...): the launcher's stays
+
+
+def _replace(fd: int, new: int) -> None:  # pragma: no cover - in the init
+    os.dup2(new, fd)  # inheritable, as the one it replaces
+    os.close(new)
 
 
 def _untraceable() -> None:  # pragma: no cover - in the init, or a keeper that is the init

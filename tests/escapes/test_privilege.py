@@ -107,12 +107,15 @@ class Box:
         timeout: float = 60,
         options: tuple[str, ...] = (),
         terminal: bool = False,
+        stdin: int | None = None,
+        stdout: int | None = None,
     ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
         """``tv-sandbox run`` of ``python -I -S -c code`` (``options``: more of ``run``'s, such as
         ``--policy FILE``); returns the process, the export and the wall time. ``terminal``: the
         launcher runs in a session of its own whose controlling terminal is a new pseudo-terminal,
         as from a user's shell; its stdin, stdout and stderr are that terminal (stdout then holds
-        everything written to it, and what was pushed into its input)."""
+        everything written to it, and what was pushed into its input). ``stdin``, ``stdout``:
+        the launcher's own, as a shell's redirections give them (stdout is then not captured)."""
         self.n += 1
         run_id = f"p{self.n}"
         argv = [
@@ -143,7 +146,16 @@ class Box:
         if terminal:
             r = _in_a_terminal(argv, base, timeout)
         else:
-            r = subprocess.run(argv, capture_output=True, text=True, env=base, timeout=timeout, cwd="/")
+            r = subprocess.run(
+                argv,
+                stdin=stdin,
+                stdout=stdout if stdout is not None else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=base,
+                timeout=timeout,
+                cwd="/",
+            )
         return r, self.host / RUNS / run_id, time.monotonic() - t0
 
     def report(self, export: Path) -> dict[str, object]:
@@ -824,3 +836,48 @@ def test_a_step_cannot_type_into_the_launchers_terminal(box: Box) -> None:
     r, export, _ = box.run(TIOCSTI, terminal=True)
     box.report(export)
     assert r.returncode == REFUSED and "nothing pushed" in r.stdout, r.stdout[-2000:]
+
+
+STDIO_METADATA = r"""
+import os, sys
+got = []
+for fd in (0, 1):
+    st = os.fstat(fd)
+    for what, call in (  # each sets what is there: allowed, it changes only the ctime
+        ("fchmod", lambda: os.fchmod(fd, st.st_mode & 0o7777)),
+        ("futimens", lambda: os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))),
+        ("fsetxattr", lambda: os.setxattr(fd, "user.tvs", b"1")),
+    ):
+        try:
+            call()
+            got.append(f"{what}({fd})")
+        except OSError:
+            pass
+line = sys.stdin.readline()
+print(" ".join(got) or "none", line.split(",")[0], file=sys.stderr)
+sys.exit(9 if got else 3)
+"""
+
+
+def test_a_step_cannot_change_the_host_files_behind_its_stdio(box: Box, tmp_path: Path) -> None:
+    """``tv-sandbox run ... < lakehouse.csv > /dev/null``: the descriptors carried the launcher's
+    writable mount, so the step's fchmod/futimens/fsetxattr changed the lakehouse file (and could
+    have changed /dev/null). The command gets them as its own view opens them."""
+    lake = box.host / LAKEFILE
+    null = os.stat("/dev/null")
+    before = os.stat(lake)
+    script = box.root / "stdio.py"
+    script.write_text(STDIO_METADATA)
+    script.chmod(0o644)
+    argv_code = f"exec(open({str(script)!r}).read())"
+    with open(lake, "rb") as stdin, open("/dev/null", "wb") as stdout:
+        r, export, _ = box.run(argv_code, stdin=stdin.fileno(), stdout=stdout.fileno())
+    box.report(export)
+    assert r.returncode == REFUSED and "none timestamp" in r.stderr, r.stderr[-2000:]
+    after = os.stat(lake)
+    assert (after.st_mode, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_mode,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+    assert os.stat("/dev/null").st_ctime_ns == null.st_ctime_ns
