@@ -9,8 +9,12 @@ top is an indenting encoder, written here.
 The output is ``json.dumps``'s, byte for byte, for what the package writes: ``None``, ``bool``,
 ``int``, ``float``, ``str`` (and their subclasses), lists, tuples and dicts, ``ensure_ascii``,
 keys in insertion order or sorted (``tests/test_json.py`` compares the two). Anything else raises
-``TypeError`` as ``json.dumps`` does. A document that is not JSON raises
-``json.JSONDecodeError`` (a ``ValueError``; ``json`` is imported then, on that path only).
+``TypeError`` as ``json.dumps`` does.
+
+:func:`loads` returns what ``json.loads`` returns, and raises what it raises -- the same exception,
+the same message: every document the C scanner does not take whole (an invalid one; bytes that are
+not plain UTF-8: a BOM, UTF-16) is handed to ``json.loads`` itself, imported then, on that path
+only. The run folder is the step's: the launcher reads documents there that a hostile step wrote.
 """
 
 from __future__ import annotations
@@ -136,17 +140,26 @@ _scan = _make_scanner(_Context())  # type: ignore[arg-type]  # duck-typed: the a
 
 
 def loads(s: str | bytes) -> Any:
-    """``json.loads(s)`` (bytes: UTF-8)."""
-    if isinstance(s, (bytes, bytearray)):
-        s = s.decode("utf-8")
-    start = len(s) - len(s.lstrip(_WS))
+    """``json.loads(s)`` (bytes: UTF-8 here; other encodings through ``json``)."""
+    if isinstance(s, str):
+        text = s
+    elif isinstance(s, (bytes, bytearray)):
+        try:
+            text = s.decode("utf-8")
+        except UnicodeDecodeError:  # json decodes UTF-16/32 and lone surrogates (surrogatepass)
+            return _as_json_does(s)
+    else:  # json's TypeError, word for word
+        return _as_json_does(s)
+    start = len(text) - len(text.lstrip(_WS))
     try:
-        obj, end = _scan(s, start)
-    except StopIteration as e:
-        _fail("Expecting value", s, e.value)
-    rest = s[end:]
-    if rest.strip(_WS):
-        _fail("Extra data", s, end + len(rest) - len(rest.lstrip(_WS)))
+        obj, end = _scan(text, start)
+    except (StopIteration, SystemError):
+        # SystemError: Python 3.11's scanner raises its errors as ``json.decoder.JSONDecodeError``,
+        # which it looks up in ``sys.modules`` without importing it -- not there (json is kept off
+        # start-up), it fails with "returned NULL without setting an exception" (3.12 imports it).
+        return _as_json_does(s)
+    if text[end:].strip(_WS):  # "Extra data"
+        return _as_json_does(s)
     return obj
 
 
@@ -155,7 +168,9 @@ def load(fh: IO[str] | IO[bytes]) -> Any:
     return loads(fh.read())
 
 
-def _fail(msg: str, doc: str, pos: int) -> None:
-    from json import JSONDecodeError  # an invalid document: the import is no longer start-up's
+def _as_json_does(s: Any) -> Any:
+    """``json.loads(s)``, for a document the fast path did not take: its error, by construction
+    (or its value: a document with a UTF-8 BOM or in UTF-16, as bytes)."""
+    import json  # not a start-up cost: only for what the launcher itself never writes
 
-    raise JSONDecodeError(msg, doc, pos)
+    return json.loads(s)

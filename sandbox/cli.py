@@ -36,8 +36,14 @@ _EXIT_HELP = """exit status (Docker's `docker run` convention):
   126                the command was found but cannot be executed
   127                the command was not found
   130 / 143          interrupted (Ctrl-C / SIGTERM)
-verify: 0 the run folder matches its manifest, 1 it does not, 125 it cannot be checked
+verify: 0 the run folder matches its manifest.json; 1 it does not verify (a difference, or its
+        manifest.json missing, unreadable or not a valid manifest); 125 RUN_FOLDER is not a folder
 cache: 0 (the cache off or not made yet included), 125 the cache folder cannot be read"""
+_VERIFY_EXIT = """exit status:
+  0    the folder matches its manifest.json
+  1    it does not verify: one line per difference, or one line when its manifest.json is
+       missing, unreadable or not a valid tv-sandbox manifest (a tampered one included)
+  125  RUN_FOLDER is not a folder: there is nothing to check"""
 
 # `run`'s options: the name argparse gives each, and whether it takes a value.
 _RUN_OPTIONS = {
@@ -207,6 +213,12 @@ def _parser() -> "argparse.ArgumentParser":
     verify = sub.add_parser(
         "verify",
         help="check an exported run folder against its manifest.json (exit 0: intact, 1: not)",
+        description=(
+            "Check an exported run folder against its manifest.json: every listed file with its size,\n"
+            "sha256 and mode, every symlink with its target, every folder, and nothing unlisted."
+        ),
+        epilog=_VERIFY_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("run_folder", metavar="RUN_FOLDER", help="HOST/<runs>/<RUN_ID>")
     cache = sub.add_parser(
@@ -388,13 +400,21 @@ def _run_with(ns: "dict[str, Any]", early: "Early | None") -> int:
 
 
 def _verify(folder: str) -> int:
-    """``tv-sandbox verify RUN_FOLDER``: 0 when the folder matches its manifest exactly, else 1
-    with one line per problem; 125 when there is no folder to check."""
-    from sandbox.export.manifest import MANIFEST_NAME, verify
+    """``tv-sandbox verify RUN_FOLDER``: 0 when the folder matches its manifest exactly; 1 when it
+    does not verify -- one line per difference, or one line when its manifest is missing,
+    unreadable or not a valid manifest (a tampered manifest is a folder that does not verify, not
+    an error of tv-sandbox); 125 when there is no folder to check."""
+    from sandbox.export.manifest import MANIFEST_NAME, differences, read_manifest
 
     if not os.path.isdir(folder):
         raise UsageError(f"{folder} is not a folder: pass an exported run folder (HOST/<runs>/<RUN_ID>)")
-    problems = verify(folder)
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError) as e:
+        why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+        print(f"{PROG}: {folder} does NOT verify: cannot read the manifest: {why}", file=sys.stderr)
+        return 1
+    problems = differences(folder, manifest)
     for line in problems[:200]:
         print(f"{PROG}: {line}", file=sys.stderr)
     if len(problems) > 200:

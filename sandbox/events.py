@@ -23,6 +23,10 @@ when the guard sees ``os._exit`` (multiprocessing's children end that way): :fun
 flushes every open log of the process then, the guard's and the fsspec filesystem's alike. A
 ``SIGKILL`` can lose the last redirects of a process, never a denial.
 
+The writers are the step's own processes, so the log explains, it does not prove
+(docs/security.md): the launcher reads it as a hostile step may have left it --
+:func:`load_events` leaves out and counts a line that is no record, never fails on one.
+
 Stdlib only: every sandboxed interpreter imports this module at start-up.
 """
 
@@ -259,30 +263,46 @@ def count_events(path: str | os.PathLike[str]) -> int:
 
 
 def read_events(path: str | os.PathLike[str], *, skip: int = 0) -> list[dict[str, Any]]:
+    """The events of :func:`load_events`, without its count of unreadable lines (for a step's
+    counts and the shim's explanations: the report counts those lines once, for the whole log)."""
+    return load_events(path, skip=skip)[0]
+
+
+def load_events(path: str | os.PathLike[str], *, skip: int = 0) -> tuple[list[dict[str, Any]], int]:
     """The events of a log, in file order, after its first ``skip`` lines (one step's: see
-    :func:`count_events`). A line that does not parse (a torn write of a process killed
-    mid-line, which single-write appends make very unlikely) is skipped. A missing log has none."""
+    :func:`count_events`), and how many of those lines are unreadable -- not one JSON object each.
+
+    The log is written by the step's own processes (the guard runs inside them), so a line can be
+    anything: torn by a process killed mid-write (whole-line appends make that unlikely), or a
+    hostile step's. Such a line is left out and counted, never fatal: the report says how many
+    (:func:`sandbox.finish.report_and_export`). A missing log has none."""
     from sandbox import _json as json
 
     out: list[dict[str, Any]] = []
+    unreadable = 0
     if not os.path.exists(path):
-        return out
+        return out, unreadable
     with open(path, "rb") as fh:
         for i, raw in enumerate(fh):
             if i < skip:
                 continue
             try:
                 ev = json.loads(raw)
-            except ValueError:
-                continue
+            except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
+                ev = None
             if isinstance(ev, dict):
                 out.append(ev)
-    return out
+            else:
+                unreadable += 1
+    return out, unreadable
 
 
-def summarise(events: Iterable[Mapping[str, Any]], *, trim: int = TRIM) -> dict[str, Any]:
+def summarise(
+    events: Iterable[Mapping[str, Any]], *, trim: int = TRIM, unreadable: int = 0
+) -> dict[str, Any]:
     """The run report's view of a log: counts by action, rule, layer and op, how many were audit
-    captures, and the denials and redirects themselves (the first ``trim`` of each)."""
+    captures, the denials and redirects themselves (the first ``trim`` of each), and how many of
+    its lines were ``unreadable`` (:func:`load_events`)."""
     by_action: dict[str, int] = {}
     by_rule: dict[str, int] = {}
     by_layer: dict[str, int] = {}
@@ -315,4 +335,5 @@ def summarise(events: Iterable[Mapping[str, Any]], *, trim: int = TRIM) -> dict[
         "denials": denials,
         "redirects": redirects,
         "truncated": by_action.get("deny", 0) > len(denials) or by_action.get("redirect", 0) > len(redirects),
+        "unreadable": unreadable,
     }

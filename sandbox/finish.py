@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from sandbox import report as report_mod
-from sandbox.events import read_events
+from sandbox.events import EVENTS_NAME, load_events
 from sandbox.runner import POLICY_RECORD, export_limit
 
 TYPE_CHECKING = False
@@ -117,7 +117,10 @@ def report_and_export(
         write_into(ws.run_storage, POLICY_RECORD, policy_record(policy) if record is None else record)
     except OSError as e:
         raise export_write_error(req.run_id, prep.destination, POLICY_RECORD, e) from e
-    events = read_events(events_file)
+    # the step's processes write the event log: a line of theirs that is not an event is counted
+    events, unreadable = load_events(events_file)
+    if unreadable:
+        warnings.append(report_mod.unreadable_warning(f"logs/{EVENTS_NAME}", unreadable, "the report"))
     lake_diff = None
     if req.mode == "audit":  # what the run changed in the mounts; before the export: in the manifest
         from sandbox import lakediff
@@ -141,7 +144,7 @@ def report_and_export(
         layers=layers,
         steps=steps,
         events=events,
-        event_summary=summarise(events),
+        event_summary=summarise(events, unreadable=unreadable),
         scattered=report_mod.scattered_artifacts(ws.run_storage, prep.spec.layout.run_folders),
         protected={name: os.path.join(ws.host, rel) for name, rel in prep.spec.layout.mounts().items()},
         warnings=warnings,

@@ -88,7 +88,9 @@ def collect(
     prefixes = [os.path.join(d, AUDIT_DIR) for d in (real, run_storage, *run_dirs)]
     removed: dict[str, set[str]] = {m.name: set() for m in ms}
     for ev in events:
-        if ev.get("captured") is True and ev.get("op") in REMOVING_OPS and ev.get("action") == "redirect":
+        op = ev.get("op")  # a line of the step's processes: anything, an unhashable list included
+        removing = isinstance(op, str) and op in REMOVING_OPS
+        if removing and ev.get("captured") is True and ev.get("action") == "redirect":
             hit = _mount_of(str(ev.get("target") or ""), prefixes, ms)
             if hit is not None:
                 removed[hit[0].name].add(hit[1])

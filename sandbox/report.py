@@ -184,6 +184,7 @@ class NativeCounts:
     allowed: int = 0  # host changes the policy allows (development): listed in the report
     unexplained: int = 0  # refused by the kernel where the policy would not deny (a file's own mode)
     unenforced: int = 0  # the policy denies it, yet it succeeded (no kernel layer): the host changed
+    unreadable: int = 0  # lines that are not one shim record each (a hostile step's): skipped
 
 
 def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: bool = True) -> NativeCounts:
@@ -210,7 +211,10 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
       kernel layer (``kernel=False``: a write through the workspace's links to the host): an
       ``unenforced`` event, listed in the report's ``host_changes``.
 
-    The raw log is consumed (renamed, read, removed): the next call sees only newer lines.
+    The raw log is consumed (renamed, read, removed): the next call sees only newer lines. The
+    step's processes write it (the shim runs inside them): a line that is not one record of the
+    shim's -- not JSON, not an object, a field missing or of the wrong type -- is skipped and
+    counted (``unreadable``: the caller warns, :func:`unreadable_warning`), never fatal.
     """
     from sandbox import _json as json
     from sandbox.events import EventLog, read_events
@@ -238,11 +242,11 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
         with open(taken, "rb") as fh:
             for line in fh:
                 try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(ev, dict):
-                    _explain_one(ev, policy, seen, log, counts, kernel)
+                    rec = json.loads(line)
+                except (ValueError, RecursionError):  # RecursionError: "[[[[..." past the limit
+                    rec = None
+                if not isinstance(rec, dict) or not _explain_one(rec, policy, seen, log, counts, kernel):
+                    counts.unreadable += 1
     finally:
         log.close()
         try:
@@ -275,19 +279,23 @@ def _explain_one(
     log: Any,
     counts: NativeCounts,
     kernel: bool,
-) -> None:
-    """One raw line of the shim: the events it stands for (see :func:`explain_native`)."""
+) -> bool:
+    """One raw line of the shim: the events it stands for (see :func:`explain_native`). False when
+    it is not a record of the shim's (the shim writes strings and integers, paths without NUL)."""
     from functools import partial  # after the step: not on the start-up path
 
     from sandbox.policy import Action, Op
 
-    try:
-        op = Op.named(_OPS[ev["op"]])
-        err, pid = int(ev["errno"]), int(ev["pid"])
-        paths = [str(ev["path"]), *([str(ev["path2"])] if ev.get("path2") else [])]
-    except (ValueError, KeyError, TypeError):
-        return
-    base = str(ev.get("dir") or "/")
+    op_name, err, pid = ev.get("op"), ev.get("errno"), ev.get("pid")
+    path, path2, base = ev.get("path"), ev.get("path2") or "", ev.get("dir") or "/"
+    if not (isinstance(op_name, str) and op_name in _OPS and type(err) is int and type(pid) is int):
+        return False
+    if not (isinstance(path, str) and isinstance(path2, str) and isinstance(base, str)):
+        return False
+    if "\0" in path + path2 + base:
+        return False
+    op = Op.named(_OPS[op_name])
+    paths = [path, *([path2] if path2 else [])]
     for given in paths:
         full = os.path.normpath(os.path.join(base, given))
         d = policy.decide(full, op)
@@ -310,7 +318,7 @@ def _explain_one(
                     hint=_REFUSED_HINT,
                 )
             counts.denied += 1
-            return  # a rename refused once is one denial, whichever end it was
+            return True  # a rename refused once is one denial, whichever end it was
         if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
             continue  # the guard logged it already
         if not kernel and d.action is not Action.ALLOW and not _stayed(policy, full):
@@ -331,6 +339,16 @@ def _explain_one(
             why = f"{d.reason} -- but no kernel layer enforced it: the change reached the host"
             emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
             counts.unenforced += 1
+    return True
+
+
+def unreadable_warning(name: str, lines: int, left_out_of: str) -> str:
+    """The report's warning for ``lines`` unreadable lines of ``name`` in the run folder: a file
+    the step's own processes write, so a line can be anything (docs/security.md)."""
+    return (
+        f"{name}: {lines} line(s) not readable as records, left out of {left_out_of} "
+        "(the step's own processes write this file)"
+    )
 
 
 def host_changes(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

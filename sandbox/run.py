@@ -345,6 +345,9 @@ class Run:
         native = report_mod.explain_native(
             self.ws.run_storage, self.policy, self.events_file, kernel=plan is not None
         )
+        if native.unreadable:
+            raw = f"logs/{report_mod.NATIVE_RAW}"
+            self.warnings.append(report_mod.unreadable_warning(raw, native.unreadable, "the explanations"))
         if native.unenforced:
             self.warnings.append(
                 f"{native.unenforced} write(s) the policy denies reached the host: no kernel layer stopped "

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,12 +103,97 @@ def test_verify_a_run_folder(host: Path) -> None:
         [sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True
     )
     assert gone.returncode == 1 and "cannot read the manifest" in gone.stderr
+    assert gone.stderr.splitlines() == [
+        f"tv-sandbox: {out} does NOT verify: cannot read the manifest: {out / 'manifest.json'}: "
+        "No such file or directory"
+    ], gone.stderr  # one line: no "does NOT match ... (1 problems)" after it
     none = subprocess.run(
         [sys.executable, "-m", "sandbox", "verify", str(out / "nope")], capture_output=True, text=True
     )
     assert none.returncode == EXIT_SANDBOX and "is not a folder" in none.stderr
     # verify runs no command of the user's: no "before the command ran" in its one line
     assert none.stderr.startswith(f"tv-sandbox: error: {out / 'nope'} is not a folder"), none.stderr
+
+
+def _edit(key: str, value: object) -> Callable[[Path], None]:
+    def edit(m: Path) -> None:
+        doc = json.loads(m.read_text())
+        if "." in key:  # files.0.size
+            top, i, field = key.split(".")
+            doc[top][int(i)][field] = value
+        else:
+            doc[key] = value
+        m.write_text(json.dumps(doc))
+
+    return edit
+
+
+def _replace(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def edit(m: Path) -> None:
+        m.rename(m.with_name("manifest.orig"))
+        make(m)
+
+    return edit
+
+
+TAMPERED: list[tuple[str, Callable[[Path], None], str]] = [
+    ("brace", lambda m: m.write_text("{"), "is not valid JSON: Expecting property name"),
+    ("deep", lambda m: m.write_text("[" * 100_000), "is not valid JSON: maximum recursion depth"),
+    ("not-utf8", lambda m: m.write_bytes(b"\xff\xfe{"), "is not valid JSON"),
+    ("a-list", lambda m: m.write_text("[]"), "is not a tv-sandbox manifest"),
+    ("version", _edit("schema_version", 99), "has schema_version 99"),
+    ("files-not-a-list", _edit("files", {}), 'is not a valid tv-sandbox manifest: files is not a list'),
+    ("file-not-object", _edit("files", [1]), "files[0] is not an object"),
+    ("size-a-string", _edit("files.0.size", "7"), 'files[0]["size"] is not an integer'),
+    ("mode-a-string", _edit("files.0.mode", "644"), 'files[0]["mode"] is not an integer'),
+    ("size-a-bool", _edit("files.0.size", True), 'files[0]["size"] is not an integer'),
+    ("dir-path-a-list", _edit("dirs", [{"path": ["x"]}]), 'dirs[0]["path"] is not a string'),
+    ("link-no-target", _edit("symlinks", [{"path": "l"}]), 'symlinks[0]["target"] is not a string'),
+    ("a-folder", _replace(lambda m: m.mkdir()), "manifest.json is not a regular file"),
+    ("a-fifo", _replace(lambda m: os.mkfifo(m)), "manifest.json is not a regular file"),  # never waited on
+    ("a-symlink", _replace(lambda m: m.symlink_to("manifest.orig")), "manifest.json is a symlink"),
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    host = make_host(tmp_path_factory.mktemp("verify") / "host")
+    r = sandbox_run(host, "V", sys.executable, "-c", "open('data/x.txt', 'w').write('x')")
+    assert r.returncode == 0, r.stderr
+    return host / RUNS / "V"
+
+
+@pytest.mark.parametrize(("name", "tamper", "why"), TAMPERED, ids=[t[0] for t in TAMPERED])
+def test_a_tampered_manifest_does_not_verify_in_one_line(
+    exported: Path, tmp_path: Path, name: str, tamper: Callable[[Path], None], why: str
+) -> None:
+    """Exit 1 -- the folder does not verify -- never 125 ("internal error: SystemError..." before)."""
+    out = tmp_path / "V"
+    shutil.copytree(exported, out, symlinks=True)
+    tamper(out / "manifest.json")
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox", "verify", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1, r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith(f"tv-sandbox: {out} does NOT verify: cannot read the manifest: "), line
+    assert why in line, line
+
+
+def test_verify_help_and_readme_give_its_statuses() -> None:
+    for args in (["verify", "--help"], ["--help"]):
+        r = subprocess.run([sys.executable, "-m", "sandbox", *args], capture_output=True, text=True)
+        assert r.returncode == 0
+        text = " ".join(r.stdout.split())
+        assert "0 the" in text and "125 RUN_FOLDER is not a folder" in text, text
+        assert "missing, unreadable or not a valid" in text, text
+        assert "it cannot be checked" not in text
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert (
+        "`1` when it does not verify -- one line per difference, or one line when its `manifest.json` "
+        "is missing, unreadable or not a valid manifest" in readme
+    )
+    assert "`125` when `RUN_FOLDER` is not a folder" in readme
 
 
 # -- policies by name, TV_PROFILE ---------------------------------------------------------------

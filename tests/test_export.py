@@ -223,6 +223,27 @@ def test_verify_without_a_manifest(tmp_path: Path) -> None:
     assert len(verify(tmp_path / "plain")) == 1
 
 
+def test_verify_names_what_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry or a folder this user cannot read is a problem line -- the folder does not verify --
+    never an exception (`tv-sandbox verify` said `internal error`, exit 125)."""
+    from sandbox.export import manifest as manifest_mod
+
+    dest = tmp_path / "out" / "R1"
+    do_export(make_tree(tmp_path / "run"), dest)
+
+    def refused(path: str, *args: object) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    real_scandir = os.scandir
+    monkeypatch.setattr(manifest_mod, "_sha256", refused)
+    monkeypatch.setattr(
+        manifest_mod.os, "scandir", lambda p: refused(p) if str(p).rstrip("/").endswith("/empty") else real_scandir(p)
+    )
+    problems = verify(dest)
+    assert "cannot read: empty: Permission denied" in problems, problems
+    assert "cannot read: data/candidates.json: Permission denied" in problems, problems
+
+
 # -- existing destination ---------------------------------------------------------------------------
 
 

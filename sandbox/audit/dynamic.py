@@ -85,7 +85,7 @@ def audit_dynamic(
             outcome = run.close()
         result.notes = list(outcome.warnings)  # e.g. the kernel layer unavailable: guard only
         export = outcome.destination
-        trace = _read_json(os.path.join(export, "logs", TRACE))
+        trace, unreadable = _read_trace(os.path.join(export, "logs", TRACE))
         if rec.cut == "timeout":
             result.dynamic = "timeout"
             result.findings.append(
@@ -98,7 +98,7 @@ def audit_dynamic(
         elif trace is None:
             result.dynamic = "error"
             tail = [ln for ln in (rec.stderr_tail or "").splitlines() if ln.strip()]
-            why = tail[-1].strip() if tail else f"exit status {rec.exit_code}"
+            why = unreadable or (tail[-1].strip() if tail else f"exit status {rec.exit_code}")
             result.findings.append(
                 finding(
                     "TVS004",
@@ -131,12 +131,37 @@ def audit_dynamic(
     return result
 
 
-def _read_json(path: str) -> Any:
+def _read_trace(path: str) -> tuple[dict[str, Any] | None, str]:
+    """The audit child's trace, or None and why not ("" when there is none). The script ran in that
+    child and can write the file itself: a trace is used only in the shape the child writes it."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError, RecursionError) as e:
+        return None, f"its trace {TRACE} is unreadable ({type(e).__name__}: {str(e)[:200]})"
+    if not _is_trace(doc):
+        return None, f"its trace {TRACE} is not one the audit writes (the script can write that file too)"
+    return doc, ""
+
+
+_EVENT_TEXT = ("op", "path", "resolved", "action", "rule")
+_EVENT_TEXT_OR_NONE = ("target", "reason", "hint", "file", "via", "rel")
+
+
+def _is_trace(doc: Any) -> bool:
+    """``doc`` has the shape of :func:`sandbox.audit._child.trace`'s result (what findings read)."""
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("status", "error")):
+        return False
+    events = doc.get("events")
+    return isinstance(events, list) and all(
+        isinstance(e, dict)
+        and all(isinstance(e.get(k), str) for k in _EVENT_TEXT)
+        and all(e.get(k) is None or isinstance(e[k], str) for k in _EVENT_TEXT_OR_NONE)
+        and (e.get("line") is None or type(e["line"]) is int)
+        for e in events
+    )
 
 
 def _snapshot(root: str, skip: str) -> dict[str, tuple[int, int]]:

@@ -182,6 +182,25 @@ def test_unauditable_scripts_are_one_line_findings(tmp_path: Path, name: str, se
     assert tree_snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("forged", ['{"status": "ok", "error": "", "events": [1]}', "{", "[]"])
+def test_a_script_that_forges_the_audits_trace_is_one_finding(tmp_path: Path, forged: str) -> None:
+    """The script runs in the process that writes the trace, and can write the file itself: it was
+    `internal error: AttributeError` (exit 125); it is the script's finding."""
+    script = tmp_path / "forger.py"
+    script.write_text(
+        "import os, subprocess\n"
+        f"subprocess.run(['sh', '-c', 'cat > \"$TV_RUN_DIR/logs/tv_audit_trace.json\"'], input={forged!r}.encode())\n"
+        "os._exit(0)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox", "audit", str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    found = [ln for ln in r.stdout.splitlines() if "TVS004" in ln]
+    assert len(found) == 1 and "its trace tv_audit_trace.json is" in found[0], r.stdout
+    assert "Traceback" not in r.stdout
+
+
 def test_a_script_that_loops_forever_is_one_timeout_line(tmp_path: Path) -> None:
     script = tmp_path / "loop.py"
     shutil.copy(CORPUS / "loops_forever.py", script)
