@@ -41,7 +41,7 @@ from sandbox.rules import EVENT_FIELDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import Any
 _p_open, _p_write, _p_close, _getpid = posix.open, posix.write, posix.close, posix.getpid
 
@@ -253,11 +253,60 @@ atexit.register(_close_all)
 os.register_at_fork(before=flush_all, after_in_child=_child_after_fork)
 
 
+#: The most of a step-written log the launcher reads, and of one line of it: the step's processes
+#: write it, so it can be a sparse file of a terabyte with no newline (one ``readline`` of a 1 GiB
+#: one took the launcher 2 GiB of memory and 4 s). A log is ~300 bytes an event: 64 MiB is some
+#: 200,000 events; a line beyond 1 MiB is no event of ours. What lies past either is unreadable.
+MAX_LOG_BYTES = 64 << 20
+MAX_LINE_BYTES = 1 << 20
+
+
+def step_lines(
+    fh: Any, *, max_bytes: int = MAX_LOG_BYTES, max_line: int = MAX_LINE_BYTES
+) -> Iterator[bytes | None]:
+    """The lines of a binary file a step may have written, each with its newline; None for each
+    line longer than ``max_line`` (never held whole), and one None for whatever lies past the
+    first ``max_bytes``."""
+    pending = b""
+    too_long = False
+    left = max_bytes
+    while True:
+        chunk = fh.read(min(1 << 16, left)) if left > 0 else b""
+        if not chunk:
+            if left <= 0 and fh.read(1):
+                if pending or too_long:
+                    yield None
+                yield None  # the rest of the file, unread
+            elif pending:
+                yield None if too_long else pending
+            elif too_long:
+                yield None
+            return
+        left -= len(chunk)
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                if not too_long:
+                    pending += chunk[start:]
+                    if len(pending) > max_line:
+                        pending, too_long = b"", True
+                break
+            if too_long:
+                yield None
+                too_long = False
+            else:
+                line = pending + chunk[start : end + 1]
+                pending = b""
+                yield line if len(line) <= max_line else None
+            start = end + 1
+
+
 def count_events(path: str | os.PathLike[str]) -> int:
     """How many lines the log holds (0 when there is none): where the next step's events begin."""
     try:
         with open(path, "rb") as fh:
-            return sum(1 for _ in fh)
+            return sum(1 for _ in step_lines(fh))
     except FileNotFoundError:
         return 0
 
@@ -283,11 +332,11 @@ def load_events(path: str | os.PathLike[str], *, skip: int = 0) -> tuple[list[di
     if not os.path.exists(path):
         return out, unreadable
     with open(path, "rb") as fh:
-        for i, raw in enumerate(fh):
+        for i, raw in enumerate(step_lines(fh)):
             if i < skip:
                 continue
             try:
-                ev = json.loads(raw)
+                ev = json.loads(raw) if raw is not None else None
             except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
                 ev = None
             if isinstance(ev, dict):

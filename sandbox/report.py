@@ -217,7 +217,7 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
     counted (``unreadable``: the caller warns, :func:`unreadable_warning`), never fatal.
     """
     from sandbox import _json as json
-    from sandbox.events import EventLog, read_events
+    from sandbox.events import EventLog, read_events, step_lines
 
     raw = os.path.join(run_storage, "logs", NATIVE_RAW)
     taken = raw + ".reading"
@@ -240,9 +240,9 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
     log = EventLog(events_file)
     try:
         with open(taken, "rb") as fh:
-            for line in fh:
+            for line in step_lines(fh):  # bounded: a step can make it a sparse terabyte
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(line) if line is not None else None
                 except (ValueError, RecursionError):  # RecursionError: "[[[[..." past the limit
                     rec = None
                 if not isinstance(rec, dict) or not _explain_one(rec, policy, seen, log, counts, kernel):

@@ -145,3 +145,28 @@ def test_load_events_counts_the_lines_it_leaves_out(tmp_path: Path) -> None:
     assert [e["path"] for e in events] == ["a", "b"] and unreadable == len(UNREADABLE)
     assert load_events(p, skip=1 + len(UNREADABLE)) == (events[1:], 0)
     assert load_events(tmp_path / "none") == ([], 0)
+
+
+SPARSE = r"""
+import os
+for name in ("sandbox_events.jsonl", "sandbox_native.jsonl"):
+    fd = os.open(os.path.join(os.environ["TV_RUN_DIR"], "logs", name), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.lseek(fd, 1 << 30, os.SEEK_END)  # a gibibyte of hole: a few KiB on disk, one line read back
+    os.write(fd, b"x")
+    os.close(fd)
+"""
+
+
+def test_a_gibibyte_line_in_a_step_written_log_is_not_read_whole(host: Path) -> None:
+    """The step's sparse logs -- 1 GiB, no newline -- took the launcher 2 GiB of memory and 4 s
+    (one ``readline``); a larger hole could push the machine into the OOM killer. Past
+    ``MAX_LINE_BYTES`` a line is unreadable, past ``MAX_LOG_BYTES`` the rest is left unread."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = sandbox_run(host, "S", sys.executable, "-I", "-S", "-c", SPARSE)  # native writes: no guard
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert r.returncode == 0, r.stderr
+    assert "not readable as records" in r.stderr, r.stderr
+    assert max(peak_kib, before) < 400 * 1024 or peak_kib == before, peak_kib
+    assert _report(host, "S")["events"]["unreadable"] >= 1
