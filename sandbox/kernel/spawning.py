@@ -174,12 +174,12 @@ class Child:
         if self._endfd < 0:
             return None
         data = b""
-        try:
-            while not data.endswith(b"\n") and (chunk := os.read(self._endfd, 256)):
-                data += chunk
-        finally:
-            os.close(self._endfd)
-            self._endfd = -1
+        # Closed only once read: a wait cut by an interrupt (Ctrl-C) is resumed, and the keeper,
+        # writing its line into a closed pipe, would die of SIGPIPE -- its status taken for the step's.
+        while not data.endswith(b"\n") and (chunk := os.read(self._endfd, 256)):
+            data += chunk
+        os.close(self._endfd)
+        self._endfd = -1
         parts = data.split()
         if len(parts) != 5 or parts[0] != b"end":
             return None
