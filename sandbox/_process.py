@@ -186,12 +186,14 @@ class StepTree:
             except RuntimeError:  # released by a concurrent stop()
                 pass
 
-    def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
-        """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not
+    def end(self, grace: float = GRACE_S, *, reap: bool = False, signum: int = SIGTERM) -> None:
+        """Signal the step's command (SIGTERM, or ``signum``: the launcher's own interrupt, passed
+        on as Docker's CLI does), then end every process of the step (SIGKILL) if it has not
         ended after ``grace``. The kernel layer makes the step's end its whole tree's end (a PID
-        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only.
+        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only;
+        its keeper does not pass on a signal the step's process group got already.
         ``reap``: this thread is the only one waiting for the step, so it may reap it."""
-        self.child.terminate()
+        self.child.kill(signum)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if self.finished or (reap and self.child.poll() is not None):

@@ -425,7 +425,7 @@ class Run:
             # A repeated signal changes nothing: the step is being ended already (and without
             # install_interrupt_handlers, raised after this block it would lose the step's record).
             with deferred_interrupts(redeliver=False):
-                tree.end(reap=True)
+                tree.end(reap=True, signum=self.interrupted)
                 result = child.wait()
         finally:
             tree.stop()

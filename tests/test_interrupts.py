@@ -103,3 +103,41 @@ def test_a_repeated_sigterm_loses_nothing(host: Path, tmp_path: Path, repeat: in
     assert (step["exit_code"], step["signal"]) == (3, None), step
     assert step["stderr_tail"].endswith("cleaned up after 1 signal(s)\n"), step
     assert list((tmp_path / "ws").iterdir()) == []
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_ctrl_c_reaches_the_step_once_and_lets_it_end_as_it_would(
+    host: Path, tmp_path: Path, kernel: str
+) -> None:
+    """A terminal's Ctrl-C signals the launcher's whole group, the step included: neither the
+    launcher nor the keeper may signal it again (a second SIGINT cuts a Python step's handling of
+    the first) or SIGTERM it in the middle of its clean-up."""
+    proc = _start(host, tmp_path, "int", clean_up("SIGINT"), "--kernel", kernel)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = _end(proc)
+    assert proc.returncode == 130, err
+    _one_line(err)
+    assert "cleaned up after 1 signal(s)" in err
+    rep = _report(host, "int")
+    step = rep["steps"][0]  # type: ignore[index]
+    assert rep["status"] == "interrupted" and rep["cut"] == {"status": "interrupted", "why": "SIGINT"}
+    assert (step["exit_code"], step["signal"]) == (3, None), step
+    assert step["stderr_tail"].endswith("cleaned up after 1 signal(s)\n"), step
+
+
+def test_ctrl_c_keeps_the_steps_own_traceback(host: Path, tmp_path: Path) -> None:
+    """A Python step interrupted by Ctrl-C prints its KeyboardInterrupt traceback, whole, on the
+    terminal and in the report, nothing of the sandbox's own, and ends by SIGINT, as Python does."""
+    script = "import time\nprint('ready', flush=True)\n\ndef work():\n    time.sleep(30)\n\nwork()\n"
+    proc = _start(host, tmp_path, "tb", script)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = _end(proc)
+    assert proc.returncode == 130, err
+    _one_line(err)
+    rep = _report(host, "tb")
+    step = rep["steps"][0]  # type: ignore[index]
+    assert step["signal"] == signal.SIGINT, step  # Python's own end on an uncaught KeyboardInterrupt
+    tail = step["stderr_tail"]
+    assert tail.startswith("Traceback (most recent call last):\n"), tail
+    assert tail.endswith("KeyboardInterrupt\n"), tail
+    assert f'File "{host}/scripts/tb.py", line ' in tail and tail in err  # the host's path, as always

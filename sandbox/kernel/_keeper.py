@@ -52,9 +52,6 @@ _FORWARDED = tuple(
     if hasattr(signal, n)
 )
 _WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
-#: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group:
-#: the command, in that group too, got it already; forwarding it would deliver it twice.
-_SI_KERNEL = 0x80
 _PR_SET_DUMPABLE = 4
 
 
@@ -242,7 +239,7 @@ def _keep(
                     os.close(fd)
                 except OSError:  # not open (the launcher's own was closed): nothing to hold
                     pass
-            status, usage = _reap(init, keeper=True)  # the namespace is empty once init is reaped
+            status, usage = _reap(init, keeper=parent)  # the namespace is empty once init is reaped
             told = os.read(sr, 64).split()
             status = int(told[0]) if told else status
             # The launcher goes on from here, not from our exit (the namespaces' teardown, ~2 ms
@@ -262,7 +259,7 @@ def _keep(
         main = _command(argv, env, cwd, keep, wfd)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
-        status, _ = _reap(main, keeper=True)
+        status, _ = _reap(main, keeper=parent)
         _end_descendants()
         _end_as(status)
     except BaseException as e:
@@ -304,6 +301,13 @@ def _init(
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
         os.close(wfd)
+        try:
+            # Out of the launcher's process group, where the command stays: what is sent to the
+            # group (a terminal's Ctrl-C, `kill -INT -PGID`, `timeout`) reached the command, and
+            # passed on by us too it would reach it twice. We forward what the keeper sends.
+            os.setpgid(0, 0)
+        except OSError:
+            pass
         status, _ = _reap(main)
         os.write(sw, f"{status}\n".encode())
         # Returning would unwind into the launcher's code; exiting ends the namespace: the
@@ -375,15 +379,22 @@ def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover -
         os._exit(127)
 
 
-def _reap(main: int, *, keeper: bool = False) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
+def _reap(main: int, *, keeper: int = 0) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
     """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
     until ``main`` ends; return its wait status and resource usage (its own and that of every
-    descendant it reaped). The signals must be blocked already. In the
-    keeper, :data:`KILL_ALL` SIGKILLs ``main`` (the init ends its namespace with it); the init
-    leaves it blocked: a process of the step cannot use it."""
+    descendant it reaped). The signals must be blocked already.
+
+    In the keeper (``keeper``: the launcher's pid), :data:`KILL_ALL` SIGKILLs ``main`` (the init
+    ends its namespace with it); the init leaves it blocked: a process of the step cannot use it.
+    The keeper forwards only what the launcher sends, less one for each signal of that number
+    it got from anyone else first: that one was sent to the launcher's process group (a
+    terminal's Ctrl-C, ``kill -INT -PGID``, ``timeout``), which the command is in, and the
+    launcher, interrupted by it, passes it on -- a second SIGINT would cut a Python step's
+    handling of the first."""
     status: int | None = None
     usage: resource.struct_rusage | None = None
     waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
+    from_group: list[int] = []
     while status is None or usage is None:
         info = signal.sigwaitinfo(waited)
         if info.si_signo == signal.SIGCHLD:
@@ -396,7 +407,11 @@ def _reap(main: int, *, keeper: bool = False) -> tuple[int, resource.struct_rusa
                     break
                 if pid == main:
                     status, usage = st, ru
-        elif info.si_code != _SI_KERNEL or info.si_signo == KILL_ALL:
+        elif keeper and info.si_pid != keeper:
+            from_group.append(info.si_signo)
+        elif keeper and info.si_signo in from_group:
+            from_group.remove(info.si_signo)
+        else:
             try:
                 os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
             except ProcessLookupError:

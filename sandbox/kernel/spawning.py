@@ -19,6 +19,10 @@ The processes of a step (the design of bubblewrap's ``do_init`` and of tini)::
                              SIGTERM/SIGINT/... to it, and exits when it ends -- the kernel then
                              kills every other process of the namespace.
 
+The init leaves the launcher's process group, the command stays in it: what is sent to the group
+(a terminal's Ctrl-C) reaches the command directly, once; the keeper forwards only what the
+launcher sends (see ``_keeper._reap``).
+
 The keeper exits with the command's status (or dies of its signal) once the init is gone, i.e.
 once *every* process of the step is gone: waiting for the keeper is waiting for the whole step,
 and the step's stderr pipe is at end of file then. Without a PID namespace (a plan without one,
