@@ -3,8 +3,9 @@
 :func:`tee` copies a step's stderr to the launcher's and to the step's log; :class:`StepTree`
 samples the memory of the step's whole process tree and ends it (through
 :class:`sandbox.kernel.Child`, whose end is its whole tree's end); :class:`Interrupted` and
-:func:`install_interrupt_handlers` turn Ctrl-C and SIGTERM into one exception the run handles;
-:class:`deferred_interrupts` holds them back while the launcher must not be cut (an export).
+:func:`install_interrupt_handlers` turn Ctrl-C and SIGTERM into one exception the run handles --
+the first only (:func:`ending`); :class:`deferred_interrupts` holds them back while the launcher
+must not be cut (an export).
 
 Imported on the path to a step's ``exec``: stdlib only, ``psutil`` and ``select`` in the threads
 that need them, ``_signal`` instead of ``signal`` (whose enums cost milliseconds).
@@ -185,12 +186,14 @@ class StepTree:
             except RuntimeError:  # released by a concurrent stop()
                 pass
 
-    def end(self, grace: float = GRACE_S, *, reap: bool = False) -> None:
-        """SIGTERM the step's command, then end every process of the step (SIGKILL) if it has not
+    def end(self, grace: float = GRACE_S, *, reap: bool = False, signum: int = SIGTERM) -> None:
+        """Signal the step's command (SIGTERM, or ``signum``: the launcher's own interrupt, passed
+        on as Docker's CLI does), then end every process of the step (SIGKILL) if it has not
         ended after ``grace``. The kernel layer makes the step's end its whole tree's end (a PID
-        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only.
+        namespace, or its keeper as a subreaper), so this signals through :class:`Child` only;
+        its keeper does not pass on a signal the step's process group got already.
         ``reap``: this thread is the only one waiting for the step, so it may reap it."""
-        self.child.terminate()
+        self.child.kill(signum)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if self.finished or (reap and self.child.poll() is not None):
@@ -249,15 +252,34 @@ class deferred_interrupts:
                 signal.raise_signal(sig)
 
 
+#: The signal the run is ending for, once one was taken (:func:`ending`): the handlers of
+#: :func:`install_interrupt_handlers` raise no other.
+_ENDING: list[int] = []
+
+
+def ending(signum: int) -> Interrupted:
+    """The run ends because of ``signum``: from now on the handlers of
+    :func:`install_interrupt_handlers` ignore SIGINT and SIGTERM. Returns the exception to raise."""
+    if not _ENDING:
+        _ENDING.append(signum)
+    return Interrupted(signum)
+
+
 def install_interrupt_handlers() -> None:
     """Make SIGTERM end a run like Ctrl-C does (an :class:`Interrupted` in the main thread), so the
-    CLI exports it marked interrupted and exits 143. Call from the main thread."""
+    CLI exports it marked interrupted and exits 143. Call from the main thread.
 
-    def on_term(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
+    Only the first signal interrupts. Once the launcher is ending the run because of one, later
+    SIGINTs and SIGTERMs are ignored: raised in the middle of the step's end, the report, the
+    export or the clean-up, they would abandon the run -- and ``timeout`` signals the launcher,
+    then its whole process group, the launcher again. The end is bounded (the step's processes
+    are killed after :data:`GRACE_S`; the export is short), and SIGKILL remains the hard stop
+    (the next run's sweep removes the workspace it leaves)."""
+    del _ENDING[:]
 
-    def on_int(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
+    def on_signal(signum: int, _frame: object) -> None:
+        if not _ENDING:
+            raise ending(signum)
 
-    signal.signal(SIGTERM, on_term)
-    signal.signal(SIGINT, on_int)
+    signal.signal(SIGTERM, on_signal)
+    signal.signal(SIGINT, on_signal)

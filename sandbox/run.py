@@ -36,6 +36,7 @@ from sandbox._process import (
     Interrupted,
     StepTree,
     deferred_interrupts,
+    ending,
     install_interrupt_handlers,
     signame,
     start_thread,
@@ -414,7 +415,7 @@ class Run:
 
         try:
             if pending:  # interrupted while the step was being launched: now it can be ended
-                raise Interrupted(pending[0])
+                raise ending(pending[0])
             start_thread(tree.sample)
             start_thread(watchdog)
             result = child.wait()
@@ -424,8 +425,10 @@ class Run:
             why = (
                 f"tv-sandbox was interrupted ({signame(self.interrupted)}); the step's processes were ended"
             )
-            with deferred_interrupts():
-                tree.end(reap=True)
+            # A repeated signal changes nothing: the step is being ended already (and without
+            # install_interrupt_handlers, raised after this block it would lose the step's record).
+            with deferred_interrupts(redeliver=False):
+                tree.end(reap=True, signum=self.interrupted)
                 result = child.wait()
         finally:
             tree.stop()
@@ -505,7 +508,7 @@ class Run:
                 if not keep:
                     self.ws.remove()
                 self._clock.lap("cleanup")
-        self._closed = outcome
+            self._closed = outcome  # before a signal held meanwhile is delivered: closed once
         return outcome
 
     def discard(self) -> None:

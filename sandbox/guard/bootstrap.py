@@ -114,13 +114,28 @@ def _host_paths_in_tracebacks(workspace: str, host: str) -> None:
         if sys.excepthook is not excepthook:  # replaced meanwhile: not ours to format
             sys.__excepthook__(tp, value, tb)
             return
+        written = False
         try:
             import traceback  # only when a step dies of an exception: not at start-up
 
             text = "".join(traceback.format_exception(tp, value, tb)).replace(shown, real)
             sys.stderr.write(text)
+            written = True
             sys.stderr.flush()
-        except Exception:
-            sys.__excepthook__(tp, value, tb)
+        except BaseException:
+            # A second Ctrl-C too: Python's own hook, in C, would print the step's exception
+            # without running a signal handler, so the signal would not be seen. Raised here it
+            # would be reported as an error of this hook instead, in place of the step's.
+            if not written:
+                sys.__excepthook__(tp, value, tb)
+        if tp is KeyboardInterrupt:
+            # An uncaught Ctrl-C ends Python by SIGINT (shells and CI stop on it), marked when the
+            # exception left the top-level code -- and unmarked by any exec() of a string since,
+            # such as the namedtuple() of the modules the formatting imports. Marked again the
+            # same way: the step ends as it would without the guard.
+            try:
+                exec("raise KeyboardInterrupt")
+            except KeyboardInterrupt:
+                pass
 
     sys.excepthook = excepthook

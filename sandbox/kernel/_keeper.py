@@ -52,11 +52,6 @@ _FORWARDED = tuple(
     if hasattr(signal, n)
 )
 _WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
-#: si_code of a signal the kernel sent, e.g. the terminal's ^C to the foreground process group --
-#: the launcher's, the keeper's and the init's, not the command's (a session of its own, see
-#: _init): the launcher got it too and ends the step its own way; forwarding it here would deliver
-#: a second signal.
-_SI_KERNEL = 0x80
 _PR_SET_DUMPABLE = 4
 
 
@@ -244,7 +239,7 @@ def _keep(
                     os.close(fd)
                 except OSError:  # not open (the launcher's own was closed): nothing to hold
                     pass
-            status, usage = _reap(init, keeper=True)  # the namespace is empty once init is reaped
+            status, usage = _reap(init, keeper=parent)  # the namespace is empty once init is reaped
             told = os.read(sr, 64).split()
             status = int(told[0]) if told else status
             # The launcher goes on from here, not from our exit (the namespaces' teardown, ~2 ms
@@ -265,7 +260,7 @@ def _keep(
         main = _command(argv, env, cwd, keep, wfd)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
-        status, _ = _reap(main, keeper=True)
+        status, _ = _reap(main, keeper=parent)
         _end_descendants()
         _end_as(status)
     except BaseException as e:
@@ -316,6 +311,13 @@ def _init(
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
         os.close(wfd)
+        try:
+            # Out of the launcher's process group too: what is sent to the group (a terminal's
+            # Ctrl-C, `kill -INT -PGID`, `timeout`) is the launcher's to pass on, once, through
+            # the keeper; we forward what the keeper sends.
+            os.setpgid(0, 0)
+        except OSError:
+            pass
         status, _ = _reap(main)
         os.write(sw, f"{status}\n".encode())
         # Returning would unwind into the launcher's code; exiting ends the namespace: the
@@ -388,12 +390,18 @@ def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover -
         os._exit(127)
 
 
-def _reap(main: int, *, keeper: bool = False) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
+def _reap(main: int, *, keeper: int = 0) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
     """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
     until ``main`` ends; return its wait status and resource usage (its own and that of every
-    descendant it reaped). The signals must be blocked already. In the
-    keeper, :data:`KILL_ALL` SIGKILLs ``main`` (the init ends its namespace with it); the init
-    leaves it blocked: a process of the step cannot use it."""
+    descendant it reaped). The signals must be blocked already.
+
+    In the keeper (``keeper``: the launcher's pid), :data:`KILL_ALL` SIGKILLs ``main`` (the init
+    ends its namespace with it); the init leaves it blocked: a process of the step cannot use it.
+    The keeper forwards only what the launcher sends: a signal from anyone else was sent to the
+    launcher's process group (a terminal's Ctrl-C, ``kill -INT -PGID``, ``timeout``), which the
+    keeper is in and the command is not (a session of its own, see :func:`_init`); the launcher,
+    interrupted by it, passes it on -- forwarded here too, a second SIGINT would cut a Python
+    step's handling of the first."""
     status: int | None = None
     usage: resource.struct_rusage | None = None
     waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
@@ -409,7 +417,9 @@ def _reap(main: int, *, keeper: bool = False) -> tuple[int, resource.struct_rusa
                     break
                 if pid == main:
                     status, usage = st, ru
-        elif info.si_code != _SI_KERNEL or info.si_signo == KILL_ALL:
+        elif keeper and info.si_pid != keeper:
+            continue  # the group's: the launcher's to pass on
+        else:
             try:
                 os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
             except ProcessLookupError:

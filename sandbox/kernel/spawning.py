@@ -19,6 +19,10 @@ The processes of a step (the design of bubblewrap's ``do_init`` and of tini)::
                              SIGTERM/SIGINT/... to it, and exits when it ends -- the kernel then
                              kills every other process of the namespace.
 
+The init leaves the launcher's process group, the command stays in it: what is sent to the group
+(a terminal's Ctrl-C) reaches the command directly, once; the keeper forwards only what the
+launcher sends (see ``_keeper._reap``).
+
 The keeper exits with the command's status (or dies of its signal) once the init is gone, i.e.
 once *every* process of the step is gone: waiting for the keeper is waiting for the whole step,
 and the step's stderr pipe is at end of file then. Without a PID namespace (a plan without one,
@@ -174,12 +178,12 @@ class Child:
         if self._endfd < 0:
             return None
         data = b""
-        try:
-            while not data.endswith(b"\n") and (chunk := os.read(self._endfd, 256)):
-                data += chunk
-        finally:
-            os.close(self._endfd)
-            self._endfd = -1
+        # Closed only once read: a wait cut by an interrupt (Ctrl-C) is resumed, and the keeper,
+        # writing its line into a closed pipe, would die of SIGPIPE -- its status taken for the step's.
+        while not data.endswith(b"\n") and (chunk := os.read(self._endfd, 256)):
+            data += chunk
+        os.close(self._endfd)
+        self._endfd = -1
         parts = data.split()
         if len(parts) != 5 or parts[0] != b"end":
             return None
