@@ -29,7 +29,7 @@ import posixpath
 
 from sandbox._paths import is_within, parts
 from sandbox._record import field, record, replace
-from sandbox.rules import MUTATING, OP_GROUPS, Action, Decision, Op, Rule
+from sandbox.rules import MUTATING, OP_GROUPS, Action, Decision, Op, Rule, _match
 
 # Every sandboxed interpreter imports this module at start-up: it imports nothing beyond what the
 # interpreter has already loaded (no enum, dataclasses, typing, json, hashlib or fnmatch at import).
@@ -95,6 +95,10 @@ RESERVED_RUN_FILES: tuple[str, ...] = (
     "logs/*.stdout.log",
     "reports/lakehouse_diff.json",
 )
+#: The same names as paths below the workspace's root: what a write there lands on when the
+#: workspace's writes are redirected into the run folder (``manifest.json`` from the step's
+#: working folder is ``$TV_RUN_DIR/manifest.json``) -- denied by the same rule, at that decision.
+_RESERVED_RELS = tuple(tuple(n.split("/")) for n in RESERVED_RUN_FILES)
 RESERVED_RULE = Rule(
     "sandbox-reserved-name",
     tuple("{run_dir}/" + n for n in RESERVED_RUN_FILES),
@@ -389,6 +393,10 @@ class Policy:
                 return None  # the run folder or a mount is an entry of this folder
             if any(cr.matches_child(rel, op) is None for cr in self._rules):
                 return None  # a rule names some entries and not others
+            if op is not Op.READ and any(
+                len(pat) == len(rel) + 1 and pat[:-1] == rel for pat in _RESERVED_RELS
+            ):
+                return None  # a write redirected into the run folder may land on a reserved name
         probe = "\x00"  # no entry has this name; every name is decided alike (checked above)
         d = self._decide(posixpath.join(folder, probe), op)
         target = posixpath.dirname(d.target) if d.target is not None else None
@@ -490,6 +498,8 @@ class Policy:
             if cr.matches(rel, op):
                 r = cr.rule
                 if r.action is Action.REDIRECT:
+                    if self._lands_on_reserved(rel):
+                        return self._reserved(path, rel)
                     return Decision(Action.REDIRECT, r.name, path, self.run_path(rel), r.reason, r.hint)
                 if r.action is Action.ALLOW and alias_target is not None:
                     return Decision(Action.REDIRECT, r.name, path, alias_target, r.reason, r.hint)
@@ -516,12 +526,31 @@ class Policy:
                 reason=f"the {mount} mount is read-only",
                 hint=f"write under $TV_RUN_DIR/data/ ({self.run_path(('data',))}) instead",
             )
+        if self._lands_on_reserved(rel):
+            return self._reserved(path, rel)
         return Decision(
             Action.REDIRECT,
             "workspace-redirect",
             path,
             self.run_path(rel),
             reason="outputs of a run land in its run folder",
+        )
+
+    @staticmethod
+    def _lands_on_reserved(rel: tuple[str, ...]) -> bool:
+        """Would a write to ``rel``, redirected to ``$TV_RUN_DIR/<rel>``, land on a reserved name?"""
+        return any(len(pat) == len(rel) and _match(pat, rel) for pat in _RESERVED_RELS)
+
+    def _reserved(self, path: str, rel: tuple[str, ...]) -> Decision:
+        r = RESERVED_RULE
+        where = "/".join(rel)
+        return Decision(
+            Action.DENY,
+            r.name,
+            path,
+            reason=f"{where} lands at $TV_RUN_DIR/{where}, a name in the run folder that is "
+            "tv-sandbox's own (report, manifest, policy record, event log, step logs, lakehouse diff)",
+            hint=r.hint,
         )
 
 

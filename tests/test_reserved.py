@@ -81,6 +81,42 @@ def test_a_step_writing_the_manifest_through_the_cli(tmp_path: Path) -> None:
     assert any(e["rule"] == "sandbox-reserved-name" and e["action"] == "deny" for e in events)
 
 
+@pytest.mark.parametrize("rel", RESERVED_EXAMPLES)
+def test_a_workspace_write_that_would_land_on_a_reserved_name_is_denied(run_env: RunEnv, rel: str) -> None:
+    """``open("manifest.json", "w")`` from the step's working folder is redirected to
+    ``$TV_RUN_DIR/manifest.json``: the decision itself is the reserved rule's, so the kernel
+    layer's overlay -- which carries out workspace redirects by itself -- never gets it."""
+    d = run_env.policy.decide(f"{run_env.ws.root}/{rel}", Op.WRITE)
+    assert d.denied and d.rule == "sandbox-reserved-name" and "$TV_RUN_DIR/" in d.reason, d
+    folder = f"{run_env.ws.root}/{rel}".rpartition("/")[0]
+    assert run_env.policy.decide_children(folder, Op.WRITE) is None  # decided name by name there
+    assert not run_env.policy.decide(f"{run_env.ws.root}/{rel}", Op.READ).denied
+    assert run_env.policy.decide(f"{run_env.ws.root}/data/x-{rel.rpartition('/')[2]}", Op.WRITE).action == "redirect"
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_relative_writes_to_reserved_names_are_refused_through_the_cli(tmp_path: Path, kernel: str) -> None:
+    """Under the overlay they landed on the sandbox's own files (``1 redirected``) and were moved
+    aside at the export; now every layer refuses them with the same explanation."""
+    host = make_host(tmp_path / "host")
+    step = (
+        "import os\n"
+        "os.makedirs('config', exist_ok=True)\n"
+        "for rel in ('manifest.json', 'sandbox_report.json', 'config/policy.json', 'logs/sandbox_events.jsonl'):\n"
+        "    try:\n"
+        "        open(rel, 'a').write('mine')\n"
+        "        print('written', rel)\n"
+        "    except PermissionError as e:\n"
+        "        print('refused', rel, 'sandbox-reserved-name' in str(e))\n"
+    )
+    r = sandbox_run(host, "REL", sys.executable, "-c", step, options=("--kernel", kernel))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n").count("") <= 1 and "written" not in r.stdout, r.stdout
+    assert r.stdout.count("True") == 4, r.stdout
+    out = host / RUNS / "REL"
+    assert not list(out.rglob(f"*{STEP_COPY_SUFFIX}")), list(out.rglob("*"))
+
+
 def test_what_a_native_writer_left_is_set_aside(tmp_path: Path) -> None:
     """The kernel layer cannot refuse a shell's `> $TV_RUN_DIR/manifest.json`: the launcher moves it
     aside before writing its own (runner: report.set_aside_step_files after the steps)."""
