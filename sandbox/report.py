@@ -96,7 +96,7 @@ LAUNCHER_FILES = ("config/policy.json", REPORT_NAME, "manifest.json", LAKEHOUSE_
 STEP_COPY_SUFFIX = ".from-step"
 
 
-def _move_aside(run_storage: str, rel: str) -> str:
+def move_aside(run_storage: str, rel: str) -> str:
     """Rename ``rel`` of the run folder to ``<rel>.from-step`` (``-2``... when taken) -- ``rename``
     never follows a link -- and return the new relative name."""
     path = os.path.join(run_storage, rel)
@@ -119,7 +119,7 @@ def set_aside_step_files(run_storage: str) -> list[str]:
         parent = os.path.dirname(path)
         if os.path.islink(parent) or not os.path.lexists(path):
             continue  # a linked folder is replaced whole by write_into's own checks
-        new = _move_aside(run_storage, rel)
+        new = move_aside(run_storage, rel)
         lines.append(f"a step wrote {rel}, a name reserved for tv-sandbox's own file: kept as {new}")
     return lines
 
@@ -139,7 +139,7 @@ def secure_logs(run_storage: str) -> list[str]:
     lines: list[str] = []
 
     def aside(rel: str) -> None:
-        new = _move_aside(run_storage, rel)
+        new = move_aside(run_storage, rel)
         what = "folder" if rel == "logs" else "file"
         lines.append(
             f"a step left {rel} as something tv-sandbox does not write through (not a regular {what}): "
@@ -284,7 +284,7 @@ def _explain_one(
     it is not a record of the shim's (the shim writes strings and integers, paths without NUL)."""
     from functools import partial  # after the step: not on the start-up path
 
-    from sandbox.policy import Action, Op
+    from sandbox.policy import RESERVED_RULE, Action, Op
 
     op_name, err, pid = ev.get("op"), ev.get("errno"), ev.get("pid")
     path, path2, base = ev.get("path"), ev.get("path2") or "", ev.get("dir") or "/"
@@ -321,7 +321,14 @@ def _explain_one(
             return True  # a rename refused once is one denial, whichever end it was
         if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
             continue  # the guard logged it already
-        if not kernel and d.action is not Action.ALLOW and not _stayed(policy, full):
+        if d.action is Action.DENY and d.rule == RESERVED_RULE.name and (kernel or _stayed(policy, full)):
+            # A name of the run folder the launcher writes, reached natively (the overlay, or the
+            # workspace folders gathered after the step): the step's file is kept aside, never
+            # silently replaced (set_aside_step_files, Run._place_logs) -- it reached no host file.
+            why = f"{d.reason}; the step's file is kept aside as <name>{STEP_COPY_SUFFIX}"
+            emit(layer=NATIVE_LAYER, action="redirect", rule=d.rule, target=target, reason=why)
+            counts.redirected += 1
+        elif not kernel and d.action is not Action.ALLOW and not _stayed(policy, full):
             why = f"{d.reason or d.rule} -- but no kernel layer enforced it: the change reached the host"
             emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
             counts.unenforced += 1

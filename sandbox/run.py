@@ -129,6 +129,7 @@ class Run:
         self._echo = echo
         self._stderr = stderr
         self._launched: Launched | None = None
+        self._staged_logs: list[tuple[str, str]] = []  # (beside the workspace, its name in the run folder)
         self._plan: KernelPlan | None = None
         self._tree: StepTree | None = None
         self._ended: list[Child] = []  # steps whose keepers Child.release reaps at the close
@@ -228,17 +229,23 @@ class Run:
             from sandbox import report as report_mod
 
             self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
-        logs = os.path.join(self.ws.run_storage, "logs")
         n_events = count_events(self.events_file)
         early, self._early = self._early, None
         # the early keeper's stderr pipe was made before its fork: it can hand this step only that one
         rfd, wfd = early.take_stderr() if early is not None else os.pipe()
         tail = bytearray()
+        # The step's logs are written beside the workspace, out of the step's reach (the run
+        # folder is its to write: a native write to logs/<step>.stderr.log interleaved with ours),
+        # and placed in logs/ once every process of the step is gone (_place_logs).
+        self._staged_logs = [
+            (os.path.join(self.ws.base, f".{name}.{kind}.log"), f"logs/{name}.{kind}.log")
+            for kind in (("stderr",) if self._echo else ("stderr", "stdout"))
+        ]
         out_fd: int | None = None
         if not self._echo:
-            out_fd = os.open(os.path.join(logs, f"{name}.stdout.log"), _LOG_FLAGS, 0o644)
+            out_fd = os.open(self._staged_logs[1][0], _LOG_FLAGS, 0o644)
         echo_to = (self._stderr or sys.stderr.buffer) if self._echo else None
-        with open(os.open(os.path.join(logs, f"{name}.stderr.log"), _LOG_FLAGS, 0o644), "wb") as log:
+        with open(os.open(self._staged_logs[0][0], _LOG_FLAGS, 0o644), "wb") as log:
             launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
             try:
                 with launching:
@@ -246,7 +253,10 @@ class Run:
                     child = self._start(argv, env, out_fd, wfd, early)
             except UsageError as e:  # the command could not be executed: its step failed, as in a shell
                 os.close(rfd)
-                return self._not_started(name, argv, e, log, echo_to)
+                rec = self._not_started(name, argv, e, log, echo_to)
+                log.close()
+                self._place_logs()
+                return rec
             except BaseException:
                 os.close(rfd)
                 raise
@@ -354,6 +364,23 @@ class Run:
                 f"{native.unenforced} write(s) the policy denies reached the host: no kernel layer stopped "
                 "them (see host_changes in the report)"
             )
+        self._place_logs()
+
+    def _place_logs(self) -> None:
+        """Move the step's logs from beside the workspace to their names in ``logs/`` (after
+        :func:`~sandbox.report.secure_logs`: a real folder). A file the step left at such a name
+        is kept aside as ``<name>.from-step``, with a warning: never silently replaced."""
+        from sandbox import report as report_mod
+
+        staged, self._staged_logs = self._staged_logs, []
+        for path, rel in staged:
+            dest = os.path.join(self.ws.run_storage, rel)
+            if os.path.lexists(dest):
+                kept = report_mod.move_aside(self.ws.run_storage, rel)
+                self.warnings.append(
+                    f"a step wrote {rel}, a name reserved for tv-sandbox's own file: kept as {kept}"
+                )
+            os.rename(path, dest)
 
     def _start(
         self, argv: list[str], env: dict[str, str], out_fd: int | None, err_fd: int, early: Early | None
@@ -525,6 +552,9 @@ class Run:
         applied = self._launched.child.applied if self._launched else None
         from sandbox import report as report_mod
 
+        if self._staged_logs:  # a step cut short by an error of ours: its logs still go in
+            self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
+            self._place_logs()
         layers = report_mod.Layers(
             python_guard=True,
             landlock_abi=getattr(applied, "landlock_abi", 0) if applied else 0,

@@ -133,3 +133,20 @@ def test_what_a_native_writer_left_is_set_aside(tmp_path: Path) -> None:
     assert (run / f"config/policy.json{STEP_COPY_SUFFIX}").read_text() == "step's policy"
     assert set_aside_step_files(str(run)) == []
     assert set(LAUNCHER_FILES) <= {n for n in RESERVED_RUN_FILES}
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_a_native_write_to_the_steps_own_log_name_is_kept_aside_not_mixed_in(tmp_path: Path, kernel: str) -> None:
+    """The launcher's log of the step's stderr was open in the run folder while the step ran: a
+    shell write to ``logs/step.stderr.log`` interleaved with it (the export held
+    ``real-stderr\\nR``...). The launcher now writes it beside the workspace and places it after
+    the step; the step's file is kept aside, with a warning, and said to be no host change."""
+    host = make_host(tmp_path / "host")
+    step = 'echo real-stderr >&2; mkdir -p logs; printf "FORGED\\n" > logs/step.stderr.log; echo more >&2'
+    r = sandbox_run(host, "LOG", "sh", "-c", step, options=("--kernel", kernel))
+    assert r.returncode == 0, r.stderr
+    out = host / RUNS / "LOG" / "logs"
+    assert (out / "step.stderr.log").read_text() == "real-stderr\nmore\n"
+    assert (out / f"step.stderr.log{STEP_COPY_SUFFIX}").read_text() == "FORGED\n"
+    assert f"kept as logs/step.stderr.log{STEP_COPY_SUFFIX}" in r.stderr, r.stderr
+    assert "reached the host" not in r.stderr and "AGAINST" not in r.stderr, r.stderr

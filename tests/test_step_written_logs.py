@@ -71,7 +71,8 @@ def _warned(r: subprocess.CompletedProcess[str], report: dict, name: str, n: int
     "cmd",
     [
         ("sh", "-c", 'mkdir -p logs; echo "{" > logs/sandbox_events.jsonl'),
-        (sys.executable, "-c", "open('logs/sandbox_events.jsonl', 'a').write('{\\n')"),
+        # without the guard (-I -S), which refuses a Python write to a reserved name
+        (sys.executable, "-I", "-S", "-c", "open('logs/sandbox_events.jsonl', 'a').write('{\\n')"),
     ],
     ids=["shell", "python"],
 )
