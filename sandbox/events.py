@@ -109,6 +109,9 @@ class EventLog:
         self._batch, self._delay = batch, max_delay
         self._fixed: dict[tuple[str, str, str, str, bool, str, str, str], tuple[str, str]] = {}
         self._pid = _getpid()
+        #: How a ``resolved`` or ``target`` path is shown (``Policy.shown_path``: where the user
+        #: finds it on the host, not in the temporary workspace); None: as given.
+        self.shown: Callable[[str], str] | None = None
         _OPEN.append(self)
 
     def emit(
@@ -158,6 +161,9 @@ class EventLog:
                 f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
                 f'"reason": {_enc(reason)}, "hint": {_enc(hint)}}}\n',
             )
+        shown = self.shown
+        if shown is not None:
+            resolved, target = resolved and shown(resolved), target and shown(target)
         paths = f'"path": {_enc(path)}, "resolved": {_s(resolved)}, "target": {_s(target)}, '
         return f"{fixed[0]}{paths}{fixed[1]}"
 

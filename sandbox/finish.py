@@ -132,7 +132,9 @@ def report_and_export(
             mounts,
             events,
             run_id=req.run_id,
-            run_dirs=[ws.run_dir],  # $TV_RUN_DIR as the event log's targets name it
+            # as the event log's targets may name the run folder: $TV_RUN_DIR, and where it is
+            # exported (Policy.shown_path)
+            run_dirs=[ws.run_dir, os.path.join(ws.host, ws.layout.runs, ws.run_id)],
         )
     rep = report_mod.build(
         run_id=req.run_id,

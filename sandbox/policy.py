@@ -336,6 +336,16 @@ class Policy:
             return path
         return "/".join(rel) or "."
 
+    def shown_path(self, path: str) -> str:
+        """A resolved ``path`` where the user finds it, for event logs: on the host -- a path of
+        the workspace, the host or a mount is the host's path of the same name, one of the run
+        folder's storage where the run is exported (``HOST/<runs>/<RUN_ID>/...``) -- else (the temp
+        dir, outside) unchanged. What every layer's events show in ``resolved`` and ``target``."""
+        user = self.user_path(path)
+        if user.startswith("/"):
+            return user
+        return self.ctx.host if user == "." else posixpath.join(self.ctx.host, user)
+
     def kernel_paths(self) -> KernelPaths:
         """The host paths the kernel layer must bind read-only or writable, beyond the mounts, so
         that every layer enforces this policy's rules the same way (see :class:`KernelPaths`).

@@ -168,6 +168,9 @@ def secure_logs(run_storage: str) -> list[str]:
 NATIVE_RAW = "sandbox_native.jsonl"  # the explain shim's raw lines (sandbox.native), in logs/
 NATIVE_LAYER = "kernel"  # a write the kernel layer refused to native code, explained by the shim
 OVERLAY_LAYER = "overlay"  # a native write the overlay redirected into the run folder
+#: A native write into the workspace's own folders, gathered into the run folder after the step
+#: (no overlay: Landlock alone, the Python guard alone; see workspace.consolidate).
+WORKSPACE_LAYER = "workspace"
 HOST_LAYER = "native"  # a native write the policy allows on the host (development's lakehouse)
 UNENFORCED = "unenforced"  # the action of a write the policy denies that reached the host anyway
 _OPS = {"write": "write", "delete": "delete", "rename": "rename", "mkdir": "mkdir", "rmdir": "rmdir",
@@ -187,10 +190,14 @@ class NativeCounts:
     unreadable: int = 0  # lines that are not one shim record each (a hostile step's): skipped
 
 
-def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: bool = True) -> NativeCounts:
+def explain_native(
+    run_storage: str, policy: Any, events_file: str, *, kernel: bool = True, overlay: bool | None = None
+) -> NativeCounts:
     """Turn the explain shim's raw lines (:mod:`sandbox.native`) into explained events of the run's
     event log; call it after each step (and before counting the step's events). ``kernel``: the
-    step ran under the kernel layer (any plan); False for the Python guard alone.
+    step ran under the kernel layer (any plan); False for the Python guard alone. ``overlay``: its
+    writes were redirected by the kernel layer's overlay (default: ``kernel``), else gathered from
+    the workspace's folders after the step -- the layer its redirect events name.
 
     Each raw line names a call, the path as the program gave it and the folder it was relative to.
     The path is placed (lexically) and decided by the policy, as the guard would have decided it:
@@ -237,6 +244,7 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
                 v = ev.get(key)
                 if isinstance(v, str) and isinstance(ev.get("pid"), int):
                     seen.add((ev["pid"], os.path.normpath(v) if v.startswith("/") else v))
+    via = OVERLAY_LAYER if (kernel if overlay is None else overlay) else WORKSPACE_LAYER
     log = EventLog(events_file)
     try:
         with open(taken, "rb") as fh:
@@ -245,7 +253,7 @@ def explain_native(run_storage: str, policy: Any, events_file: str, *, kernel: b
                     rec = json.loads(line) if line is not None else None
                 except (ValueError, RecursionError):  # RecursionError: "[[[[..." past the limit
                     rec = None
-                if not isinstance(rec, dict) or not _explain_one(rec, policy, seen, log, counts, kernel):
+                if not isinstance(rec, dict) or not _explain_one(rec, policy, seen, log, counts, kernel, via):
                     counts.unreadable += 1
     finally:
         log.close()
@@ -279,6 +287,7 @@ def _explain_one(
     log: Any,
     counts: NativeCounts,
     kernel: bool,
+    redirected_by: str = OVERLAY_LAYER,
 ) -> bool:
     """One raw line of the shim: the events it stands for (see :func:`explain_native`). False when
     it is not a record of the shim's (the shim writes strings and integers, paths without NUL)."""
@@ -300,8 +309,8 @@ def _explain_one(
         full = os.path.normpath(os.path.join(base, given))
         d = policy.decide(full, op)
         user = policy.user_path(full)
-        shown = os.path.join(policy.ctx.host, user) if not user.startswith("/") else user
-        target = policy.user_path(d.target) if d.target else None
+        shown = policy.shown_path(full)
+        target = policy.shown_path(d.target) if d.target else None
         emit = partial(log.emit, op=op, path=user, resolved=shown, profile=policy.profile, hint=d.hint)
         if err:
             if d.action is Action.ALLOW:
@@ -319,21 +328,21 @@ def _explain_one(
                 )
             counts.denied += 1
             return True  # a rename refused once is one denial, whichever end it was
-        if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen:
+        if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen or (pid, shown) in seen:
             continue  # the guard logged it already
         if d.action is Action.DENY and d.rule == RESERVED_RULE.name and (kernel or _stayed(policy, full)):
             # A name of the run folder the launcher writes, reached natively (the overlay, or the
             # workspace folders gathered after the step): the step's file is kept aside, never
             # silently replaced (set_aside_step_files, Run._place_logs) -- it reached no host file.
             why = f"{d.reason}; the step's file is kept aside as <name>{STEP_COPY_SUFFIX}"
-            emit(layer=NATIVE_LAYER, action="redirect", rule=d.rule, target=target, reason=why)
+            emit(layer=redirected_by, action="redirect", rule=d.rule, target=target, reason=why)
             counts.redirected += 1
         elif not kernel and d.action is not Action.ALLOW and not _stayed(policy, full):
             why = f"{d.reason or d.rule} -- but no kernel layer enforced it: the change reached the host"
             emit(layer=HOST_LAYER, action=UNENFORCED, rule=d.rule, reason=why)
             counts.unenforced += 1
         elif d.action is Action.REDIRECT:  # the overlay carried it (audit mode: a capture overlay)
-            emit(layer=OVERLAY_LAYER, action="redirect", rule=d.rule, target=target,
+            emit(layer=redirected_by, action="redirect", rule=d.rule, target=target,
                  captured=d.captured, reason=d.reason)  # fmt: skip
             if d.captured:
                 counts.captured += 1

@@ -354,7 +354,11 @@ class Run:
             if carried:
                 self.carried.extend(carried)
         native = report_mod.explain_native(
-            self.ws.run_storage, self.policy, self.events_file, kernel=plan is not None
+            self.ws.run_storage,
+            self.policy,
+            self.events_file,
+            kernel=plan is not None,
+            overlay=plan is not None and bool(plan.overlays),
         )
         if native.unreadable:
             raw = f"logs/{report_mod.NATIVE_RAW}"

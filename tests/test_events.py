@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from sandbox.events import FIELDS, EventLog, read_events, summarise
 
@@ -180,3 +183,37 @@ def test_a_step_loads_no_json_encoder_until_its_first_event(tmp_path: Path) -> N
     subprocess.run([sys.executable, "-c", code], check=True)
     (line,) = read_events(log)
     assert line["path"] == '/x"y'
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_every_layers_events_show_paths_where_the_user_finds_them(tmp_path: Path, kernel: str) -> None:
+    """Python- and fsspec-layer events put the deleted workspace (``/tmp/tv-sandbox-.../ws/...``)
+    in ``resolved`` and ``target`` where the kernel layer's showed host paths; without the overlay
+    a native redirect was labelled ``overlay``. Now every layer shows the host's path and, for a
+    redirect, where the run folder is exported; a native write gathered from the workspace says so."""
+    from conftest import sandbox_run
+
+    from sandbox.samples import make_host
+
+    host = make_host(tmp_path / "host")
+    step = (
+        "import subprocess\n"
+        "try:\n"
+        "    open('data/lakehouse/sel.json', 'w')\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "open('data/py.txt', 'w').write('x')\n"
+        "subprocess.run(['sh', '-c', 'echo y > data/sh.txt'])\n"
+    )
+    r = sandbox_run(host, "EV", sys.executable, "-c", step, options=("--kernel", kernel))
+    assert r.returncode == 0, r.stderr
+    export = host / "artifacts" / "summaries" / "runs" / "EV"
+    events = [json.loads(x) for x in (export / "logs" / "sandbox_events.jsonl").read_text().splitlines()]
+    by_path = {e["path"]: e for e in events}
+    assert by_path["data/lakehouse/sel.json"]["resolved"] == str(host / "data" / "lakehouse" / "sel.json")
+    for name in ("py.txt", "sh.txt"):
+        e = by_path[f"data/{name}"]
+        assert e["action"] == "redirect", e
+        assert e["resolved"] == str(host / "data" / name) and e["target"] == str(export / "data" / name), e
+    assert by_path["data/sh.txt"]["layer"] == ("overlay" if kernel == "auto" else "workspace")
+    assert not any("tv-sandbox-" in str(e.get(k)) for e in events for k in ("resolved", "target")), events

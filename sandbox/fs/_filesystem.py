@@ -103,7 +103,9 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
         if on_event is None and in_step and os.environ.get(ENV_EVENTS):
             from sandbox.events import EventLog
 
-            on_event = EventLog(os.environ[ENV_EVENTS]).write  # into the run's report, like the guard's
+            log = EventLog(os.environ[ENV_EVENTS])  # into the run's report, like the guard's
+            log.shown = self.policy.shown_path
+            on_event = log.write
         self.on_event = on_event
         if overlay is None:
             overlay = in_step and os.environ.get(ENV_OVERLAY) == "1"
