@@ -7,7 +7,7 @@ The public face, for library use::
 
     spec = sandbox.load_policy(profile="production")          # a PolicySpec, validated whole
     policy = spec.bind(host="/srv/host", run_id="R1")          # a Policy: decide(path, op)
-    with sandbox.guarded(policy):                              # the Python guard, in this process
+    with sandbox.install(policy):                              # the Python guard, in this process
         ...
     fs = sandbox.SandboxFileSystem(policy=policy)              # the fsspec enforcer
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sandbox.errors import AccessDenied
     from sandbox.export import export_run, verify
     from sandbox.fs import SandboxFileSystem
-    from sandbox.guard import guarded, install
+    from sandbox.guard import install
     from sandbox.loader import load_policy
     from sandbox.policy import Policy, PolicySpec
     from sandbox.rules import Action, Op
@@ -38,7 +38,6 @@ _WHERE = {
     "Action": "rules",
     "AccessDenied": "errors",
     "install": "guard",
-    "guarded": "guard",
     "SandboxFileSystem": "fs",
     "export_run": "export",
     "verify": "export",
@@ -56,7 +55,6 @@ __all__ = [
     "SandboxFileSystem",
     "StepSpec",
     "export_run",
-    "guarded",
     "install",
     "load_policy",
     "verify",

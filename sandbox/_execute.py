@@ -28,7 +28,7 @@ from __future__ import annotations
 from sandbox._denied import AccessDenied
 from sandbox._record import replace
 from sandbox.policy import Action, Decision, Op, overlay_maps
-from sandbox.rules import EVENT_FIELDS
+from sandbox.rules import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY, EVENT_FIELDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,10 +60,6 @@ if TYPE_CHECKING:
             """``src``'s access and modification times onto ``dst`` (a link itself, not followed)."""
 
 
-#: The environment a sandboxed step's interpreters read (set by ``guard.bootstrap.child_env``).
-ENV_POLICY = "TV_SANDBOX_POLICY"  # the resolved policy's file (``resolved.save_resolved``)
-ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (JSON lines)
-ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
 
 ALLOW, DENY, REDIRECT = Action.ALLOW, Action.DENY, Action.REDIRECT
 

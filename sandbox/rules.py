@@ -104,6 +104,13 @@ class Action(_Name, metaclass=_Names):
 Action._define("allow", "deny", "redirect")
 
 
+#: The environment a sandboxed step's interpreters read (set by ``guard.bootstrap.child_env``),
+#: named once for the launcher, the guard's start-up and the executor (``sandbox._execute``).
+ENV_POLICY = "TV_SANDBOX_POLICY"  # the resolved policy's file (``resolved.save_resolved``)
+ENV_EVENTS = "TV_SANDBOX_EVENTS"  # the run's event log (JSON lines)
+ENV_OVERLAY = "TV_SANDBOX_OVERLAY"  # "1": the kernel layer's overlay maps the workspace
+ENV_IMAGE = "TV_SANDBOX_GUARD_IMAGE"  # the guard's module image (guard/boot/sitecustomize.py reads it)
+
 #: The fields of the record of a decision an enforcer executed, in order: the event log's lines
 #: after their ``time`` and ``pid`` (``sandbox.events.FIELDS``), what ``sandbox._execute.emit``
 #: hands a sink. One list for the writer, the executor and every reader.

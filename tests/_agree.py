@@ -64,7 +64,7 @@ from typing import Any
 from sandbox._paths import resolve
 from sandbox.errors import AccessDenied
 from sandbox.fs import SandboxFileSystem
-from sandbox.guard import guarded
+from sandbox.guard import install
 from sandbox.loader import load_policy
 from sandbox.policy import Action, Op, Policy
 from sandbox.samples import make_host
@@ -400,11 +400,11 @@ def _run(w: World, call: Callable[[], None]) -> Outcome:
 
 def via_guard(w: World, verb: str, raw: str, as_bytes: bool) -> Outcome:
     """``verb`` on ``raw`` (as bytes when ``as_bytes``) through real ``os``/``open`` calls under
-    ``guarded(policy)``."""
+    ``install(policy)``."""
     arg: str | bytes = os.fsencode(raw) if as_bytes else raw
 
     def call() -> None:
-        with guarded(w.policy):
+        with install(w.policy):
             GUARD[verb](arg, w)
 
     return _run(w, call)

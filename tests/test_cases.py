@@ -21,7 +21,7 @@ from conftest import RunEnv, tree_snapshot
 
 from sandbox.events import EventLog, read_events
 from sandbox.fs import SandboxFileSystem
-from sandbox.guard import guarded
+from sandbox.guard import install
 
 FOLLOW_NOT = {"delete", "rmdir", "rename_from", "rename_to", "symlink", "hardlink"}
 ENFORCERS = ("python", "fsspec")  # the layer each names in its errors and events
@@ -105,7 +105,7 @@ def _runner(
     log_path = tmp_path / "events.jsonl"
 
     def perform(case: Case, props: Any) -> Any:
-        with EventLog(log_path) as log, guarded(env.policy, events=log):
+        with EventLog(log_path) as log, install(env.policy, events=log):
             return guard_adapter.perform(env, case, props)
 
     return perform, lambda: read_events(log_path) if log_path.exists() else []

@@ -21,7 +21,7 @@ from conftest import RunEnv
 
 from sandbox.events import EventLog, read_events
 from sandbox.fs import SandboxFileSystem
-from sandbox.guard import guarded
+from sandbox.guard import install
 from sandbox.loader import save_resolved
 
 ENFORCERS = ("python", "fsspec")
@@ -32,7 +32,7 @@ def _link(layer: str, env: RunEnv, src: str, dst: str, log: EventLog | None = No
         fs = SandboxFileSystem(policy=env.policy, on_event=None if log is None else log.write)
         fs.link(env.abspath(src), env.abspath(dst))
         return
-    with guarded(env.policy, events=log):
+    with install(env.policy, events=log):
         os.link(src, dst)
 
 
@@ -108,3 +108,21 @@ def test_os_exit_flushes_the_fsspec_log(run_env: RunEnv, tmp_path: Path) -> None
     got = read_events(events) if events.exists() else []
     fs_events = [(e["action"], e["op"], e["path"]) for e in got if e["layer"] == "fsspec"]
     assert fs_events == [("redirect", "write", target)]
+
+
+def test_the_step_environment_is_named_once() -> None:
+    """The variables a sandboxed step's interpreters read were spelled in four modules (bootstrap,
+    the executor, the audit hook, the audit's child): now only in ``sandbox.rules``, and in the
+    one file that runs before the package can be imported (the guard's ``sitecustomize``)."""
+    import ast
+
+    from sandbox import rules
+
+    names = {rules.ENV_POLICY, rules.ENV_EVENTS, rules.ENV_OVERLAY, rules.ENV_IMAGE}
+    package = Path(rules.__file__).parent
+    spelled: dict[str, set[str]] = {}
+    for src in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(src.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.setdefault(str(src.relative_to(package)), set()).add(node.value)
+    assert spelled == {"rules.py": names, "guard/boot/sitecustomize.py": {rules.ENV_IMAGE}}, spelled

@@ -30,7 +30,7 @@ from conftest import RunEnv, tree_snapshot
 
 from sandbox._record import replace
 from sandbox.events import EventLog, read_events
-from sandbox.guard import _engine, _install, guarded, install
+from sandbox.guard import _engine, _install, install
 from sandbox.policy import Op
 
 LAKE = "data/lakehouse/BINANCE_BTCUSDT_1d.csv"
@@ -65,7 +65,7 @@ def g(run_env: RunEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     monkeypatch.chdir(run_env.ws.root)
     monkeypatch.setattr(tempfile, "tempdir", run_env.ws.tmp)
     protected = run_env.protected_snapshot()
-    with EventLog(tmp_path / "events.jsonl") as log, guarded(run_env.policy, events=log):
+    with EventLog(tmp_path / "events.jsonl") as log, install(run_env.policy, events=log):
         yield G(run_env, tmp_path / "events.jsonl")
     assert run_env.protected_snapshot() == protected, "the host (or outside) changed"
 
@@ -403,7 +403,7 @@ def test_nesting_and_uninstall_restore_every_name(make_run_env: Any, monkeypatch
 
 def test_pause_and_unguarded_hook(run_env: RunEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(run_env.ws.root)
-    with guarded(run_env.policy) as guard:
+    with install(run_env.policy) as guard:
         with guard.paused():
             Path("paused.txt").write_text("unguarded")  # straight into the workspace folder
         assert Path(run_env.ws.root, "paused.txt").read_text() == "unguarded"
@@ -418,7 +418,7 @@ def test_overlay_mode_executes_workspace_redirects_on_the_original(
     run_env: RunEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(run_env.ws.root)
-    with EventLog(tmp_path / "ev.jsonl") as log, guarded(run_env.policy, events=log, overlay=True):
+    with EventLog(tmp_path / "ev.jsonl") as log, install(run_env.policy, events=log, overlay=True):
         Path("ovl.txt").write_text("through the overlay")
         _io.open("ovl2.txt", "w").close()  # the overlay maps even what goes around the wrappers
         with denied("lakehouse-read-only"):

@@ -201,7 +201,6 @@ def test_the_public_names_are_the_modules_own() -> None:
         "Action": rules.Action,
         "AccessDenied": errors.AccessDenied,
         "install": guard.install,
-        "guarded": guard.guarded,
         "SandboxFileSystem": fs.SandboxFileSystem,
         "export_run": export.export_run,
         "verify": export.verify,

@@ -15,7 +15,7 @@ import fsspec
 import pytest
 
 from sandbox.errors import AccessDenied
-from sandbox.guard import guarded
+from sandbox.guard import install
 from sandbox.loader import load_policy
 from sandbox.samples import make_host
 
@@ -50,7 +50,7 @@ def test_the_guard_and_fsspec_bind_a_spec_and_make_the_run_folder(tmp_path: Path
     host = make_host(tmp_path / "host")
     (host / "artifacts").rename(tmp_path / "no-artifacts")  # not even the runs folder exists
     spec = load_policy("production")
-    with guarded(spec, host=host, run_id="L1"), open(host / "out.txt", "w") as fh:
+    with install(spec, host=host, run_id="L1"), open(host / "out.txt", "w") as fh:
         fh.write("guard")  # a host path: redirected into the run folder
     fs = fsspec.filesystem("sandbox", policy=spec, host=str(host), run_id="L1")
     fs.pipe_file(f"{host}/fs.txt", b"fsspec")
@@ -64,14 +64,14 @@ def test_the_guard_and_fsspec_bind_a_spec_and_make_the_run_folder(tmp_path: Path
 def test_an_unbound_spec_is_one_clear_type_error(tmp_path: Path) -> None:
     spec = load_policy("production")
     with pytest.raises(TypeError, match=r"pass host= and run_id="):
-        guarded(spec)
+        install(spec)
     with pytest.raises(TypeError, match=r"pass host= and run_id="):
         fsspec.filesystem("sandbox", policy=spec)
 
 
 def _denial_traceback(policy_host: Path) -> tuple[AccessDenied, list[traceback.FrameSummary]]:
     spec = load_policy("production")
-    with guarded(spec, host=policy_host, run_id="T1"):
+    with install(spec, host=policy_host, run_id="T1"):
         try:
             with open(policy_host / "data" / "lakehouse" / "x.csv", "w"):
                 pass
@@ -133,3 +133,19 @@ def test_an_fsspec_denial_has_one_internal_frame(tmp_path: Path) -> None:
         ours = [f for f in frames if f"{os.sep}sandbox{os.sep}" in f.filename]
         assert len(ours) == 1, frames  # (fsspec's own open() may add its frame above ours)
         assert str(e.value).startswith("[Errno 13] Permission denied: ")
+
+
+def test_the_readme_shows_the_frame_a_denial_really_has() -> None:
+    """The README's denial names the one internal frame a user sees: ``guarded_open`` in
+    ``sandbox/guard/_os.py`` at the line of its re-raise (it said line 105 when it was 136)."""
+    import inspect
+    import re
+
+    from sandbox.guard import _os
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = re.search(r'File "\.\.\./sandbox/guard/_os\.py", line (\d+), in guarded_open\n\s+(.+)\n', readme)
+    assert shown, "the README's example traceback"
+    lines, first = inspect.getsourcelines(_os.guarded_open)
+    raises = [first + i for i, line in enumerate(lines) if line.strip() == shown.group(2).strip()]
+    assert int(shown.group(1)) in raises, (shown.group(1), raises)

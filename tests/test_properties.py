@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from sandbox._paths import is_within, parts, resolve
 from sandbox.fs import SandboxFileSystem
-from sandbox.guard import guarded
+from sandbox.guard import install
 from sandbox.loader import load_policy
 from sandbox.policy import MUTATING, Action, Op
 from sandbox.samples import make_host
@@ -271,7 +271,7 @@ def test_a_read_follows_the_run_folders_link_to_an_alias(worlds: Worlds) -> None
     os.chdir(w.ws.root)
     try:
         p = "to_host/to_host/reports"
-        with guarded(w.policy):
+        with install(w.policy):
             g = (os.path.isdir(p), Path(p, "x.csv").read_text(), Path(p, "nope").exists())
         f = (fs.isdir(p), fs.cat_file(f"{p}/x.csv").decode(), fs.exists(f"{p}/nope"))
     finally:
@@ -296,7 +296,7 @@ def test_a_read_follows_a_last_name_the_run_linked_to_an_alias(worlds: Worlds) -
     os.chdir(w.ws.root)
     try:
         names = ["data/to_new", "outputs/to_new", "outputs/to_new/nope"]
-        with guarded(w.policy):
+        with install(w.policy):
             g = [os.path.isdir(n) for n in names]
         f = [fs.isdir(n) for n in names]
     finally:

@@ -13,7 +13,7 @@ from conftest import RunEnv, sandbox_run
 
 from sandbox.errors import AccessDenied
 from sandbox.fs import SandboxFileSystem
-from sandbox.guard import guarded
+from sandbox.guard import install
 from sandbox.policy import RESERVED_RUN_FILES, Op
 from sandbox.report import LAUNCHER_FILES, STEP_COPY_SUFFIX, set_aside_step_files
 from sandbox.samples import make_host
@@ -46,7 +46,7 @@ def test_every_reserved_pattern_is_documented() -> None:
 
 
 def test_the_guard_refuses_relative_and_absolute_writes(run_env: RunEnv) -> None:
-    with guarded(run_env.policy):
+    with install(run_env.policy):
         for target in (f"{run_env.ws.run_dir}/manifest.json", "config/policy.json"):
             path = Path(run_env.ws.root) / target if not target.startswith("/") else Path(target)
             with pytest.raises(AccessDenied) as e, open(path, "w"):

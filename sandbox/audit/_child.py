@@ -17,6 +17,7 @@ from typing import Any
 from sandbox.loader import policy_from_dict
 from sandbox.policy import Policy
 from sandbox.resolved import load_resolved
+from sandbox.rules import ENV_POLICY
 
 ENV_SEED = "TV_AUDIT_SEED"
 
@@ -131,7 +132,7 @@ def _guard_off() -> Any:
 
 def main(argv: list[str]) -> int:
     target, out = argv
-    policy = enforcing(load_resolved(os.environ["TV_SANDBOX_POLICY"]))
+    policy = enforcing(load_resolved(os.environ[ENV_POLICY]))
     result = trace(target, policy, os.environ[ENV_SEED], os.getcwd())
     with open(os.path.join(os.environ["TV_RUN_DIR"], "logs", out), "w", encoding="utf-8") as fh:
         json.dump(result, fh)

@@ -2,7 +2,7 @@
 ``tempfile``, ``logging``... patched to execute the run policy's decisions, plus an audit-hook
 backstop for what goes around them. Stdlib only; it never decides (``Policy.decide`` does).
 
-- :func:`install` / :func:`guarded` -- in this process (undoable, nestable; ``Guard.paused()``).
+- :func:`install` (``with install(policy): ...``) -- in this process (undoable, nestable; ``Guard.paused()``).
 - :func:`child_env` -- the environment that makes every Python child install it at start-up
   (``sandbox/guard/boot/sitecustomize.py``, :func:`boot`).
 
@@ -16,7 +16,7 @@ from sandbox._lazy import attributes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sandbox.guard._install import Guard, active, guarded, install
+    from sandbox.guard._install import Guard, active, install
     from sandbox.guard.bootstrap import (
         BOOT_DIR,
         ENV_EVENTS,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Names load on first use: a launcher needs ``child_env`` without the patching machinery.
 _WHERE = {
-    **dict.fromkeys(("Guard", "active", "guarded", "install"), "_install"),
+    **dict.fromkeys(("Guard", "active", "install"), "_install"),
     **dict.fromkeys(
         ("BOOT_DIR", "ENV_EVENTS", "ENV_OVERLAY", "ENV_POLICY", "BootError", "boot", "child_env"),
         "bootstrap",
@@ -46,7 +46,6 @@ __all__ = [
     "active",
     "boot",
     "child_env",
-    "guarded",
     "install",
 ]
 

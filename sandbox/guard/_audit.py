@@ -40,6 +40,7 @@ from sandbox.guard import _engine
 from sandbox.guard._engine import ALLOW, AUDIT_LAYER, DENY, INTERNAL, TOKEN, Engine
 from sandbox.guard._files import structural
 from sandbox.policy import Op
+from sandbox.rules import ENV_EVENTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ _APPEND_ONLY = os.O_APPEND | os.O_TRUNC
 
 def _is_event_log(path: Any) -> bool:
     """Is ``path`` the run's event log (``TV_SANDBOX_EVENTS``), as :class:`EventLog` opens it?"""
-    log = os.environ.get("TV_SANDBOX_EVENTS")
+    log = os.environ.get(ENV_EVENTS)
     try:
         return bool(log) and _engine._to_str(path) == log
     except (TypeError, ValueError):

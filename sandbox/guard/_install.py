@@ -156,6 +156,7 @@ def install(
     (and ``mode``) -- bound here as ``PolicySpec.bind(host=..., run_id=...)`` does.
     ``events``: an :class:`~sandbox.events.EventLog` every deny and redirect is appended to.
     ``overlay``: the kernel layer's overlay is active (workspace redirects run on the original path).
+    The :class:`Guard` is a context manager: ``with install(policy): ...`` uninstalls it at the end.
     """
     global _patches
     eng = Engine(bind_for_library(policy, host, run_id, mode), events, overlay)
@@ -167,10 +168,6 @@ def install(
         _refresh()
     return Guard(eng)
 
-
-#: ``with guarded(policy): ...`` reads as what it does: a :class:`Guard` is a context manager
-#: that uninstalls at the end of the block. The same function as :func:`install`.
-guarded = install
 
 
 def active() -> Guard | None:

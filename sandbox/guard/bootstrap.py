@@ -23,6 +23,10 @@ from __future__ import annotations
 import os
 
 from sandbox.resolved import load_resolved
+from sandbox.rules import ENV_EVENTS as ENV_EVENTS  # named once, in sandbox.rules; re-exported
+from sandbox.rules import ENV_IMAGE as ENV_IMAGE
+from sandbox.rules import ENV_OVERLAY as ENV_OVERLAY
+from sandbox.rules import ENV_POLICY as ENV_POLICY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,10 +35,6 @@ if TYPE_CHECKING:
 
     from sandbox.guard._install import Guard
 
-ENV_POLICY = "TV_SANDBOX_POLICY"
-ENV_EVENTS = "TV_SANDBOX_EVENTS"
-ENV_OVERLAY = "TV_SANDBOX_OVERLAY"
-ENV_IMAGE = "TV_SANDBOX_GUARD_IMAGE"  # read by boot/sitecustomize.py (see sandbox._image)
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 
 
