@@ -275,13 +275,35 @@ class Run:
 
                 self._recovery = Background(prepare_destination, self.prep)
             self._clock.lap("launch")
+            # From the step's end to its record, an interrupt waits: raised in between, it found
+            # a run without the record of a step that ran, which is discarded, not exported.
+            # Delivered once the record is kept, it ends the run as an interrupt does (exported).
+            recording = deferred_interrupts()
             try:
                 result, cut, why = self._wait(
                     child, spec.timeout_s, pending=launching.held
                 )
+                recording.__enter__()
             finally:
                 running.release()
                 pumped.acquire()  # the tee drained what the step wrote
+        try:
+            rec = self._record(name, argv, result, cut, why, tail, n_events)
+        finally:
+            recording.__exit__(None, None, None)
+        return rec
+
+    def _record(
+        self,
+        name: str,
+        argv: list[str],
+        result: ChildResult,
+        cut: str | None,
+        why: str,
+        tail: bytearray,
+        n_events: int,
+    ) -> StepRecord:
+        """Gather what the ended step left (:meth:`_after_step`) and keep its record."""
         self._clock.lap("step")
         self._after_step()
         events = read_events(self.events_file, skip=n_events)

@@ -283,3 +283,34 @@ def test_a_fifo_at_the_event_logs_name_does_not_hang_the_launcher(host: Path) ->
     )
     assert r.returncode == 0, r.stderr
     assert "sandbox_events.jsonl.from-step" in r.stderr
+
+
+def test_an_interrupt_while_the_ended_step_is_recorded_still_exports_the_run(
+    host: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal between the step's end and its record found a run with no record of a step that
+    ran: the run was discarded, not exported. Now it waits for the record, then ends the run as
+    an interrupt does: exported, marked interrupted, the step's record kept."""
+    from sandbox.run import Interrupted, StepSpec, install_interrupt_handlers
+
+    after = Run._after_step
+
+    def interrupted_meanwhile(self: Run) -> None:
+        signal.raise_signal(signal.SIGTERM)  # as if sent now: held until the record is kept
+        after(self)
+
+    monkeypatch.setattr(Run, "_after_step", interrupted_meanwhile)
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install_interrupt_handlers()
+    try:
+        with pytest.raises(Interrupted), _open(host, "late") as run:
+            run.step(StepSpec(argv=["sh", "-c", "echo done > data/x.txt"], name="only"))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    export = host / RUNS / "late"
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted", manifest
+    assert (export / "data" / "x.txt").read_text() == "done\n"
+    report = json.loads((export / "sandbox_report.json").read_text())
+    assert [s["name"] for s in report["steps"]] == ["only"]
