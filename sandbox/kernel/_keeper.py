@@ -505,7 +505,13 @@ def _own_stdio() -> None:  # pragma: no cover - in the init, after the mounts an
                 if int(info[b"flags"].strip(), 8) & 0o3 != os.O_RDONLY:
                     continue
                 path = os.readlink(f"/proc/self/fd/{fd}")
-                new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+                # O_NONBLOCK: in a run's later step, the path may be a FIFO an earlier step left in
+                # the run folder (which the view shows there): never wait on it, take only its kind.
+                new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+                if os.fstat(new).st_mode & 0o170000 != kind:
+                    os.close(new)
+                    continue
+                os.set_blocking(new, True)
                 if kind == 0o100000:
                     os.lseek(new, int(info[b"pos"]), os.SEEK_SET)
                 _replace(fd, new)
