@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_privilege import NOBODY, REPO, RUNS, UNPRIVILEGED, Box
+from test_privilege import REPO, RUNS, UNPRIVILEGED, Box
 
 from sandbox.kernel import landlock
 
@@ -49,10 +49,7 @@ def _run(box: Box, run_id: str) -> subprocess.CompletedProcess[str]:
     argv = [
         sys.executable,
         NO_USERNS,
-        "setpriv",
-        f"--reuid={NOBODY}",
-        f"--regid={NOBODY}",
-        "--clear-groups",
+        *box.prefix(),  # setpriv to nobody
         str(UNPRIVILEGED),
         "-m",
         "sandbox",
