@@ -141,3 +141,24 @@ def test_ctrl_c_keeps_the_steps_own_traceback(host: Path, tmp_path: Path) -> Non
     assert tail.startswith("Traceback (most recent call last):\n"), tail
     assert tail.endswith("KeyboardInterrupt\n"), tail
     assert f'File "{host}/scripts/tb.py", line ' in tail and tail in err  # the host's path, as always
+
+
+def test_ctrl_c_reaches_a_python_step_wrapped_in_a_shell(host: Path, tmp_path: Path) -> None:
+    """``sh -c 'python report.py; echo after'`` (a StepSpec's string command is one): the terminal's
+    Ctrl-C reaches the whole foreground group -- the shell's children too, as without the sandbox.
+    In a session of its own, the step got only the launcher's signal, passed to the shell alone,
+    and its Python child was SIGKILLed after the grace, with no traceback."""
+    script = "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    (host / "scripts" / "inner.py").write_text(script)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    inner = f"{sys.executable} scripts/inner.py; echo after-python >&2"
+    argv = run_argv(host, "sh", "sh", "-c", inner, options=("--workspace-dir", str(ws)))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    os.killpg(proc.pid, signal.SIGINT)
+    err = _end(proc)
+    assert proc.returncode == 130, err
+    step = _report(host, "sh")["steps"][0]  # type: ignore[index]
+    assert "KeyboardInterrupt" in step["stderr_tail"], step
+    assert step["signal"] != signal.SIGKILL, step

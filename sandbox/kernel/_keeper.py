@@ -239,7 +239,9 @@ def _keep(
                     os.close(fd)
                 except OSError:  # not open (the launcher's own was closed): nothing to hold
                     pass
-            status, usage = _reap(init, keeper=parent)  # the namespace is empty once init is reaped
+            # the namespace is empty once init is reaped; the command is in the launcher's group
+            # unless the machine has no terminal filter (see _terminal_kept_safe)
+            status, usage = _reap(init, keeper=parent, group=_libc.terminal_filter_supported())
             told = os.read(sr, 64).split()
             status = int(told[0]) if told else status
             # The launcher goes on from here, not from our exit (the namespaces' teardown, ~2 ms
@@ -250,17 +252,19 @@ def _keep(
         step = load()
         assert step is not None  # a keeper without a PID namespace is handed its step
         argv, env, cwd, plan, entered, keep = step
+        own_session = False
         if plan is not None and entered is not None:
             stage = "kernel"
             applied = seal(plan, entered)
+            own_session = _terminal_kept_safe()
             os.write(wfd, f"applied {applied.encode()}\n".encode())
             stage = "setup"
         _libc.set_child_subreaper()
         _untraceable()
-        main = _command(argv, env, cwd, keep, wfd)
+        main = _command(argv, env, cwd, keep, wfd, own_session)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
-        status, _ = _reap(main, keeper=parent)
+        status, _ = _reap(main, keeper=parent, group=not own_session)
         _end_descendants()
         _end_as(status)
     except BaseException as e:
@@ -290,31 +294,28 @@ def _init(
         argv, env, cwd, plan, entered, keep = step
         assert plan is not None and entered is not None  # an init exists for a PID namespace's plan
         applied = seal(plan, entered)
+        own_session = _terminal_kept_safe()
         os.write(wfd, f"applied {applied.encode()}\n".encode())
         _untraceable()
+        stage = "exec"  # what fails from here fails the step's command (126), not the kernel layer
         if plan.namespace:
             _own_stdio()
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
         # fork that costs). Nothing must happen between the two in the child: the namespace's
-        # death already ends the command with us, so it needs no parent-death signal. In a
-        # session of its own (bubblewrap's --new-session): the launcher's terminal is not its
-        # controlling terminal, so it cannot push input into it (TIOCSTI: commands typed into the
-        # user's shell after the run, bubblewrap's CVE-2017-5226) nor get its job-control
-        # signals -- the terminal's ^C reaches the launcher, which ends the step.
-        stage = "exec"
+        # death already ends the command with us, so it needs no parent-death signal.
         _ready_to_exec(cwd, wfd, [*keep, wfd, sw])  # wfd and sw are close-on-exec
         try:
             main = os.posix_spawn(
-                _which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS, setsid=True
+                _which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS, setsid=own_session
             )
         except OSError as e:
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
         os.close(wfd)
         try:
-            # Out of the launcher's process group too: what is sent to the group (a terminal's
-            # Ctrl-C, `kill -INT -PGID`, `timeout`) is the launcher's to pass on, once, through
-            # the keeper; we forward what the keeper sends.
+            # Out of the launcher's process group, where the command stays: what is sent to the
+            # group (a terminal's Ctrl-C, `kill -INT -PGID`, `timeout`) reached the command, and
+            # passed on by us too it would reach it twice. We forward what the keeper sends.
             os.setpgid(0, 0)
         except OSError:
             pass
@@ -338,8 +339,11 @@ def _ready_to_exec(cwd: str, wfd: int, keep: list[int]) -> None:  # pragma: no c
     _libc.close_fds_except(keep)
 
 
-def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int) -> int:
-    """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` and execs."""
+def _command(
+    argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int, own_session: bool
+) -> int:
+    """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` (in a session of
+    its own with ``own_session``, see :func:`_terminal_kept_safe`) and execs."""
     me = os.getpid()
     pid = os.fork()
     if pid:
@@ -348,7 +352,8 @@ def _command(argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wf
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _die_with(me)
-        os.setsid()  # see _init: no controlling terminal
+        if own_session:
+            os.setsid()
         stage = "exec"
         _ready_to_exec(cwd, wfd, [*keep, wfd])
         try:
@@ -390,21 +395,26 @@ def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover -
         os._exit(127)
 
 
-def _reap(main: int, *, keeper: int = 0) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
+def _reap(
+    main: int, *, keeper: int = 0, group: bool = True
+) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
     """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
     until ``main`` ends; return its wait status and resource usage (its own and that of every
     descendant it reaped). The signals must be blocked already.
 
     In the keeper (``keeper``: the launcher's pid), :data:`KILL_ALL` SIGKILLs ``main`` (the init
     ends its namespace with it); the init leaves it blocked: a process of the step cannot use it.
-    The keeper forwards only what the launcher sends: a signal from anyone else was sent to the
+    The keeper forwards only what the launcher sends. A signal from anyone else was sent to the
     launcher's process group (a terminal's Ctrl-C, ``kill -INT -PGID``, ``timeout``), which the
-    keeper is in and the command is not (a session of its own, see :func:`_init`); the launcher,
-    interrupted by it, passes it on -- forwarded here too, a second SIGINT would cut a Python
-    step's handling of the first."""
+    keeper is in; with ``group`` the command is in it too (see :func:`_terminal_kept_safe`) and
+    got it: the launcher, interrupted by it, passes it on, and the keeper skips one of the
+    launcher's of that number per such signal -- a second SIGINT would cut a Python step's
+    handling of the first. Without ``group`` (a session of its own) the launcher's is the only
+    one the command gets."""
     status: int | None = None
     usage: resource.struct_rusage | None = None
     waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
+    from_group: list[int] = []
     while status is None or usage is None:
         info = signal.sigwaitinfo(waited)
         if info.si_signo == signal.SIGCHLD:
@@ -418,7 +428,10 @@ def _reap(main: int, *, keeper: int = 0) -> tuple[int, resource.struct_rusage]: 
                 if pid == main:
                     status, usage = st, ru
         elif keeper and info.si_pid != keeper:
-            continue  # the group's: the launcher's to pass on
+            if group and info.si_signo != KILL_ALL:  # the launcher's KILL_ALL is never skipped
+                from_group.append(info.si_signo)
+        elif keeper and info.si_signo in from_group:
+            from_group.remove(info.si_signo)
         else:
             try:
                 os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
@@ -485,7 +498,10 @@ def _own_stdio() -> None:  # pragma: no cover - in the init, after the mounts an
       read-only, at the same offset -- what the step itself would open.
     Everything else is kept: pipes and sockets (no inode of the host's), the user's terminal,
     and a file open for writing -- the target the user redirected the output to (reopened in the
-    step's view, its writes would land in the run folder's copy, or be refused).
+    step's view, its writes would land in the run folder's copy, or be refused). A read-only file
+    or folder the view does not have as such (deleted, hidden, or -- in a run's later step -- made
+    something else by an earlier one) is an ``OSError``: the command is not started, rather than
+    handed the launcher's descriptor.
     """
     for fd in (0, 1, 2):
         try:
@@ -505,23 +521,56 @@ def _own_stdio() -> None:  # pragma: no cover - in the init, after the mounts an
                 if int(info[b"flags"].strip(), 8) & 0o3 != os.O_RDONLY:
                     continue
                 path = os.readlink(f"/proc/self/fd/{fd}")
-                # O_NONBLOCK: in a run's later step, the path may be a FIFO an earlier step left in
-                # the run folder (which the view shows there): never wait on it, take only its kind.
-                new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+                what = "file" if kind == 0o100000 else "folder"
+                try:
+                    # O_NONBLOCK: in a run's later step, the path may be a FIFO an earlier step left
+                    # in the run folder (the view shows it there): never wait on it.
+                    new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError as e:
+                    raise _stdio_error(fd, path, what, e.strerror) from None
                 if os.fstat(new).st_mode & 0o170000 != kind:
                     os.close(new)
-                    continue
+                    raise _stdio_error(fd, path, what, f"not a {what} there")
                 os.set_blocking(new, True)
                 if kind == 0o100000:
                     os.lseek(new, int(info[b"pos"]), os.SEEK_SET)
                 _replace(fd, new)
+        except _StdioUnavailable:
+            raise
         except (OSError, KeyError, ValueError):
-            continue  # not there in the step's view (deleted, hidden...): the launcher's stays
+            continue  # a device the step's /dev lacks, an unreadable fdinfo: the launcher's stays
+
+
+class _StdioUnavailable(OSError):
+    pass
+
+
+def _stdio_error(fd: int, path: str, what: str, why: str | None) -> OSError:  # pragma: no cover
+    name = ("stdin", "stdout", "stderr")[fd]
+    return _StdioUnavailable(
+        9,  # EBADF: the command cannot run as asked (126), not "not found"
+        f"cannot give the command its {name}: the {what} {path} is not readable in the step's view "
+        f"({why}); an earlier step may have changed it -- pipe it in instead (cat FILE | tv-sandbox run ...)",
+    )
 
 
 def _replace(fd: int, new: int) -> None:  # pragma: no cover - in the init
     os.dup2(new, fd)  # inheritable, as the one it replaces
     os.close(new)
+
+
+def _terminal_kept_safe() -> bool:  # pragma: no cover - in the init, or a keeper that is the init
+    """Keep the step from pushing input into the launcher's terminal (``TIOCSTI``: commands typed
+    into the user's shell once the run ends, bubblewrap's CVE-2017-5226); after :func:`seal`
+    (``no_new_privs``). Where the machine's system calls are known, a seccomp filter refuses the
+    ioctl (flatpak's way) and the command stays in the launcher's session and process group: job
+    control and the terminal's signals reach it as they would without the sandbox. Elsewhere it
+    gets a session of its own (bubblewrap's ``--new-session``: no controlling terminal, at the
+    price of job control) -- returns True then."""
+    if not _libc.terminal_filter_supported():
+        return True
+    _libc.deny_terminal_injection()
+    return False
 
 
 def _untraceable() -> None:  # pragma: no cover - in the init, or a keeper that is the init

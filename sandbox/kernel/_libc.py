@@ -114,6 +114,66 @@ def drop_all_capabilities() -> None:
     check(lib.capset(header, data), "capset (clear every capability)")
 
 
+# -- a seccomp filter refusing the terminal's input injection ---------------------------------------
+
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+_NEVER = 0xFFFFFFFF  # no syscall number
+#: machine -> (its audit arch, its ioctl, x32's two ioctls, the compat audit arch, compat's ioctl)
+_IOCTL = {
+    "x86_64": (0xC000003E, 16, 0x40000000 | 514, 0x40000000 | 16, 0x40000003, 54),
+    "aarch64": (0xC00000B7, 29, _NEVER, _NEVER, 0x40000028, 54),
+}
+
+
+def terminal_filter_supported() -> bool:
+    """Whether :func:`deny_terminal_injection` knows this machine's system calls."""
+    return os.uname().machine in _IOCTL
+
+
+def deny_terminal_injection() -> None:
+    """Refuse, for this process and everything it will ``exec``, the two ``ioctl`` requests that
+    push input into a terminal: ``TIOCSTI`` (a character into the input queue: commands typed into
+    the user's shell once the step has ended, bubblewrap's CVE-2017-5226) and ``TIOCLINUX``
+    (its console's selection pasted back) -- EPERM, as flatpak's seccomp filter answers. The step
+    keeps its terminal otherwise: it stays in the launcher's session and process group, so job
+    control (Ctrl-Z, a background run's SIGTTIN) and the terminal's signals reach it as they
+    would without the sandbox. Needs ``no_new_privs`` (set by :func:`drop_all_capabilities`);
+    raises ``OSError`` when the kernel refuses the filter; only for the machines of
+    :func:`terminal_filter_supported` (``KeyError`` otherwise). The ioctl is caught under every
+    system call ABI the kernel offers a process here (x86-64's x32 and i386, aarch64's arm32)."""
+    native, ioctl, x32, x32_64, compat, compat_ioctl = _IOCTL[os.uname().machine]
+    ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    program = (  # (code, jump if true, jump if false, k); offsets of seccomp_data: nr 0, arch 4, args[1] 24
+        (ld, 0, 0, 4),  # 0: the arch
+        (jeq, 0, 4, native),  # 1: native: 2, else 6
+        (ld, 0, 0, 0),  # 2: the system call
+        (jeq, 5, 0, ioctl),  # 3: ioctl: 9
+        (jeq, 4, 0, x32),  # 4
+        (jeq, 3, 6, x32_64),  # 5: else allow
+        (jeq, 0, 5, compat),  # 6: compat: 7, else allow
+        (ld, 0, 0, 0),  # 7
+        (jeq, 0, 3, compat_ioctl),  # 8: else allow
+        (ld, 0, 0, 24),  # 9: the request (the low word of args[1]: an unsigned int)
+        (jeq, 2, 0, _TIOCSTI),  # 10
+        (jeq, 1, 0, _TIOCLINUX),  # 11
+        (ret, 0, 0, _RET_ALLOW),  # 12
+        (ret, 0, 0, _RET_EPERM),  # 13
+    )
+    code = b"".join(
+        op.to_bytes(2, "little") + bytes((jt, jf)) + (k & 0xFFFFFFFF).to_bytes(4, "little")
+        for op, jt, jf, k in program
+    )
+    filters = _ffi.create_string_buffer(code, len(code))
+    # struct sock_fprog: an unsigned short, padding, then the pointer (64-bit machines only here)
+    fprog = _ffi.create_string_buffer(
+        len(program).to_bytes(2, "little") + bytes(6) + _ffi.addressof(filters).to_bytes(8, "little"), 16
+    )
+    rc = libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, _ffi.addressof(fprog), 0, 0)
+    check(rc, "install a seccomp filter")
+
+
 def _last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", "rb") as fh:

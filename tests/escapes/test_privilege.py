@@ -881,3 +881,37 @@ def test_a_step_cannot_change_the_host_files_behind_its_stdio(box: Box, tmp_path
         before.st_ctime_ns,
     )
     assert os.stat("/dev/null").st_ctime_ns == null.st_ctime_ns
+
+
+LATER_STEP = r"""
+import json, sys
+from sandbox.run import Run, StepSpec
+from sandbox.runner import RunRequest, preflight
+prep = preflight(RunRequest(host=sys.argv[1], run_id="later", argv=[], kernel="require" if sys.argv[2] == "1" else "auto"))
+with Run.open(prep, echo=False) as run:
+    # an earlier step makes the stdin's path something else in the view (the run folder's)
+    run.step(StepSpec(argv=["sh", "-c", "rm -f " + sys.argv[3] + " && mkfifo " + sys.argv[3]], name="one"))
+    two = run.step(StepSpec(argv=[sys.executable, "-I", "-S", "-c", "import os; os.fchmod(0, 0o600)"], name="two"))
+    run.close()
+print(json.dumps({"two": two.exit_code, "tail": two.stderr_tail}))
+"""
+
+
+def test_an_earlier_step_cannot_hand_a_later_one_the_launchers_stdin(tmp_path: Path) -> None:
+    """A run's stdin is a host file (``< configs/x``): an earlier step replaced that path in the view
+    with a FIFO, so the init could not reopen it -- and handed the later step the launcher's own
+    descriptor, whose fchmod changed the host file. Now the later step's command is not started."""
+    host = make_host(tmp_path / "host")
+    target = next(p for p in sorted((host / "configs").iterdir()) if p.is_file())
+    rel = str(target.relative_to(host))
+    before = os.stat(target)
+    with open(target, "rb") as stdin:
+        r = subprocess.run(
+            [sys.executable, "-c", LATER_STEP, str(host), "1" if REQUIRE else "0", rel],
+            stdin=stdin, capture_output=True, text=True, timeout=120, cwd=REPO,
+        )
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["two"] == 126 and "cannot give the command its stdin" in got["tail"], got
+    after = os.stat(target)
+    assert (after.st_mode, after.st_ctime_ns) == (before.st_mode, before.st_ctime_ns)
