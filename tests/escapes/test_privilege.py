@@ -553,24 +553,63 @@ def test_a_workspace_dir_inside_a_mount_that_lies_outside_the_host_is_refused(tm
 
 
 def test_a_tmpdir_inside_the_host_through_a_bind_mount_alias_is_refused(tmp_path: Path) -> None:
-    """The host bound elsewhere (``mount --bind HOST /mnt/alias``) is the same folder under a path
-    realpath does not map back: TMPDIR=/mnt/alias/data/lakehouse built the workspace -- and left
-    a killed launcher's files -- inside the lakehouse. Compared by (device, inode) too."""
-    if os.geteuid() != 0:
-        pytest.skip(reason="a bind mount needs root")
+    """The host, or a folder below it, bound elsewhere (``mount --bind HOST/data/lakehouse/y2024
+    /mnt/alias``) is the same folder under a path realpath does not map back: TMPDIR=/mnt/alias
+    built the workspace -- run folder, policy record, the step's temp files -- inside the
+    lakehouse. Decided on the filesystem (device, path from its root): a bind of a folder outside
+    the host, on the same filesystem, is still a place for the workspace. The binds are made in a
+    private mount namespace of each run, gone with it: nothing reaches the machine's table."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip(reason="a bind mount in a private mount namespace needs root and unshare")
     host = make_host(tmp_path / "host")
-    alias = tmp_path / "alias"
-    alias.mkdir()
-    subprocess.run(["mount", "--bind", str(host), str(alias)], check=True)
-    try:
-        before = tree_snapshot(host)
-        argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", "t", "--", "true"]
-        for env in ({"TMPDIR": str(alias / "data" / "lakehouse")}, {"TMPDIR": str(alias / "configs")}):
-            r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
-            assert r.returncode == EXIT_USAGE and "lies inside" in r.stderr, r.stderr
-        assert tree_snapshot(host) == before
-    finally:
-        subprocess.run(["umount", str(alias)], check=True)
+    lake = host / "data" / "lakehouse"
+    (lake / "y2024").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    binds = {
+        "alias": host,
+        "y2024": lake / "y2024",
+        "a b\\c": lake / "y2024",  # mountinfo writes it a\040b\134c
+        "data": host / "data",
+        "configs": host / "configs",
+        "elsewhere": outside,
+    }
+    pairs: list[str] = []
+    for name, src in binds.items():
+        (tmp_path / name).mkdir()
+        pairs += [str(src), str(tmp_path / name)]
+    mounts = 'while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 99; shift 2; done; shift; exec "$@"'
+
+    def run(*args: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+        ns = ["unshare", "-m", "--propagation", "private", "sh", "-c", mounts, "sh", *pairs, "--"]
+        argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", "t", *args]
+        env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else dict(os.environ)
+        return subprocess.run([*ns, *argv, "--", "true"], capture_output=True, text=True, env=env, timeout=60)
+
+    before = tree_snapshot(host)
+    inside = [
+        tmp_path / "alias" / "data" / "lakehouse",
+        tmp_path / "alias" / "configs",
+        tmp_path / "y2024",
+        tmp_path / "a b\\c",
+        tmp_path / "data",
+        tmp_path / "data" / "lakehouse" / "y2024",
+        tmp_path / "configs",
+    ]
+    for tmpdir in inside:
+        r = run(tmpdir=tmpdir)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == EXIT_USAGE == 125, (tmpdir, r.stderr)
+        assert len(lines) == 1 and f"$TMPDIR {tmpdir} lies inside" in lines[0], r.stderr
+    r = run("--workspace-dir", str(tmp_path / "y2024"))
+    assert r.returncode == EXIT_USAGE and f"{tmp_path}/y2024 lies inside" in r.stderr, r.stderr
+    assert tree_snapshot(host) == before
+    # the same filesystem, outside the host: through a bind and directly
+    for tmpdir in (tmp_path / "elsewhere", outside):
+        r = run("--overwrite", tmpdir=tmpdir)
+        assert r.returncode == 0, (tmpdir, r.stderr)
+    assert os.listdir(outside) == []
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
 
 
 # -- a full run-folder filesystem ------------------------------------------------------------------
