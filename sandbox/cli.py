@@ -367,7 +367,12 @@ def _run_with(ns: "dict[str, Any]", early: "Early | None") -> int:
     from sandbox.run import install_interrupt_handlers
 
     install_interrupt_handlers()  # Ctrl-C and SIGTERM end the step's processes, then export
-    outcome = execute(prep, early=early)
+    try:
+        outcome = execute(prep, early=early)
+    except KeyboardInterrupt as e:  # after the step ended: the run was exported all the same
+        if getattr(e, "outcome", None) is None:
+            raise
+        outcome = e.outcome  # type: ignore[attr-defined]
     from sandbox.report import summary_line
 
     rep = outcome.report

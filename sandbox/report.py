@@ -19,7 +19,7 @@ from sandbox.events import EVENTS_NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
 REPORT_NAME = "sandbox_report.json"
@@ -188,16 +188,24 @@ class NativeCounts:
     unexplained: int = 0  # refused by the kernel where the policy would not deny (a file's own mode)
     unenforced: int = 0  # the policy denies it, yet it succeeded (no kernel layer): the host changed
     unreadable: int = 0  # lines that are not one shim record each (a hostile step's): skipped
+    cut: int = 0  # lines left unexplained: an interrupt was held (``stop``)
 
 
 def explain_native(
-    run_storage: str, policy: Any, events_file: str, *, kernel: bool = True, overlay: bool | None = None
+    run_storage: str,
+    policy: Any,
+    events_file: str,
+    *,
+    kernel: bool = True,
+    overlay: bool | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> NativeCounts:
     """Turn the explain shim's raw lines (:mod:`sandbox.native`) into explained events of the run's
     event log; call it after each step (and before counting the step's events). ``kernel``: the
     step ran under the kernel layer (any plan); False for the Python guard alone. ``overlay``: its
     writes were redirected by the kernel layer's overlay (default: ``kernel``), else gathered from
-    the workspace's folders after the step -- the layer its redirect events name.
+    the workspace's folders after the step -- the layer its redirect events name. ``stop``: asked
+    every thousand lines; True leaves the rest unexplained (``cut``: how many lines).
 
     Each raw line names a call, the path as the program gave it and the folder it was relative to.
     The path is placed (lexically) and decided by the policy, as the guard would have decided it:
@@ -248,7 +256,10 @@ def explain_native(
     log = EventLog(events_file)
     try:
         with open(taken, "rb") as fh:
-            for line in step_lines(fh):  # bounded: a step can make it a sparse terabyte
+            for n, line in enumerate(step_lines(fh)):  # bounded: a step can make it a sparse terabyte
+                if stop is not None and n % 1024 == 0 and stop():
+                    counts.cut = 1 + sum(1 for _ in step_lines(fh))
+                    break
                 try:
                     rec = json.loads(line) if line is not None else None
                 except (ValueError, RecursionError):  # RecursionError: "[[[[..." past the limit

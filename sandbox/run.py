@@ -130,6 +130,7 @@ class Run:
         self._stderr = stderr
         self._launched: Launched | None = None
         self._staged_logs: list[tuple[str, str]] = []  # (beside the workspace, its name in the run folder)
+        self._stop_explaining: Callable[[], bool] | None = None  # an interrupt is held: cut them short
         self._plan: KernelPlan | None = None
         self._tree: StepTree | None = None
         self._ended: list[Child] = []  # steps whose keepers Child.release reaps at the close
@@ -288,8 +289,11 @@ class Run:
                 running.release()
                 pumped.acquire()  # the tee drained what the step wrote
         try:
+            # explaining a huge raw log of the shim's must not hold a Ctrl-C for minutes
+            self._stop_explaining = lambda: bool(recording.held)
             rec = self._record(name, argv, result, cut, why, tail, n_events)
         finally:
+            self._stop_explaining = None
             recording.__exit__(None, None, None)
         return rec
 
@@ -381,7 +385,13 @@ class Run:
             self.events_file,
             kernel=plan is not None,
             overlay=plan is not None and bool(plan.overlays),
+            stop=self._stop_explaining,
         )
+        if native.cut:
+            self.warnings.append(
+                f"the explanations of logs/{report_mod.NATIVE_RAW} were cut short by an interrupt: "
+                f"{native.cut} raw line(s) left unexplained"
+            )
         if native.unreadable:
             raw = f"logs/{report_mod.NATIVE_RAW}"
             self.warnings.append(report_mod.unreadable_warning(raw, native.unreadable, "the explanations"))
@@ -647,9 +657,12 @@ class Run:
         if isinstance(exc, KeyboardInterrupt) and not self.interrupted:
             self.interrupted = getattr(exc, "signum", SIGINT)
         try:
-            self.close(status=None if (self.interrupted or self.cancelled) else "failed")
+            outcome = self.close(status=None if (self.interrupted or self.cancelled) else "failed")
         except Exception as e:  # the original error matters more; the export's is attached
             exc.add_note(f"tv-sandbox: the run could not be exported either: {e}")
+            return
+        if isinstance(exc, KeyboardInterrupt):  # the caller says where the run went (the CLI does)
+            exc.outcome = outcome  # type: ignore[attr-defined]
 
 
 def _while_first_step(prep: Prepared, policy: Policy) -> bytes:

@@ -162,3 +162,33 @@ def test_ctrl_c_reaches_a_python_step_wrapped_in_a_shell(host: Path, tmp_path: P
     step = _report(host, "sh")["steps"][0]  # type: ignore[index]
     assert "KeyboardInterrupt" in step["stderr_tail"], step
     assert step["signal"] != signal.SIGKILL, step
+
+
+NATIVE_FLOOD = r"""
+import json, os, sys
+line = json.dumps({"op": "write", "errno": 0, "pid": os.getpid(), "path": "data/x.txt", "dir": "/"})
+with open(os.path.join(os.environ["TV_RUN_DIR"], "logs", "sandbox_native.jsonl"), "a") as fh:
+    fh.write((line + "\n") * 200_000)
+print("ready", flush=True)
+"""
+
+
+def test_ctrl_c_while_a_huge_raw_log_is_explained_ends_the_run_at_once(host: Path, tmp_path: Path) -> None:
+    """A step left 200,000 records of the explain shim's (~110 us each to explain): a signal held
+    while they were explained waited tens of seconds, and the launcher then said only
+    "interrupted". The explanations stop at the held signal; the run is exported, said as usual."""
+    (tmp_path / "ws").mkdir()
+    argv = run_argv(
+        host, "flood", sys.executable, "-I", "-S", "-c", NATIVE_FLOOD, options=("--workspace-dir", str(tmp_path / "ws"))
+    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    time.sleep(1.0)  # the step has ended; its records are being explained
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    err = _end(proc)
+    assert time.monotonic() - t0 < 10, err
+    assert proc.returncode == 130, err
+    _one_line(err)
+    assert "exported, marked interrupted, to" in err, err
+    assert _report(host, "flood")["status"] == "interrupted"
