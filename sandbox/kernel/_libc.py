@@ -93,8 +93,10 @@ def drop_all_capabilities() -> None:
     alone) the bounding set cannot shrink -- and need not, when no user id of the process is 0:
     with ``no_new_privs`` an ``exec`` grants nothing through a set-user-ID or file-capability
     binary, and a non-root ``exec`` gains no capability but from the ambient and inheritable
-    sets, both emptied here. A process with a user id 0 that cannot drop the bounding set would
-    regain it at its next ``exec``: that is an error.
+    sets, both emptied here. A process with a user id 0 that cannot drop the bounding set is an
+    error all the same -- ``no_new_privs`` already stops root's ``exec`` from gaining what it does
+    not hold, but the bounding set is then the one thing of the kind left to trust, and a root
+    launcher always can drop it (bubblewrap drops it whenever it can).
     """
     lib = libc()
     last = _last_cap()
