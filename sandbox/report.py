@@ -10,7 +10,6 @@ run created, modified and deleted in the mounts, and where the diff itself is.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from sandbox._paths import write_into
@@ -94,18 +93,36 @@ def scattered_artifacts(run_storage: str, run_folders: Sequence[str]) -> list[st
 #: layer lands -- so, before writing its own, the launcher sets the step's aside.
 LAUNCHER_FILES = ("config/policy.json", REPORT_NAME, "manifest.json", LAKEHOUSE_DIFF)
 STEP_COPY_SUFFIX = ".from-step"
+_NAME_MAX = 255  # bytes in one file name: Linux's, on every file system the run folder may be on
 
 
 def move_aside(run_storage: str, rel: str) -> str:
-    """Rename ``rel`` of the run folder to ``<rel>.from-step`` (``-2``... when taken) -- ``rename``
-    never follows a link -- and return the new relative name."""
+    """Rename ``rel`` of the run folder to ``<rel>.from-step`` (``-2``... ``-9`` when taken, then a
+    random suffix) -- ``rename`` never follows a link -- and return the new relative name.
+
+    Never fails on names: the step chooses every name in the run folder, so it can take any fixed
+    list of them (a run once ended with an internal error and no export when ``-2``... ``-999``
+    were taken) and make a name that a suffix pushes past ``NAME_MAX``; then the name before the
+    suffix is shortened."""
     path = os.path.join(run_storage, rel)
-    for n in range(1, 1000):
-        new = path + STEP_COPY_SUFFIX + ("" if n == 1 else f"-{n}")
+    folder, name = os.path.split(path)
+    n = 0
+    while True:
+        n += 1
+        tag = "" if n == 1 else f"-{n}" if n < 10 else f"-{os.urandom(6).hex()}"
+        new = os.path.join(folder, _within_name_max(name, STEP_COPY_SUFFIX + tag))
         if not os.path.lexists(new):
             os.rename(path, new)
             return os.path.relpath(new, run_storage)
-    raise FileExistsError(errno.EEXIST, "no free name to keep a step's file aside", path)
+
+
+def _within_name_max(name: str, suffix: str) -> str:
+    """``name + suffix``, with ``name`` cut short (by bytes, keeping whole characters) to fit one
+    file name of at most 255 bytes."""
+    room = _NAME_MAX - len(os.fsencode(suffix))
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return name + suffix
 
 
 def set_aside_step_files(run_storage: str) -> list[str]:

@@ -150,3 +150,48 @@ def test_a_native_write_to_the_steps_own_log_name_is_kept_aside_not_mixed_in(tmp
     assert (out / f"step.stderr.log{STEP_COPY_SUFFIX}").read_text() == "FORGED\n"
     assert f"kept as logs/step.stderr.log{STEP_COPY_SUFFIX}" in r.stderr, r.stderr
     assert "reached the host" not in r.stderr and "AGAINST" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("kernel", ["auto", "off"])
+def test_a_step_taking_every_aside_name_still_gets_its_status_and_export(tmp_path: Path, kernel: str) -> None:
+    """Setting a step's file aside tried ``.from-step``, ``-2``... ``-999`` and then raised: a step
+    that made all of them ended the launcher with an internal error, exit 125, nothing exported.
+    Now a random suffix follows the first numbered names, and the warning names it."""
+    host = make_host(tmp_path / "host")
+    step = (
+        "import os\n"
+        "d = os.environ['TV_RUN_DIR']\n"
+        "for rel in ('logs/step.stderr.log', 'sandbox_report.json'):\n"
+        "    base = os.path.join(d, rel)\n"
+        "    for n in range(1, 1000):\n"
+        f"        open(base + '{STEP_COPY_SUFFIX}' + ('' if n == 1 else f'-{{n}}'), 'w').close()\n"
+        "    open(base, 'w').write('mine ' + rel)\n"
+        "raise SystemExit(3)\n"
+    )
+    r = sandbox_run(host, "ALL", sys.executable, "-I", "-S", "-c", step, options=("--kernel", kernel))
+    assert r.returncode == 3, r.stderr
+    out = host / RUNS / "ALL"
+    report = json.loads((out / "sandbox_report.json").read_text())
+    assert report["steps"][0]["exit_code"] == 3
+    assert (out / "logs" / "step.stderr.log").is_file()  # the launcher's own, placed after the step
+    for rel in ("logs/step.stderr.log", "sandbox_report.json"):
+        [line] = [w for w in report["warnings"] if w.startswith(f"a step wrote {rel},")]
+        kept = line.rpartition("kept as ")[2]
+        assert kept.startswith(f"{rel}{STEP_COPY_SUFFIX}-") and kept in r.stderr, line
+        assert (out / kept).read_text() == f"mine {rel}"
+
+
+def test_a_step_name_with_no_room_for_the_aside_suffix_is_shortened(tmp_path: Path) -> None:
+    """A FIFO at a 255-byte ``logs/<x...>.stderr.log``: adding ``.from-step`` failed with
+    ENAMETOOLONG, an internal error, exit 125 and no export. Now the name is cut to fit."""
+    host = make_host(tmp_path / "host")
+    name = "x" * 244 + ".stderr.log"
+    step = (
+        f"import os; os.mkfifo(os.path.join(os.environ['TV_RUN_DIR'], 'logs', '{name}')); raise SystemExit(3)"
+    )
+    r = sandbox_run(host, "LONG", sys.executable, "-I", "-S", "-c", step)
+    assert r.returncode == 3, r.stderr
+    report = json.loads((host / RUNS / "LONG" / "sandbox_report.json").read_text())
+    [line] = [w for w in report["warnings"] if "(not a regular file)" in w]
+    kept = line.rpartition("kept as ")[2]
+    assert kept == f"logs/{name[: 255 - len(STEP_COPY_SUFFIX)]}{STEP_COPY_SUFFIX}" and kept in r.stderr, line

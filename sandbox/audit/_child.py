@@ -1,7 +1,7 @@
 """The dynamic audit's child: ``python -m sandbox.audit._child SCRIPT[:FUNC] OUT`` inside a
 sandboxed step (audit mode) of a throwaway host. Runs SCRIPT under pyfakefs seeded with a copy of
 that host, records what it does (:class:`~sandbox.audit.trace.Tracer`) and writes the record as
-JSON to ``$TV_RUN_DIR/logs/OUT`` once pyfakefs is gone. Not an API: :mod:`sandbox.audit.dynamic`
+JSON Lines to ``$TV_RUN_DIR/logs/OUT`` once pyfakefs is gone. Not an API: :mod:`sandbox.audit.dynamic`
 starts it and reads what it wrote.
 """
 
@@ -135,8 +135,17 @@ def main(argv: list[str]) -> int:
     policy = enforcing(load_resolved(os.environ[ENV_POLICY]))
     result = trace(target, policy, os.environ[ENV_SEED], os.getcwd())
     with open(os.path.join(os.environ["TV_RUN_DIR"], "logs", out), "w", encoding="utf-8") as fh:
-        json.dump(result, fh)
+        write_trace(fh, result)
     return 0
+
+
+def write_trace(fh: Any, result: dict[str, Any]) -> None:
+    """``result`` as JSON Lines: ``{"status", "error"}``, then one event a line -- so the launcher
+    reads it line by line under :func:`sandbox.events.step_lines`'s bounds, never one document
+    of whatever size the script made the file (see :func:`sandbox.audit.dynamic._read_trace`)."""
+    fh.write(json.dumps({"status": result["status"], "error": result["error"]}) + "\n")
+    for ev in result["events"]:
+        fh.write(json.dumps(ev) + "\n")
 
 
 if __name__ == "__main__":

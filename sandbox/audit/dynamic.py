@@ -133,34 +133,82 @@ def audit_dynamic(
 
 def _read_trace(path: str) -> tuple[dict[str, Any] | None, str]:
     """The audit child's trace, or None and why not ("" when there is none). The script ran in that
-    child and can write the file itself: a trace is used only in the shape the child writes it."""
+    child and can write the file itself: a trace is used only in the shape the child writes it
+    (:func:`sandbox.audit._child.write_trace`), and read as any step-written file is -- not through
+    a link, no FIFO, at most :data:`MAX_TRACE_BYTES` and one line at a time, so a sparse file of
+    a gigabyte (read whole, 768 MiB took 1.1 GB of memory) or a link to ``/dev/zero`` costs nothing,
+    and what a line parses to is kept only when it is an event."""
+    import errno
+    import stat
+
+    from sandbox.events import step_lines
+
     try:
-        with open(path, "rb") as fh:
-            doc = json.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, ""
-    except (OSError, ValueError, RecursionError) as e:
-        return None, f"its trace {TRACE} is unreadable ({type(e).__name__}: {str(e)[:200]})"
-    if not _is_trace(doc):
-        return None, f"its trace {TRACE} is not one the audit writes (the script can write that file too)"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None, f"its trace {TRACE} is a symbolic link {_ITS_OWN}"
+        return None, f"its trace {TRACE} is unreadable ({type(e).__name__}: {e.strerror})"
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"its trace {TRACE} is not a regular file {_ITS_OWN}"
+        if st.st_size > MAX_TRACE_BYTES:
+            return None, f"its trace {TRACE} is larger than {MAX_TRACE_BYTES >> 20} MiB {_ITS_OWN}"
+        try:
+            doc = _parse_trace(step_lines(fh, max_bytes=MAX_TRACE_BYTES))
+        except (OSError, ValueError, RecursionError) as e:
+            return None, f"its trace {TRACE} is unreadable ({type(e).__name__}: {str(e)[:200]})"
+    if doc is None:
+        return None, f"its trace {TRACE} is not one the audit writes {_ITS_OWN}"
     return doc, ""
 
 
+_ITS_OWN = "(the script can write that file too)"
+#: The most of a trace the audit reads: an event is ~400 bytes, so some 40,000 events. Each line
+#: is kept as a dict, so the cap is below the step logs' (events.MAX_LOG_BYTES): 16 MiB of the
+#: smallest lines that pass as events parse to ~120 MiB in ~2 s; 64 MiB of them took 470 MiB, 8 s.
+MAX_TRACE_BYTES = 16 << 20
+
+
+def _parse_trace(lines: Iterable[bytes | None]) -> dict[str, Any] | None:
+    """The trace of ``lines`` (its head, then one event a line), or None at the first line that is
+    not what :func:`sandbox.audit._child.write_trace` writes there."""
+    doc: dict[str, Any] | None = None
+    for line in lines:
+        if line is None:  # a line past step_lines' bounds: none the child writes
+            return None
+        item = json.loads(line)
+        if doc is None:
+            if not _is_head(item):
+                return None
+            doc = {"status": item["status"], "error": item["error"], "events": []}
+        elif _is_event(item):
+            doc["events"].append(item)
+        else:
+            return None
+    return doc
+
+
+_HEAD = {"status", "error"}
 _EVENT_TEXT = ("op", "path", "resolved", "action", "rule")
 _EVENT_TEXT_OR_NONE = ("target", "reason", "hint", "file", "via", "rel")
 
 
-def _is_trace(doc: Any) -> bool:
-    """``doc`` has the shape of :func:`sandbox.audit._child.trace`'s result (what findings read)."""
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("status", "error")):
-        return False
-    events = doc.get("events")
-    return isinstance(events, list) and all(
+def _is_head(h: Any) -> bool:
+    """``h`` is the first line :func:`sandbox.audit._child.write_trace` writes."""
+    return isinstance(h, dict) and set(h) == _HEAD and all(isinstance(v, str) for v in h.values())
+
+
+def _is_event(e: Any) -> bool:
+    """``e`` has the shape of an event of :func:`sandbox.audit._child.trace` (what findings read)."""
+    return (
         isinstance(e, dict)
         and all(isinstance(e.get(k), str) for k in _EVENT_TEXT)
         and all(e.get(k) is None or isinstance(e[k], str) for k in _EVENT_TEXT_OR_NONE)
         and (e.get("line") is None or type(e["line"]) is int)
-        for e in events
     )
 
 

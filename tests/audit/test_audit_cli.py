@@ -201,6 +201,48 @@ def test_a_script_that_forges_the_audits_trace_is_one_finding(tmp_path: Path, fo
     assert "Traceback" not in r.stdout
 
 
+
+_HOSTILE_TRACES = {
+    "sparse-768MiB": "truncate -s 768M \"$T\"",  # the whole file was read: 1.1 GB of memory, growing with it
+    "link-to-dev-zero": "rm -f \"$T\"; ln -s /dev/zero \"$T\"",  # json.load read until memory ran out
+}
+
+
+@pytest.mark.parametrize("plant", list(_HOSTILE_TRACES.values()), ids=list(_HOSTILE_TRACES))
+def test_a_trace_the_script_made_huge_costs_the_audit_nothing(tmp_path: Path, plant: str) -> None:
+    """The audited script can replace its trace: read whole, a sparse 768 MiB one took the audit
+    1.1 GB and 4 s (linear in the size), a link to /dev/zero every byte of memory. It is read
+    bounded, as the step's logs are, and what is past the bound is the script's TVS004."""
+    import resource
+    import time
+
+    script = tmp_path / "huge.py"
+    script.write_text(
+        "import os, subprocess\n"
+        f"subprocess.run(['sh', '-c', 'T=\"$TV_RUN_DIR/logs/tv_audit_trace.json\"; {plant}'])\n"
+        "os._exit(0)\n"
+    )
+    limit = 2 << 30  # address space: before the fix a link to /dev/zero would take the machine's memory
+
+    def bounded() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss << 10
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox", "audit", str(script)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, preexec_fn=bounded,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss << 10
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    found = [ln for ln in r.stdout.splitlines() if "TVS004" in ln]
+    assert len(found) == 1 and "its trace tv_audit_trace.json is" in found[0], r.stdout
+    # the largest child so far: an audit's launcher is ~130 MiB (the peak of an earlier test's
+    # child can hide this one's, never make it fail)
+    assert after <= max(before, 300 << 20), (before >> 20, after >> 20)
+    assert elapsed < 30, elapsed  # ~2 s: the export hashes the sparse file; nothing reads it whole
+
 def test_a_script_that_loops_forever_is_one_timeout_line(tmp_path: Path) -> None:
     script = tmp_path / "loop.py"
     shutil.copy(CORPUS / "loops_forever.py", script)
