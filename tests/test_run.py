@@ -226,8 +226,11 @@ def test_without_namespaces_the_launch_falls_back_to_landlock(
     assert "only Landlock and the Python guard are active" in out.report["warnings"][0]
     layers = out.report["layers"]
     assert layers["landlock_abi"] > 0 and not layers["mount_namespace"] and not layers["overlay"]
-    assert {"mount_namespace", "pid_namespace", "user_namespace", "private_shm"} <= set(layers["missing"])
+    assert {"mount_namespace", "pid_namespace", "ipc_namespace", "user_namespace", "private_shm"} <= set(
+        layers["missing"]
+    )
     assert "unshare: Operation not permitted" in layers["missing"]["pid_namespace"]
+    assert "System V" in layers["missing"]["ipc_namespace"]  # made with the PID namespace: missing with it
     assert (host / RUNS / "ll" / "reports" / "out.txt").read_text() == "x"  # the guard redirected it
     assert lake(host) == before
 

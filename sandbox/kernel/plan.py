@@ -381,6 +381,8 @@ _CONSEQUENCES = {
     "pid_namespace": "no PID namespace: the step can see and signal processes of its uid outside "
     "its run; its leftover processes are SIGKILLed by the launcher's keeper (a child subreaper) "
     "when the command ends",
+    "ipc_namespace": "no IPC namespace: the step reaches the machine's System V shared memory, "
+    "semaphores and message queues by key, and its POSIX message queues, as their modes allow",
     "private_shm": "no private /dev/shm: the step shares the host's",
     "minimal_dev": "the host's /dev: the step reads the device nodes its uid may (raw disks, for root)",
     "capabilities": "capabilities not dropped",
@@ -404,6 +406,7 @@ def missing_layers(
         "user_namespace": applied.user_namespace,
         "mount_namespace": applied.namespace,
         "pid_namespace": applied.pid_namespace,
+        "ipc_namespace": applied.pid_namespace,  # made with it (mounts.unshare_mount_namespace)
         "private_shm": applied.private_shm,
         "minimal_dev": applied.minimal_dev,
         "capabilities": applied.capabilities_dropped,
