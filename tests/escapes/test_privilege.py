@@ -481,11 +481,14 @@ def test_terminating_a_launcher_ends_the_whole_step(box: Box) -> None:
 
 
 def _with_marker(marker: str) -> list[int]:
+    """The processes named ``marker`` (the daemon's ``argv[0]``) -- not the launcher, whose command
+    line holds the marker too: matched, it ended the wait before the daemon was there (and a scan
+    during the launcher's ``exec``, which reads an empty command line, then found nothing)."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if marker.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                if Path(f"/proc/{name}/cmdline").read_bytes().startswith(marker.encode() + b"\0"):
                     found.append(int(name))
             except OSError:
                 pass
