@@ -25,7 +25,7 @@ from sandbox.kernel.plan import (
     enter_namespaces,
     seal,
 )
-from sandbox.kernel.spawning import KILL_ALL
+from sandbox.kernel.spawning import KILL_ALL, RELAYED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ _FORWARDED = tuple(
     for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
     if hasattr(signal, n)
 )
-_WAITED = (signal.SIGCHLD, KILL_ALL, *_FORWARDED)
+#: The launcher's own, as realtime signals (spawning.relay_signal): signal -> what it carries.
+_FROM_LAUNCHER = {signal.SIGRTMIN + 2 + i: sig for i, sig in enumerate(RELAYED)}
+_WAITED = (signal.SIGCHLD, KILL_ALL, *_FROM_LAUNCHER, *_FORWARDED)
 _PR_SET_DUMPABLE = 4
 
 
@@ -239,9 +241,7 @@ def _keep(
                     os.close(fd)
                 except OSError:  # not open (the launcher's own was closed): nothing to hold
                     pass
-            # the namespace is empty once init is reaped; the command is in the launcher's group
-            # unless the machine has no terminal filter (see _terminal_kept_safe)
-            status, usage = _reap(init, keeper=parent, group=_libc.terminal_filter_supported())
+            status, usage = _reap(init, keeper=parent)  # the namespace is empty once init is reaped
             told = os.read(sr, 64).split()
             status = int(told[0]) if told else status
             # The launcher goes on from here, not from our exit (the namespaces' teardown, ~2 ms
@@ -261,10 +261,11 @@ def _keep(
             stage = "setup"
         _libc.set_child_subreaper()
         _untraceable()
+        _no_terminal_stdin()
         main = _command(argv, env, cwd, keep, wfd, own_session)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
-        status, _ = _reap(main, keeper=parent, group=not own_session)
+        status, _ = _reap(main, keeper=parent, to_group=True)
         _end_descendants()
         _end_as(status)
     except BaseException as e:
@@ -298,28 +299,32 @@ def _init(
         os.write(wfd, f"applied {applied.encode()}\n".encode())
         _untraceable()
         stage = "exec"  # what fails from here fails the step's command (126), not the kernel layer
+        _no_terminal_stdin()
         if plan.namespace:
             _own_stdio()
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
         # fork that costs). Nothing must happen between the two in the child: the namespace's
-        # death already ends the command with us, so it needs no parent-death signal.
+        # death already ends the command with us, so it needs no parent-death signal. In a
+        # process group of its own (see _command).
         _ready_to_exec(cwd, wfd, [*keep, wfd, sw])  # wfd and sw are close-on-exec
         try:
-            main = os.posix_spawn(
-                _which(argv[0], env), argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS, setsid=own_session
-            )
+            path = _which(argv[0], env)
+            if own_session:
+                main = os.posix_spawn(path, argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS, setsid=True)
+            else:
+                main = os.posix_spawn(path, argv, env, setsigmask=(), setsigdef=_RESTORE_SIGNALS, setpgroup=0)
         except OSError as e:
             raise OSError(e.errno, f"cannot execute {argv[0]!r}: {e.strerror}") from None
         stage = "setup"
         os.close(wfd)
         try:
-            # Out of the launcher's process group, where the command stays: what is sent to the
-            # group (a terminal's Ctrl-C, `kill -INT -PGID`, `timeout`) reached the command, and
-            # passed on by us too it would reach it twice. We forward what the keeper sends.
+            # Out of the launcher's process group too: what is sent to it (a terminal's Ctrl-C,
+            # `kill -INT -PGID`, `timeout`) is the launcher's to pass on; we forward what the
+            # keeper sends.
             os.setpgid(0, 0)
         except OSError:
             pass
-        status, _ = _reap(main)
+        status, _ = _reap(main, to_group=True)
         os.write(sw, f"{status}\n".encode())
         # Returning would unwind into the launcher's code; exiting ends the namespace: the
         # kernel SIGKILLs every process left in it and reaps them before we are gone.
@@ -342,8 +347,14 @@ def _ready_to_exec(cwd: str, wfd: int, keep: list[int]) -> None:  # pragma: no c
 def _command(
     argv: list[str], env: dict[str, str], cwd: str, keep: list[int], wfd: int, own_session: bool
 ) -> int:
-    """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` (in a session of
-    its own with ``own_session``, see :func:`_terminal_kept_safe`) and execs."""
+    """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` and execs -- in a
+    process group of its own (a session of its own with ``own_session``, see
+    :func:`_terminal_kept_safe`). Its own group: ``kill(0, sig)`` -- a shell's ``kill 0`` --
+    reaches the step's processes, not the launcher's group (the script that started it, a
+    pipeline's shell, a Ray worker's), which a PID namespace does not cover: a process group is
+    signalled whole, wherever its members live. So the terminal's signals reach the launcher,
+    which passes them on (Docker's signal proxy), and the step is never the terminal's
+    foreground: its stdin is not the terminal (:func:`_no_terminal_stdin`)."""
     me = os.getpid()
     pid = os.fork()
     if pid:
@@ -354,6 +365,8 @@ def _command(
         _die_with(me)
         if own_session:
             os.setsid()
+        else:
+            os.setpgid(0, 0)
         stage = "exec"
         _ready_to_exec(cwd, wfd, [*keep, wfd])
         try:
@@ -396,25 +409,22 @@ def _fail(wfd: int, stage: str, e: BaseException) -> None:  # pragma: no cover -
 
 
 def _reap(
-    main: int, *, keeper: int = 0, group: bool = True
+    main: int, *, keeper: int = 0, to_group: bool = False
 ) -> tuple[int, resource.struct_rusage]:  # pragma: no cover
-    """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main``
-    until ``main`` ends; return its wait status and resource usage (its own and that of every
+    """Reap every child that ends and forward the signals of :data:`_FORWARDED` to ``main`` (to
+    its process group with ``to_group``: the command's, a shell's children included) until
+    ``main`` ends; return its wait status and resource usage (its own and that of every
     descendant it reaped). The signals must be blocked already.
 
     In the keeper (``keeper``: the launcher's pid), :data:`KILL_ALL` SIGKILLs ``main`` (the init
     ends its namespace with it); the init leaves it blocked: a process of the step cannot use it.
-    The keeper forwards only what the launcher sends. A signal from anyone else was sent to the
-    launcher's process group (a terminal's Ctrl-C, ``kill -INT -PGID``, ``timeout``), which the
-    keeper is in; with ``group`` the command is in it too (see :func:`_terminal_kept_safe`) and
-    got it: the launcher, interrupted by it, passes it on, and the keeper skips one of the
-    launcher's of that number per such signal -- a second SIGINT would cut a Python step's
-    handling of the first. Without ``group`` (a session of its own) the launcher's is the only
-    one the command gets."""
+    The keeper forwards only what the launcher sends, as realtime signals (:data:`_FROM_LAUNCHER`):
+    a plain one was sent to the launcher's process group (a terminal's Ctrl-C, ``kill -INT
+    -PGID``, ``timeout``), which the keeper is in and the command is not; the launcher,
+    interrupted by it, passes it on once."""
     status: int | None = None
     usage: resource.struct_rusage | None = None
     waited = _WAITED if keeper else (signal.SIGCHLD, *_FORWARDED)
-    from_group: list[int] = []
     while status is None or usage is None:
         info = signal.sigwaitinfo(waited)
         if info.si_signo == signal.SIGCHLD:
@@ -427,14 +437,17 @@ def _reap(
                     break
                 if pid == main:
                     status, usage = st, ru
-        elif keeper and info.si_pid != keeper:
-            if group and info.si_signo != KILL_ALL:  # the launcher's KILL_ALL is never skipped
-                from_group.append(info.si_signo)
-        elif keeper and info.si_signo in from_group:
-            from_group.remove(info.si_signo)
-        else:
+        elif keeper and info.si_signo not in _FROM_LAUNCHER and info.si_signo != KILL_ALL:
+            continue  # a plain one: sent to the launcher's process group, the launcher's to pass on
+        elif info.si_signo == KILL_ALL:
             try:
-                os.kill(main, signal.SIGKILL if info.si_signo == KILL_ALL else info.si_signo)
+                os.kill(main, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            sig = _FROM_LAUNCHER.get(info.si_signo, info.si_signo)
+            try:
+                (os.killpg if to_group else os.kill)(main, sig)
             except ProcessLookupError:
                 pass
     return status, usage
@@ -494,51 +507,63 @@ def _own_stdio() -> None:  # pragma: no cover - in the init, after the mounts an
 
     - a device other than a terminal (``< /dev/null``): the step's own node of that device,
       same access mode (read-only bind: the host's node cannot be changed);
-    - a file or folder open read-only (``< data/x.csv``): the same path in the step's view,
-      read-only, at the same offset -- what the step itself would open.
-    Everything else is kept: pipes and sockets (no inode of the host's), the user's terminal,
-    and a file open for writing -- the target the user redirected the output to (reopened in the
-    step's view, its writes would land in the run folder's copy, or be refused). A read-only file
-    or folder the view does not have as such (deleted, hidden, or -- in a run's later step -- made
-    something else by an earlier one) is an ``OSError``: the command is not started, rather than
-    handed the launcher's descriptor.
-    """
+    - a file, folder or named FIFO open read-only (``< data/x.csv``): the same path in the
+      step's view, read-only (a file at the same offset) -- what the step itself would open.
+    Kept: pipes and sockets (no inode of the host's), the user's terminal, and a file open for
+    writing -- the target the user redirected the output to (reopened in the step's view, its
+    writes would land in the run folder's copy, or be refused; docs/security.md says what a step
+    can do to it). Anything else -- a device the step's ``/dev`` lacks, a block device, a path the
+    view does not have as such (deleted, hidden, or made something else by an earlier step of
+    the run), a path that leads back to the launcher's own descriptor (a link to
+    ``/proc/self/fd/0``: its mount is the launcher's) -- is an ``OSError``: the command is not
+    started, rather than handed the launcher's descriptor."""
     for fd in (0, 1, 2):
         try:
             st = os.fstat(fd)
+        except OSError:
+            continue  # not open: nothing to hand over
+        try:
             kind = st.st_mode & 0o170000
-            if kind == 0o020000 and not os.isatty(fd):  # a character device
-                with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
-                    info = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
-                mode = int(info[b"flags"].strip(), 8) & 0o3  # O_ACCMODE
-                path = os.readlink(f"/proc/self/fd/{fd}")
-                if not path.startswith("/dev/") or os.stat(path).st_rdev != st.st_rdev:
-                    continue
-                _replace(fd, os.open(path, mode | os.O_NOCTTY | os.O_CLOEXEC))
-            elif kind in (0o100000, 0o040000):  # a file, a folder
-                with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
-                    info = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
-                if int(info[b"flags"].strip(), 8) & 0o3 != os.O_RDONLY:
-                    continue
-                path = os.readlink(f"/proc/self/fd/{fd}")
-                what = "file" if kind == 0o100000 else "folder"
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if kind in (0o140000,) or path.startswith(("pipe:", "socket:", "anon_inode:")):
+                continue  # a pipe or a socket: no inode of the host's
+            if kind == 0o020000 and os.isatty(fd):
+                continue  # the user's terminal (see _terminal_kept_safe)
+            with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+                info = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
+            mode = int(info[b"flags"].strip(), 8) & 0o3  # O_ACCMODE
+            if kind == 0o020000:  # a device: the step's own node of it, or none
                 try:
-                    # O_NONBLOCK: in a run's later step, the path may be a FIFO an earlier step left
-                    # in the run folder (the view shows it there): never wait on it.
-                    new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
-                except OSError as e:
-                    raise _stdio_error(fd, path, what, e.strerror) from None
-                if os.fstat(new).st_mode & 0o170000 != kind:
-                    os.close(new)
-                    raise _stdio_error(fd, path, what, f"not a {what} there")
-                os.set_blocking(new, True)
-                if kind == 0o100000:
-                    os.lseek(new, int(info[b"pos"]), os.SEEK_SET)
-                _replace(fd, new)
+                    ours = path.startswith("/dev/") and os.stat(path).st_rdev == st.st_rdev
+                except OSError:
+                    ours = False
+                if not ours:
+                    raise _stdio_error(fd, path, "device", "not in the step's /dev")
+                _replace(fd, os.open(path, mode | os.O_NOCTTY | os.O_CLOEXEC))
+                continue
+            if kind == 0o100000 and mode != os.O_RDONLY:
+                continue  # the user's output file
+            what = {0o100000: "file", 0o040000: "folder", 0o010000: "FIFO"}.get(kind)
+            if what is None or mode != os.O_RDONLY:
+                raise _stdio_error(fd, path, what or "device", "only a file, folder or FIFO is reopened")
+            try:
+                # O_NONBLOCK: never wait on a FIFO (one an earlier step left at the path, too)
+                new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError as e:
+                raise _stdio_error(fd, path, what, e.strerror) from None
+            with open(f"/proc/self/fdinfo/{new}", "rb") as fh:
+                mnt = [line for line in fh.read().splitlines() if line.startswith(b"mnt_id:")]
+            if os.fstat(new).st_mode & 0o170000 != kind or mnt == [b"mnt_id:" + info[b"mnt_id"]]:
+                os.close(new)
+                raise _stdio_error(fd, path, what, f"not its own {what} there")
+            os.set_blocking(new, True)  # as the launcher's was
+            if kind == 0o100000:
+                os.lseek(new, int(info[b"pos"]), os.SEEK_SET)
+            _replace(fd, new)
         except _StdioUnavailable:
             raise
-        except (OSError, KeyError, ValueError):
-            continue  # a device the step's /dev lacks, an unreadable fdinfo: the launcher's stays
+        except (OSError, KeyError, ValueError) as e:  # an unreadable fdinfo, a vanished path
+            raise _stdio_error(fd, "?", "descriptor", str(e)) from None
 
 
 class _StdioUnavailable(OSError):
@@ -550,13 +575,26 @@ def _stdio_error(fd: int, path: str, what: str, why: str | None) -> OSError:  # 
     return _StdioUnavailable(
         9,  # EBADF: the command cannot run as asked (126), not "not found"
         f"cannot give the command its {name}: the {what} {path} is not readable in the step's view "
-        f"({why}); an earlier step may have changed it -- pipe it in instead (cat FILE | tv-sandbox run ...)",
+        f"({why}) -- pipe it in instead (cat FILE | tv-sandbox run ...)",
     )
 
 
 def _replace(fd: int, new: int) -> None:  # pragma: no cover - in the init
     os.dup2(new, fd)  # inheritable, as the one it replaces
     os.close(new)
+
+
+def _no_terminal_stdin() -> None:  # pragma: no cover - in the init, or a keeper that is the init
+    """A terminal as stdin becomes ``/dev/null`` (``docker run`` without ``-i``): the command is
+    not in the terminal's foreground group (see :func:`_command`), where a read would stop it
+    (SIGTTIN) until Ctrl-C. Its output still goes to the terminal."""
+    try:
+        if not os.isatty(0):
+            return
+        null = os.open("/dev/null", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return
+    _replace(0, null)
 
 
 def _terminal_kept_safe() -> bool:  # pragma: no cover - in the init, or a keeper that is the init

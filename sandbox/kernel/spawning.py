@@ -59,7 +59,22 @@ else:
 
 #: Sent to the keeper by :meth:`Child.kill`: SIGKILL the whole step (SIGKILL itself cannot be
 #: caught, and killing the keeper would let the launcher's wait return before the step is gone).
-KILL_ALL = signal.SIGALRM
+#: The launcher's signals to the keeper are realtime signals: each is queued and delivered, never
+#: merged with the same signal sent meanwhile to the launcher's process group -- a terminal's
+#: Ctrl-C reaches the keeper too, which leaves it to the launcher (a plain SIGINT pending from
+#: the group would swallow the launcher's SIGINT: one siginfo, the group's sender).
+KILL_ALL = signal.SIGRTMIN + 1
+#: The signals the keeper passes on to the command, each sent to it as ``SIGRTMIN + 2 + i``.
+RELAYED = tuple(
+    getattr(signal, n)
+    for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+    if hasattr(signal, n)
+)
+
+
+def relay_signal(sig: int) -> int:
+    """The realtime signal that carries ``sig`` (one of :data:`RELAYED`) to the keeper."""
+    return signal.SIGRTMIN + 2 + RELAYED.index(sig) if sig in RELAYED else sig
 
 
 @record(frozen=True)
@@ -246,7 +261,7 @@ class Child:
         then the rest. Another signal is forwarded to the command. Nothing once the step has
         been reaped; :meth:`wait` as usual after it."""
         if self._result is None:
-            os.kill(self.pid, KILL_ALL if sig == signal.SIGKILL else sig)
+            os.kill(self.pid, KILL_ALL if sig == signal.SIGKILL else relay_signal(sig))
 
     def terminate(self) -> None:
         """SIGTERM to the command (forwarded by the keeper and the init)."""

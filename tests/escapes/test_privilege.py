@@ -932,24 +932,26 @@ from sandbox.runner import RunRequest, preflight
 prep = preflight(RunRequest(host=sys.argv[1], run_id="later", argv=[], kernel="require" if sys.argv[2] == "1" else "auto"))
 with Run.open(prep, echo=False) as run:
     # an earlier step makes the stdin's path something else in the view (the run folder's)
-    run.step(StepSpec(argv=["sh", "-c", "rm -f " + sys.argv[3] + " && mkfifo " + sys.argv[3]], name="one"))
+    run.step(StepSpec(argv=["sh", "-c", "rm -f " + sys.argv[3] + " && " + sys.argv[4] + " " + sys.argv[3]], name="one"))
     two = run.step(StepSpec(argv=[sys.executable, "-I", "-S", "-c", "import os; os.fchmod(0, 0o600)"], name="two"))
     run.close()
 print(json.dumps({"two": two.exit_code, "tail": two.stderr_tail}))
 """
 
 
-def test_an_earlier_step_cannot_hand_a_later_one_the_launchers_stdin(tmp_path: Path) -> None:
+@pytest.mark.parametrize("make", ["mkfifo", "ln -s /dev/stdin", "ln -s /proc/self/fd/0"])
+def test_an_earlier_step_cannot_hand_a_later_one_the_launchers_stdin(tmp_path: Path, make: str) -> None:
     """A run's stdin is a host file (``< configs/x``): an earlier step replaced that path in the view
     with a FIFO, so the init could not reopen it -- and handed the later step the launcher's own
-    descriptor, whose fchmod changed the host file. Now the later step's command is not started."""
+    descriptor, whose fchmod changed the host file; or with a link to ``/dev/stdin``, which led the
+    reopen back to that descriptor. Now the later step's command is not started."""
     host = make_host(tmp_path / "host")
     target = next(p for p in sorted((host / "configs").iterdir()) if p.is_file())
     rel = str(target.relative_to(host))
     before = os.stat(target)
     with open(target, "rb") as stdin:
         r = subprocess.run(
-            [sys.executable, "-c", LATER_STEP, str(host), "1" if REQUIRE else "0", rel],
+            [sys.executable, "-c", LATER_STEP, str(host), "1" if REQUIRE else "0", rel, make],
             stdin=stdin, capture_output=True, text=True, timeout=120, cwd=REPO,
         )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -957,3 +959,78 @@ def test_an_earlier_step_cannot_hand_a_later_one_the_launchers_stdin(tmp_path: P
     assert got["two"] == 126 and "cannot give the command its stdin" in got["tail"], got
     after = os.stat(target)
     assert (after.st_mode, after.st_ctime_ns) == (before.st_mode, before.st_ctime_ns)
+
+
+def test_kill_0_reaches_only_the_steps_own_processes(box: Box) -> None:
+    """``kill 0`` (a shell's, or ``os.kill(0, sig)``) signals the caller's process group, which a
+    PID namespace does not bound: the command stayed in the launcher's group and killed the
+    launcher and the script around it (nothing exported, the workspace left). The command now has
+    a group of its own: the script goes on, the run is exported with the step's status."""
+    argv = [
+        *box.prefix(),
+        str(box.python),
+        "-m",
+        "sandbox",
+        "run",
+        "--root",
+        str(box.host),
+        "--run-id",
+        "k0",
+        "--workspace-dir",
+        str(box.ws),
+        "--",
+        str(box.python),
+        "-I",
+        "-S",
+        "-c",
+        "import os, signal; os.kill(0, signal.SIGKILL)",
+    ]
+    script = '"$@"; echo "after $?"'
+    env = {**os.environ, "PYTHONPATH": REPO, "TMPDIR": str(box.ws)}
+    r = subprocess.run(  # a session of its own: on the old code the kill reached this group
+        ["sh", "-c", script, "sh", *argv], capture_output=True, text=True, env=env, timeout=60,
+        cwd="/", start_new_session=True,
+    )
+    assert "after 137" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    box.report(box.host / RUNS / "k0")
+    assert list(box.ws.iterdir()) == []
+
+
+STDIN_KINDS = r"""
+import os, sys
+st = os.fstat(0)
+try:
+    os.fchmod(0, st.st_mode & 0o7777)  # the mode it has: allowed, only the ctime would change
+    print("changed")
+except OSError:
+    print("refused")
+"""
+
+
+@pytest.mark.parametrize("kind", ["kmsg", "fifo"])
+def test_stdin_of_other_kinds_is_never_the_launchers_host_inode(box: Box, kind: str) -> None:
+    """``< /dev/kmsg`` (a device the step's /dev lacks) kept the launcher's descriptor: a root
+    step could make a raw disk 0666. Now the command is not started (126). ``< fifo`` (a named
+    FIFO of the host's) is reopened in the view: a read-only inode."""
+    if kind == "kmsg":
+        if not os.access("/dev/kmsg", os.R_OK):
+            pytest.skip(reason="/dev/kmsg is not readable here")
+        with open("/dev/kmsg", "rb") as stdin:
+            r, export, _ = box.run(STDIN_KINDS, stdin=stdin.fileno())
+        assert r.returncode == 126 and "not in the step's /dev" in r.stderr, r.stderr[-2000:]
+        return
+    fifo = box.outside / "fifo"
+    os.mkfifo(fifo, 0o666)
+    if box.user == "unprivileged":
+        os.chown(fifo, NOBODY, NOBODY)
+    writer = subprocess.Popen(["sh", "-c", f"echo hello > {fifo}"])
+    try:
+        fd = os.open(fifo, os.O_RDONLY)
+        try:
+            r, export, _ = box.run(STDIN_KINDS, stdin=fd)
+        finally:
+            os.close(fd)
+    finally:
+        writer.wait(timeout=30)
+    box.report(export)
+    assert "refused" in r.stdout, (r.stdout, r.stderr[-2000:])
