@@ -163,6 +163,18 @@ def secure_logs(run_storage: str) -> list[str]:
             f"kept as {new}"
         )
 
+    # A step may have taken the launcher's own write permission away (``chmod 555 logs``, or the
+    # run folder itself): its owner -- the launcher's user, the step's too -- gives it back on
+    # the folders the launcher writes in, or an unprivileged launcher could not write the record.
+    for rel in ("", "logs", "config", "reports"):
+        folder = os.path.join(run_storage, rel) if rel else run_storage
+        try:
+            fst = os.lstat(folder)
+            if stat.S_ISDIR(fst.st_mode) and fst.st_mode & 0o700 != 0o700:
+                os.chmod(folder, stat.S_IMODE(fst.st_mode) | 0o700)
+                lines.append(f"a step made {rel or 'the run folder'} read-only: made writable again")
+        except OSError:
+            pass
     logs = os.path.join(run_storage, "logs")
     try:
         st = os.lstat(logs)

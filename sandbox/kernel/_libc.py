@@ -120,7 +120,7 @@ def drop_all_capabilities() -> None:
 
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
-_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+_TIOCSTI, _TIOCLINUX, _TIOCSPGRP = 0x5412, 0x541C, 0x5410
 _NEVER = 0xFFFFFFFF  # no syscall number
 #: machine -> (its audit arch, its ioctl, x32's two ioctls, the compat audit arch, compat's ioctl)
 _IOCTL = {
@@ -135,13 +135,13 @@ def terminal_filter_supported() -> bool:
 
 
 def deny_terminal_injection() -> None:
-    """Refuse, for this process and everything it will ``exec``, the two ``ioctl`` requests that
-    push input into a terminal: ``TIOCSTI`` (a character into the input queue: commands typed into
-    the user's shell once the step has ended, bubblewrap's CVE-2017-5226) and ``TIOCLINUX``
-    (its console's selection pasted back) -- EPERM, as flatpak's seccomp filter answers. The step
-    keeps its terminal otherwise: it stays in the launcher's session and process group, so job
-    control (Ctrl-Z, a background run's SIGTTIN) and the terminal's signals reach it as they
-    would without the sandbox. Needs ``no_new_privs`` (set by :func:`drop_all_capabilities`);
+    """Refuse, for this process and everything it will ``exec``, the ``ioctl`` requests that push
+    input into a terminal or take it over: ``TIOCSTI`` (a character into the input queue: commands
+    typed into the user's shell once the step has ended, bubblewrap's CVE-2017-5226),
+    ``TIOCLINUX`` (its console's selection pasted back) -- EPERM, as flatpak's seccomp filter
+    answers -- and ``TIOCSPGRP`` (``tcsetpgrp``: the step, never the terminal's foreground, would
+    make itself so and read what is typed for the shell). The step keeps its terminal's output.
+    Needs ``no_new_privs`` (set by :func:`drop_all_capabilities`);
     raises ``OSError`` when the kernel refuses the filter; only for the machines of
     :func:`terminal_filter_supported` (``KeyError`` otherwise). The ioctl is caught under every
     system call ABI the kernel offers a process here (x86-64's x32 and i386, aarch64's arm32)."""
@@ -153,15 +153,16 @@ def deny_terminal_injection() -> None:
         (ld, 0, 0, 0),  # 2: the system call
         (jeq, 5, 0, ioctl),  # 3: ioctl: 9
         (jeq, 4, 0, x32),  # 4
-        (jeq, 3, 6, x32_64),  # 5: else allow
-        (jeq, 0, 5, compat),  # 6: compat: 7, else allow
+        (jeq, 3, 7, x32_64),  # 5: else allow (13)
+        (jeq, 0, 6, compat),  # 6: compat: 7, else allow (13)
         (ld, 0, 0, 0),  # 7
-        (jeq, 0, 3, compat_ioctl),  # 8: else allow
+        (jeq, 0, 4, compat_ioctl),  # 8: else allow (13)
         (ld, 0, 0, 24),  # 9: the request (the low word of args[1]: an unsigned int)
-        (jeq, 2, 0, _TIOCSTI),  # 10
-        (jeq, 1, 0, _TIOCLINUX),  # 11
-        (ret, 0, 0, _RET_ALLOW),  # 12
-        (ret, 0, 0, _RET_EPERM),  # 13
+        (jeq, 3, 0, _TIOCSTI),  # 10: refuse (14)
+        (jeq, 2, 0, _TIOCLINUX),  # 11
+        (jeq, 1, 0, _TIOCSPGRP),  # 12
+        (ret, 0, 0, _RET_ALLOW),  # 13
+        (ret, 0, 0, _RET_EPERM),  # 14
     )
     code = b"".join(
         op.to_bytes(2, "little") + bytes((jt, jf)) + (k & 0xFFFFFFFF).to_bytes(4, "little")

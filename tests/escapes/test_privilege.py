@@ -1061,3 +1061,21 @@ def test_a_step_cannot_change_the_file_its_stdout_is_redirected_to(box: Box) -> 
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text() == "from the step\n"
     assert stat.S_IMODE(out.stat().st_mode) == 0o644, oct(out.stat().st_mode)
+
+
+@pytest.mark.parametrize("target", ["logs", "."])
+def test_a_step_that_makes_its_run_folder_read_only_is_still_reported(box: Box, target: str) -> None:
+    """``chmod 555 $TV_RUN_DIR/logs`` (or the run folder): an unprivileged launcher -- the same user,
+    without CAP_DAC_OVERRIDE -- could not write its record there: internal error, exit 125,
+    nothing exported. It gives its own folders their write permission back, and says so."""
+    code = (
+        "import os, sys\n"
+        f"os.chmod(os.path.join(os.environ['TV_RUN_DIR'], {target!r}), 0o555)\n"
+        "print('bye', file=sys.stderr)\n"
+        "raise SystemExit(3)\n"
+    )
+    r, export, _ = box.run(code)
+    assert r.returncode == 3, r.stderr[-2000:]
+    box.report(export)
+    assert "made writable again" in r.stderr, r.stderr[-2000:]
+    assert (export / "logs" / "step.stderr.log").read_text() == "bye\n"
