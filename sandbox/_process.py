@@ -32,7 +32,7 @@ def start_thread(fn: Any, args: tuple[Any, ...] = ()) -> None:
     the main thread would wait on for the step -- forever, for a step that sleeps."""
     from _thread import start_new_thread
 
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, (SIGINT, SIGTERM))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
     try:
         start_new_thread(fn, args)  # the new thread inherits the blocked mask
     finally:
@@ -69,7 +69,10 @@ STDERR_TAIL = 8192
 DRAIN_S = 1.0  # how long the tee drains a step's stderr after the step has ended
 GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended
 _SAMPLE_S = 0.1  # how often the process tree's memory is sampled while a step runs
-SIGINT, SIGTERM = 2, 15
+SIGHUP, SIGINT, SIGQUIT, SIGTERM = 1, 2, 3, 15
+#: What ends a run as an interruption (exported, marked so, exit 128 + N): Ctrl-C, SIGTERM (a
+#: scheduler, ``timeout``), SIGHUP (the terminal closed) and Ctrl-\ (SIGQUIT).
+INTERRUPTS = (SIGINT, SIGTERM, SIGHUP, SIGQUIT)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -222,7 +225,8 @@ def _tree_rss(pid: int) -> int:
 
 
 def signame(signum: int) -> str:
-    return {SIGINT: "SIGINT", SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+    names = {SIGINT: "SIGINT", SIGTERM: "SIGTERM", SIGHUP: "SIGHUP", SIGQUIT: "SIGQUIT"}
+    return names.get(signum, f"signal {signum}")
 
 
 class deferred_interrupts:
@@ -237,7 +241,7 @@ class deferred_interrupts:
     def __enter__(self) -> deferred_interrupts:
         self._held = self.held
         self._old: dict[int, Any] = {}
-        for sig in (SIGINT, SIGTERM):
+        for sig in INTERRUPTS:
             try:
                 self._old[sig] = signal.signal(sig, lambda n, _f: self._held.append(n))
             except ValueError:  # not the main thread: signals are not ours to handle here
@@ -266,8 +270,9 @@ def ending(signum: int) -> Interrupted:
 
 
 def install_interrupt_handlers() -> None:
-    """Make SIGTERM end a run like Ctrl-C does (an :class:`Interrupted` in the main thread), so the
-    CLI exports it marked interrupted and exits 143. Call from the main thread.
+    """Make SIGTERM, SIGHUP and SIGQUIT end a run like Ctrl-C does (an :class:`Interrupted` in the
+    main thread), so the CLI exports it marked interrupted and exits 128 + N (143, 129, 131).
+    Call from the main thread.
 
     Only the first signal interrupts. Once the launcher is ending the run because of one, later
     SIGINTs and SIGTERMs are ignored: raised in the middle of the step's end, the report, the
@@ -281,5 +286,5 @@ def install_interrupt_handlers() -> None:
         if not _ENDING:
             raise ending(signum)
 
-    signal.signal(SIGTERM, on_signal)
-    signal.signal(SIGINT, on_signal)
+    for sig in INTERRUPTS:
+        signal.signal(sig, on_signal)

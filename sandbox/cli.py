@@ -35,7 +35,7 @@ _EXIT_HELP = """exit status (Docker's `docker run` convention):
                      a failed export (the message says which; the previous export is intact)
   126                the command was found but cannot be executed
   127                the command was not found
-  130 / 143          interrupted (Ctrl-C / SIGTERM)
+  130 / 143          interrupted (Ctrl-C / SIGTERM; 129 SIGHUP, 131 Ctrl-\\)
 verify: 0 the run folder matches its manifest.json; 1 it does not verify (a difference, or its
         manifest.json missing, unreadable or not a valid manifest); 125 RUN_FOLDER is not a folder
 cache: 0 (the cache off or not made yet included), 125 the cache folder cannot be read"""

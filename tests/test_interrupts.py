@@ -192,3 +192,19 @@ def test_ctrl_c_while_a_huge_raw_log_is_explained_ends_the_run_at_once(host: Pat
     _one_line(err)
     assert "exported, marked interrupted, to" in err, err
     assert _report(host, "flood")["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT])
+def test_a_closed_terminal_or_ctrl_backslash_ends_the_run_like_ctrl_c(host: Path, tmp_path: Path, sig: int) -> None:
+    """SIGHUP (the terminal closed) and SIGQUIT (Ctrl-\\\\) killed the launcher: nothing exported,
+    the workspace left for the next run's sweep. They end the run as Ctrl-C does, 128 + N."""
+    name = signal.Signals(sig).name
+    proc = _start(host, tmp_path, "hq", clean_up(name))
+    proc.send_signal(sig)
+    err = _end(proc)
+    assert proc.returncode == 128 + sig, err
+    _one_line(err)
+    rep = _report(host, "hq")
+    assert rep["status"] == "interrupted" and rep["cut"] == {"status": "interrupted", "why": name}
+    assert rep["steps"][0]["stderr_tail"].endswith("cleaned up after 1 signal(s)\n")  # type: ignore[index]
+    assert list((tmp_path / "ws").iterdir()) == []
