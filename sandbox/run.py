@@ -243,14 +243,8 @@ class Run:
             for kind in (("stderr",) if self._echo else ("stderr", "stdout"))
         ]
         out_fd: int | None = None
-        relay: int | None = None  # the read end of the step's stdout, when we pass it on
         if not self._echo:
             out_fd = os.open(self._staged_logs[1][0], _LOG_FLAGS, 0o644)
-        elif _host_inode(1):
-            # ``tv-sandbox run ... > out.log``: the step would hold our descriptor of a host file
-            # whose mode it owns (a root step: chmod 4755 of a root-owned file, in a folder others
-            # execute from). It writes into a pipe instead, which a thread copies to our stdout.
-            relay, out_fd = os.pipe()
         echo_to = (self._stderr or sys.stderr.buffer) if self._echo else None
         with open(os.open(self._staged_logs[0][0], _LOG_FLAGS, 0o644), "wb") as log:
             launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
@@ -260,16 +254,12 @@ class Run:
                     child = self._start(argv, env, out_fd, wfd, early)
             except UsageError as e:  # the command could not be executed: its step failed, as in a shell
                 os.close(rfd)
-                if relay is not None:
-                    os.close(relay)
                 rec = self._not_started(name, argv, e, log, echo_to)
                 log.close()
                 self._place_logs()
                 return rec
             except BaseException:
                 os.close(rfd)
-                if relay is not None:
-                    os.close(relay)
                 raise
             finally:
                 os.close(wfd)
@@ -281,13 +271,6 @@ class Run:
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
             start_thread(tee, (rfd, echo_to, log, tail, pumped, running))
-            relayed = allocate_lock()
-            relay_files: tuple[IO[bytes], ...] = ()
-            if relay is not None:
-                relayed.acquire()
-                # the tee's "echo" is our stdout (flushed per chunk); its log, nothing
-                relay_files = (open(1, "wb", closefd=False), open(os.devnull, "wb"))  # noqa: SIM115
-                start_thread(tee, (relay, relay_files[0], relay_files[1], bytearray(), relayed, running))
             if self._recovery is None:  # the first step runs: the export's clean-up, meanwhile
                 from sandbox.finish import prepare_destination
 
@@ -305,9 +288,6 @@ class Run:
             finally:
                 running.release()
                 pumped.acquire()  # the tee drained what the step wrote
-                relayed.acquire()  # and its stdout, when relayed
-                for f in relay_files:
-                    f.close()
         try:
             # explaining a huge raw log of the shim's must not hold a Ctrl-C for minutes
             self._stop_explaining = lambda: bool(recording.held)
@@ -683,23 +663,6 @@ class Run:
             return
         if isinstance(exc, KeyboardInterrupt):  # the caller says where the run went (the CLI does)
             exc.outcome = outcome  # type: ignore[attr-defined]
-
-
-def _host_inode(fd: int) -> bool:
-    """Is ``fd`` a file, named FIFO or block device of the host's (not a terminal, a pipe, a
-    socket or a character device, which the step's init hands over as its own view opens them)?"""
-    import stat
-
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return False
-    if stat.S_ISFIFO(st.st_mode):
-        try:
-            return not os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
-        except OSError:
-            return True
-    return stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)
 
 
 def _while_first_step(prep: Prepared, policy: Policy) -> bytes:

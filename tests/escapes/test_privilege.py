@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -1035,32 +1034,6 @@ def test_stdin_of_other_kinds_is_never_the_launchers_host_inode(box: Box, kind: 
         writer.wait(timeout=30)
     box.report(export)
     assert "refused" in r.stdout, (r.stdout, r.stderr[-2000:])
-
-
-STDOUT_FILE = r"""
-import os, sys
-print("from the step", flush=True)
-try:
-    os.fchmod(1, 0o4755)  # a setuid-root executable, where a root launcher's output goes
-    print("mode changed", file=sys.stderr)
-except OSError:
-    pass
-"""
-
-
-def test_a_step_cannot_change_the_file_its_stdout_is_redirected_to(box: Box) -> None:
-    """``tv-sandbox run ... > out.log``: the step held the launcher's descriptor of the file and, as
-    its owner, made it 4755 -- a setuid-root file wherever the user's output lands. Its stdout is
-    now a pipe that the launcher copies to the file."""
-    out = box.outside / "out.log"
-    with open(out, "wb") as stdout:
-        if box.user == "unprivileged":
-            os.chown(out, NOBODY, NOBODY)
-        r, export, _ = box.run(STDOUT_FILE, stdout=stdout.fileno())
-    box.report(export)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert out.read_text() == "from the step\n"
-    assert stat.S_IMODE(out.stat().st_mode) == 0o644, oct(out.stat().st_mode)
 
 
 @pytest.mark.parametrize("target", ["logs", "."])
