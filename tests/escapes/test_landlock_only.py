@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_privilege import REPO, RUNS, UNPRIVILEGED, Box
+from test_privilege import REPO, RUNS, Box
 
 from sandbox.kernel import landlock
 
@@ -49,17 +49,7 @@ def _run(box: Box, run_id: str) -> subprocess.CompletedProcess[str]:
     argv = [
         sys.executable,
         NO_USERNS,
-        *box.prefix(),  # setpriv to nobody
-        str(UNPRIVILEGED),
-        "-m",
-        "sandbox",
-        "run",
-        "--root",
-        str(box.host),
-        "--run-id",
-        run_id,
-        "--workspace-dir",
-        str(box.ws),
+        *box.launcher(run_id),  # setpriv to nobody, the CLI
         "--",
         "sh",
         "-c",

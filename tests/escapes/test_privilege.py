@@ -89,6 +89,23 @@ class Box:
             os.chown(self.root, NOBODY, NOBODY)
         self.n = 0
 
+    def launcher(self, run_id: str) -> list[str]:
+        """``tv-sandbox run`` of this box's host and workspace folder, as its user: the options
+        and the command follow."""
+        return [
+            *self.prefix(),
+            str(self.python),
+            "-m",
+            "sandbox",
+            "run",
+            "--root",
+            str(self.host),
+            "--run-id",
+            run_id,
+            "--workspace-dir",
+            str(self.ws),
+        ]
+
     def prefix(self) -> list[str]:
         if self.user == "unprivileged":
             return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -119,17 +136,7 @@ class Box:
         self.n += 1
         run_id = f"p{self.n}"
         argv = [
-            *self.prefix(),
-            self.python,
-            "-m",
-            "sandbox",
-            "run",
-            "--root",
-            str(self.host),
-            "--run-id",
-            run_id,
-            "--workspace-dir",
-            str(self.ws),
+            *self.launcher(run_id),
             "--kernel",
             kernel if REQUIRE or kernel != "require" else "auto",
             *options,
@@ -438,17 +445,7 @@ def test_terminating_a_launcher_ends_the_whole_step(box: Box) -> None:
     argv_env = {"TV_RUN_DIR_UNUSED": "1"}
     proc = subprocess.Popen(
         [
-            *box.prefix(),
-            str(box.python),
-            "-m",
-            "sandbox",
-            "run",
-            "--root",
-            str(box.host),
-            "--run-id",
-            "term",
-            "--workspace-dir",
-            str(box.ws),
+            *box.launcher("term"),
             "--",
             str(box.python),
             "-I",
@@ -967,17 +964,7 @@ def test_kill_0_reaches_only_the_steps_own_processes(box: Box) -> None:
     launcher and the script around it (nothing exported, the workspace left). The command now has
     a group of its own: the script goes on, the run is exported with the step's status."""
     argv = [
-        *box.prefix(),
-        str(box.python),
-        "-m",
-        "sandbox",
-        "run",
-        "--root",
-        str(box.host),
-        "--run-id",
-        "k0",
-        "--workspace-dir",
-        str(box.ws),
+        *box.launcher("k0"),
         "--",
         str(box.python),
         "-I",
