@@ -1,6 +1,6 @@
 """The processes of a running step, seen from its launcher: its stderr, its memory, its end.
 
-:func:`tee` copies a step's stderr to the launcher's and to the step's log; :class:`StepTree`
+:func:`pump` copies a step's output to the user (a :class:`Delivery`) and to its log; :class:`StepTree`
 samples the memory of the step's whole process tree and ends it (through
 :class:`sandbox.kernel.Child`, whose end is its whole tree's end); :class:`Interrupted` and
 :func:`install_interrupt_handlers` turn Ctrl-C and SIGTERM into one exception the run handles --
@@ -66,7 +66,7 @@ class Background:
 
 
 STDERR_TAIL = 8192
-DRAIN_S = 1.0  # how long the tee drains a step's stderr after the step has ended
+PATIENCE_S = 1.0  # how long an interrupted run waits for a reader that takes none of its output
 GRACE_S = 2.0  # between SIGTERM and SIGKILL when a step is ended
 _SAMPLE_S = 0.1  # how often the process tree's memory is sampled while a step runs
 SIGHUP, SIGINT, SIGQUIT, SIGTERM = 1, 2, 3, 15
@@ -84,48 +84,273 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def tee(src: int, dst: IO[bytes] | None, log: IO[bytes], tail: bytearray, done: Any, running: Any) -> None:
-    """Copy a step's stderr to ours (``dst``, when echoing) and to its log file, keeping the tail
-    for the report.
+class Delivery:
+    """Where a step's output is delivered for the user -- the launcher's stdout or stderr: a
+    terminal, a file, a pipe, a FIFO -- and what became of it (:attr:`delivered` bytes,
+    :attr:`error`). :meth:`write` never raises and never blocks an interrupted run for long:
+
+    - a FIFO or a terminal is written through a descriptor of its own, non-blocking (opened anew
+      through ``/proc/self/fd``: the launcher's own stays as the user handed it over), so that a
+      reader that stopped reading holds an interrupted run for :data:`PATIENCE_S`, not forever;
+    - a write that fails (a full disk, a reader gone) ends the delivery: :attr:`error` says why,
+      and the caller keeps what was not delivered (:func:`pump`).
+
+    It copies what :func:`pump` reads from the step's pipe: the step never holds the user's
+    descriptor.
+    """
+
+    def __init__(self, target: int | IO[bytes], name: str) -> None:
+        import stat
+
+        self.name = name
+        self.delivered = 0
+        self.error: str | None = None
+        self._file: IO[bytes] | None = None
+        self._fd = -1
+        if isinstance(target, int):
+            fd: int | None = target
+        else:
+            fd = _fileno(target)
+            if fd is None:  # an object of ours without a descriptor (a test's buffer)
+                self._file, self.where = target, name
+                return
+        assert fd is not None
+        try:
+            self.where = os.readlink(f"/proc/self/fd/{fd}")
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        except OSError as e:
+            self.error = f"{name} is not open ({e.strerror})"
+            self.where = name
+            return
+        if kind in (stat.S_IFIFO, stat.S_IFCHR):
+            try:
+                self._fd = os.open(
+                    f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+                )
+                return
+            except OSError:  # not ours to open (another user's pipe), no reader left: as it is
+                pass
+        self._fd = os.dup(fd)
+        os.set_inheritable(self._fd, False)
+
+    @property
+    def ended(self) -> bool:
+        return self.error is not None
+
+    def write(self, data: bytes, stop: Any) -> bytes:
+        """Deliver ``data``; return what was not delivered (empty when all was). ``stop()``
+        says the run is ending (interrupted): a reader that takes nothing for
+        :data:`PATIENCE_S` then is left."""
+        if self.error is not None:
+            return data
+        if self._file is not None:
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except (OSError, ValueError) as e:
+                self.error = f"writing it failed: {e}"
+                return data
+            self.delivered += len(data)
+            return b""
+        view = memoryview(data)
+        stalled = 0.0
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                if not stop():
+                    stalled = 0.0
+                elif not stalled:
+                    stalled = time.monotonic()
+                elif time.monotonic() - stalled > PATIENCE_S:
+                    self.error = f"the reader of {self.where} took nothing for {PATIENCE_S:g} s"
+                    self.error += " once the run was interrupted"
+                    break
+                _wait_writable(self._fd)
+                continue
+            except OSError as e:
+                self.error = f"writing to {self.where} failed: [Errno {e.errno}] {e.strerror}"
+                break
+            view = view[n:]
+            self.delivered += n
+            stalled = 0.0
+        return bytes(view)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _fileno(f: IO[bytes]) -> int | None:
+    try:
+        f.flush()
+        return f.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return None
+
+
+def _wait_writable(fd: int) -> None:
+    import select
+
+    select.select([], [fd], [], 0.1)
+
+
+class LogFile:
+    """A log of the launcher's for a step's output (``path``, opened with ``flags``): opened now,
+    or with ``lazy`` on its first write (a step's stdout kept only when it could not be
+    delivered). :meth:`write` never raises: a log that cannot be written (a full disk) says why
+    in :attr:`error`, and what follows is dropped -- the step is never held up by its log."""
+
+    def __init__(self, path: str, flags: int, *, lazy: bool = False) -> None:
+        self.path, self._flags = path, flags
+        self.error: str | None = None
+        self._fh: IO[bytes] | None = None
+        if not lazy:
+            self._open()
+
+    @property
+    def used(self) -> bool:
+        """Whether the file exists (was opened)."""
+        return self._fh is not None
+
+    def _open(self) -> IO[bytes]:
+        self._fh = open(os.open(self.path, self._flags, 0o644), "wb", buffering=0)  # noqa: SIM115 - kept open
+        return self._fh
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            (self._fh or self._open()).write(data)
+        except (OSError, ValueError) as e:
+            self.error = f"{e}"
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def pump(
+    src: int,
+    sink: Delivery | None,
+    log: LogFile,
+    tail: bytearray | None,
+    done: Any,
+    running: Any,
+    stop: Any,
+) -> None:
+    """Copy a step's output from the pipe ``src`` to the user (``sink``) and to ``log``.
+
+    With a ``tail`` (stderr) the log gets every byte and ``tail`` the last :data:`STDERR_TAIL`;
+    a sink that failed is left, and the log goes on. Without (stdout, when it is a file or a FIFO
+    the step must not hold: :func:`~sandbox.kernel.spawning.needs_relay`) the log gets only what
+    the sink did not take: once a write fails, the step's own writes fail too -- this end is
+    closed (EPIPE), as its write to the file would have failed -- and what it had written until
+    then is kept in the log; when the run is interrupted and the reader stalls, the rest is
+    drained into the log.
 
     Stops at end of file, or once the step has ended (``running``, a lock held while it runs, is
-    released) and what it wrote is drained: every process of the step is gone by then (see
-    :class:`sandbox.kernel.Child`), and a descriptor it passed to a process outside its run must
-    not hold the run open.
-    """
-    import select  # in the tee's thread, after the step's exec: off the start-up path
+    released) and the pipe is empty -- at most its capacity more: every process of the step is
+    gone by then (see :class:`sandbox.kernel.Child`), and a writer outside the run (a descriptor
+    passed out, a daemon where no PID namespace holds the step) must not hold the run open.
+    Runs on a bare thread (:func:`start_thread`): never raises; what went wrong is in the
+    sink's and the log's ``error``."""
+    import fcntl
+    import select
 
-    poller = select.poll()
-    poller.register(src, select.POLLIN | select.POLLHUP)
-    drain_until = 0.0
     try:
+        poller = select.poll()
+        poller.register(src, select.POLLIN | select.POLLHUP)
+        try:
+            room = fcntl.fcntl(src, 1032)  # F_GETPIPE_SZ: what the pipe holds at most
+        except OSError:
+            room = 1 << 20
+        ended = False
         while True:
-            ended = not running.locked()
-            if ended and not drain_until:
-                # what the step wrote is in the pipe already; a writer outside the run that keeps
-                # writing (a descriptor passed out) gets DRAIN_S, not the power to hold the run
-                drain_until = time.monotonic() + DRAIN_S
+            if not ended and not running.locked():
+                ended = True
             if not poller.poll(0 if ended else 100):
                 if ended:
                     break
                 continue
-            if ended and time.monotonic() > drain_until:
-                break
             chunk = os.read(src, 65536)
             if not chunk:
                 break
-            if dst is not None:
-                try:
-                    dst.write(chunk)
-                    dst.flush()
-                except (OSError, ValueError):  # our stderr is gone (a closed terminal): keep logging
-                    dst = None
-            log.write(chunk)
-            tail.extend(chunk)
-            del tail[:-STDERR_TAIL]
+            if tail is not None:  # stderr: all of it logged, then shown
+                log.write(chunk)
+                tail.extend(chunk)
+                del tail[:-STDERR_TAIL]
+                if sink is not None:
+                    sink.write(chunk, stop)
+            else:
+                delivering = sink is not None and not sink.ended
+                rest = sink.write(chunk, stop) if sink is not None else chunk
+                if rest:
+                    log.write(rest)
+                if delivering and sink is not None and sink.ended and not ended:
+                    # the step runs on: what is in the pipe now it wrote; kept, then its
+                    # further writes refused, as the file would have refused them
+                    os.set_blocking(src, False)
+                    try:
+                        while more := os.read(src, 65536):
+                            log.write(more)
+                    except BlockingIOError:
+                        pass
+                    break
+            if ended:
+                room -= len(chunk)
+                if room <= 0:
+                    break
+    except BaseException as e:  # pragma: no cover - a bug of ours: said in the run's warnings
+        log.error = log.error or f"copying the step's output failed: {e!r}"
     finally:
         os.close(src)
+        if sink is not None:
+            sink.close()
         done.release()
+
+
+class Pump:
+    """:func:`pump` on a bare thread (:func:`start_thread`): :meth:`join` waits for it, and
+    :meth:`problems` says what went wrong, as the run's warning lines."""
+
+    def __init__(
+        self, src: int, sink: Delivery | None, log: LogFile, tail: bytearray | None, running: Any, stop: Any
+    ) -> None:
+        from _thread import allocate_lock
+
+        self.sink, self.log = sink, log
+        self.stream = "stderr" if tail is not None else "stdout"
+        self._done = allocate_lock()
+        self._done.acquire()
+        start_thread(pump, (src, sink, log, tail, self._done, running, stop))
+
+    def join(self) -> None:
+        with self._done:
+            pass
+
+    def problems(self, step: str) -> list[str]:
+        rel = f"logs/{step}.{self.stream}.log"
+        out = []
+        if self.sink is not None and self.sink.error is not None:
+            if self.stream == "stderr":
+                kept = f"all of it is in {rel}"
+            elif self.log.used:
+                kept = f"what it wrote from then on is in {rel}"
+            else:
+                kept = "nothing of it was left"
+            delivered = f"{self.sink.delivered} bytes delivered"
+            out.append(f"the {self.stream} of step {step!r}: {self.sink.error} ({delivered}); {kept}")
+        if self.log.error is not None:
+            why = f"{rel} could not be written ({self.log.error})"
+            out.append(f"the {self.stream} of step {step!r}: {why}: it is not all there")
+        return out
+
+
+def interrupting() -> bool:
+    """Whether the run is ending because of an interrupt (:func:`ending`)."""
+    return bool(_ENDING)
 
 
 class StepTree:

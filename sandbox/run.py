@@ -33,14 +33,17 @@ from sandbox import workspace as workspace_mod
 from sandbox._process import (
     SIGINT,
     Background,
+    Delivery,
     Interrupted,
+    LogFile,
+    Pump,
     StepTree,
     deferred_interrupts,
     ending,
     install_interrupt_handlers,
+    interrupting,
     signame,
     start_thread,
-    tee,
 )
 from sandbox._record import record
 from sandbox.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, UsageError
@@ -232,54 +235,73 @@ class Run:
             self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))
         n_events = count_events(self.events_file)
         early, self._early = self._early, None
-        # the early keeper's stderr pipe was made before its fork: it can hand this step only that one
+        # the early keeper's pipes were made before its fork: it can hand this step only those
         rfd, wfd = early.take_stderr() if early is not None else os.pipe()
+        # A stdout that is a file or a named FIFO is never the step's to hold (needs_relay): it
+        # gets a pipe, copied by the launcher like its stderr.
+        relay: tuple[int, int] | None = None
+        if self._echo:
+            from sandbox.kernel.spawning import needs_relay
+
+            relay = early.take_stdout() if early is not None else (os.pipe() if needs_relay(1) else None)
         tail = bytearray()
         # The step's logs are written beside the workspace, out of the step's reach (the run
         # folder is its to write: a native write to logs/<step>.stderr.log interleaved with ours),
         # and placed in logs/ once every process of the step is gone (_place_logs).
-        self._staged_logs = [
-            (os.path.join(self.ws.base, f".{name}.{kind}.log"), f"logs/{name}.{kind}.log")
-            for kind in (("stderr",) if self._echo else ("stderr", "stdout"))
-        ]
-        out_fd: int | None = None
+        staged = {
+            kind: (os.path.join(self.ws.base, f".{name}.{kind}.log"), f"logs/{name}.{kind}.log")
+            for kind in ("stderr", "stdout")
+        }
+        self._staged_logs = [staged["stderr"]]
+        out_fd: int | None = relay[1] if relay is not None else None
         if not self._echo:
-            out_fd = os.open(self._staged_logs[1][0], _LOG_FLAGS, 0o644)
+            out_fd = os.open(staged["stdout"][0], _LOG_FLAGS, 0o644)
+            self._staged_logs.append(staged["stdout"])
         echo_to = (self._stderr or sys.stderr.buffer) if self._echo else None
-        with open(os.open(self._staged_logs[0][0], _LOG_FLAGS, 0o644), "wb") as log:
+        log = LogFile(staged["stderr"][0], _LOG_FLAGS)
+        try:
             launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
             try:
                 with launching:
                     self._ran = True
                     child = self._start(argv, env, out_fd, wfd, early)
             except UsageError as e:  # the command could not be executed: its step failed, as in a shell
-                os.close(rfd)
+                for fd in (rfd, *(relay[:1] if relay else ())):
+                    os.close(fd)
                 rec = self._not_started(name, argv, e, log, echo_to)
                 log.close()
                 self._place_logs()
                 return rec
             except BaseException:
-                os.close(rfd)
+                for fd in (rfd, *(relay[:1] if relay else ())):
+                    os.close(fd)
                 raise
             finally:
                 os.close(wfd)
                 if out_fd is not None:
                     os.close(out_fd)
-            pumped, running = allocate_lock(), allocate_lock()
-            pumped.acquire()
+            # From the step's end to its record, an interrupt waits: raised in between, it found
+            # a run without the record of a step that ran, which is discarded, not exported.
+            # Delivered once the record is kept, it ends the run as an interrupt does (exported).
+            recording = deferred_interrupts()
+
+            def stop() -> bool:  # a reader that stalls may be left: the run is ending
+                return bool(recording.held) or interrupting()
+
+            running = allocate_lock()
             running.acquire()
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
-            start_thread(tee, (rfd, echo_to, log, tail, pumped, running))
+            shown = Delivery(echo_to, "stderr") if echo_to is not None else None
+            pumps = [Pump(rfd, shown, log, tail, running, stop)]
+            if relay is not None:
+                spill = LogFile(staged["stdout"][0], _LOG_FLAGS, lazy=True)
+                pumps.append(Pump(relay[0], Delivery(1, "stdout"), spill, None, running, stop))
             if self._recovery is None:  # the first step runs: the export's clean-up, meanwhile
                 from sandbox.finish import prepare_destination
 
                 self._recovery = Background(prepare_destination, self.prep)
             self._clock.lap("launch")
-            # From the step's end to its record, an interrupt waits: raised in between, it found
-            # a run without the record of a step that ran, which is discarded, not exported.
-            # Delivered once the record is kept, it ends the run as an interrupt does (exported).
-            recording = deferred_interrupts()
             try:
                 result, cut, why = self._wait(
                     child, spec.timeout_s, pending=launching.held
@@ -287,7 +309,14 @@ class Run:
                 recording.__enter__()
             finally:
                 running.release()
-                pumped.acquire()  # the tee drained what the step wrote
+                for p in pumps:
+                    p.join()  # what the step wrote is delivered, or kept
+        finally:
+            log.close()
+        for p in pumps:
+            self.warnings.extend(p.problems(name))
+            if p.log is not log and p.log.used:
+                self._staged_logs.append(staged["stdout"])
         try:
             # explaining a huge raw log of the shim's must not hold a Ctrl-C for minutes
             self._stop_explaining = lambda: bool(recording.held)
@@ -335,7 +364,7 @@ class Run:
         return rec
 
     def _not_started(
-        self, name: str, argv: list[str], err: UsageError, log: IO[bytes], echo_to: IO[bytes] | None
+        self, name: str, argv: list[str], err: UsageError, log: LogFile, echo_to: IO[bytes] | None
     ) -> StepRecord:
         """A step whose command could not be executed: 127 when it was not found, else 126 (what
         a shell and ``docker run`` answer), its message in the step's stderr log."""

@@ -24,11 +24,23 @@ class Early:
     """A keeper forked before its step is known (:func:`prefork`). It holds the report and end
     pipes :func:`spawn` would make, plus ``pw``, where spawn writes the step, and the
     step's stderr pipe, made before the fork so that the keeper has it (``stderr``: ``(read,
-    write)``; the caller reads the read end, as it would its own pipe's)."""
+    write)``; the caller reads the read end, as it would its own pipe's), and its stdout pipe
+    when the launcher's stdout is not to be handed over (``stdout``; see
+    :func:`~sandbox.kernel.spawning.needs_relay`), else None."""
 
-    def __init__(self, pid: int, rfd: int, er: int, pw: int, stderr: tuple[int, int], network: bool) -> None:
+    def __init__(
+        self,
+        pid: int,
+        rfd: int,
+        er: int,
+        pw: int,
+        stderr: tuple[int, int],
+        network: bool,
+        stdout: tuple[int, int] | None = None,
+    ) -> None:
         self.pid, self.rfd, self.er, self.pw = pid, rfd, er, pw
         self.stderr = stderr
+        self.stdout = stdout
         self.network = network
         self.started = time.monotonic()
         self.report = _Report(rfd, pid, pidns=True)
@@ -36,9 +48,15 @@ class Early:
         self._stderr_taken = False
 
     def take_stderr(self) -> tuple[int, int]:
-        """The step's stderr pipe ``(read, write)``, now the caller's to close (as its own)."""
+        """The step's stderr pipe ``(read, write)``, and its stdout pipe (or None), now the
+        caller's to close (as its own)."""
         self._stderr_taken = True
         return self.stderr
+
+    def take_stdout(self) -> tuple[int, int] | None:
+        """The step's stdout pipe ``(read, write)`` when it has one (see :attr:`stdout`), taken
+        with :meth:`take_stderr`."""
+        return self.stdout
 
     def abi(self) -> tuple[int, int] | None:
         """This kernel's Landlock ABI (0 when unavailable) and the errno why, as
@@ -67,7 +85,7 @@ class Early:
             and plan.private_shm
             and not keep
             and stdio[0] is None
-            and stdio[1] is None
+            and stdio[1] == (self.stdout[1] if self.stdout is not None else None)
             and stdio[2] == self.stderr[1]
         )
 
@@ -103,7 +121,8 @@ class Early:
         if self._used:
             return
         self._used = True
-        for fd in (self.pw, self.rfd, self.er, *(() if self._stderr_taken else self.stderr)):
+        pipes = (*self.stderr, *(self.stdout or ()))
+        for fd in (self.pw, self.rfd, self.er, *(() if self._stderr_taken else pipes)):
             if fd >= 0:
                 os.close(fd)
         try:
@@ -130,27 +149,33 @@ def prefork(*, network: bool) -> Early | None:
     (docs/benchmarks.md; the fork and its copy-on-write faults cost ~2 ms of what it overlaps).
 
     Only from a single-threaded process (the keeper imports after the fork), and only for a
-    step whose stdin and stdout are the caller's own and whose stderr is :attr:`Early.stderr`.
+    step whose stdin is the caller's own, whose stderr is :attr:`Early.stderr` and whose stdout
+    is :attr:`Early.stdout` -- a pipe made here when the caller's must not be handed over
+    (:func:`~sandbox.kernel.spawning.needs_relay`) -- or else the caller's own.
     None when the fork failed (then spawn works as always)."""
+    from sandbox.kernel.spawning import needs_relay
+
     rfd, wfd = os.pipe()
     er, ew = os.pipe()
     pr, pw = os.pipe()
     sr, sw = os.pipe()
+    out = os.pipe() if needs_relay(1) else None
+    ours = (rfd, wfd, er, ew, pr, pw, sr, sw, *(out or ()))
     parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:
-        for fd in (rfd, wfd, er, ew, pr, pw, sr, sw):
+        for fd in ours:
             os.close(fd)
         return None
     if pid == 0:  # pragma: no cover - the early keeper
-        for fd in (rfd, er, pw, sr):
+        for fd in (rfd, er, pw, sr, *(out[:1] if out else ())):
             os.close(fd)
         try:
             from sandbox.kernel._keeper import run_early_keeper
         except BaseException:
             os._exit(127)
-        run_early_keeper(network, wfd, ew, pr, parent, sw)
+        run_early_keeper(network, wfd, ew, pr, parent, sw, out[1] if out else None)
     for fd in (wfd, ew, pr):
         os.close(fd)
-    return Early(pid, rfd, er, pw, (sr, sw), network)
+    return Early(pid, rfd, er, pw, (sr, sw), network, out)

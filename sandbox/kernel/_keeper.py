@@ -95,7 +95,7 @@ def run_keeper(
 
 
 def run_early_keeper(
-    network: bool, wfd: int, ew: int, pr: int, parent: int, sw: int
+    network: bool, wfd: int, ew: int, pr: int, parent: int, sw: int, so: int | None = None
 ) -> None:  # pragma: no cover - the early keeper
     """The keeper of :func:`~sandbox.kernel._early.prefork`, forked before the launcher knows
     its step: it loads the kernel layer, says this kernel's Landlock ABI (``abi``), makes the
@@ -104,8 +104,8 @@ def run_early_keeper(
     ``(argv, env, cwd, plan, stdio, keep)`` -- and makes the plan's mounts itself (the keeper's
     mount namespace is its own): the fork and its hand-over are done before the step is known,
     not after. An empty ``pr`` (the launcher did not need us, or died) ends both quietly.
-    ``sw``: the step's stderr pipe, made before the fork (the only descriptor a step may name
-    besides our own 0, 1 and 2).
+    ``sw``: the step's stderr pipe, made before the fork, and ``so`` its stdout pipe when the
+    launcher relays it (the only descriptors a step may name besides our own 0, 1 and 2).
 
     The launcher forks it while single-threaded (``tv-sandbox run`` before its preflight), so
     importing here is safe; the point is that the imports, the namespaces and the launcher's own
@@ -114,7 +114,7 @@ def run_early_keeper(
     try:
         abi, err = landlock.query_abi()
         os.write(wfd, f"abi {abi} {err}\n".encode())
-        _libc.close_fds_except([wfd, ew, pr, sw])
+        _libc.close_fds_except([wfd, ew, pr, sw, *([] if so is None else [so])])
         _reset_signals()
         stage = "kernel"
         t0 = time.perf_counter()
@@ -154,7 +154,9 @@ def run_early_keeper(
         ):
             raise ValueError("the plan needs other namespaces or another /dev than this early keeper made")
         _take_stdio(tuple(stdio), list(keep))
-        os.close(sw)  # on 2 now, where the step writes; the init holds no other copy
+        for fd in (sw, so):  # on 2 (and 1) now, where the step writes; the init holds no other copy
+            if fd is not None and fd not in (1, 2):
+                os.close(fd)
         return argv, env, cwd, plan, enter_mounts(plan, (userns, t0, 0), dev_made=True), list(keep)
 
     # the step's message and its stderr are the init's: the step's end must not wait for ours

@@ -77,6 +77,23 @@ def relay_signal(sig: int) -> int:
     return signal.SIGRTMIN + 2 + RELAYED.index(sig) if sig in RELAYED else sig
 
 
+def needs_relay(fd: int) -> bool:
+    """Whether the output descriptor ``fd`` (the launcher's stdout) must not be handed to a step:
+    a file or a named FIFO is a host inode the step could change through it -- ``fchmod``,
+    ``futimens`` and ``fsetxattr`` need only ownership, which a root step has of root's files
+    (``> out.log`` made setuid root) -- and neither can be reopened in the step's view for
+    writing. The launcher gives the step a pipe instead and copies it
+    (:func:`sandbox._process.pump`). A pipe, a socket, a terminal or another device is handed
+    over as it is (or reopened in the step's own ``/dev``: ``_keeper._own_stdio``)."""
+    try:
+        kind = os.fstat(fd).st_mode & 0o170000
+        if kind == 0o010000:  # a FIFO: named, or a pipe (no inode of the host's)
+            return not os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        return kind == 0o100000
+    except OSError:
+        return False
+
+
 @record(frozen=True)
 class ChildResult:
     """How a child ended. ``exit_code`` follows the shell: 128 + N when killed by signal N.

@@ -922,6 +922,46 @@ def test_a_step_cannot_change_the_host_files_behind_its_stdio(box: Box, tmp_path
     assert os.stat("/dev/null").st_ctime_ns == null.st_ctime_ns
 
 
+STDOUT_METADATA = r"""
+import os, sys
+st = os.fstat(1)
+got = []
+for what, call in (
+    ("fchmod", lambda: os.fchmod(1, 0o4755)),  # setuid: the launcher's user's executable
+    ("futimens", lambda: os.utime(1, ns=(0, 0))),
+    ("fsetxattr", lambda: os.setxattr(1, "user.tvs", b"1")),
+    ("ftruncate", lambda: os.ftruncate(1, 0)),
+):
+    try:
+        call()
+        got.append(what)
+    except OSError:
+        pass
+print("written by the step")
+print(" ".join(got) or "none", file=sys.stderr)  # on a pipe they may succeed: no file of the host's
+"""
+
+
+def test_a_step_cannot_change_the_file_its_stdout_is_redirected_to(box: Box) -> None:
+    """``tv-sandbox run ... >> out.log``: the step held the launcher's descriptor of the file, and
+    as its owner (a root step owns root's files) made it setuid root, dated it 1970, truncated it.
+    Now it holds a pipe the launcher copies into the file: the file gets its output, nothing else."""
+    out = box.outside / "out.log"
+    out.write_text("before\n")
+    out.chmod(0o644)
+    if box.user == "unprivileged":
+        os.chown(out, NOBODY, NOBODY)
+    before = os.stat(out)
+    with open(out, "ab") as stdout:
+        r, export, _ = box.run(STDOUT_METADATA, stdout=stdout.fileno())
+    box.report(export)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = os.stat(out)
+    assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
+    assert after.st_mtime_ns >= before.st_mtime_ns > 0
+    assert out.read_text() == "before\nwritten by the step\n"
+
+
 LATER_STEP = r"""
 import json, sys
 from sandbox.run import Run, StepSpec
