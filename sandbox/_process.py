@@ -262,14 +262,16 @@ def pump(
     try:
         poller = select.poll()
         poller.register(src, select.POLLIN | select.POLLHUP)
-        try:
-            room = fcntl.fcntl(src, 1032)  # F_GETPIPE_SZ: what the pipe holds at most
-        except OSError:
-            room = 1 << 20
         ended = False
+        room = 0
         while True:
             if not ended and not running.locked():
                 ended = True
+                # what the pipe holds at most, asked now: the step may have grown it (F_SETPIPE_SZ)
+                try:
+                    room = fcntl.fcntl(src, 1032)  # F_GETPIPE_SZ
+                except OSError:
+                    room = 1 << 20
             if not poller.poll(0 if ended else 100):
                 if ended:
                     break

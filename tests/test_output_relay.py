@@ -151,3 +151,30 @@ def test_an_interrupted_run_does_not_wait_for_a_reader_that_stopped(host: Path, 
     assert "logs/step.stdout.log" in warning, warning
     assert (export / "logs" / "step.stdout.log").stat().st_size > 0
     assert list(ws.iterdir()) == []
+
+
+def test_a_pipe_the_step_grew_is_drained_whole(host: Path, tmp_path: Path) -> None:
+    """The step grows its stdout pipe to 1 MiB (F_SETPIPE_SZ), fills it while the reader of the
+    FIFO waits, and ends: the launcher drained at most the pipe's size as it was at the start,
+    64 KiB, and the rest was lost without a word. Now it asks the size once the step has ended."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    size = 900 * 1024
+    (host / "scripts" / "grow.py").write_text(
+        "import fcntl, os\n"
+        "fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ\n"
+        f"data = b''.join(b'%09d\\n' % i for i in range({size} // 10))\n"
+        "view = memoryview(data)\n"
+        "while view:\n"
+        "    view = view[os.write(1, view):]\n"
+    )
+    got = tmp_path / "got"
+    reader = subprocess.Popen(["sh", "-c", f"exec 3<{fifo}; sleep 3; exec cat <&3 > {got}"])
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = run_argv(host, "grow", sys.executable, "scripts/grow.py", options=("--workspace-dir", str(ws)))
+    with open(fifo, "wb") as sink:
+        r = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True, timeout=120)
+    reader.wait(timeout=60)
+    assert r.returncode == 0 and not _warnings(r.stderr), r.stderr[-2000:]
+    assert got.read_bytes() == b"".join(b"%09d\n" % i for i in range(size // 10))
