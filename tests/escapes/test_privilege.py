@@ -877,6 +877,40 @@ def test_a_step_cannot_type_into_the_launchers_terminal(box: Box) -> None:
     assert r.returncode == REFUSED and "nothing pushed" in r.stdout, r.stdout[-2000:]
 
 
+
+TERMINAL_STALL = r"""
+import fcntl, signal, struct, sys, termios
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background process may then change the terminal
+got = []
+for name, request, arg, undo in (  # each in a form that changes nothing, then undone if it passed
+    ("TCXONC", termios.TCXONC, termios.TCOON, None),  # TCOOFF: the terminal's output stopped
+    ("TIOCSETD", termios.TIOCSETD, struct.pack("i", 0), None),  # N_NULL (27): every read/write fails
+    ("TIOCEXCL", termios.TIOCEXCL, 0, termios.TIOCNXCL),  # every later open of it: EBUSY
+):
+    try:
+        fcntl.ioctl(1, request, arg)
+        got.append(name)
+        if undo is not None:
+            fcntl.ioctl(1, undo, 0)
+    except OSError:
+        pass
+print("passed:", *got) if got else print("nothing passed")
+sys.exit(9 if got else 3)
+"""
+
+
+def test_a_step_cannot_stall_or_break_the_launchers_terminal(box: Box) -> None:
+    """From a run in a terminal, with SIGTTOU ignored: ``tcflow(TCOOFF)`` stopped the terminal's
+    output, and the launcher's next write to it never returned -- the run was never reported nor
+    exported, SIGTERM did not end the launcher, the workspace stayed; ``TIOCSETD`` to ``N_NULL``
+    made every read and write of the user's terminal fail after the run (the launcher exited 120,
+    the shell's reads failed); ``TIOCEXCL`` made every later open of it fail (EBUSY). The
+    terminal filter refuses the three requests (each tried here in a form that changes nothing)."""
+    r, export, _ = box.run(TERMINAL_STALL, terminal=True)
+    box.report(export)
+    assert r.returncode == REFUSED and "nothing passed" in r.stdout, r.stdout[-2000:]
+
+
 STDIO_METADATA = r"""
 import os, sys
 got = []
