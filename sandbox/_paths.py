@@ -116,7 +116,7 @@ def resolve(path: Any, *, dir_fd: int | None = None, follow: bool = True) -> str
     return posixpath.join(_realpath(head or "/"), tail)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def write_into(folder: str, rel: str, data: bytes) -> str:
@@ -129,18 +129,18 @@ def write_into(folder: str, rel: str, data: bytes) -> str:
     new regular file, atomically (written beside it, then renamed over it). Returns the path.
     """
     *dirs, name = [c for c in rel.split("/") if c]
-    fd = os.open(folder, _DIR_FLAGS)
+    fd = os.open(folder, DIR_FLAGS)
     try:
         for comp in dirs:
             try:
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 os.mkdir(comp, 0o755, dir_fd=fd)
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
             except OSError:  # ELOOP / ENOTDIR: the step put a link or a file there
                 _remove_entry(comp, fd)
                 os.mkdir(comp, 0o755, dir_fd=fd)
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
         tmp = f".{name}.tv-sandbox-{os.getpid()}"
@@ -176,45 +176,77 @@ def _remove_entry(name: str, dir_fd: int) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+#: How deep :func:`rmtree` descends before it moves a folder up to the top of the tree: a run folder
+#: is the step's, which can nest folders thousands deep (a recursion per level overflowed Python's
+#: stack, and a descriptor per level the process's limit), so the walk stays this shallow.
+RMTREE_DEPTH = 64
+
+
 def rmtree(path: str, *, dir_fd: int | None = None, strict: bool = False) -> None:
     """Remove the folder ``path`` (relative to ``dir_fd``) and everything below it, never
     following a link: ``shutil.rmtree``'s descriptor-based walk, without importing ``shutil``
     (``bz2``, ``lzma``, ``fnmatch`` and ``re``: milliseconds on every run's critical path).
     ``strict``: raise the first ``OSError``; otherwise remove what can be removed. A folder we may
-    not enter (overlayfs leaves ``work/work`` with mode 000) is opened up first: it is ours."""
+    not enter (overlayfs leaves ``work/work`` with mode 000) is opened up first: it is ours.
+    However deep the tree, the walk goes no deeper than :data:`RMTREE_DEPTH` levels: a folder
+    found there is renamed to the top of the tree and removed from there afterwards."""
     try:
-        _remove_dir(path, dir_fd, strict)
+        fd = open_dir(path, dir_fd)
+        try:
+            hoisted: list[str] = []
+            _empty(fd, strict, 0, fd, hoisted)
+            while hoisted:
+                _remove_dir(hoisted.pop(), fd, strict, 1, fd, hoisted)
+        finally:
+            os.close(fd)
+        os.rmdir(path, dir_fd=dir_fd)
     except OSError:
         if strict:
             raise
 
 
-def _remove_dir(name: str, dir_fd: int | None, strict: bool) -> None:
-    fd = _open_dir(name, dir_fd)
+def _remove_dir(name: str, dir_fd: int, strict: bool, depth: int, top: int, hoisted: list[str]) -> None:
+    fd = open_dir(name, dir_fd)
     try:
-        _empty(fd, strict)
+        _empty(fd, strict, depth, top, hoisted)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
 
 
-def _open_dir(name: str, dir_fd: int | None) -> int:
+def open_dir(name: str, dir_fd: int | None) -> int:
+    """A descriptor of the folder ``name`` (never through a link), opened up for its owner first
+    when it was closed to them."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except PermissionError:
         os.chmod(name, stat.S_IRWXU, dir_fd=dir_fd, follow_symlinks=False)
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
-def _empty(fd: int, strict: bool) -> None:
+def _empty(fd: int, strict: bool, depth: int, top: int, hoisted: list[str]) -> None:
     with os.scandir(fd) as it:
         entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
     for name, is_dir in entries:
         try:
+            if is_dir and depth >= RMTREE_DEPTH and _hoist(name, fd, top, hoisted):
+                continue
             if is_dir:
-                _remove_dir(name, fd, strict)
+                _remove_dir(name, fd, strict, depth + 1, top, hoisted)
             else:
                 os.unlink(name, dir_fd=fd)
         except OSError:
             if strict:
                 raise
+
+
+def _hoist(name: str, fd: int, top: int, hoisted: list[str]) -> bool:
+    """Rename the folder ``name`` of ``fd`` to a new name in ``top`` (appended to ``hoisted``);
+    False when it cannot move (another file system, a folder we may not write): removed in place."""
+    up = f".tv-sandbox-rm-{os.getpid()}-{len(hoisted)}-{os.urandom(6).hex()}"
+    try:
+        os.rename(name, up, src_dir_fd=fd, dst_dir_fd=top)
+    except OSError:
+        return False
+    hoisted.append(up)
+    return True

@@ -109,6 +109,7 @@ def report_and_export(
     req = prep.request
     # What the run's processes left is hostile: nothing here is opened through a link or a FIFO,
     # and a file of theirs at a name of the launcher's is kept aside, never silently replaced.
+    warnings.extend(report_mod.prune_deep(ws.run_storage))  # first: the walks below recurse
     warnings.extend(report_mod.secure_logs(ws.run_storage))
     warnings.extend(report_mod.set_aside_step_files(ws.run_storage))
     if native.unavailable_reason():  # never an error: the kernel layer still refuses them

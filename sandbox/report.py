@@ -141,6 +141,57 @@ def set_aside_step_files(run_storage: str) -> list[str]:
     return lines
 
 
+#: How deep the run folder's folders may nest to be exported: past it they are removed first. The
+#: launcher's walks of the run folder (the report's, the export's, its manifest's) recurse a
+#: level at a time, and a step that nested 5,000 folders ended its run with a RecursionError:
+#: nothing reported or exported, the workspace left.
+MAX_DEPTH = 100
+
+
+def prune_deep(run_storage: str) -> list[str]:
+    """Remove every folder of the run folder that lies deeper than :data:`MAX_DEPTH` levels (with
+    what it holds; the walk never follows a link); call it when no process of the step is alive,
+    before anything else walks the run folder. Returns the warning to report, if any."""
+    from sandbox._paths import DIR_FLAGS, open_dir, rmtree
+
+    removed = 0
+
+    def walk(fd: int, level: int) -> None:
+        nonlocal removed
+        with os.scandir(fd) as it:
+            folders = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        for name in folders:
+            if level >= MAX_DEPTH:
+                rmtree(name, dir_fd=fd)
+                removed += 1
+                continue
+            try:
+                sub = open_dir(name, fd)
+            except OSError:
+                continue
+            try:
+                walk(sub, level + 1)
+            finally:
+                os.close(sub)
+
+    try:
+        top = os.open(run_storage, DIR_FLAGS)
+    except OSError:
+        return []
+    try:
+        walk(top, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(top)
+    if not removed:
+        return []
+    return [
+        f"a step nested folders deeper than {MAX_DEPTH} levels in the run folder: {removed} "
+        "removed, with what they held, not exported"
+    ]
+
+
 def secure_logs(run_storage: str) -> list[str]:
     """Make ``$TV_RUN_DIR/logs`` safe for the launcher to open by name; call it whenever no process
     of the step is alive and before the launcher reads or writes there.

@@ -120,7 +120,16 @@ def drop_all_capabilities() -> None:
 
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
-_TIOCSTI, _TIOCLINUX, _TIOCSPGRP = 0x5412, 0x541C, 0x5410
+#: The terminal requests the filter refuses (see :func:`deny_terminal_injection`), the same number
+#: on x86-64 and aarch64 (asm-generic/ioctls.h).
+REFUSED_TERMINAL_IOCTLS = {
+    "TIOCSTI": 0x5412,
+    "TIOCLINUX": 0x541C,
+    "TIOCSPGRP": 0x5410,
+    "TCXONC": 0x540A,
+    "TIOCSETD": 0x5423,
+    "TIOCEXCL": 0x540C,
+}
 _NEVER = 0xFFFFFFFF  # no syscall number
 #: machine -> (its audit arch, its ioctl, x32's two ioctls, the compat audit arch, compat's ioctl)
 _IOCTL = {
@@ -136,34 +145,48 @@ def terminal_filter_supported() -> bool:
 
 def deny_terminal_injection() -> None:
     """Refuse, for this process and everything it will ``exec``, the ``ioctl`` requests that push
-    input into a terminal or take it over: ``TIOCSTI`` (a character into the input queue: commands
-    typed into the user's shell once the step has ended, bubblewrap's CVE-2017-5226),
-    ``TIOCLINUX`` (its console's selection pasted back) -- EPERM, as flatpak's seccomp filter
-    answers -- and ``TIOCSPGRP`` (``tcsetpgrp``: the step, never the terminal's foreground, would
-    make itself so and read what is typed for the shell). The step keeps its terminal's output.
+    input into a terminal, take it over or stall it for everyone (:data:`REFUSED_TERMINAL_IOCTLS`):
+    ``TIOCSTI`` (a character into the input queue: commands typed into the user's shell once the
+    step has ended, bubblewrap's CVE-2017-5226), ``TIOCLINUX`` (its console's selection pasted
+    back) -- EPERM, as flatpak's seccomp filter answers -- ``TIOCSPGRP`` (``tcsetpgrp``: the step,
+    never the terminal's foreground, would make itself so and read what is typed for the shell),
+    ``TCXONC`` (``tcflow(TCOOFF)``: the terminal's output stopped, so the launcher's next write to
+    it never returned -- no report, no export, deaf to SIGTERM -- and the user's shell hung),
+    ``TIOCSETD`` (another line discipline: ``N_NULL`` fails every read and write of the terminal,
+    the user's shell's included, after the run) and ``TIOCEXCL`` (every later open of the
+    terminal, ``/dev/tty`` by ``ssh``, ``sudo`` or ``less``, refused with EBUSY). None is needed by
+    a pipeline step (serial-line tools); a background process may make any of them with SIGTTOU
+    ignored, the way the step reaches its settings (``tcsetattr``), which stay allowed.
+    The step keeps its terminal's output.
     Needs ``no_new_privs`` (set by :func:`drop_all_capabilities`);
     raises ``OSError`` when the kernel refuses the filter; only for the machines of
     :func:`terminal_filter_supported` (``KeyError`` otherwise). The ioctl is caught under every
     system call ABI the kernel offers a process here (x86-64's x32 and i386, aarch64's arm32)."""
     native, ioctl, x32, x32_64, compat, compat_ioctl = _IOCTL[os.uname().machine]
     ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
-    program = (  # (code, jump if true, jump if false, k); offsets of seccomp_data: nr 0, arch 4, args[1] 24
+    requests = tuple(REFUSED_TERMINAL_IOCTLS.values())
+    n = len(requests)
+    request, allow = 9, 10 + n  # the instructions' indexes: the request's load, the two returns
+    deny = allow + 1
+
+    def to(target: int, at: int) -> int:  # a jump's offset from instruction ``at``
+        return target - at - 1
+
+    program = [  # (code, jump if true, jump if false, k); offsets of seccomp_data: nr 0, arch 4, args[1] 24
         (ld, 0, 0, 4),  # 0: the arch
-        (jeq, 0, 4, native),  # 1: native: 2, else 6
+        (jeq, 0, to(6, 1), native),  # 1: native: 2, else 6
         (ld, 0, 0, 0),  # 2: the system call
-        (jeq, 5, 0, ioctl),  # 3: ioctl: 9
-        (jeq, 4, 0, x32),  # 4
-        (jeq, 3, 7, x32_64),  # 5: else allow (13)
-        (jeq, 0, 6, compat),  # 6: compat: 7, else allow (13)
+        (jeq, to(request, 3), 0, ioctl),  # 3
+        (jeq, to(request, 4), 0, x32),  # 4
+        (jeq, to(request, 5), to(allow, 5), x32_64),  # 5
+        (jeq, 0, to(allow, 6), compat),  # 6: compat: 7
         (ld, 0, 0, 0),  # 7
-        (jeq, 0, 4, compat_ioctl),  # 8: else allow (13)
+        (jeq, 0, to(allow, 8), compat_ioctl),  # 8
         (ld, 0, 0, 24),  # 9: the request (the low word of args[1]: an unsigned int)
-        (jeq, 3, 0, _TIOCSTI),  # 10: refuse (14)
-        (jeq, 2, 0, _TIOCLINUX),  # 11
-        (jeq, 1, 0, _TIOCSPGRP),  # 12
-        (ret, 0, 0, _RET_ALLOW),  # 13
-        (ret, 0, 0, _RET_EPERM),  # 14
-    )
+        *((jeq, to(deny, 10 + i), 0, r) for i, r in enumerate(requests)),
+        (ret, 0, 0, _RET_ALLOW),
+        (ret, 0, 0, _RET_EPERM),
+    ]
     code = b"".join(
         op.to_bytes(2, "little") + bytes((jt, jf)) + (k & 0xFFFFFFFF).to_bytes(4, "little")
         for op, jt, jf, k in program

@@ -176,7 +176,10 @@ class Box:
         return rep
 
     def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            shutil.rmtree(self.root, ignore_errors=True)
+        except RecursionError:  # a step's folders nested thousands deep, left by a failed run
+            subprocess.run(["rm", "-rf", str(self.root)], check=False)
 
 
 def _in_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -507,6 +510,34 @@ def test_a_sparse_gib_exports_sparse(box: Box) -> None:
     box.report(export)
     st = os.stat(export / "data" / "sparse.bin")
     assert r.returncode == 0 and st.st_size == 1 << 30 and st.st_blocks * 512 < 1 << 20
+
+
+
+DEEP = r"""
+import os
+os.makedirs(os.path.join(os.environ["TV_RUN_DIR"], "data", "kept"))
+fd = os.open(os.environ["TV_RUN_DIR"], os.O_RDONLY)
+for _ in range(3000):  # by descriptor: no path grows past PATH_MAX
+    os.mkdir("d", dir_fd=fd)
+    sub = os.open("d", os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = sub
+os.close(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+"""
+
+
+def test_folders_nested_thousands_deep_neither_lose_the_run_nor_stay_behind(box: Box) -> None:
+    """3,000 folders nested in the run folder: the launcher's walks of it (the report's scattered
+    files, the export, the workspace's removal) recursed a level at a time -- RecursionError,
+    an internal error (exit 125), nothing reported or exported, and a workspace no sweep could
+    remove. What lies past report.MAX_DEPTH levels is removed (a warning); the rest is exported."""
+    r, export, _ = box.run(DEEP, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = box.report(export)
+    assert any("deeper than" in w for w in rep["warnings"]), rep["warnings"]  # type: ignore[union-attr]
+    assert (export / "data" / "kept").is_dir() and (export / "d").is_dir()
+    assert verify(export) == []
+    assert list(box.ws.iterdir()) == []
 
 
 # -- a workspace inside the host ------------------------------------------------------------------
@@ -875,6 +906,40 @@ def test_a_step_cannot_type_into_the_launchers_terminal(box: Box) -> None:
     r, export, _ = box.run(TIOCSTI, terminal=True)
     box.report(export)
     assert r.returncode == REFUSED and "nothing pushed" in r.stdout, r.stdout[-2000:]
+
+
+
+TERMINAL_STALL = r"""
+import fcntl, signal, struct, sys, termios
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background process may then change the terminal
+got = []
+for name, request, arg, undo in (  # each in a form that changes nothing, then undone if it passed
+    ("TCXONC", termios.TCXONC, termios.TCOON, None),  # TCOOFF: the terminal's output stopped
+    ("TIOCSETD", termios.TIOCSETD, struct.pack("i", 0), None),  # N_NULL (27): every read/write fails
+    ("TIOCEXCL", termios.TIOCEXCL, 0, termios.TIOCNXCL),  # every later open of it: EBUSY
+):
+    try:
+        fcntl.ioctl(1, request, arg)
+        got.append(name)
+        if undo is not None:
+            fcntl.ioctl(1, undo, 0)
+    except OSError:
+        pass
+print("passed:", *got) if got else print("nothing passed")
+sys.exit(9 if got else 3)
+"""
+
+
+def test_a_step_cannot_stall_or_break_the_launchers_terminal(box: Box) -> None:
+    """From a run in a terminal, with SIGTTOU ignored: ``tcflow(TCOOFF)`` stopped the terminal's
+    output, and the launcher's next write to it never returned -- the run was never reported nor
+    exported, SIGTERM did not end the launcher, the workspace stayed; ``TIOCSETD`` to ``N_NULL``
+    made every read and write of the user's terminal fail after the run (the launcher exited 120,
+    the shell's reads failed); ``TIOCEXCL`` made every later open of it fail (EBUSY). The
+    terminal filter refuses the three requests (each tried here in a form that changes nothing)."""
+    r, export, _ = box.run(TERMINAL_STALL, terminal=True)
+    box.report(export)
+    assert r.returncode == REFUSED and "nothing passed" in r.stdout, r.stdout[-2000:]
 
 
 STDIO_METADATA = r"""
