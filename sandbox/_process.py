@@ -350,6 +350,59 @@ class Pump:
         return out
 
 
+class TerminalState:
+    """The settings of the user's terminal (the first of our stdin, stdout and stderr that is one,
+    else the controlling terminal), saved before a step and put back after it (:meth:`restore`):
+    a step can change them as any program run in a terminal can -- echo, ``ISIG``, ``IXON`` left
+    off -- and the user's shell would inherit them (zsh's ``ttyctl -f`` does the same). ``termios``
+    is imported only where there is a terminal."""
+
+    def __init__(self, fd: int, attrs: list[Any], own: bool) -> None:
+        self.fd, self.attrs, self._own = fd, attrs, own
+
+    @classmethod
+    def save(cls) -> TerminalState | None:
+        own = False
+        for fd in (0, 1, 2):
+            if os.isatty(fd):
+                break
+        else:
+            try:
+                fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:  # no controlling terminal
+                return None
+            own = True
+        import termios
+
+        try:
+            return cls(fd, termios.tcgetattr(fd), own)
+        except termios.error:
+            if own:
+                os.close(fd)
+            return None
+
+    def restore(self) -> None:
+        """Put the settings back if they changed; never raises. SIGTTOU is blocked meanwhile: a
+        launcher in the background of its shell is otherwise stopped by its own ``tcsetattr``."""
+        import termios
+
+        try:
+            if termios.tcgetattr(self.fd) == self.attrs:
+                return
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTTOU,))
+            try:
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.attrs)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        except (termios.error, OSError):
+            pass
+
+    def close(self) -> None:
+        if self._own:
+            os.close(self.fd)
+            self._own = False
+
+
 def interrupting() -> bool:
     """Whether the run is ending because of an interrupt (:func:`ending`)."""
     return bool(_ENDING)

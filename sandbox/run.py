@@ -38,6 +38,7 @@ from sandbox._process import (
     LogFile,
     Pump,
     StepTree,
+    TerminalState,
     deferred_interrupts,
     ending,
     install_interrupt_handlers,
@@ -259,6 +260,7 @@ class Run:
             self._staged_logs.append(staged["stdout"])
         echo_to = (self._stderr or sys.stderr.buffer) if self._echo else None
         log = LogFile(staged["stderr"][0], _LOG_FLAGS)
+        terminal = TerminalState.save() if self._echo else None  # put back after the step
         try:
             launching = deferred_interrupts(redeliver=False)  # a launch is never cut in half
             try:
@@ -313,6 +315,9 @@ class Run:
                     p.join()  # what the step wrote is delivered, or kept
         finally:
             log.close()
+            if terminal is not None:
+                terminal.restore()
+                terminal.close()
         for p in pumps:
             self.warnings.extend(p.problems(name))
             if p.log is not log and p.log.used:

@@ -124,6 +124,7 @@ class Box:
         timeout: float = 60,
         options: tuple[str, ...] = (),
         terminal: bool = False,
+        then: str | None = None,
         stdin: int | None = None,
         stdout: int | None = None,
     ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
@@ -131,7 +132,8 @@ class Box:
         ``--policy FILE``); returns the process, the export and the wall time. ``terminal``: the
         launcher runs in a session of its own whose controlling terminal is a new pseudo-terminal,
         as from a user's shell; its stdin, stdout and stderr are that terminal (stdout then holds
-        everything written to it, and what was pushed into its input). ``stdin``, ``stdout``:
+        everything written to it, and what was pushed into its input), ``then`` a shell line run
+        in it after the launcher (``$before``: ``stty -g`` before it). ``stdin``, ``stdout``:
         the launcher's own, as a shell's redirections give them (stdout is then not captured)."""
         self.n += 1
         run_id = f"p{self.n}"
@@ -151,6 +153,9 @@ class Box:
         base.update(PYTHONPATH=REPO, HOME=str(self.root), TMPDIR=str(self.ws), **(env or {}))
         t0 = time.monotonic()
         if terminal:
+            if then is not None:  # a shell line run after the launcher, as a user's next: $before
+                # holds the terminal's settings from before it (stty -g)
+                argv = ["sh", "-c", f'before=$(stty -g); "$@"; s=$?; {then}; exit $s', "sh", *argv]
             r = _in_a_terminal(argv, base, timeout)
         else:
             r = subprocess.run(
@@ -940,6 +945,26 @@ def test_a_step_cannot_stall_or_break_the_launchers_terminal(box: Box) -> None:
     r, export, _ = box.run(TERMINAL_STALL, terminal=True)
     box.report(export)
     assert r.returncode == REFUSED and "nothing passed" in r.stdout, r.stdout[-2000:]
+
+
+TERMINAL_SETTINGS = r"""
+import signal, sys, termios
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background process may then set them
+attrs = termios.tcgetattr(1)
+attrs[3] &= ~(termios.ECHO | termios.ICANON | termios.ISIG)  # what a crashed full-screen program leaves
+termios.tcsetattr(1, termios.TCSANOW, attrs)
+print("left raw", flush=True)
+"""
+
+
+def test_a_step_does_not_leave_the_users_terminal_changed(box: Box) -> None:
+    """A step in a terminal turned echo, line editing and Ctrl-C off (a full-screen program that
+    crashed leaves it so): the user's shell inherited a terminal without echo or Ctrl-C. The
+    launcher puts the terminal's settings back after each step."""
+    check = 'test "$(stty -g)" = "$before" && echo SETTINGS-KEPT || echo SETTINGS-CHANGED'
+    r, _, _ = box.run(TERMINAL_SETTINGS, terminal=True, then=check)
+    assert "left raw" in r.stdout, r.stdout[-2000:]
+    assert "SETTINGS-KEPT" in r.stdout, r.stdout[-2000:]
 
 
 STDIO_METADATA = r"""
