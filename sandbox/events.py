@@ -109,9 +109,9 @@ class EventLog:
         self._batch, self._delay = batch, max_delay
         self._fixed: dict[tuple[str, str, str, str, bool, str, str, str], tuple[str, str]] = {}
         self._pid = _getpid()
-        #: How a ``resolved`` or ``target`` path is shown (``Policy.shown_path``: where the user
+        #: How a ``resolved`` or ``target`` path is shown (``Policy.host_path_of``: where the user
         #: finds it on the host, not in the temporary workspace); None: as given.
-        self.shown: Callable[[str], str] | None = None
+        self.to_host_path: Callable[[str], str] | None = None
         _OPEN.append(self)
 
     def emit(
@@ -161,9 +161,9 @@ class EventLog:
                 f'"captured": {"true" if captured else "false"}, "profile": {_enc(profile)}, '
                 f'"reason": {_enc(reason)}, "hint": {_enc(hint)}}}\n',
             )
-        shown = self.shown
-        if shown is not None:
-            resolved, target = resolved and shown(resolved), target and shown(target)
+        to_host = self.to_host_path
+        if to_host is not None:
+            resolved, target = resolved and to_host(resolved), target and to_host(target)
         paths = f'"path": {_enc(path)}, "resolved": {_s(resolved)}, "target": {_s(target)}, '
         return f"{fixed[0]}{paths}{fixed[1]}"
 

@@ -134,7 +134,7 @@ def report_and_export(
             events,
             run_id=req.run_id,
             # as the event log's targets may name the run folder: $TV_RUN_DIR, and where it is
-            # exported (Policy.shown_path)
+            # exported (Policy.host_path_of)
             run_dirs=[ws.run_dir, os.path.join(ws.host, ws.layout.runs, ws.run_id)],
         )
     rep = report_mod.build(

@@ -336,7 +336,7 @@ class Policy:
             return path
         return "/".join(rel) or "."
 
-    def shown_path(self, path: str) -> str:
+    def host_path_of(self, path: str) -> str:
         """A resolved ``path`` where the user finds it, for event logs: on the host -- a path of
         the workspace, the host or a mount is the host's path of the same name, one of the run
         folder's storage where the run is exported (``HOST/<runs>/<RUN_ID>/...``) -- else (the temp

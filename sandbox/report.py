@@ -400,9 +400,9 @@ def _explain_one(
         full = os.path.normpath(os.path.join(base, given))
         d = policy.decide(full, op)
         user = policy.user_path(full)
-        shown = policy.shown_path(full)
-        target = policy.shown_path(d.target) if d.target else None
-        emit = partial(log.emit, op=op, path=user, resolved=shown, profile=policy.profile, hint=d.hint)
+        on_host = policy.host_path_of(full)
+        target = policy.host_path_of(d.target) if d.target else None
+        emit = partial(log.emit, op=op, path=user, resolved=on_host, profile=policy.profile, hint=d.hint)
         if err:
             if d.action is Action.ALLOW:
                 counts.unexplained += 1  # the file's own permissions: not the sandbox's doing
@@ -419,7 +419,7 @@ def _explain_one(
                 )
             counts.denied += 1
             return True  # a rename refused once is one denial, whichever end it was
-        if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen or (pid, shown) in seen:
+        if (pid, full) in seen or (pid, given) in seen or (pid, user) in seen or (pid, on_host) in seen:
             continue  # the guard logged it already
         if d.action is Action.DENY and d.rule == RESERVED_RULE.name and (kernel or _stayed(policy, full)):
             # A name of the run folder the launcher writes, reached natively (the overlay, or the

@@ -294,8 +294,8 @@ class Run:
             running.acquire()
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
-            shown = Delivery(echo_to, "stderr") if echo_to is not None else None
-            pumps = [Pump(rfd, shown, log, tail, running, stop)]
+            stderr_to = Delivery(echo_to, "stderr") if echo_to is not None else None
+            pumps = [Pump(rfd, stderr_to, log, tail, running, stop)]
             if relay is not None:
                 spill = LogFile(staged["stdout"][0], _LOG_FLAGS, lazy=True)
                 pumps.append(Pump(relay[0], Delivery(1, "stdout"), spill, None, running, stop))

@@ -104,7 +104,7 @@ class SandboxFileSystem(Routing, ChainedFileSystem):  # type: ignore[misc]  # fs
             from sandbox.events import EventLog
 
             log = EventLog(os.environ[ENV_EVENTS])  # into the run's report, like the guard's
-            log.shown = self.policy.shown_path
+            log.to_host_path = self.policy.host_path_of
             on_event = log.write
         self.on_event = on_event
         if overlay is None:

@@ -90,7 +90,7 @@ def boot(environ: Mapping[str, str] | None = None) -> Guard:
 
         try:
             events = EventLog(events_file)
-            events.shown = policy.shown_path
+            events.to_host_path = policy.host_path_of
         except OSError as e:
             raise BootError(f"cannot open the event log {events_file} ({e.strerror})") from None
     from sandbox.guard._install import install
