@@ -382,11 +382,18 @@ class TerminalState:
             return None
 
     def restore(self) -> None:
-        """Put the settings back if they changed; never raises. SIGTTOU is blocked meanwhile: a
-        launcher in the background of its shell is otherwise stopped by its own ``tcsetattr``."""
+        """Put the settings back if they changed, only when the launcher is the terminal's
+        foreground job; never raises. A launcher in the background of its shell leaves them: the
+        terminal is the foreground job's (an editor the user started meanwhile in raw mode),
+        whose settings ours would overwrite -- job control forbids a background job that
+        (SIGTTOU), and a shell restores its own on taking the terminal back. SIGTTOU is blocked
+        around the ``tcsetattr`` still: a launcher sent to the background in between is not
+        stopped by it."""
         import termios
 
         try:
+            if os.tcgetpgrp(self.fd) != os.getpgrp():  # a background job: not ours to change
+                return
             if termios.tcgetattr(self.fd) == self.attrs:
                 return
             old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTTOU,))
