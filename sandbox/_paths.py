@@ -7,6 +7,7 @@ symlinks and ``..``, ``/proc/self/cwd``-style aliases). Stdlib only: the guard i
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -180,6 +181,8 @@ def _remove_entry(name: str, dir_fd: int) -> None:
 #: is the step's, which can nest folders thousands deep (a recursion per level overflowed Python's
 #: stack, and a descriptor per level the process's limit), so the walk stays this shallow.
 RMTREE_DEPTH = 64
+#: how deep the walk goes when a folder past :data:`RMTREE_DEPTH` cannot be moved up: left there
+_RMTREE_LIMIT = 4 * RMTREE_DEPTH
 
 
 def rmtree(path: str, *, dir_fd: int | None = None, strict: bool = False) -> None:
@@ -225,12 +228,20 @@ def open_dir(name: str, dir_fd: int | None) -> int:
 
 
 def _empty(fd: int, strict: bool, depth: int, top: int, hoisted: list[str]) -> None:
+    mode = os.fstat(fd).st_mode
+    if mode & 0o700 != 0o700:  # a folder closed to its owner (chmod 555): ours, opened up
+        try:
+            os.fchmod(fd, stat.S_IMODE(mode) | 0o700)
+        except OSError:
+            pass  # not ours: what cannot be removed stays (strict: raised below)
     with os.scandir(fd) as it:
         entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
     for name, is_dir in entries:
         try:
             if is_dir and depth >= RMTREE_DEPTH and _hoist(name, fd, top, hoisted):
                 continue
+            if is_dir and depth >= _RMTREE_LIMIT:  # could not move up either: never a RecursionError
+                raise OSError(errno.ELOOP, "too deeply nested to remove", name)
             if is_dir:
                 _remove_dir(name, fd, strict, depth + 1, top, hoisted)
             else:
@@ -245,7 +256,11 @@ def _hoist(name: str, fd: int, top: int, hoisted: list[str]) -> bool:
     False when it cannot move (another file system, a folder we may not write): removed in place."""
     up = f".tv-sandbox-rm-{os.getpid()}-{len(hoisted)}-{os.urandom(6).hex()}"
     try:
-        os.rename(name, up, src_dir_fd=fd, dst_dir_fd=top)
+        try:
+            os.rename(name, up, src_dir_fd=fd, dst_dir_fd=top)
+        except PermissionError:  # a folder moves only when its owner may write it (its ``..``)
+            os.chmod(name, stat.S_IRWXU, dir_fd=fd, follow_symlinks=False)
+            os.rename(name, up, src_dir_fd=fd, dst_dir_fd=top)
     except OSError:
         return False
     hoisted.append(up)

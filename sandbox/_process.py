@@ -239,6 +239,7 @@ def pump(
     done: Any,
     running: Any,
     stop: Any,
+    unstoppable: bool = False,
 ) -> None:
     """Copy a step's output from the pipe ``src`` to the user (``sink``) and to ``log``.
 
@@ -255,10 +256,18 @@ def pump(
     gone by then (see :class:`sandbox.kernel.Child`), and a writer outside the run (a descriptor
     passed out, a daemon where no PID namespace holds the step) must not hold the run open.
     Runs on a bare thread (:func:`start_thread`): never raises; what went wrong is in the
-    sink's and the log's ``error``."""
+    sink's and the log's ``error``.
+
+    ``unstoppable``: SIGTTOU is blocked in this thread, so that a write to the terminal from a
+    launcher in the background is not stopped by it -- the user's terminal had ``TOSTOP`` off
+    when the step began (:attr:`TerminalState.tostop`): a step that turns it on (SIGTTOU
+    ignored) stopped the launcher at its next line of the step's output, its timeout and
+    SIGTERM unanswered until a SIGCONT."""
     import fcntl
     import select
 
+    if unstoppable:
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTTOU,))
     try:
         poller = select.poll()
         poller.register(src, select.POLLIN | select.POLLHUP)
@@ -318,7 +327,14 @@ class Pump:
     :meth:`problems` says what went wrong, as the run's warning lines."""
 
     def __init__(
-        self, src: int, sink: Delivery | None, log: LogFile, tail: bytearray | None, running: Any, stop: Any
+        self,
+        src: int,
+        sink: Delivery | None,
+        log: LogFile,
+        tail: bytearray | None,
+        running: Any,
+        stop: Any,
+        unstoppable: bool = False,
     ) -> None:
         from _thread import allocate_lock
 
@@ -326,7 +342,7 @@ class Pump:
         self.stream = "stderr" if tail is not None else "stdout"
         self._done = allocate_lock()
         self._done.acquire()
-        start_thread(pump, (src, sink, log, tail, self._done, running, stop))
+        start_thread(pump, (src, sink, log, tail, self._done, running, stop, unstoppable))
 
     def join(self) -> None:
         with self._done:
@@ -360,6 +376,11 @@ class TerminalState:
     def __init__(self, fd: int, attrs: list[Any], own: bool) -> None:
         self.fd, self.attrs, self._own = fd, attrs, own
 
+    @property
+    def tostop(self) -> bool:
+        """Whether the terminal stopped a background job's writes (``TOSTOP``) when saved."""
+        return bool(self.attrs[3] & 0o400)  # termios.TOSTOP
+
     @classmethod
     def save(cls) -> TerminalState | None:
         own = False
@@ -382,11 +403,22 @@ class TerminalState:
             return None
 
     def restore(self) -> None:
-        """Put the settings back if they changed; never raises. SIGTTOU is blocked meanwhile: a
-        launcher in the background of its shell is otherwise stopped by its own ``tcsetattr``."""
+        """Put the settings back if they changed, only when the launcher is the terminal's
+        foreground job; never raises. A launcher in the background of its shell leaves them: the
+        terminal is the foreground job's (an editor the user started meanwhile in raw mode),
+        whose settings ours would overwrite -- job control forbids a background job that
+        (SIGTTOU), and a shell restores its own on taking the terminal back. SIGTTOU is blocked
+        around the ``tcsetattr`` still: a launcher sent to the background in between is not
+        stopped by it. A ``TOSTOP`` the step turned on is left too, but SIGTTOU stays blocked in
+        the calling thread from then on: the launcher's own last lines (the run's summary) are
+        not stopped by a setting the step made (a step's keeper starts with no signal blocked)."""
         import termios
 
         try:
+            if os.tcgetpgrp(self.fd) != os.getpgrp():  # a background job: not ours to change
+                if not self.tostop and termios.tcgetattr(self.fd)[3] & termios.TOSTOP:
+                    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTTOU,))
+                return
             if termios.tcgetattr(self.fd) == self.attrs:
                 return
             old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTTOU,))

@@ -499,6 +499,30 @@ def _stage(e: BaseException, subcommand: str | None = None) -> str:
 _RUN_DONE = False
 
 
+def _hold_closed_stdio() -> None:
+    """Started with a closed stdin, stdout or stderr (``<&-``, ``>&-``, ``2>&-``; Python then makes
+    ``sys.stdout`` None): hold the number with ``/dev/null`` opened the other way, so that reading
+    or writing it fails (EBADF) as with a closed one -- the step's too, which gets its own
+    ``/dev/null`` the same way. Left free, the number was taken by the launcher's and its keeper's
+    own pipes: the keeper's status pipe was number 1 and broke, the step's status was lost (the
+    run said 127 whatever the command's), and the launcher's own ``sys.stdout.flush()`` or
+    ``sys.stderr.buffer`` was a traceback. Our own messages then go nowhere, as asked."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        held = os.open(os.devnull, os.O_WRONLY if fd == 0 else os.O_RDONLY)  # the lowest free: fd
+        if held != fd:
+            os.dup2(held, fd)
+            os.close(held)
+        os.set_inheritable(fd, True)
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))  # noqa: SIM115 - for the process's life
+
+
 def entry() -> None:
     """The ``tv-sandbox`` console script (and ``python -m sandbox``): :func:`main`, then exit.
 
@@ -510,6 +534,8 @@ def entry() -> None:
     A ``run`` also goes without the cyclic garbage collector: the launcher lives for one run,
     allocates little beyond its imports, and collections during them are CPU on the start-up
     path (the keeper, a fork, then has no collection to dirty its copy-on-write pages either)."""
+    if sys.stdin is None or sys.stdout is None or sys.stderr is None:
+        _hold_closed_stdio()
     if sys.argv[1:2] == ["run"]:
         import gc
 

@@ -295,10 +295,12 @@ class Run:
             # Bare threads: ``threading`` costs an import on the start-up path; these need no more
             # than a lock to be joined.
             stderr_to = Delivery(echo_to, "stderr") if echo_to is not None else None
-            pumps = [Pump(rfd, stderr_to, log, tail, running, stop)]
+            # the step's TOSTOP must not stop the launcher's copy (see pump)
+            unstoppable = terminal is not None and not terminal.tostop
+            pumps = [Pump(rfd, stderr_to, log, tail, running, stop, unstoppable)]
             if relay is not None:
                 spill = LogFile(staged["stdout"][0], _LOG_FLAGS, lazy=True)
-                pumps.append(Pump(relay[0], Delivery(1, "stdout"), spill, None, running, stop))
+                pumps.append(Pump(relay[0], Delivery(1, "stdout"), spill, None, running, stop, unstoppable))
             if self._recovery is None:  # the first step runs: the export's clean-up, meanwhile
                 from sandbox.finish import prepare_destination
 

@@ -178,3 +178,30 @@ def test_a_pipe_the_step_grew_is_drained_whole(host: Path, tmp_path: Path) -> No
     reader.wait(timeout=60)
     assert r.returncode == 0 and not _warnings(r.stderr), r.stderr[-2000:]
     assert got.read_bytes() == b"".join(b"%09d\n" % i for i in range(size // 10))
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", "<&-"])
+def test_a_closed_stdio_keeps_the_steps_status_and_no_traceback(host: Path, tmp_path: Path, closed: str) -> None:
+    """``tv-sandbox run ... >&-`` (or ``2>&-``, ``<&-``): the launcher's and its keeper's own pipes
+    took the free number -- the keeper's status pipe broke, the step's status was lost (the
+    run said 127 whatever the command's) and the launcher ended on a traceback (exit 1; 125 with
+    ``2>&-``). Now the number is held by ``/dev/null`` opened the other way: the step's reads
+    or writes of it fail as of a closed one, and its status is the run's."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    step = 'echo out; echo "stdout $?" >&2; read x; echo "stdin $?" >&2; exit 3'
+    argv = run_argv(host, "closed", "sh", "-c", step, options=("--workspace-dir", str(ws)))
+    r = subprocess.run(
+        ["sh", "-c", f'exec "$@" {closed}', "sh", *argv],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 3, (r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr + r.stdout and "internal error" not in r.stderr + r.stdout
+    rep, export = _export(host, "closed")
+    assert rep["steps"][0]["exit_code"] == 3  # type: ignore[index]
+    err = (export / "logs" / "step.stderr.log").read_text()
+    if closed == ">&-":
+        assert "stdout 0" not in err and "stdout " in err, err  # its write failed, as to a closed one
+    if closed == "<&-":
+        assert "stdin 0" not in err and "stdin " in err, err
+    assert list(ws.iterdir()) == []

@@ -545,6 +545,41 @@ def test_folders_nested_thousands_deep_neither_lose_the_run_nor_stay_behind(box:
     assert list(box.ws.iterdir()) == []
 
 
+#: DEEP, its folders then closed to their owner from level START on (MODE: 0o555, 0o000)
+DEEP_CLOSED = r"""
+import os
+os.makedirs(os.path.join(os.environ["TV_RUN_DIR"], "data", "kept"))
+fd = os.open(os.environ["TV_RUN_DIR"], os.O_RDONLY)
+fds = []
+for _ in range(3000):
+    os.mkdir("d", dir_fd=fd)
+    fds.append(fd)
+    fd = os.open("d", os.O_RDONLY, dir_fd=fd)
+os.close(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+fds.append(fd)
+for f in fds[START:]:
+    os.fchmod(f, MODE)
+"""
+
+
+@pytest.mark.parametrize(("start", "mode"), [(1, 0o555), (150, 0o000)])
+def test_folders_nested_deep_and_closed_neither_lose_the_run_nor_stay_behind(
+    box: Box, start: int, mode: int
+) -> None:
+    """DEEP's folders closed to their owner (``chmod 555``, or ``000`` past the depth the report
+    keeps): an unprivileged launcher could neither empty them nor move a deep one up (a folder
+    moves only when its owner may write it), so its removal recursed a level at a time --
+    RecursionError, exit 125, nothing exported, a workspace no sweep could remove. ``rmtree``
+    opens up the folders it removes, which are the run's."""
+    code = DEEP_CLOSED.replace("START", str(start)).replace("MODE", oct(mode))
+    r, export, _ = box.run(code, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = box.report(export)
+    assert any("deeper than" in w for w in rep["warnings"]), rep["warnings"]  # type: ignore[union-attr]
+    assert (export / "data" / "kept").is_dir()
+    assert list(box.ws.iterdir()) == []
+
+
 # -- a workspace inside the host ------------------------------------------------------------------
 
 
