@@ -523,6 +523,31 @@ def _hold_closed_stdio() -> None:
             setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))  # noqa: SIM115 - for the process's life
 
 
+class _Unbroken:
+    """``sys.stderr`` of the console script: a write or flush that fails -- the reader of a pipe
+    gone (``tv-sandbox run ... 2>&1 | head``), a hung-up terminal -- loses the line, not the
+    run's exit status (an exception there ended the launcher with 1 and a traceback, after the
+    run). Everything else is the stream's own."""
+
+    def __init__(self, stream: "Any") -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> "Any":
+        return getattr(self._stream, name)
+
+
 def entry() -> None:
     """The ``tv-sandbox`` console script (and ``python -m sandbox``): :func:`main`, then exit.
 
@@ -536,6 +561,7 @@ def entry() -> None:
     path (the keeper, a fork, then has no collection to dirty its copy-on-write pages either)."""
     if sys.stdin is None or sys.stdout is None or sys.stderr is None:
         _hold_closed_stdio()
+    sys.stderr = _Unbroken(sys.stderr)
     if sys.argv[1:2] == ["run"]:
         import gc
 

@@ -205,3 +205,22 @@ def test_a_closed_stdio_keeps_the_steps_status_and_no_traceback(host: Path, tmp_
     if closed == "<&-":
         assert "stdin 0" not in err and "stdin " in err, err
     assert list(ws.iterdir()) == []
+
+
+def test_a_stderr_whose_reader_is_gone_keeps_the_steps_exit_status(host: Path, tmp_path: Path) -> None:
+    """``tv-sandbox run ... 2>&1 | head -0``: the launcher's own last lines hit a closed pipe and
+    it ended with 1 and a traceback, the step's status lost. Now the lines are lost, not the
+    status; the step's stderr is in its log, and the report says why it was not shown."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = run_argv(host, "gone", "sh", "-c", "echo said >&2; exit 3", options=("--workspace-dir", str(ws)))
+    r, w = os.pipe()
+    os.close(r)  # nobody reads the launcher's stderr
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=w, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.returncode == 3
+    rep, export = _export(host, "gone")
+    assert (export / "logs" / "step.stderr.log").read_text() == "said\n"
+    assert any("Broken pipe" in w for w in rep["warnings"]), rep["warnings"]  # type: ignore[attr-defined]
