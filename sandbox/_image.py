@@ -86,6 +86,7 @@ LAUNCHER = (
     "sandbox.runner",
     "sandbox.policy_kernel",
     "sandbox._process",
+    "sandbox._output",
     "sandbox.events",
     "sandbox.run",
     "sandbox.native",

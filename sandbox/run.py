@@ -30,15 +30,12 @@ import sys
 import time
 
 from sandbox import workspace as workspace_mod
+from sandbox._output import Delivery, LogFile, Pump, TerminalState
 from sandbox._process import (
     SIGINT,
     Background,
-    Delivery,
     Interrupted,
-    LogFile,
-    Pump,
     StepTree,
-    TerminalState,
     deferred_interrupts,
     ending,
     install_interrupt_handlers,

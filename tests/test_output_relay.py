@@ -1,5 +1,5 @@
 """A step's stdout redirected to a file or a named FIFO (``tv-sandbox run ... > out.log``) through
-the real CLI. The step gets a pipe, which the launcher copies (``_process.pump``): it never holds
+the real CLI. The step gets a pipe, which the launcher copies (``_output.pump``): it never holds
 the launcher's descriptor of a host inode (tests/escapes/test_privilege.py holds that side). Here:
 the copy loses nothing and hides nothing -- a full disk and a reader that closes are said in one
 warning line, the step's further writes fail as its own would have, and what it wrote is kept in

@@ -1,4 +1,4 @@
-"""The launcher puts the user's terminal's settings back after each step (``_process.TerminalState``)
+"""The launcher puts the user's terminal's settings back after each step (``_output.TerminalState``)
 -- only when it is the terminal's foreground job: in the background of a shell, the terminal is
 another program's (tests/escapes/test_privilege.py holds the foreground side) -- and that a
 setting a step makes (``TOSTOP``) cannot stop a launcher in the background."""

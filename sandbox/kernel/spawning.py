@@ -83,7 +83,7 @@ def needs_relay(fd: int) -> bool:
     ``futimens`` and ``fsetxattr`` need only ownership, which a root step has of root's files
     (``> out.log`` made setuid root) -- and neither can be reopened in the step's view for
     writing. The launcher gives the step a pipe instead and copies it
-    (:func:`sandbox._process.pump`). A pipe, a socket, a terminal or another device is handed
+    (:func:`sandbox._output.pump`). A pipe, a socket, a terminal or another device is handed
     over as it is (or reopened in the step's own ``/dev``: ``_keeper._own_stdio``)."""
     try:
         kind = os.fstat(fd).st_mode & 0o170000
