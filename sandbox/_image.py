@@ -77,6 +77,7 @@ LAUNCHER = (
     "sandbox.kernel._mapper",
     "sandbox.kernel._keeper",
     "sandbox._paths",
+    "sandbox._mountinfo",
     "sandbox.rules",
     "sandbox.policy",
     "sandbox.loader",
