@@ -25,6 +25,17 @@ EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on one line: every character that is not printable -- a control
+    character (an escape sequence, a newline), a lone surrogate of an undecodable file name -- as
+    its Python escape (``\\x1b``, ``\\n``, ``\\udcff``). Messages name files a step chose: on a
+    terminal their escapes could rewrite the lines above, and a surrogate cannot be encoded by a
+    strict UTF-8 stdout at all."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class SandboxError(Exception):
     """Base class of every error tv-sandbox raises on purpose."""
 

@@ -37,7 +37,7 @@ import stat
 
 from sandbox import _json as json
 from sandbox._record import field, record
-from sandbox.errors import ExportError, PreflightError
+from sandbox.errors import ExportError, PreflightError, printable
 from sandbox.export import manifest as manifest_mod
 from sandbox.export._recovery import DIR_FLAGS as _DIR_FLAGS
 from sandbox.export._recovery import lock_dest as _lock_dest
@@ -522,5 +522,9 @@ def _failure_message(run_id: str, dest: str, failed: _Failed, existed: bool, com
         state = "the previous export is intact"
     else:
         state = "nothing was exported"
-    line = f"export of run {run_id} to {dest} failed: {what} {failed.doing} {failed.path}: {todo}; {state}"
+    # the path is the step's choice of name: never its escape sequences or undecodable bytes
+    line = (
+        f"export of run {run_id} to {dest} failed: {what} {failed.doing} {printable(str(failed.path))}: "
+        f"{todo}; {state}"
+    )
     return " ".join(line.splitlines())

@@ -246,6 +246,25 @@ def _check_profile(source: str, name: str, prof: object, profiles: Mapping[str, 
             )
 
 
+def _check_scan_command(source: str, scan: str) -> None:
+    """Only ``{run_id}`` and ``{scanner}`` (``{{``/``}}`` for braces): a format string that needs
+    anything else fails here, in one line, not in the scan preflight's message."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(scan))
+    except ValueError as e:
+        raise ManifestError(source, "defaults.scan_command", f"not a format string: {e}") from None
+    allowed = ("run_id", "scanner")
+    if any(f is not None and (f not in allowed or spec or conv) for _t, f, spec, conv in parsed):
+        raise ManifestError(
+            source,
+            "defaults.scan_command",
+            "only {run_id} and {scanner} may be filled in (write {{ and }} for braces), "
+            f"not {scan!r}",
+        )
+
+
 def parse_manifest(data: object, source: str) -> Manifest:
     """Validate a decoded manifest as a whole; raise :class:`ManifestError` at the first problem."""
     if not isinstance(data, dict):
@@ -260,6 +279,8 @@ def parse_manifest(data: object, source: str) -> Manifest:
     scan = defaults.get("scan_command")
     if scan is not None and not isinstance(scan, str):
         raise ManifestError(source, "defaults.scan_command", "must be a string (with {run_id} and {scanner})")
+    if scan is not None:
+        _check_scan_command(source, scan)
     for name, prof in profiles.items():
         _check_profile(source, name, prof, profiles)
     return Manifest(source, profiles, steps, scan)
@@ -282,6 +303,8 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(
             source, "", f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
         ) from None
+    except RecursionError:
+        raise ManifestError(source, "", "nested too deeply to be a manifest") from None
     return parse_manifest(data, source)
 
 

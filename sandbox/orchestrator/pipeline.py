@@ -37,6 +37,7 @@ from sandbox.errors import (
     EXIT_TERMINATED,
     PreflightError,
     UsageError,
+    printable,
 )
 from sandbox.orchestrator.manifest import (
     MANIFEST_DEFAULT,
@@ -330,6 +331,8 @@ def _dispatch(
             res = ray.get(ref)
         except Exception as e:  # the actor died (worker crash, OOM kill): no export from it
             res = _crashed(sleeve, e, t0)
+        if res.error:  # may name a file of the sleeve's steps: shown on the terminal, one line
+            res.error = printable(res.error)
         del running[ref]  # only now: a Ctrl-C during the get leaves it to be cancelled
         results[sleeve.id] = res
         progress.done(res)

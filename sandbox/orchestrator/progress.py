@@ -139,13 +139,15 @@ def summary_table(results: Sequence[SleeveResult], *, stream: IO[str], rich: boo
     if rich:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         t = Table()
         for h in head:
             t.add_column(h, overflow="fold")
         for row in rows:
             style = _STYLE.get(row[1].split()[0], "")
-            t.add_row(row[0], f"[{style}]{row[1]}[/]" if style else row[1], *row[2:])
+            # Text, not markup: an error names files of the steps, '[/]' and all
+            t.add_row(*(Text(c, style=style if i == 1 else "") for i, c in enumerate(row)))
         Console(file=stream).print(t)
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]

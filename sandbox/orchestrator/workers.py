@@ -79,6 +79,9 @@ class _Kernel:
     landlock: list[str] = field(default_factory=list)  # the workers' Landlock writable roots
     holder: Any = None  # sandbox.kernel.Child keeping the run's mount namespace
     holder_stdin: int | None = None  # closing it ends the holder
+    #: (st_dev, st_ino) of the run's mount namespace and, when it has one, of its user namespace:
+    #: what makes a process one of the run's when it left the workers' process groups
+    namespaces: tuple[tuple[int, int], tuple[int, int] | None] | None = None
     layers: report_mod.Layers = field(default_factory=report_mod.Layers)
 
 
@@ -225,6 +228,72 @@ class SandboxedRun:
         return records
 
 
+_NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2), linux/nsfs.h
+
+
+def _ns_id(pid: int, kind: str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/{kind}")
+    return st.st_dev, st.st_ino
+
+
+def _in_user_ns(pid: int, userns: tuple[int, int]) -> bool:
+    """Is ``pid``'s user namespace ``userns`` or one made inside it (``unshare -U``)?"""
+    import fcntl
+
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for _ in range(64):  # the kernel nests at most 32 deep
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == userns:
+                return True
+            try:
+                parent = fcntl.ioctl(fd, _NS_GET_PARENT)
+            except OSError:  # the initial namespace (EPERM): not ours
+                return False
+            os.close(fd)
+            fd = parent
+        return False
+    finally:
+        os.close(fd)
+
+
+def _namespace_pids(mntns: tuple[int, int], userns: tuple[int, int] | None) -> list[int]:
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        try:
+            mine = _ns_id(pid, "mnt") == mntns
+        except OSError:  # gone, or a kernel thread
+            continue
+        if mine or (userns is not None and _in_user_ns(pid, userns)):
+            found.append(pid)
+    return found
+
+
+def _end_namespace(
+    mntns: tuple[int, int], userns: tuple[int, int] | None, timeout_s: float = 10.0
+) -> None:
+    """SIGKILL every process in the run's mount namespace or in its user namespace (nested ones
+    included), until none is left; a process forking meanwhile is caught by the next round."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = _namespace_pids(mntns, userns)
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} of the run did not end within {timeout_s:.0f} s")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
 def _driver() -> Any:
     """Ray's driver-side worker object (private API, typed loosely on purpose)."""
     import ray
@@ -306,11 +375,13 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
     else:
         applied = holder.applied
         abi = landlock.abi_version()
+        userns = bool(applied and applied.user_namespace)
         return _Kernel(
             "namespace",
             landlock=[*plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS],
             holder=holder,
             holder_stdin=wfd,
+            namespaces=(_ns_id(holder.pid, "mnt"), _ns_id(holder.pid, "user") if userns else None),
             layers=report_mod.Layers(
                 landlock_abi=abi,
                 mount_namespace=True,
@@ -445,6 +516,12 @@ def _close(run: SandboxedRun, status: str) -> RunOutcome:
                 os.close(k.holder_stdin)
             k.holder.wait()
             k.holder.release()
+        if k.namespaces is not None:
+            # a worker's daemon in a session of its own is in none of the process groups ended
+            # above: without a PID namespace it would outlive the run -- and rewrite the report
+            # between its writing and the export's copy. Every process still in the run's
+            # namespaces goes before the report is written.
+            _end_namespace(*k.namespaces)
     crashed = [a for a in actors if a["crashed"]]
     if crashed and status == "succeeded":
         status = "failed"

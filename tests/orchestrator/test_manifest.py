@@ -129,7 +129,23 @@ BAD = [
         "profiles.legacy_hedge.discovery.strategies.base.scanners",
         "list of scanner names",
     ),
+    # the review's internal errors (KeyError, ValueError, IndexError in the scan preflight)
+    (_bad(lambda d: d["defaults"].update(scan_command="scan {x}")), "defaults.scan_command", "only {run_id}"),
+    (_bad(lambda d: d["defaults"].update(scan_command="scan {0}")), "defaults.scan_command", "only {run_id}"),
+    (
+        _bad(lambda d: d["defaults"].update(scan_command="scan {run_id.__class__}")),
+        "defaults.scan_command",
+        "only {run_id}",
+    ),
+    (_bad(lambda d: d["defaults"].update(scan_command="scan {")), "defaults.scan_command", "not a format"),
 ]
+
+
+def test_a_manifest_nested_past_the_recursion_limit_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json: an internal error before
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        load_manifest(path)
 
 
 @pytest.mark.parametrize(("data", "key", "problem"), BAD)

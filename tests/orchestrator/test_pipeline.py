@@ -8,6 +8,7 @@ cluster of its own is in ``test_pipeline_address.py``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -206,6 +207,48 @@ def test_step_timeout_ends_the_whole_process_tree(ray_cluster: str, tmp_path: Pa
     report = json.loads((host / RUNS / RUN_ID / "slow" / "sandbox_report.json").read_text())
     assert report["steps"][0]["cut"] == "timeout"
     assert leftovers(token) == []  # the sleeping grandchild went with its step
+
+
+#: A step that makes its own export fail (a sparse file over the default export limit) at a name
+#: of its choice: the error then names it -- rich markup, terminal escapes, an undecodable byte.
+HOSTILE_NAME = r"""
+import os
+name = os.path.join(os.fsencode(os.environ["TV_RUN_DIR"]), b"data/x[/]\xff\x1b[1A\x1b[2Kcalm: ok")
+os.makedirs(os.path.dirname(name), exist_ok=True)  # data/x[ : the '/' of '[/]' is a folder's end
+with open(name, "wb") as fh:
+    fh.truncate((1 << 40) + 1)
+"""
+
+
+def test_a_file_name_a_step_chose_cannot_break_the_drivers_output(ray_cluster: str, tmp_path: Path) -> None:
+    """The review's crash: the error of a sleeve whose export failed names a file of its step; on a
+    strict UTF-8 stdout its undecodable byte raised UnicodeEncodeError in the driver's progress
+    line (exit 125, no summary, the sibling sleeve ended with Ray before its export), its '[/]'
+    raised rich's MarkupError in the summary table, and its escapes reached the terminal raw."""
+    from sandbox.orchestrator.progress import summary_table
+
+    host = make_host(
+        tmp_path,
+        {"evil": [{"name": "big", "run": ["python", "scripts/big.py"]}], "calm": [step("w", "write", "2")]},
+    )
+    (host / "scripts/big.py").write_text(HOSTILE_NAME)
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    req = PipelineRequest(host=str(host), meta="meta", run_id=RUN_ID, max_parallel=2)
+    result = run_pipeline(prepare_pipeline(req), progress_mode="plain", stream=out)
+    by = {s.id: s for s in result.sleeves}
+    assert result.status == "failed" and result.exit_code == 1
+    assert by["calm"].status == "succeeded" and verify(host / RUNS / RUN_ID / "calm") == []
+    evil = by["evil"]
+    assert evil.status == "failed" and evil.export is None and evil.error
+    assert "export limit" in evil.error and r"\x1b[1A\x1b[2K" in evil.error and r"\udcff" in evil.error
+    assert evil.error.isprintable()
+    summary_table(result.sleeves, stream=out, rich=True)  # '[/]' is text, not markup
+    summary_table(result.sleeves, stream=out, rich=False)
+    shown = raw.getvalue().decode()
+    assert "\x1b" not in shown and "evil: failed" in shown
+    summary = json.loads((host / RUNS / RUN_ID / SUMMARY_NAME).read_text())
+    assert {s["id"]: s["status"] for s in summary["sleeves"]} == {"evil": "failed", "calm": "succeeded"}
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,13 @@ import re
 import stat
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "escapes"))
@@ -246,6 +249,68 @@ def test_what_workers_leave_in_logs_never_steers_the_close(host: Host) -> None:
     export = host.export("wlogs")
     assert (export / "logs" / "sandbox_events.jsonl.from-step").is_symlink()
     assert any("kept as logs/sandbox_events.jsonl.from-step" in w for w in _report(export)["warnings"])
+
+
+#: A worker's daemon out of the workers' process groups (a session of its own, re-parented, the
+#: Python guard left behind with the environment) that rewrites the report once the launcher wrote
+#: it, before the export's copy: the review's forgery, which the export then verified.
+FORGER = r"""
+import os, sys, time
+if os.fork():
+    os._exit(0)
+rep = os.path.join(sys.argv[2], "sandbox_report.json")
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    try:
+        fd = os.open(rep, os.O_RDWR)
+    except OSError:
+        continue
+    try:
+        data = os.pread(fd, 1 << 20, 0)
+        if b'"ray"' in data and b"FORGED" not in data:
+            new = data.replace(b'"status": "succeeded"', b'"status": "FORGED"')
+            os.pwrite(fd, new, 0)
+            os.ftruncate(fd, len(new))
+    finally:
+        os.close(fd)
+"""
+
+
+@pytest.mark.kernel
+def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host) -> None:
+    token = f"tvsb-forger-{uuid.uuid4().hex}"
+    with host.run("forged") as run:
+        _need_kernel(run)
+        body = Body.options(runtime_env=run.runtime_env).remote()
+        code = (
+            "import subprocess, sys\n"
+            f"for pre in ([], ['unshare', '-U', '--']):\n"
+            f"    subprocess.Popen([*pre, sys.executable, '-c', {FORGER!r}, {token!r}, {run.run_storage!r}],"
+            " start_new_session=True, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,"
+            " stderr=subprocess.DEVNULL)\n"
+        )
+        assert _get(body.attempt.remote(code)) == "ok"
+        deadline = time.monotonic() + 30
+        while len(_leftovers(token)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_leftovers(token)) == 2, "the daemons did not start"
+    left = _leftovers(token)
+    for p in left:
+        p.kill()
+    export = host.export("forged")
+    assert _report(export)["status"] == "succeeded"
+    assert left == [], "a worker's daemon outlived its run"
+
+
+def _leftovers(token: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if token in " ".join(p.info["cmdline"] or ()):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
 
 
 @pytest.mark.kernel
