@@ -43,6 +43,9 @@ ACCESS_FS_MAKE_BLOCK = 1 << 11
 ACCESS_FS_MAKE_SYM = 1 << 12
 ACCESS_FS_REFER = 1 << 13  # ABI 2
 ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
+#: ABI 6 (Linux 6.12): the restricted process may not signal a process outside its Landlock
+#: domain -- kill(2), tgkill, sigqueue, and a SIGIO/SIGURG owner set with fcntl(F_SETOWN)
+SCOPE_SIGNAL = 1 << 1
 
 _WRITE_ABI1 = (
     ACCESS_FS_WRITE_FILE
@@ -65,9 +68,19 @@ NEVER_GRANTED = ACCESS_FS_MAKE_CHAR | ACCESS_FS_MAKE_BLOCK
 
 class _RulesetAttr(_ffi.Structure):
     # Only the first field of struct landlock_ruleset_attr: the kernel takes a shorter struct and
-    # treats the later fields (handled_access_net, ABI 4; scoped, ABI 6) as 0 -- not handled,
-    # which is what we want: networking and IPC scoping stay unrestricted.
+    # treats the later fields (handled_access_net, ABI 4; scoped, ABI 6) as 0 -- not handled.
     _fields_ = [("handled_access_fs", _ffi.c_uint64)]
+
+
+class _ScopedRulesetAttr(_ffi.Structure):
+    # The whole struct (ABI >= 6): networking stays unrestricted (handled_access_net 0 -- the
+    # network namespace is the step's limit there), signals are scoped (SCOPE_SIGNAL), abstract
+    # unix sockets are not (a step's own servers use them; the network namespace cuts the host's).
+    _fields_ = [
+        ("handled_access_fs", _ffi.c_uint64),
+        ("handled_access_net", _ffi.c_uint64),
+        ("scoped", _ffi.c_uint64),
+    ]
 
 
 class _PathBeneathAttr(_ffi.Structure):
@@ -115,7 +128,10 @@ def handled_rights(abi: int) -> int:
 
 
 def restrict_writes(writable: Sequence[str], *, abi: int | None = None) -> None:
-    """Restrict the calling thread, and every process it starts later, to writing below ``writable``.
+    """Restrict the calling thread, and every process it starts later, to writing below ``writable``
+    and, where the kernel can (ABI >= 6), to signalling only processes of its own Landlock domain
+    (:data:`SCOPE_SIGNAL`: not the launcher, a Ray raylet or driver, another run -- which a
+    process without a PID namespace of its own could otherwise signal as their user).
 
     Each path gets a rule granting every handled right beneath it but MAKE_CHAR and MAKE_BLOCK
     (device nodes are refused everywhere) (a folder), or only
@@ -137,7 +153,11 @@ def restrict_writes(writable: Sequence[str], *, abi: int | None = None) -> None:
         raise OSError(errno.ENOSYS, "landlock: not supported by this kernel (ABI 0)")
     handled = handled_rights(abi)
     lib = _libc.libc()
-    attr = _RulesetAttr(handled_access_fs=handled)
+    attr: _ffi.Structure = (
+        _ScopedRulesetAttr(handled_access_fs=handled, handled_access_net=0, scoped=SCOPE_SIGNAL)
+        if abi >= 6
+        else _RulesetAttr(handled_access_fs=handled)
+    )
     ruleset = _libc.check(
         _libc.syscall(_libc.SYS_LANDLOCK_CREATE_RULESET, _ffi.byref(attr), _ffi.sizeof(attr), 0),
         "landlock_create_ruleset",

@@ -45,7 +45,7 @@ def box() -> Iterator[Box]:
         b.close()
 
 
-def _run(box: Box, run_id: str) -> subprocess.CompletedProcess[str]:
+def _run(box: Box, run_id: str, step: str = STEP, **env_vars: str) -> subprocess.CompletedProcess[str]:
     argv = [
         sys.executable,
         NO_USERNS,
@@ -53,11 +53,24 @@ def _run(box: Box, run_id: str) -> subprocess.CompletedProcess[str]:
         "--",
         "sh",
         "-c",
-        STEP,
+        step,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TV_", "PYTHON"))}
-    env.update(PYTHONPATH=REPO, HOME=str(box.root), TMPDIR=str(box.ws))
+    env.update(PYTHONPATH=REPO, HOME=str(box.root), TMPDIR=str(box.ws), **env_vars)
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, cwd="/")
+
+
+def _landlock_alone(box: Box, r: subprocess.CompletedProcess[str], abi: int = 1) -> None:
+    """Skip (fail in CI) where this machine cannot give the test Landlock alone of ``abi``."""
+    why = ""
+    if landlock.abi_version() < abi:
+        why = f"Landlock ABI {abi} is unavailable here (Linux 6.12+ for 6)"
+    elif r.returncode == 125 and r.stderr.startswith("no_userns:"):
+        why = f"cannot make the test's user namespace: {r.stderr.strip()}"
+    if why:
+        if REQUIRE:
+            pytest.fail(f"in CI: {why}")
+        pytest.skip(reason=why)
 
 
 def test_landlock_alone_refuses_a_shell_step_and_keeps_its_outputs(box: Box) -> None:
@@ -88,3 +101,21 @@ def test_landlock_alone_refuses_a_shell_step_and_keeps_its_outputs(box: Box) -> 
     assert box.snapshot() == before
     # what the step wrote into the workspace is in the run folder
     assert (box.host / RUNS / "ll1" / "data" / "native.txt").read_text() == "native\n"
+
+
+SIGNAL_STEP = 'kill -TERM "$VICTIM" 2>/dev/null && echo SIGNALLED || echo REFUSED'
+
+
+def test_landlock_alone_keeps_the_step_from_signalling_processes_outside_its_run(box: Box) -> None:
+    """Without a PID namespace a step could signal every process of its user: the launcher, a Ray
+    raylet, another run (kill -TERM of a sleep of nobody's, outside the run, ended it). With
+    Landlock's signal scoping (ABI 6) it can signal only processes of its own domain."""
+    victim = subprocess.Popen([*box.prefix(), "sleep", "60"], cwd="/")
+    try:
+        r = _run(box, "ll2", SIGNAL_STEP, VICTIM=str(victim.pid))
+        _landlock_alone(box, r, abi=6)
+        assert r.returncode == 0, r.stderr
+        assert "REFUSED" in r.stdout and victim.poll() is None, (r.stdout, victim.poll())
+    finally:
+        victim.kill()
+        victim.wait()

@@ -302,6 +302,42 @@ def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host
     assert left == [], "a worker's daemon outlived its run"
 
 
+@pytest.mark.kernel
+def test_a_worker_cannot_signal_the_driver_the_raylet_or_another_process(host: Host) -> None:
+    """A sandboxed worker has no PID namespace (the raylet needs its pid): it could SIGTERM any
+    process of its user -- the driver, the raylet, another run. Landlock's signal scoping (ABI 6,
+    Linux 6.12+) limits its signals to its own processes and their children."""
+    from sandbox.kernel import landlock
+
+    if landlock.abi_version() < 6:
+        if REQUIRE:
+            pytest.fail("Landlock ABI 6 (signal scoping) unavailable in CI")
+        pytest.skip(reason="Landlock ABI 6 (Linux 6.12+) is unavailable here")
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        with host.run("signals") as run:
+            _need_kernel(run)
+            body = Body.options(runtime_env=run.runtime_env).remote()
+            code = (
+                "import os, subprocess, sys\n"
+                "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                "child.kill(); child.wait()  # its own child: still its to signal\n"
+                "refused = []\n"
+                f"for pid in ({victim.pid}, {os.getpid()}, os.getppid()):\n"
+                "    try:\n"
+                "        os.kill(pid, 0)\n"
+                "    except PermissionError:\n"
+                "        refused.append(pid)\n"
+                f"os.kill({victim.pid}, 15) if len(refused) < 3 else None\n"
+                "assert len(refused) == 3, refused\n"
+            )
+            assert _get(body.attempt.remote(code)) == "ok"
+        assert victim.poll() is None, "a worker signalled a process outside its run"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def _leftovers(token: str) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
