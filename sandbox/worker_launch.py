@@ -134,6 +134,12 @@ def apply_state(state: Mapping[str, Any]) -> str:
             landlock.restrict_writes([p for p in state["landlock"] if os.path.exists(p)], abi=abi)
         elif state.get("landlock_required"):
             raise KernelUnavailable("Landlock is unavailable in this worker, but the run was opened with it")
+        from sandbox.kernel import _libc
+
+        # as a step's: no capability, not even in the run's own user namespace (a root worker held
+        # all but CAP_SYS_ADMIN there: nested user namespaces, file permissions overridden on
+        # every file its mapped root owns)
+        _libc.drop_all_capabilities()
     except OSError as e:
         raise KernelUnavailable(f"kernel layer could not be applied to the worker: {e}") from e
     return f"{kind} landlock_abi={abi}"

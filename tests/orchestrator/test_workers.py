@@ -306,7 +306,9 @@ def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host
 def test_a_worker_cannot_signal_the_driver_the_raylet_or_another_process(host: Host) -> None:
     """A sandboxed worker has no PID namespace (the raylet needs its pid): it could SIGTERM any
     process of its user -- the driver, the raylet, another run. Landlock's signal scoping (ABI 6,
-    Linux 6.12+) limits its signals to its own processes and their children."""
+    Linux 6.12+) limits its signals to its own processes and their children. And it holds no
+    capability, as a step does (a root worker held all but CAP_SYS_ADMIN in the run's user
+    namespace)."""
     from sandbox.kernel import landlock
 
     if landlock.abi_version() < 6:
@@ -322,6 +324,9 @@ def test_a_worker_cannot_signal_the_driver_the_raylet_or_another_process(host: H
                 "import os, subprocess, sys\n"
                 "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
                 "child.kill(); child.wait()  # its own child: still its to signal\n"
+                "caps = dict(line.split(':\\t') for line in open('/proc/self/status').read().splitlines() if line.startswith('Cap'))\n"
+                "assert all(int(v, 16) == 0 for k, v in caps.items() if k != 'CapBnd'), caps\n"
+                "assert int(caps['CapBnd'], 16) == 0, caps\n"
                 "refused = []\n"
                 f"for pid in ({victim.pid}, {os.getpid()}, os.getppid()):\n"
                 "    try:\n"
