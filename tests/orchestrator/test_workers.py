@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "escapes"))
@@ -31,6 +30,8 @@ from attempts import ATTEMPTS, Attempt
 from sandbox.errors import UsageError
 from sandbox.orchestrator.workers import SandboxedRun, sandboxed_run
 from sandbox.samples import make_host
+
+from .test_pipeline import leftovers
 
 ray = pytest.importorskip("ray")
 
@@ -291,10 +292,10 @@ def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host
         )
         assert _get(body.attempt.remote(code)) == "ok"
         deadline = time.monotonic() + 30
-        while len(_leftovers(token)) < 2 and time.monotonic() < deadline:
+        while len(leftovers(token)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(_leftovers(token)) == 2, "the daemons did not start"
-    left = _leftovers(token)
+        assert len(leftovers(token)) == 2, "the daemons did not start"
+    left = leftovers(token)
     for p in left:
         p.kill()
     export = host.export("forged")
@@ -341,17 +342,6 @@ def test_a_worker_cannot_signal_the_driver_the_raylet_or_another_process(host: H
     finally:
         victim.kill()
         victim.wait()
-
-
-def _leftovers(token: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if token in " ".join(p.info["cmdline"] or ()):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
 
 
 @pytest.mark.kernel
