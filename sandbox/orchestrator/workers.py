@@ -260,20 +260,40 @@ def _in_user_ns(pid: int, userns: tuple[int, int]) -> bool:
         os.close(fd)
 
 
+def _of_run(pid: int, mntns: tuple[int, int], userns: tuple[int, int] | None) -> bool:
+    """Is ``pid`` in the run's mount namespace, or in its user namespace (nested ones included)?"""
+    try:
+        if _ns_id(pid, "mnt") == mntns:
+            return True
+    except OSError:  # gone, or a kernel thread
+        return False
+    return userns is not None and _in_user_ns(pid, userns)
+
+
 def _namespace_pids(mntns: tuple[int, int], userns: tuple[int, int] | None) -> list[int]:
     me = os.getpid()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        pid = int(name)
-        try:
-            mine = _ns_id(pid, "mnt") == mntns
-        except OSError:  # gone, or a kernel thread
-            continue
-        if mine or (userns is not None and _in_user_ns(pid, userns)):
-            found.append(pid)
-    return found
+    return [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit() and int(name) != me and _of_run(int(name), mntns, userns)
+    ]
+
+
+def _kill_if_of_run(pid: int, mntns: tuple[int, int], userns: tuple[int, int] | None) -> None:
+    """SIGKILL ``pid`` through a pidfd, once it is checked again to be the run's: a pid that ended
+    since it was listed and was reused by a process of the machine is never signalled (the
+    pidfd names the process that held the pid when it was opened, the one checked)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone
+        return
+    try:
+        if _of_run(pid, mntns, userns):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:  # ended meanwhile
+        pass
+    finally:
+        os.close(fd)
 
 
 def _end_namespace(
@@ -289,8 +309,7 @@ def _end_namespace(
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {pids} of the run did not end within {timeout_s:.0f} s")
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            _kill_if_of_run(pid, mntns, userns)
         time.sleep(0.01)
 
 
