@@ -82,6 +82,10 @@ class _Kernel:
     #: (st_dev, st_ino) of the run's mount namespace and, when it has one, of its user namespace:
     #: what makes a process one of the run's when it left the workers' process groups
     namespaces: tuple[tuple[int, int], tuple[int, int] | None] | None = None
+    #: descriptors of those namespaces, held until the close has ended their processes: a freed
+    #: namespace's number is the kernel's to give to the next one made on the machine (another
+    #: run's, a container's), whose processes the close would then SIGKILL as the run's
+    namespace_fds: list[int] = field(default_factory=list)
     layers: report_mod.Layers = field(default_factory=report_mod.Layers)
 
 
@@ -234,6 +238,25 @@ _NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2), linux/nsfs.h
 def _ns_id(pid: int, kind: str) -> tuple[int, int]:
     st = os.stat(f"/proc/{pid}/ns/{kind}")
     return st.st_dev, st.st_ino
+
+
+def _hold_namespaces(
+    pid: int, user: bool
+) -> tuple[tuple[tuple[int, int], tuple[int, int] | None], list[int]]:
+    """The ids of ``pid``'s mount namespace and (with ``user``) user namespace, and descriptors
+    that keep them -- and so their numbers -- alive until closed."""
+    fds: list[int] = []
+    try:
+        ids: list[tuple[int, int]] = []
+        for kind in ("mnt", "user") if user else ("mnt",):
+            fds.append(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
+            st = os.fstat(fds[-1])
+            ids.append((st.st_dev, st.st_ino))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return (ids[0], ids[1] if user else None), fds
 
 
 def _in_user_ns(pid: int, userns: tuple[int, int]) -> bool:
@@ -394,13 +417,14 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
     else:
         applied = holder.applied
         abi = landlock.abi_version()
-        userns = bool(applied and applied.user_namespace)
+        namespaces, namespace_fds = _hold_namespaces(holder.pid, bool(applied and applied.user_namespace))
         return _Kernel(
             "namespace",
             landlock=[*plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS],
             holder=holder,
             holder_stdin=wfd,
-            namespaces=(_ns_id(holder.pid, "mnt"), _ns_id(holder.pid, "user") if userns else None),
+            namespaces=namespaces,
+            namespace_fds=namespace_fds,
             layers=report_mod.Layers(
                 landlock_abi=abi,
                 mount_namespace=True,
@@ -539,8 +563,14 @@ def _close(run: SandboxedRun, status: str) -> RunOutcome:
             # a worker's daemon in a session of its own is in none of the process groups ended
             # above: without a PID namespace it would outlive the run -- and rewrite the report
             # between its writing and the export's copy. Every process still in the run's
-            # namespaces goes before the report is written.
-            _end_namespace(*k.namespaces)
+            # namespaces goes before the report is written. Their descriptors, held until now,
+            # keep their numbers from naming another namespace meanwhile.
+            try:
+                _end_namespace(*k.namespaces)
+            finally:
+                for fd in k.namespace_fds:
+                    os.close(fd)
+                k.namespace_fds.clear()
     crashed = [a for a in actors if a["crashed"]]
     if crashed and status == "succeeded":
         status = "failed"
