@@ -277,6 +277,20 @@ while time.monotonic() < end:
 """
 
 
+def _daemons(token: str) -> list[Any]:
+    """The FORGER daemons up: a forking one and its child, both holding ``token``, count once."""
+    left = leftovers(token)
+    pids = {p.pid for p in left}
+    out = []
+    for p in left:
+        try:
+            if p.ppid() not in pids:
+                out.append(p)
+        except Exception:  # psutil.NoSuchProcess: ended meanwhile
+            pass
+    return out
+
+
 @pytest.mark.kernel
 def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host) -> None:
     token = f"tvsb-forger-{uuid.uuid4().hex}"
@@ -292,9 +306,9 @@ def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host
         )
         assert _get(body.attempt.remote(code)) == "ok"
         deadline = time.monotonic() + 30
-        while len(leftovers(token)) < 2 and time.monotonic() < deadline:
+        while len(_daemons(token)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(leftovers(token)) == 2, "the daemons did not start"
+        assert len(_daemons(token)) == 2, "the daemons did not start"
     left = leftovers(token)
     for p in left:
         p.kill()
@@ -342,6 +356,64 @@ def test_a_worker_cannot_signal_the_driver_the_raylet_or_another_process(host: H
     finally:
         victim.kill()
         victim.wait()
+
+
+def _in_namespace_numbered(ino: int, tries: int = 400) -> subprocess.Popen[bytes] | None:
+    """A process of the machine, not of any run, in a new mount namespace that the kernel numbered
+    ``ino`` (it hands a freed namespace's number to the next one made): None when none was."""
+    for _ in range(tries):
+        p = subprocess.Popen(["unshare", "-m", "--", "sleep", "60"])
+        for _ in range(200):  # until unshare has made the namespace
+            try:
+                if os.stat(f"/proc/{p.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.001)
+        if os.stat(f"/proc/{p.pid}/ns/mnt").st_ino == ino:
+            return p
+        p.kill()
+        p.wait()
+        time.sleep(0.005)
+    return None
+
+
+@pytest.mark.kernel
+def test_the_close_never_kills_a_process_whose_namespace_took_the_runs_number(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close finds the run's leftovers by its namespaces' numbers (st_dev, st_ino). Once the
+    holder and the workers are gone, the kernel frees the namespace and gives its number to the
+    next one made on the machine -- another run's holder or step, a container: that process
+    must not be SIGKILLed as the run's."""
+    from sandbox.orchestrator import workers
+
+    if os.geteuid() != 0:
+        pytest.skip(reason="unshare -m needs root here")
+    real = workers._end_namespace
+    bystanders: list[subprocess.Popen[bytes]] = []
+
+    def end_namespace(mntns: tuple[int, int], userns: tuple[int, int] | None, timeout_s: float = 10.0) -> None:
+        p = _in_namespace_numbered(mntns[1])
+        if p is not None:
+            bystanders.append(p)
+        real(mntns, userns, timeout_s=timeout_s)
+
+    monkeypatch.setattr(workers, "_end_namespace", end_namespace)
+    try:
+        with host.run("numbered") as run:
+            _need_kernel(run)
+            if run._kernel.kind != "namespace":
+                pytest.skip(reason="no mount namespace for the workers here")
+            body = Body.options(runtime_env=run.runtime_env).remote()
+            assert _get(body.attempt.remote("open('x.txt', 'w').write('x')")) == "ok"
+        for p in bystanders:
+            assert p.poll() is None, "the close SIGKILLed a process of the machine, not of its run"
+    finally:
+        for p in bystanders:
+            p.kill()
+            p.wait()
+    assert (host.export("numbered") / "x.txt").read_text() == "x"
 
 
 @pytest.mark.kernel
