@@ -124,7 +124,7 @@ def test_an_interrupted_run_does_not_wait_for_a_reader_that_stopped(host: Path, 
         "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\n"
         "while True:\n    sys.stdout.write('y' * 4096)\n"
     )
-    reader = subprocess.Popen(["sh", "-c", f"exec 3<{fifo}; sleep 120"])  # holds it, reads nothing
+    reader = subprocess.Popen(["sh", "-c", f"exec 3<{fifo}; exec sleep 120"])  # holds it, reads nothing
     ws = tmp_path / "ws"
     ws.mkdir()
     argv = run_argv(host, "stall", sys.executable, "scripts/loud.py", options=("--workspace-dir", str(ws)))
