@@ -376,6 +376,9 @@ def _run_with(ns: "dict[str, Any]", early: "Early | None") -> int:
     from sandbox.report import summary_line
 
     rep = outcome.report
+    steps = rep.get("steps") or [{}]
+    if (steps[-1].get("stderr_tail") or "\n")[-1] != "\n":
+        print(file=sys.stderr)  # the step's stderr ended mid-line: ours begins on a line of its own
     if outcome.status == "interrupted":
         print(
             f"{PROG}: run {req.run_id} interrupted ({rep.get('cut', {}).get('why', 'signal')}): the step's "

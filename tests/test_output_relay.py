@@ -224,3 +224,14 @@ def test_a_stderr_whose_reader_is_gone_keeps_the_steps_exit_status(host: Path, t
     rep, export = _export(host, "gone")
     assert (export / "logs" / "step.stderr.log").read_text() == "said\n"
     assert any("Broken pipe" in w for w in rep["warnings"]), rep["warnings"]  # type: ignore[attr-defined]
+
+
+def test_the_launchers_line_never_sticks_to_a_steps_unfinished_line(host: Path, tmp_path: Path) -> None:
+    """A step's stderr ending mid-line (a progress bar, a traceback cut by Ctrl-C): the summary was
+    glued to it (``50%tv-sandbox: run ... failed``), where a user's eye and a CI log's grep look."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = run_argv(host, "midline", "sh", "-c", "printf 50%% >&2; exit 2", options=("--workspace-dir", str(ws)))
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "50%\ntv-sandbox: run midline failed (exit 2)" in r.stderr, r.stderr
