@@ -259,6 +259,7 @@ FORGER = r"""
 import os, sys, time
 if os.fork():
     os._exit(0)
+open(os.path.join(sys.argv[2], f".forger-up-{os.getpid()}"), "w").close()  # the daemon is up
 rep = os.path.join(sys.argv[2], "sandbox_report.json")
 end = time.monotonic() + 60
 while time.monotonic() < end:
@@ -277,18 +278,10 @@ while time.monotonic() < end:
 """
 
 
-def _daemons(token: str) -> list[Any]:
-    """The FORGER daemons up: a forking one and its child, both holding ``token``, count once."""
-    left = leftovers(token)
-    pids = {p.pid for p in left}
-    out = []
-    for p in left:
-        try:
-            if p.ppid() not in pids:
-                out.append(p)
-        except Exception:  # psutil.NoSuchProcess: ended meanwhile
-            pass
-    return out
+def _daemons_up(run_storage: str) -> int:
+    """How many FORGER daemons are up: each one's forked child says so with a file of its own
+    (counting processes by their command line raced with each daemon's fork and exit)."""
+    return sum(1 for name in os.listdir(run_storage) if name.startswith(".forger-up-"))
 
 
 @pytest.mark.kernel
@@ -306,9 +299,9 @@ def test_a_workers_daemon_cannot_outlive_the_run_nor_forge_its_report(host: Host
         )
         assert _get(body.attempt.remote(code)) == "ok"
         deadline = time.monotonic() + 30
-        while len(_daemons(token)) < 2 and time.monotonic() < deadline:
+        while _daemons_up(run.run_storage) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(_daemons(token)) == 2, "the daemons did not start"
+        assert _daemons_up(run.run_storage) == 2, "the daemons did not start"
     left = leftovers(token)
     for p in left:
         p.kill()
