@@ -313,16 +313,13 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
         raise
     else:
         applied = holder.applied
-        abi = landlock.abi_version()
-        namespaces, namespace_fds = _hold_namespaces(holder.pid, bool(applied and applied.user_namespace))
-        return _Kernel(
-            "namespace",
-            landlock=[*plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS],
-            holder=holder,
-            holder_stdin=wfd,
-            namespaces=namespaces,
-            namespace_fds=namespace_fds,
-            layers=report_mod.Layers(
+        k = _Kernel("namespace", holder=holder, holder_stdin=wfd)
+        try:
+            userns = bool(applied and applied.user_namespace)
+            k.namespaces, k.namespace_fds = _hold_namespaces(holder.pid, userns)
+            abi = landlock.abi_version()
+            k.landlock = [*plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS]
+            k.layers = report_mod.Layers(
                 landlock_abi=abi,
                 mount_namespace=True,
                 overlay=bool(applied and applied.overlay),
@@ -332,8 +329,11 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
                     "network_namespace": _WORKERS_NETWORK,
                     **({} if abi else {"landlock": landlock.unavailable_reason(landlock.query_abi()[1])}),
                 },
-            ),
-        )
+            )
+        except BaseException:  # the holder (and its namespaces) must not outlive a run never opened
+            _release_kernel(k)
+            raise
+        return k
     finally:
         os.close(rfd)
         os.close(null)
@@ -371,6 +371,30 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
     return _Kernel("off", layers=report_mod.Layers(missing={"kernel": message}))
 
 
+def _release_kernel(k: _Kernel) -> None:
+    """End what :func:`_open_kernel` started, once: the holder (its stdin closed, then waited
+    for), then every process still in the run's namespaces, then the descriptors that held them."""
+    if k.holder is not None:
+        if k.holder_stdin is not None:
+            os.close(k.holder_stdin)
+            k.holder_stdin = None
+        k.holder.wait()
+        k.holder.release()
+    if k.namespaces is not None:
+        # a worker's daemon in a session of its own is in none of the process groups the close
+        # ended: without a PID namespace it would outlive the run -- and rewrite the report
+        # between its writing and the export's copy. Every process still in the run's
+        # namespaces goes before the report is written. Their descriptors, held until now,
+        # keep their numbers from naming another namespace meanwhile.
+        try:
+            _end_namespace(*k.namespaces)
+        finally:
+            for fd in k.namespace_fds:
+                os.close(fd)
+            k.namespace_fds.clear()
+            k.namespaces = None
+
+
 def _open(
     root: str | os.PathLike[str],
     run_id: str,
@@ -397,6 +421,7 @@ def _open(
     )
     prep = preflight(req)
     ws = workspace_mod.create(prep.host, run_id, prep.spec.layout, base_dir=workspace_base, mirror=False)
+    k: _Kernel | None = None
     try:
         for key in ("temp", "session"):
             if ray_dirs[key] == ws.host or ray_dirs[key].startswith(ws.host + os.sep):
@@ -436,6 +461,8 @@ def _open(
         )
         return run
     except BaseException:
+        if k is not None:  # a failure after the holder started: it and its namespaces go first
+            _release_kernel(k)
         ws.remove()
         raise
 
@@ -450,24 +477,7 @@ def _close(run: SandboxedRun, status: str) -> RunOutcome:
     try:
         actors = run.end_workers()
     finally:
-        k = run._kernel
-        if k.holder is not None:
-            if k.holder_stdin is not None:
-                os.close(k.holder_stdin)
-            k.holder.wait()
-            k.holder.release()
-        if k.namespaces is not None:
-            # a worker's daemon in a session of its own is in none of the process groups ended
-            # above: without a PID namespace it would outlive the run -- and rewrite the report
-            # between its writing and the export's copy. Every process still in the run's
-            # namespaces goes before the report is written. Their descriptors, held until now,
-            # keep their numbers from naming another namespace meanwhile.
-            try:
-                _end_namespace(*k.namespaces)
-            finally:
-                for fd in k.namespace_fds:
-                    os.close(fd)
-                k.namespace_fds.clear()
+        _release_kernel(run._kernel)
     crashed = [a for a in actors if a["crashed"]]
     if crashed and status == "succeeded":
         status = "failed"

@@ -9,6 +9,8 @@ TV_SANDBOX_REQUIRE_KERNEL=1.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -447,6 +449,52 @@ def test_guard_alone_when_the_kernel_layer_is_off(host: Host) -> None:
     assert "AccessDenied" in seen and "lakehouse-read-only" in seen and ok == "ok", (seen, ok)
     assert host.snapshot() == before
     assert (host.export("guard") / "guarded.txt").read_text() == "g"
+
+
+@pytest.mark.kernel
+def test_a_run_that_fails_to_open_leaves_no_holder_nor_namespace(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the holder started (here: the run's state file cannot be written) ends
+    the holder, closes its pipe and the descriptors of its namespaces, and removes the workspace:
+    a run that never opened keeps nothing alive."""
+    from sandbox.orchestrator import workers
+
+    opened: list[Any] = []
+    real_open_kernel = workers._open_kernel
+
+    def open_kernel(*a: Any, **kw: Any) -> Any:
+        opened.append(real_open_kernel(*a, **kw))
+        return opened[-1]
+
+    def write_state(path: str, state: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    def fds() -> set[str]:
+        out = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                out.add(f"{fd} {os.readlink(f'/proc/self/fd/{fd}')}")
+        return out
+
+    monkeypatch.setattr(workers, "_open_kernel", open_kernel)
+    monkeypatch.setattr(workers, "write_state", write_state)
+    before, workspaces = fds(), sorted(os.listdir(host.wsbase))
+    with pytest.raises(OSError, match="No space left"), host.run("unopened"):
+        pass
+    assert len(opened) == 1
+    k = opened[0]
+    if k.kind != "namespace":
+        if REQUIRE:
+            pytest.fail("no mount namespace for the workers in CI")
+        pytest.skip(reason="no mount namespace for the workers here")
+    with pytest.raises(ProcessLookupError):
+        os.kill(k.holder.pid, 0)  # reaped, not a zombie either
+    assert k.namespace_fds == [] and k.holder_stdin is None
+    leaked = fds() - before
+    assert not leaked, leaked
+    assert sorted(os.listdir(host.wsbase)) == workspaces
+    assert not host.export("unopened").exists()
 
 
 def test_bad_inputs_write_nothing(host: Host) -> None:
