@@ -75,6 +75,7 @@ LAUNCHER = (
     "sandbox.kernel.landlock",
     "sandbox.kernel.mounts",
     "sandbox.kernel._mapper",
+    "sandbox.kernel._stdio",
     "sandbox.kernel._keeper",
     "sandbox._paths",
     "sandbox._mountinfo",

@@ -16,6 +16,7 @@ import time
 
 from sandbox.kernel import _libc, landlock, mounts  # loaded before the fork
 from sandbox.kernel._mapper import Mapper
+from sandbox.kernel._stdio import no_terminal_stdin, own_stdio, terminal_kept_safe
 from sandbox.kernel.plan import (
     AppliedLayers,
     KernelPlan,
@@ -131,11 +132,17 @@ def run_early_keeper(
 
     def load() -> _Step | None:  # in the init
         enter_dev()  # while the launcher still works on the step
+        os.set_blocking(pr, False)
         try:
-            _warm_up()
-        except Exception:  # only a head start: the step is handled the same without it
-            pass
-        data = b""
+            data = os.read(pr, 1 << 16)
+        except BlockingIOError:  # the launcher still works on the step: use the wait
+            data = b""
+            try:
+                _warm_up()
+            except Exception:  # only a head start: the step is handled the same without it
+                pass
+        # (A step already there goes on at once: the warm-up would only delay its exec.)
+        os.set_blocking(pr, True)
         while chunk := os.read(pr, 1 << 16):
             data += chunk
         os.close(pr)
@@ -258,12 +265,12 @@ def _keep(
         if plan is not None and entered is not None:
             stage = "kernel"
             applied = seal(plan, entered)
-            own_session = _terminal_kept_safe()
+            own_session = terminal_kept_safe()
             os.write(wfd, f"applied {applied.encode()}\n".encode())
             stage = "setup"
         _libc.set_child_subreaper()
         _untraceable()
-        _no_terminal_stdin()
+        no_terminal_stdin()
         main = _command(argv, env, cwd, keep, wfd, own_session)
         os.write(wfd, f"init {main}\n".encode())
         os.close(wfd)
@@ -297,13 +304,13 @@ def _init(
         argv, env, cwd, plan, entered, keep = step
         assert plan is not None and entered is not None  # an init exists for a PID namespace's plan
         applied = seal(plan, entered)
-        own_session = _terminal_kept_safe()
+        own_session = terminal_kept_safe()
         os.write(wfd, f"applied {applied.encode()}\n".encode())
         _untraceable()
         stage = "exec"  # what fails from here fails the step's command (126), not the kernel layer
-        _no_terminal_stdin()
+        no_terminal_stdin()
         if plan.namespace:
-            _own_stdio()
+            own_stdio()
         # The command with posix_spawn (vfork + exec: no copy of this image's page tables, the
         # fork that costs). Nothing must happen between the two in the child: the namespace's
         # death already ends the command with us, so it needs no parent-death signal. In a
@@ -351,12 +358,13 @@ def _command(
 ) -> int:
     """Fork the command: it unblocks the signals, dies with us, enters ``cwd`` and execs -- in a
     process group of its own (a session of its own with ``own_session``, see
-    :func:`_terminal_kept_safe`). Its own group: ``kill(0, sig)`` -- a shell's ``kill 0`` --
-    reaches the step's processes, not the launcher's group (the script that started it, a
-    pipeline's shell, a Ray worker's), which a PID namespace does not cover: a process group is
-    signalled whole, wherever its members live. So the terminal's signals reach the launcher,
-    which passes them on (Docker's signal proxy), and the step is never the terminal's
-    foreground: its stdin is not the terminal (:func:`_no_terminal_stdin`)."""
+    :func:`~sandbox.kernel._stdio.terminal_kept_safe`). Its own group: ``kill(0, sig)`` -- a
+    shell's ``kill 0`` -- reaches the step's processes, not the launcher's group (the script
+    that started it, a pipeline's shell, a Ray worker's), which a PID namespace does not cover:
+    a process group is signalled whole, wherever its members live. So the terminal's signals
+    reach the launcher, which passes them on (Docker's signal proxy), and the step is never the
+    terminal's foreground: its stdin is not the terminal
+    (:func:`~sandbox.kernel._stdio.no_terminal_stdin`)."""
     me = os.getpid()
     pid = os.fork()
     if pid:
@@ -499,135 +507,6 @@ def _children(ppid: str) -> list[int]:  # pragma: no cover - in the keeper
         if len(fields) > 1 and fields[1].decode() == ppid:
             found.append(int(name))
     return found
-
-
-def _own_stdio() -> None:  # pragma: no cover - in the init, after the mounts and Landlock
-    """Hand the command its 0, 1 and 2 as its own view opens them, where the launcher's are a
-    host inode it could otherwise change through the descriptor: ``fchmod``, ``futimens`` and
-    ``fsetxattr`` need only ownership, which a root step has of root's files, and the descriptor
-    carries the launcher's writable mount (``< lakehouse.csv`` made the lakehouse file 0777).
-
-    - a device other than a terminal (``< /dev/null``): the step's own node of that device,
-      same access mode (read-only bind: the host's node cannot be changed);
-    - a file, folder or named FIFO open read-only (``< data/x.csv``): the same path in the
-      step's view, read-only (a file at the same offset) -- what the step itself would open.
-    Kept: pipes and sockets (no inode of the host's), the user's terminal, and a file open for
-    writing -- the target the user redirected the output to (reopened in the step's view, its
-    writes would land in the run folder's copy, or be refused; docs/security.md says what a step
-    can do to it). Anything else -- a device the step's ``/dev`` lacks, a block device, a path the
-    view does not have as such (deleted, hidden, or made something else by an earlier step of
-    the run), a path that leads back to the launcher's own descriptor (a link to
-    ``/proc/self/fd/0``: its mount is the launcher's) -- is an ``OSError``: the command is not
-    started, rather than handed the launcher's descriptor."""
-    for fd in (0, 1, 2):
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue  # not open: nothing to hand over
-        try:
-            kind = st.st_mode & 0o170000
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            if kind in (0o140000,) or path.startswith(("pipe:", "socket:", "anon_inode:")):
-                continue  # a pipe or a socket: no inode of the host's
-            if kind == 0o020000 and os.isatty(fd):
-                continue  # the user's terminal (see _terminal_kept_safe)
-            with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
-                info = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
-            mode = int(info[b"flags"].strip(), 8) & 0o3  # O_ACCMODE
-            if kind == 0o020000:  # a device: the step's own node of it, or none
-                try:
-                    ours = path.startswith("/dev/") and os.stat(path).st_rdev == st.st_rdev
-                except OSError:
-                    ours = False
-                if not ours:
-                    raise _stdio_error(fd, path, "device", "not in the step's /dev")
-                _replace(fd, os.open(path, mode | os.O_NOCTTY | os.O_CLOEXEC))
-                continue
-            if kind == 0o100000 and mode != os.O_RDONLY:
-                continue  # the user's output file
-            what = {0o100000: "file", 0o040000: "folder", 0o010000: "FIFO"}.get(kind)
-            if what is None or mode != os.O_RDONLY:
-                raise _stdio_error(fd, path, what or "device", "only a file, folder or FIFO is reopened")
-            try:
-                # O_NONBLOCK: never wait on a FIFO (one an earlier step left at the path, too)
-                new = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError as e:
-                raise _stdio_error(fd, path, what, e.strerror) from None
-            with open(f"/proc/self/fdinfo/{new}", "rb") as fh:
-                mnt = [line for line in fh.read().splitlines() if line.startswith(b"mnt_id:")]
-            if os.fstat(new).st_mode & 0o170000 != kind or mnt == [b"mnt_id:" + info[b"mnt_id"]]:
-                os.close(new)
-                raise _stdio_error(fd, path, what, f"not its own {what} there")
-            os.set_blocking(new, True)  # as the launcher's was
-            if kind == 0o100000:
-                os.lseek(new, int(info[b"pos"]), os.SEEK_SET)
-            _replace(fd, new)
-        except _StdioUnavailable:
-            raise
-        except (OSError, KeyError, ValueError) as e:  # an unreadable fdinfo, a vanished path
-            raise _stdio_error(fd, "?", "descriptor", str(e)) from None
-
-
-class _StdioUnavailable(OSError):
-    pass
-
-
-def _stdio_error(fd: int, path: str, what: str, why: str | None) -> OSError:  # pragma: no cover
-    name = ("stdin", "stdout", "stderr")[fd]
-    return _StdioUnavailable(
-        9,  # EBADF: the command cannot run as asked (126), not "not found"
-        f"cannot give the command its {name}: the {what} {path} is not readable in the step's view "
-        f"({why}) -- pipe it in instead (cat FILE | tv-sandbox run ...)",
-    )
-
-
-def _replace(fd: int, new: int) -> None:  # pragma: no cover - in the init
-    os.dup2(new, fd)  # inheritable, as the one it replaces
-    os.close(new)
-
-
-def _no_terminal_stdin() -> None:  # pragma: no cover - in the init, or a keeper that is the init
-    """A terminal as stdin becomes ``/dev/null`` (``docker run`` without ``-i``): the command is
-    not in the terminal's foreground group (see :func:`_command`), where a read would stop it
-    (SIGTTIN) until Ctrl-C. Its output still goes to the terminal."""
-    try:
-        if not os.isatty(0):
-            return
-        null = os.open("/dev/null", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return
-    _replace(0, null)
-
-
-def _terminal_kept_safe() -> bool:  # pragma: no cover - in the init, or a keeper that is the init
-    """Keep the step from pushing input into the launcher's terminal (``TIOCSTI``: commands typed
-    into the user's shell once the run ends, bubblewrap's CVE-2017-5226); after :func:`seal`
-    (``no_new_privs``). Where the machine's system calls are known, a seccomp filter refuses the
-    ioctl (flatpak's way) and the command stays in the launcher's session and process group: job
-    control and the terminal's signals reach it as they would without the sandbox. Elsewhere it
-    gets a session of its own (bubblewrap's ``--new-session``: no controlling terminal, at the
-    price of job control) -- returns True then.
-
-    Without a terminal in reach -- no controlling terminal (CI, a scheduler, a Ray worker) and no
-    terminal among the command's stdio -- nothing is done: ``TIOCSTI`` needs the caller's
-    controlling terminal (or CAP_SYS_ADMIN), which a step without one can take only from a
-    terminal it can open, and its view holds none but its own pseudo-terminals. The filter costs
-    each of the step's interpreters ~0.4 ms (every system call through it)."""
-    if not _libc.terminal_filter_supported():
-        return True  # (whatever the terminal: the keeper knows the command's group by the machine)
-    if _terminal_in_reach():
-        _libc.deny_terminal_injection()
-    return False
-
-
-def _terminal_in_reach() -> bool:  # pragma: no cover - in the init, or a keeper that is the init
-    if any(os.isatty(fd) for fd in (0, 1, 2)):
-        return True
-    try:  # the session's controlling terminal (read-only: Landlock is in force already)
-        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC))
-    except OSError:  # ENXIO: there is none
-        return False
-    return True
 
 
 def _untraceable() -> None:  # pragma: no cover - in the init, or a keeper that is the init

@@ -84,7 +84,7 @@ def needs_relay(fd: int) -> bool:
     (``> out.log`` made setuid root) -- and neither can be reopened in the step's view for
     writing. The launcher gives the step a pipe instead and copies it
     (:func:`sandbox._output.pump`). A pipe, a socket, a terminal or another device is handed
-    over as it is (or reopened in the step's own ``/dev``: ``_keeper._own_stdio``)."""
+    over as it is (or reopened in the step's own ``/dev``: ``_stdio.own_stdio``)."""
     try:
         kind = os.fstat(fd).st_mode & 0o170000
         if kind == 0o010000:  # a FIFO: named, or a pipe (no inode of the host's)
