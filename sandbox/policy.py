@@ -174,6 +174,7 @@ class PolicySpec:
         run_storage: str | None = None,
         mount_targets: Mapping[str, str] | None = None,
         profile: str | None = None,
+        runs_view: str | None = None,
     ) -> Policy:
         """Place this policy on one run.
 
@@ -202,6 +203,7 @@ class PolicySpec:
                 temp_dirs=tuple(temp_dirs),
                 run_storage=run_storage,
                 mount_targets=dict(mount_targets or {}),
+                runs_view=runs_view,
             ),
         )
 
@@ -218,6 +220,9 @@ class RunContext:
     temp_dirs: tuple[str, ...] = ()
     run_storage: str | None = None  # where the run folder really lives, when not in the workspace
     mount_targets: dict[str, str] = field(default_factory=dict)  # mount name -> real host path
+    # Without the overlay, the real folder ``ws/<runs>`` links to (``Workspace.runs_view``): a
+    # path there is the workspace's ``<runs>/...``.
+    runs_view: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -229,6 +234,7 @@ class RunContext:
             "temp_dirs": list(self.temp_dirs),
             "run_storage": self.run_storage,
             "mount_targets": dict(self.mount_targets),
+            "runs_view": self.runs_view,
         }
 
     @classmethod
@@ -242,6 +248,7 @@ class RunContext:
             temp_dirs=tuple(d.get("temp_dirs", ())),
             run_storage=d.get("run_storage"),
             mount_targets=dict(d.get("mount_targets", {})),
+            runs_view=d.get("runs_view"),
         )
 
 
@@ -289,6 +296,8 @@ class Policy:
             roots.append((parts(target), _MOUNT, self._mount_rels[name]))
         if ctx.run_storage:
             roots.append((parts(ctx.run_storage), _RUNSTORE, self.run_rel))
+        if ctx.runs_view:
+            roots.append((parts(ctx.runs_view), _WORKSPACE, self.run_rel[:-1]))
         roots.append((parts(ctx.workspace), _WORKSPACE, ()))
         roots.append((parts(ctx.host), _HOST, ()))
         roots.extend((parts(t), _TEMP, ()) for t in ctx.temp_dirs)

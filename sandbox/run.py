@@ -409,7 +409,7 @@ class Run:
         self.warnings.extend(report_mod.secure_logs(self.ws.run_storage))  # every process of it is gone
         plan = self._plan
         if plan is None or not plan.overlays:
-            carried = workspace_mod.consolidate(self.ws)
+            carried = workspace_mod.consolidate(self.ws, view=plan is None)  # Landlock: not writable
             if carried:
                 self.carried.extend(carried)
         native = report_mod.explain_native(

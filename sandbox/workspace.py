@@ -13,6 +13,9 @@ in ``--workspace-dir``, else the temp dir of :func:`temp_root`)::
         <runs>/<ID>  -> base/run                         $TV_RUN_DIR (a bind mount under the kernel)
         everything else -> HOST/...                      code and configs, read through; writes
                                                          are redirected
+    base/runs-view/             without the overlay, what ``ws/<runs>`` links to: a link per past
+                                run (-> HOST/<runs>/<name>) and ``<ID> -> base/run``; outside every
+                                writable root, and reused from run to run (see below)
     base/run/                   the run folder's storage (data/ reports/ config/ logs/ ...); exported
     base/tmp/                   $TMPDIR of the steps
     base/.ovl-work/             the workspace overlay's work dir (kernel layer)
@@ -23,6 +26,18 @@ levels is a symlink to the host, so building it costs a few directory listings, 
 lakehouse is. Under the kernel layer the workspace is instead an overlay of HOST with ``base/run`` as
 its upper layer, so a write of any process to ``ws/<rel>`` lands at ``run/<rel>`` -- the same mapping
 the Python guard applies to ``$TV_RUN_DIR/<rel>``.
+
+**The runs folder grows with every run**, so without the overlay it is not mirrored into ``ws/``:
+``ws/<runs>`` is one link to ``base/runs-view``, the view of the host's runs folder (a link per
+past run, so ``<runs>/<old>/...`` reads natively as before, and ``<ID>`` to the run folder). That
+view is *kept* between runs: the launcher hands it back, without its ``<ID>`` link, to a pool
+beside the workspaces (``tv-sandbox-runs-<key>/<slot>``, one per host's runs folder, a few slots
+for concurrent runs), and the next run takes it with one ``rename`` and brings it up to date (a
+listing of each: the links of runs exported or removed meanwhile). A link costs ~50-170 us on an
+ext4 ``/tmp``; 2000 past runs were 25-260 ms of every run to make, and more to walk and remove.
+The view is outside every writable root of the Landlock fallback (the step cannot plant a link a
+later run would follow), and a view holding anything but links (the guard alone: a native write
+``<runs>/<new>/x`` lands there, and :func:`consolidate` carries it out) is not reused.
 """
 
 from __future__ import annotations
@@ -83,6 +98,11 @@ class Workspace:
         return os.path.join(self.base, "tmp")
 
     @property
+    def runs_view(self) -> str:
+        """Without the overlay, what ``ws/<runs>`` links to (see the module docstring)."""
+        return os.path.join(self.base, VIEW)
+
+    @property
     def overlay_work(self) -> str:
         return os.path.join(self.base, ".ovl-work")
 
@@ -111,6 +131,7 @@ class Workspace:
             run_storage=self.run_storage,
             mount_targets=self.mount_targets,
             profile=profile,
+            runs_view=self.runs_view,
         )
 
     @property
@@ -137,10 +158,13 @@ class Workspace:
         only when it runs without the overlay (Landlock alone, the guard alone)."""
         if os.listdir(self.root):
             return
+        _fill_view(self)
         _mirror(self.host, self.root, _skeleton(self)[1])
 
     def remove(self) -> None:
-        """Remove the workspace, its ``owner`` marker last (see :func:`_remove_owned`)."""
+        """Remove the workspace, its ``owner`` marker last (see :func:`_remove_owned`); the view
+        of the runs folder goes back to its pool first."""
+        _give_back(self)
         _remove_owned(self.base)
 
     def remove_scratch(self) -> None:
@@ -148,10 +172,16 @@ class Workspace:
         steps' temp dir, the overlay's work folder, the mount points, the bound policy. Nothing
         of it is read once the last step has ended, so the launcher removes it during the export
         (:meth:`sandbox.run.Run.close`); :meth:`remove` then removes the rest."""
+        _give_back(self)
         _remove_owned(self.base, keep=(os.path.basename(self.run_storage),), marker_too=False)
 
 
 _PREFIX = "tv-sandbox-"
+VIEW = "runs-view"  # base/runs-view: the runs folder's view without the overlay
+POOL_PREFIX = _PREFIX + "runs-"  # + key: the pool of views of one host's runs folder
+POOL_HOST = "host"  # in a pool: the runs folder its views show (the sweep removes a pool without it)
+POOL_SLOTS = 4  # views kept per runs folder: concurrent runs beyond this build their own
+POOL_FROM = 32  # a view of fewer runs is not kept (cheap to make; nothing left beside workspaces)
 
 
 def _rmtree(path: str) -> None:
@@ -334,6 +364,10 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(base, name)
+        if name.startswith(POOL_PREFIX):
+            if _sweep_pool(path):  # a pool of views of a runs folder that is gone
+                removed.append(path)
+            continue
         owner = owner_of(path)
         if owner is None:
             continue
@@ -392,7 +426,7 @@ def create(
 def _skeleton(ws: Workspace) -> tuple[set[str], dict[str, str]]:
     """The real folders and the symlinks (rel -> target) :meth:`Workspace.mirror` made."""
     special = {rel: ws.mount_targets[name] for name, rel in ws.layout.mounts().items()}
-    special[f"{ws.layout.runs}/{ws.run_id}"] = ws.run_storage
+    special[ws.layout.runs] = ws.runs_view
     real_dirs: set[str] = {""}
     for rel in special:
         comps = rel.split("/")
@@ -403,7 +437,7 @@ def _skeleton(ws: Workspace) -> tuple[set[str], dict[str, str]]:
 CONFLICT_SUFFIX = ".from-workspace"
 
 
-def consolidate(ws: Workspace) -> list[str]:
+def consolidate(ws: Workspace, *, view: bool = True) -> list[str]:
     """Move into the run folder whatever the step wrote into the workspace skeleton; return the
     run-folder-relative paths of the files (and symlinks) carried, sorted.
 
@@ -416,15 +450,21 @@ def consolidate(ws: Workspace) -> list[str]:
     the same path. A name the run folder already has (the guard redirected a write there) keeps
     the run folder's file, and the workspace's goes beside it as ``<rel>.from-workspace``.
 
-    Never follows a symlink: the skeleton's own links (to the host, the mounts, the run folder)
-    are recognised by their targets and left; a link the step made is moved as a link. Call it
-    after the step, before the report and the export.
+    Never follows a symlink: the skeleton's own links (to the host, the mounts, the runs view)
+    are recognised by their targets and left; a link the step made is moved as a link. The view
+    of the runs folder (``base/runs-view``, which ``ws/<runs>`` links to) is searched too when
+    ``view`` -- only the guard alone lets a step write there (Landlock leaves it out of the
+    writable roots): what is not one of its links (a name of the host's runs folder, or ``<ID>``)
+    is carried to ``<runs>/<name>``, one listing of each, no per-link call. Call it after the
+    step, before the report and the export.
     """
     if not os.path.isdir(ws.root):
         return []
     real_dirs, special = _skeleton(ws)
     carried: list[str] = []
     store = _Store(ws.run_storage)
+    if view:
+        carried.extend(_carry_from_view(ws, store))
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -547,3 +587,178 @@ def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
         link = os.path.join(root, rel)
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(target, link)
+
+
+# -- the view of the runs folder (no overlay), kept between runs -----------------------------------
+#
+# ``ws/<runs>`` links to ``base/runs-view``: a link per entry of the host's runs folder and
+# ``<ID> -> base/run``. Made afresh it costs a ``symlink`` per past run (~50-170 us on ext4), and
+# removing it an ``unlink`` each, so a run hands its view back to a pool beside the workspaces and
+# the next run of that host takes it: one ``rename`` each way, and a listing of the view and of the
+# host's runs folder to add the runs exported meanwhile and drop the ones removed (~0.5 us an entry,
+# no call per entry). Only a view of more than POOL_FROM runs is kept (fewer are made in a few
+# ms), so a host with a short history leaves nothing beside the workspaces. A pool is
+# ``<parent>/tv-sandbox-runs-<key>`` (``key``: the runs folder's path hashed), this user's, 0700,
+# with ``host`` (the runs folder's path: the sweep removes the pool once that folder is gone) and
+# up to POOL_SLOTS views named ``0``, ``1``... -- the sweep of dead launchers never takes it for a
+# workspace (no ``owner`` marker). A view holds links only: one with anything else (the guard alone
+# lets native code write there; consolidate carried it out) is removed, never reused, and one not
+# this user's, or writable by others, is never taken. Under Landlock the view is outside the
+# writable roots, so no step can plant a link there that a later run's step would follow (its link
+# targets are not checked one by one: only this user, outside any run, could have changed them).
+
+
+def _host_runs(ws: Workspace) -> str:
+    return os.path.join(ws.host, ws.layout.runs)
+
+
+def _pool(ws: Workspace) -> str | None:
+    """The pool of views of this host's runs folder, or None when the name is taken by something
+    that is not this user's own folder (never used then: no view is taken from or given to it)."""
+    from sandbox._digest import sha256_hex
+
+    key = sha256_hex(_host_runs(ws).encode("utf-8", "surrogateescape"))[:16]
+    path = os.path.join(os.path.dirname(ws.base), POOL_PREFIX + key)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def _own_view(path: str) -> bool:
+    """``path`` is a real folder of this user that no one else can write (so its links are ours)."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _take(pool: str, view: str) -> set[str] | None:
+    """A view from ``pool`` moved to ``view``: the names of its links; None when there is none
+    to take (or the one taken held anything but links: then removed)."""
+    for slot in range(POOL_SLOTS):
+        try:
+            os.rename(os.path.join(pool, str(slot)), view)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        names: set[str] = set()
+        ok = _own_view(view)
+        if ok:
+            with os.scandir(view) as it:
+                for entry in it:
+                    if not entry.is_symlink():
+                        ok = False
+                        break
+                    names.add(entry.name)
+        if ok:
+            return names
+        _rmtree(view)
+        return None
+    return None
+
+
+def _fill_view(ws: Workspace) -> None:
+    """Make ``base/runs-view`` (see above): taken from the pool and brought up to date, else new."""
+    host_runs, view = _host_runs(ws), ws.runs_view
+    pool = _pool(ws)
+    have = _take(pool, view) if pool is not None else None
+    if have is None:
+        os.mkdir(view, 0o755)
+        have = set()
+    try:
+        want = set(os.listdir(host_runs))
+    except (FileNotFoundError, NotADirectoryError):
+        want = set()
+    for name in have - want:
+        os.unlink(os.path.join(view, name))
+    for name in want - have:
+        os.symlink(os.path.join(host_runs, name), os.path.join(view, name))
+    own = os.path.join(view, ws.run_id)
+    if os.path.lexists(own):  # (a run of that name was exported meanwhile: the export will refuse)
+        os.unlink(own)
+    os.symlink(ws.run_storage, own)
+
+
+def _give_back(ws: Workspace) -> None:
+    """Hand ``base/runs-view`` back to its pool without its ``<ID>`` link (best effort: a view
+    that cannot go back is removed with the workspace)."""
+    view = ws.runs_view
+    if not _own_view(view):
+        return
+    try:
+        pool = _pool(ws)
+        if pool is None or (len(os.listdir(view)) <= POOL_FROM and not os.path.isdir(pool)):
+            return
+        own = os.path.join(view, ws.run_id)
+        if os.path.islink(own):
+            os.unlink(own)
+        try:
+            os.mkdir(pool, 0o700)
+        except FileExistsError:
+            pass
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(os.path.join(pool, POOL_HOST), flags, 0o600)
+            try:
+                os.write(fd, _host_runs(ws).encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
+        for slot in range(POOL_SLOTS):
+            try:
+                os.rename(view, os.path.join(pool, str(slot)))
+                return
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    return
+    except OSError:
+        return
+
+
+def _carry_from_view(ws: Workspace, store: _Store) -> list[str]:
+    """What a step wrote into the runs view (the guard alone), carried as ``consolidate`` does."""
+    view = ws.runs_view
+    try:
+        entries = sorted((e.name, e.is_symlink()) for e in os.scandir(view))
+    except OSError:
+        return []
+    try:
+        known = set(os.listdir(_host_runs(ws)))
+    except OSError:
+        known = set()
+    known.add(ws.run_id)
+    carried: list[str] = []
+    for name, link in entries:
+        if link and name in known:
+            continue  # the view's own link (a link the step put under a past run's name: left)
+        carried.extend(store.carry(os.path.join(view, name), f"{ws.layout.runs}/{name}"))
+    return carried
+
+
+def _sweep_pool(path: str) -> bool:
+    """Remove the pool ``path`` when it is this user's and the runs folder its views show is gone."""
+    if not _own_view(path):
+        return False
+    try:
+        fd = os.open(os.path.join(path, POOL_HOST), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        host_runs = os.read(fd, 4096).decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+    if not host_runs.startswith("/") or os.path.isdir(host_runs):
+        return False
+    _rmtree(path)
+    return True

@@ -69,7 +69,9 @@ class World:
         ):
             os.symlink(target, run / name)
             os.symlink(target, run / "data" / name)
-        self.allowed = [parts(self.ws.run_storage), parts(self.ws.run_dir), parts(self.ws.tmp)]
+        # $TV_RUN_DIR's own name: the link in the runs view the workspace's runs folder leads to
+        own = os.path.join(self.ws.runs_view, self.ws.run_id)
+        self.allowed = [parts(self.ws.run_storage), parts(self.ws.run_dir), parts(own), parts(self.ws.tmp)]
 
     def expand(self, prefix: str, comps: list[str]) -> str:
         p = prefix.format(

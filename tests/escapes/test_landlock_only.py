@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_privilege import REPO, RUNS, Box
+from test_privilege import NOBODY, REPO, RUNS, Box
 
 from sandbox.kernel import landlock
 
@@ -119,3 +119,40 @@ def test_landlock_alone_keeps_the_step_from_signalling_processes_outside_its_run
     finally:
         victim.kill()
         victim.wait()
+
+
+HISTORY_STEP = r"""
+R=artifacts/summaries/runs
+cat $R/old1/data/x.csv
+python3 -I -c 'print(open("artifacts/summaries/runs/old1/data/x.csv").read().strip())'
+ls $R | grep -c '^old' || true
+echo own > $R/$TV_RUN_ID/data/own.txt && echo OWN-OK
+(echo bad > $R/old1/data/x.csv) 2>/dev/null && echo OLD-WRITTEN || echo OLD-REFUSED
+(mkdir -p $R/new && echo n > $R/new/y) 2>/dev/null && echo NEW-WRITTEN || echo NEW-REFUSED
+ln -s /tmp $R/planted 2>/dev/null && echo PLANTED || echo PLANT-REFUSED
+"""
+
+
+def test_landlock_alone_reads_past_runs_and_writes_only_its_own(box: Box) -> None:
+    """The runs folder's view (workspace.py: a link per past run, reused from run to run) is read
+    natively and through Python; the run's own folder is written; the view itself and the past
+    runs are not writable -- so no step can plant a link a later run would follow."""
+    old = box.host / RUNS / "old1" / "data"
+    old.mkdir(parents=True)
+    (old / "x.csv").write_text("a,b\n")
+    for d in (box.host / RUNS / "old1", old, old / "x.csv"):
+        os.lchown(d, NOBODY, NOBODY)
+    before = box.snapshot()
+    for run_id in ("h1", "h2"):  # the second takes the view the first gave back
+        r = _run(box, run_id, HISTORY_STEP)
+        _landlock_alone(box, r)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.split()
+        assert out[:2] == ["a,b", "a,b"], r.stdout
+        assert out[2] == "1", r.stdout
+        assert "OWN-OK" in out and "OLD-REFUSED" in out, r.stdout
+        assert "NEW-REFUSED" in out and "PLANT-REFUSED" in out, r.stdout
+        assert (box.host / RUNS / run_id / "data" / "own.txt").read_text() == "own\n"
+        assert box.snapshot() == before
+        assert (old / "x.csv").read_text() == "a,b\n"
+    assert sorted(os.listdir(box.host / RUNS)) == ["h1", "h2", "old1"]

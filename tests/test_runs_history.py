@@ -1,0 +1,142 @@
+"""A run's cost without the overlay does not grow with the host's history (the runs folder).
+
+Without the kernel layer's overlay (``--kernel off``; Landlock alone: tests/escapes/
+test_landlock_only.py) the workspace is a symlink skeleton of the host. The runs folder holds one
+entry per past run, and a step may read a past run through ``artifacts/summaries/runs/<old>/``;
+making, walking and removing a link per past run cost 25-260 ms a run with 2000 of them (a
+``symlink`` is ~50-170 us on an ext4 ``/tmp``). The view of the runs folder is now reused from run
+to run (``workspace._fill_view``): measured here side by side with a host without history, through
+the real CLI, and the reads and writes a step relies on checked.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tree_snapshot
+
+from sandbox import workspace as workspace_mod
+from sandbox.policy import Layout
+from sandbox.samples import make_host
+
+RUNS = Layout().runs
+REPO = str(Path(__file__).parents[1])
+
+
+def _history(host: Path, n: int) -> None:
+    runs = host / RUNS
+    for i in range(n):
+        d = runs / f"old{i:05d}" / "data"
+        d.mkdir(parents=True)
+        (d / "x.csv").write_text(f"a,b\n{i},2\n")
+
+
+def _run(host: Path, ws: Path, run_id: str, *step: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "sandbox", "run", "--root", str(host), "--run-id", run_id]
+    argv += ["--kernel", "off", "--workspace-dir", str(ws), "--", *step]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TV_", "PYTHON"))}
+    env.update(PYTHONPATH=REPO, TV_SANDBOX_TIMINGS="1")
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd="/")
+
+
+def _cost(r: subprocess.CompletedProcess[str]) -> float:
+    """What a past run can cost: the workspace, the report (consolidate) and the cleanup, in ms."""
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("tv-sandbox: timing "))
+    phases = dict(p.split("=") for p in line.split()[2:])
+    return sum(float(phases[k].removesuffix("ms")) for k in ("workspace", "report", "cleanup"))
+
+
+def test_a_run_costs_the_same_with_2000_past_runs_as_with_none(tmp_path: Path) -> None:
+    none, many = make_host(tmp_path / "none"), make_host(tmp_path / "many")
+    _history(many, 2000)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _cost(_run(many, ws, "warm", "true"))  # the first run of a host makes its view of the runs
+    costs: dict[str, list[float]] = {"none": [], "many": []}
+    for r in range(5):  # interleaved: this machine's disk drifts by the minute
+        for name, host in (("none", none), ("many", many))[:: 1 if r % 2 else -1]:
+            costs[name].append(_cost(_run(host, ws, f"r{r}", "true")))
+    few, lots = statistics.median(costs["none"]), statistics.median(costs["many"])
+    # before: a link per past run made, walked and removed -- 40-400 ms more with 2000 of them
+    assert lots < few + 15, costs
+
+
+STEP = r"""
+R=artifacts/summaries/runs
+cat $R/old00001/data/x.csv | tail -1
+python -c 'print(open("artifacts/summaries/runs/old00002/data/x.csv").read().split()[-1])'
+ls $R | grep -c '^old'
+echo own > $R/$TV_RUN_ID/data/native.txt
+python -c 'open("artifacts/summaries/runs/'"$TV_RUN_ID"'/data/py.txt", "w").write("py")'
+python -c 'open("artifacts/summaries/runs/old00003/data/x.csv", "w").write("py-over-old")'
+mkdir -p $R/newer && echo new > $R/newer/y.txt
+"""
+
+
+def test_past_runs_read_and_writes_land_in_the_run_folder(tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    _history(host, 40)  # more than POOL_FROM: the view is kept for the next run
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    before = tree_snapshot(host)
+    for n, run_id in enumerate(("h1", "h2")):  # h2 takes the view h1 gave back
+        r = _run(host, ws, run_id, "sh", "-c", STEP.replace("python", sys.executable))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["1,2", "2,2", "40"], r.stdout
+        out = host / RUNS / run_id
+        assert (out / "data" / "native.txt").read_text() == "own\n"
+        assert (out / "data" / "py.txt").read_text() == "py"
+        # a Python write to a past run is redirected into this run's folder, as under the overlay
+        assert (out / RUNS / "old00003" / "data" / "x.csv").read_text() == "py-over-old"
+        # a native write beside the run folder (into the view, guard alone) is carried in too
+        assert (out / RUNS / "newer" / "y.txt").read_text() == "new\n"
+        now = tree_snapshot(host)  # the host as it was, but for the runs exported (and their mtime)
+        assert {k: v for k, v in now.items() if k != RUNS and not k.startswith(f"{RUNS}/h")} == {
+            k: v for k, v in before.items() if k != RUNS
+        }, n
+    assert sorted(os.listdir(host / RUNS))[:3] == ["h1", "h2", "old00000"]  # no "newer" there
+    # one pool of views of this host, holding links only (the step's folder was carried out)
+    pools = [p for p in os.listdir(ws) if p.startswith(workspace_mod.POOL_PREFIX)]
+    assert len(pools) == 1, os.listdir(ws)
+    (view,) = [p for p in (ws / pools[0]).iterdir() if p.is_dir()]
+    assert all(p.is_symlink() for p in view.iterdir())
+    assert sorted(p.name for p in view.iterdir())[:2] == ["h1", "old00000"]  # h2 was this run
+
+
+def test_a_view_with_anything_but_links_is_not_reused(tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    _history(host, 40)
+    base = tmp_path / "base"
+    base.mkdir()
+    ws = workspace_mod.create(host, "v1", Layout(), base_dir=base)
+    view = Path(ws.runs_view)
+    assert os.readlink(os.path.join(ws.root, RUNS)) == str(view)
+    assert os.readlink(view / "v1") == ws.run_storage
+    (view / "planted").mkdir()  # as a native write of the guard alone would leave it
+    (view / "planted" / "f").write_text("x")
+    ws.remove()
+    ws2 = workspace_mod.create(host, "v2", Layout(), base_dir=base)
+    names = os.listdir(ws2.runs_view)
+    assert "planted" not in names and "v1" not in names and len(names) == 41
+    ws2.remove()
+    ws3 = workspace_mod.create(host, "v3", Layout(), base_dir=base)  # taken from the pool
+    assert sorted(os.listdir(ws3.runs_view)) == sorted([*os.listdir(host / RUNS), "v3"])
+    ws3.remove()
+
+
+def test_the_sweep_removes_a_pool_whose_runs_folder_is_gone(tmp_path: Path) -> None:
+    host = make_host(tmp_path / "host")
+    _history(host, 40)
+    base = tmp_path / "base"
+    base.mkdir()
+    workspace_mod.create(host, "s1", Layout(), base_dir=base).remove()
+    (pool,) = [p for p in base.iterdir() if p.name.startswith(workspace_mod.POOL_PREFIX)]
+    assert workspace_mod.sweep(base) == []  # its host is there: kept
+    subprocess.run(["rm", "-rf", str(host)], check=True)
+    assert workspace_mod.sweep(base) == [str(pool)]
+    assert list(base.iterdir()) == []
