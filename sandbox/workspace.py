@@ -179,7 +179,8 @@ class Workspace:
 _PREFIX = "tv-sandbox-"
 VIEW = "runs-view"  # base/runs-view: the runs folder's view without the overlay
 POOL_PREFIX = _PREFIX + "runs-"  # + key: the pool of views of one host's runs folder
-POOL_HOST = "host"  # in a pool: the runs folder its views show (the sweep removes a pool without it)
+POOL_HOST = "host"  # in a pool: its marker, the runs folder its views show (see _sweep_pool)
+_POOL_MAGIC = "tv-sandbox runs-view pool v1"
 POOL_SLOTS = 4  # views kept per runs folder: concurrent runs beyond this build their own
 POOL_FROM = 32  # a view of fewer runs is not kept (cheap to make; nothing left beside workspaces)
 
@@ -364,12 +365,10 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(base, name)
-        if name.startswith(POOL_PREFIX):
-            if _sweep_pool(path):  # a pool of views of a runs folder that is gone
-                removed.append(path)
-            continue
         owner = owner_of(path)
         if owner is None:
+            if name.startswith(POOL_PREFIX) and _sweep_pool(path):  # views of a runs folder now gone
+                removed.append(path)
             continue
         pid, start = owner
         if _start_time(pid) != start:
@@ -612,13 +611,17 @@ def _host_runs(ws: Workspace) -> str:
     return os.path.join(ws.host, ws.layout.runs)
 
 
+def _pool_key(host_runs: str) -> str:
+    """A pool's name after its prefix: the seal of the runs folder its marker names."""
+    from sandbox._digest import sha256_hex
+
+    return sha256_hex(host_runs.encode("utf-8", "surrogateescape"))[:16]
+
+
 def _pool(ws: Workspace) -> str | None:
     """The pool of views of this host's runs folder, or None when the name is taken by something
     that is not this user's own folder (never used then: no view is taken from or given to it)."""
-    from sandbox._digest import sha256_hex
-
-    key = sha256_hex(_host_runs(ws).encode("utf-8", "surrogateescape"))[:16]
-    path = os.path.join(os.path.dirname(ws.base), POOL_PREFIX + key)
+    path = os.path.join(os.path.dirname(ws.base), POOL_PREFIX + _pool_key(_host_runs(ws)))
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -712,7 +715,7 @@ def _give_back(ws: Workspace) -> None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(os.path.join(pool, POOL_HOST), flags, 0o600)
             try:
-                os.write(fd, _host_runs(ws).encode("utf-8", "surrogateescape"))
+                os.write(fd, f"{_POOL_MAGIC}\n{_host_runs(ws)}\n".encode("utf-8", "surrogateescape"))
             finally:
                 os.close(fd)
         for slot in range(POOL_SLOTS):
@@ -747,18 +750,32 @@ def _carry_from_view(ws: Workspace, store: _Store) -> list[str]:
 
 
 def _sweep_pool(path: str) -> bool:
-    """Remove the pool ``path`` when it is this user's and the runs folder its views show is gone."""
-    if not _own_view(path):
+    """Remove the pool ``path`` when its marker proves it one (as :func:`owner_of` proves a
+    workspace: this user's private folder, a private regular file of one link in the pool's
+    format, naming a runs folder whose seal is the folder's name) and the runs folder its views
+    show is gone. A folder that merely looks like a pool is never touched."""
+    import stat
+
+    if not _own_view(path) or os.lstat(path).st_mode & 0o077:
         return False
     try:
         fd = os.open(os.path.join(path, POOL_HOST), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        host_runs = os.read(fd, 4096).decode("utf-8", "surrogateescape")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077 or st.st_nlink != 1:
+            return False
+        text = os.read(fd, 8192).decode("utf-8", "surrogateescape")
     finally:
         os.close(fd)
-    if not host_runs.startswith("/") or os.path.isdir(host_runs):
+    lines = text.split("\n")
+    if len(lines) != 3 or lines[0] != _POOL_MAGIC or lines[2]:
+        return False
+    host_runs = lines[1]
+    if not host_runs.startswith("/") or POOL_PREFIX + _pool_key(host_runs) != os.path.basename(path):
+        return False
+    if os.path.isdir(host_runs):
         return False
     _rmtree(path)
     return True

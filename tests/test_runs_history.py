@@ -63,7 +63,7 @@ def test_a_run_costs_the_same_with_2000_past_runs_as_with_none(tmp_path: Path) -
             costs[name].append(_cost(_run(host, ws, f"r{r}", "true")))
     few, lots = statistics.median(costs["none"]), statistics.median(costs["many"])
     # before: a link per past run made, walked and removed -- 40-400 ms more with 2000 of them
-    assert lots < few + 15, costs
+    assert lots < few + 25, costs
 
 
 STEP = r"""
@@ -140,3 +140,43 @@ def test_the_sweep_removes_a_pool_whose_runs_folder_is_gone(tmp_path: Path) -> N
     subprocess.run(["rm", "-rf", str(host)], check=True)
     assert workspace_mod.sweep(base) == [str(pool)]
     assert list(base.iterdir()) == []
+
+
+def test_the_sweep_never_takes_a_look_alike_for_a_pool_nor_a_pool_for_a_workspace(tmp_path: Path) -> None:
+    """A pool is removed only when its marker proves it one (as a workspace's ``owner`` does):
+    a folder of the same name pattern, a marker without the pool's format, or one copied under
+    another pool's name stays -- and a dead launcher's workspace whose run ID begins like a pool's
+    name is still swept."""
+    base = tmp_path / "base"
+    base.mkdir()
+    gone = str(tmp_path / "gone" / RUNS)  # a runs folder that does not exist
+    key = workspace_mod._pool_key(gone)
+    magic = workspace_mod._POOL_MAGIC
+    look_alikes = {
+        "tv-sandbox-runs-notes": f"{magic}\n{gone}\n",  # the name is not its marker's seal
+        f"tv-sandbox-runs-{workspace_mod._pool_key(gone + '2')}": f"{gone}2\n",  # no format line
+        f"tv-sandbox-runs-{workspace_mod._pool_key('/elsewhere')}": f"{magic}\n{gone}\n",  # copied
+    }
+    for name, marker in look_alikes.items():
+        d = base / name
+        d.mkdir(mode=0o700)
+        (d / "notes.txt").write_text("precious\n")
+        (d / workspace_mod.POOL_HOST).write_text(marker)
+        os.chmod(d / workspace_mod.POOL_HOST, 0o600)
+    code = (
+        "import os; from sandbox import workspace as w; from sandbox.policy import Layout; "
+        f"ws = w.create({str(make_host(tmp_path / 'h'))!r}, 'runs-0123456789abcdef', Layout(), "
+        f"base_dir={str(base)!r}); print(ws.base, flush=True); os.kill(os.getpid(), 9)"
+    )
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    assert os.path.basename(dead).startswith(workspace_mod.POOL_PREFIX), dead
+    assert workspace_mod.sweep(base) == [dead]
+    assert sorted(os.listdir(base)) == sorted(look_alikes)
+    for name in look_alikes:
+        assert (base / name / "notes.txt").read_text() == "precious\n"
+    # the same marker under its own seal is a pool: removed, its runs folder being gone
+    real = base / f"tv-sandbox-runs-{key}"
+    real.mkdir(mode=0o700)
+    (real / workspace_mod.POOL_HOST).write_text(f"{magic}\n{gone}\n")
+    os.chmod(real / workspace_mod.POOL_HOST, 0o600)
+    assert workspace_mod.sweep(base) == [str(real)]
