@@ -597,10 +597,11 @@ def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
 # host's runs folder to add the runs exported meanwhile and drop the ones removed (~0.5 us an entry,
 # no call per entry). Only a view of more than POOL_FROM runs is kept (fewer are made in a few
 # ms), so a host with a short history leaves nothing beside the workspaces. A pool is
-# ``<parent>/tv-sandbox-runs-<key>`` (``key``: the runs folder's path hashed), this user's, 0700,
-# with ``host`` (the runs folder's path: the sweep removes the pool once that folder is gone) and
-# up to POOL_SLOTS views named ``0``, ``1``... -- the sweep of dead launchers never takes it for a
-# workspace (no ``owner`` marker). A view holds links only: one with anything else (the guard alone
+# ``<parent>/tv-sandbox-runs-<key>`` (``key``: the runs folder's path hashed -- the seal of its
+# marker), this user's, 0700, with ``host`` (a private marker: a format line and the runs folder's
+# path; the sweep removes the pool once that folder is gone, and only a folder whose marker proves
+# it a pool, as a workspace's ``owner`` does: :func:`_sweep_pool`) and up to POOL_SLOTS views named
+# ``0``, ``1``... -- the sweep of dead launchers never takes it for a workspace (no ``owner``). A view holds links only: one with anything else (the guard alone
 # lets native code write there; consolidate carried it out) is removed, never reused, and one not
 # this user's, or writable by others, is never taken. Under Landlock the view is outside the
 # writable roots, so no step can plant a link there that a later run's step would follow (its link
