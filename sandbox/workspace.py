@@ -309,34 +309,44 @@ def _cannot_make(parent: str, e: OSError) -> WorkspaceError:
     )
 
 
-def owner_of(path: str) -> tuple[int, str] | None:
-    """(pid, start time) of the launcher that provably made the workspace ``path``, or None when
-    ``path`` is not provably a workspace of this tool and this user (see the comment above)."""
+def _private_marker(folder: str, name: str, limit: int) -> bytes | None:
+    """The bytes of the marker ``name`` in ``folder`` when both are provably this user's alone: a
+    real folder with no access for others, a regular file of one link, private, at most ``limit``
+    bytes, opened without following a link; else None."""
     import stat
 
-    name = os.path.basename(path)
-    if not name.startswith(_PREFIX) or "-" not in name[len(_PREFIX) :]:
-        return None
     uid = os.getuid()
     try:
-        st = os.lstat(path)
+        st = os.lstat(folder)
     except OSError:
         return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
         return None
     try:
-        fd = os.open(os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         mst = os.fstat(fd)
         if not stat.S_ISREG(mst.st_mode) or mst.st_uid != uid or mst.st_mode & 0o077:
             return None
-        if mst.st_nlink != 1 or mst.st_size > 256:
+        if mst.st_nlink != 1 or mst.st_size > limit:
             return None
-        text = os.read(fd, 256).decode("ascii", "replace")
+        return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def owner_of(path: str) -> tuple[int, str] | None:
+    """(pid, start time) of the launcher that provably made the workspace ``path``, or None when
+    ``path`` is not provably a workspace of this tool and this user (see the comment above)."""
+    name = os.path.basename(path)
+    if not name.startswith(_PREFIX) or "-" not in name[len(_PREFIX) :]:
+        return None
+    data = _private_marker(path, OWNER_FILE, 256)
+    if data is None:
+        return None
+    text = data.decode("ascii", "replace")
     lines = text.split("\n")
     if len(lines) != 3 or lines[0] not in (_OWNER_MAGIC, _OWNER_MAGIC_V1) or lines[2]:
         return None
@@ -601,9 +611,10 @@ def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
 # marker), this user's, 0700, with ``host`` (a private marker: a format line and the runs folder's
 # path; the sweep removes the pool once that folder is gone, and only a folder whose marker proves
 # it a pool, as a workspace's ``owner`` does: :func:`_sweep_pool`) and up to POOL_SLOTS views named
-# ``0``, ``1``... -- the sweep of dead launchers never takes it for a workspace (no ``owner``). A view holds links only: one with anything else (the guard alone
-# lets native code write there; consolidate carried it out) is removed, never reused, and one not
-# this user's, or writable by others, is never taken. Under Landlock the view is outside the
+# ``0``, ``1``... -- the sweep of dead launchers never takes it for a workspace (no ``owner``).
+# A view holds links only: one with anything else (the guard alone lets native code write there;
+# consolidate carried it out) is removed, never reused, and one not this user's, or writable by
+# others, is never taken. Under Landlock the view is outside the
 # writable roots, so no step can plant a link there that a later run's step would follow (its link
 # targets are not checked one by one: only this user, outside any run, could have changed them).
 
@@ -755,21 +766,10 @@ def _sweep_pool(path: str) -> bool:
     workspace: this user's private folder, a private regular file of one link in the pool's
     format, naming a runs folder whose seal is the folder's name) and the runs folder its views
     show is gone. A folder that merely looks like a pool is never touched."""
-    import stat
-
-    if not _own_view(path) or os.lstat(path).st_mode & 0o077:
+    data = _private_marker(path, POOL_HOST, 8192)
+    if data is None:
         return False
-    try:
-        fd = os.open(os.path.join(path, POOL_HOST), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077 or st.st_nlink != 1:
-            return False
-        text = os.read(fd, 8192).decode("utf-8", "surrogateescape")
-    finally:
-        os.close(fd)
+    text = data.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     if len(lines) != 3 or lines[0] != _POOL_MAGIC or lines[2]:
         return False
