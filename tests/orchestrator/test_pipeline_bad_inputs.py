@@ -1,0 +1,92 @@
+"""Bad inputs of ``tv-sandbox pipeline`` found before Ray starts, through the real CLI in a
+subprocess: one line on stderr, exit 125, nothing written to the host, in seconds. (The manifest's
+own checks, key by key, are in ``test_manifest.py``.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .test_pipeline import RUN_ID, cli_cmd, make_host, step
+
+ERROR = "tv-sandbox: error before the command ran: "
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        out[str(p)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def pipeline(host: Path, *extra: str, env: dict[str, str] | None = None, **kw: Any) -> Any:
+    return subprocess.run(
+        cli_cmd(host, *extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
+
+
+def one_line(done: Any, says: str) -> None:
+    assert done.returncode == 125, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERROR) and says in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    return make_host(tmp_path, {"one": [step("w", "write", "0")]})
+
+
+@pytest.mark.parametrize(
+    ("tmpdir", "says"),
+    [
+        ("", "is not an absolute path"),  # Ray put ray/ in the working folder: here, the host's
+        ("relative", "is not an absolute path"),  # (one inside the host is refused as such)
+        ("{tmp}/a-file", "is not a folder"),  # an internal error (NotADirectoryError) inside Ray
+        ("{tmp}/missing/deeper", "does not exist"),  # Ray made it, as mkdir -p
+    ],
+    ids=["empty", "relative", "file", "missing"],
+)
+def test_a_tmpdir_an_embedded_ray_cannot_use_is_one_line_and_nothing_is_written(
+    host: Path, tmp_path: Path, tmpdir: str, says: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    before = snapshot(tmp_path)
+    cwd = host if not tmpdir else tmp_path
+    done = pipeline(host, env={"TMPDIR": tmpdir.replace("{tmp}", str(tmp_path))}, cwd=cwd)
+    one_line(done, f"$TMPDIR {tmpdir.replace('{tmp}', str(tmp_path))!r} {says}")
+    assert snapshot(tmp_path) == before
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once the socket is closed
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "no-such-host.invalid:6379"])
+def test_an_address_that_answers_nothing_is_one_line_in_seconds(host: Path, address: str) -> None:
+    """Ray retries a GCS that does not answer for 14 minutes, in silence."""
+    address = address.format(port=closed_port())
+    before = snapshot(host)
+    done = pipeline(host, "--address", address)
+    one_line(done, f"cannot attach to the Ray cluster at {address} (")
+    done = pipeline(host, "--address", address, "--json")
+    assert done.returncode == 125
+    doc = json.loads(done.stdout)  # --json: the document, even for an error
+    assert doc["status"] == "error" and address in doc["error"] and doc["run_id"] == RUN_ID
+    assert snapshot(host) == before
+
