@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox._paths import NotAFile, read_config
 from sandbox.errors import PreflightError
 from sandbox.loader import NAME_CHARS
 from sandbox.workspace import ENV_NAMES
 
 MANIFEST_DEFAULT = "configs/manifest.json"  # relative to the host root
+MAX_MANIFEST_BYTES = 16 << 20  # read whole: a device or a runaway file must not take the memory
 _STEP_KEYS = frozenset({"name", "run", "timeout_s", "env", "description"})
 _SLEEVE_KEYS = frozenset({"id", "profile", "run_id", "description"})
 _RESERVED_ENV = frozenset(ENV_NAMES) | {"TMPDIR"}
@@ -290,11 +292,13 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and validate ``path`` as a whole (one :class:`ManifestError` line otherwise)."""
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        text = read_config(source, MAX_MANIFEST_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(
             source, "", "no such file: pass --manifest FILE or create configs/manifest.json in the host"
         ) from None
+    except NotAFile as e:
+        raise ManifestError(source, "", f"{e}: pass --manifest with a JSON file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(source, "", f"cannot be read ({e})") from None
     try:

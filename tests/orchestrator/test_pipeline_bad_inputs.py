@@ -90,3 +90,30 @@ def test_an_address_that_answers_nothing_is_one_line_in_seconds(host: Path, addr
     assert doc["status"] == "error" and address in doc["error"] and doc["run_id"] == RUN_ID
     assert snapshot(host) == before
 
+
+def limited() -> None:
+    """The child's memory, capped: the old reader of /dev/zero took 10 GB in 15 s."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "too-big"])
+def test_a_manifest_that_is_no_regular_file_or_too_big_is_one_line(
+    host: Path, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO was waited on forever, /dev/zero read until the memory ran out."""
+    manifest = {"dev-zero": Path("/dev/zero"), "fifo": tmp_path / "fifo", "too-big": tmp_path / "big.json"}[
+        kind
+    ]
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "too-big":
+        with manifest.open("wb") as fh:
+            fh.truncate(17 << 20)  # sparse: past the 16 MiB a manifest may take
+    before = snapshot(tmp_path)
+    done = pipeline(host, "--manifest", str(manifest), preexec_fn=limited)
+    one_line(
+        done, f"manifest {manifest}: is " + ("larger than" if kind == "too-big" else "not a regular file")
+    )
+    assert snapshot(tmp_path) == before
