@@ -117,3 +117,63 @@ def test_a_manifest_that_is_no_regular_file_or_too_big_is_one_line(
         done, f"manifest {manifest}: is " + ("larger than" if kind == "too-big" else "not a regular file")
     )
     assert snapshot(tmp_path) == before
+
+
+STEPS = "profiles.p_one.steps[0]"
+# (id, what the first step becomes -- a JSON text, to write what json.dumps would not --, the key, what is said)
+BAD_STEPS = [
+    ("argv-nul", '{"name": "w", "run": ["python", "a\\u0000b"]}', f"{STEPS}.run", "NUL"),
+    ("shell-nul", '{"name": "w", "run": "echo a\\u0000b"}', f"{STEPS}.run", "NUL"),
+    (
+        "env-name-equals",
+        '{"name": "w", "run": "true", "env": {"A=B": "x"}}',
+        f"{STEPS}.env.A=B",
+        "without '='",
+    ),
+    ("env-name-empty", '{"name": "w", "run": "true", "env": {"": "x"}}', f"{STEPS}.env.", "non-empty"),
+    ("env-value-nul", '{"name": "w", "run": "true", "env": {"A": "x\\u0000"}}', f"{STEPS}.env.A", "NUL"),
+    ("timeout-nan", '{"name": "w", "run": "true", "timeout_s": NaN}', f"{STEPS}.timeout_s", "positive"),
+    (
+        "timeout-infinity",
+        '{"name": "w", "run": "true", "timeout_s": Infinity}',
+        f"{STEPS}.timeout_s",
+        "positive",
+    ),
+    ("timeout-1e400", '{"name": "w", "run": "true", "timeout_s": 1e400}', f"{STEPS}.timeout_s", "positive"),
+    (
+        "timeout-5000-digits",
+        '{"name": "w", "run": "true", "timeout_s": ' + "9" * 5000 + "}",
+        "",
+        "not a manifest",
+    ),
+    ("step-name-300", '{"name": "' + "s" * 300 + '", "run": "true"}', f"{STEPS}.name", "at most 100"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "says"), [b[1:] for b in BAD_STEPS], ids=[b[0] for b in BAD_STEPS])
+def test_a_step_no_command_could_run_is_refused_before_dispatch(
+    host: Path, text: str, key: str, says: str
+) -> None:
+    """Each of these passed the preflight: the sleeve ran on Ray and failed (126, 'File name too
+    long'), exported and summarised, or the command ended on an internal error."""
+    path = host / "configs/manifest.json"
+    data = json.loads(path.read_text())
+    data["profiles"]["p_one"]["steps"][0] = "@STEP@"
+    path.write_text(json.dumps(data).replace('"@STEP@"', text))
+    before = snapshot(host)
+    done = pipeline(host)
+    one_line(done, f"manifest {path}: {key}: " if key else f"manifest {path}: ")
+    assert says in done.stderr
+    assert snapshot(host) == before
+
+
+def test_a_sleeve_id_too_long_to_name_its_export_is_refused_before_dispatch(host: Path) -> None:
+    path = host / "configs/manifest.json"
+    data = json.loads(path.read_text())
+    data["profiles"]["meta"]["sleeves"][0]["id"] = "s" * 300
+    path.write_text(json.dumps(data))
+    before = snapshot(host)
+    done = pipeline(host)
+    one_line(done, "profiles.meta.sleeves[0].id: a sleeve's id must be")
+    assert "at most 100 characters" in done.stderr and "s" * 300 not in done.stderr
+    assert snapshot(host) == before
