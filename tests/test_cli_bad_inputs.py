@@ -69,6 +69,8 @@ BAD: list[tuple[str, list[str], Setup, str]] = [
     ("run-id-empty", ["--run-id", ""], _nothing, "invalid RUN_ID"),
     ("run-id-space", ["--run-id", "R 1"], _nothing, "invalid RUN_ID"),
     ("run-id-unicode", ["--run-id", "Rü"], _nothing, "invalid RUN_ID"),
+    # it said: cannot make the workspace (File name too long), pass another --workspace-dir
+    ("run-id-too-long", ["--run-id", "R" * 300], _nothing, "at most 100"),
     ("no-root", ["--root", None], _nothing, "required: --root"),
     ("root-missing", ["--root", "{tmp}/nope"], _nothing, "does not exist"),
     ("root-is-file", ["--root", "{tmp}/file"], _write("file", "x"), "is not a folder"),

@@ -177,3 +177,14 @@ def test_a_sleeve_id_too_long_to_name_its_export_is_refused_before_dispatch(host
     one_line(done, "profiles.meta.sleeves[0].id: a sleeve's id must be")
     assert "at most 100 characters" in done.stderr and "s" * 300 not in done.stderr
     assert snapshot(host) == before
+
+
+def test_a_run_id_too_long_to_name_its_folders_is_one_line(host: Path) -> None:
+    """300 characters: an internal error (ENAMETOOLONG) once the scans' folder was looked at."""
+    before = snapshot(host)
+    done = subprocess.run(
+        [*cli_cmd(host)[:-1], "r" * 300], capture_output=True, text=True, timeout=60, check=False
+    )
+    one_line(done, "invalid RUN_ID")
+    assert "at most 100" in done.stderr
+    assert snapshot(host) == before
