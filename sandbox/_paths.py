@@ -165,6 +165,40 @@ def write_into(folder: str, rel: str, data: bytes) -> str:
     return os.path.join(folder, *dirs, name)
 
 
+class NotAFile(ValueError):
+    """What :func:`read_config` refuses to read, with why (``is not a regular file ...``)."""
+
+
+def read_config(path: str, limit: int) -> bytes:
+    """The whole of the configuration file ``path`` (a policy, a manifest; a link to one is
+    followed) when it is a regular file of at most ``limit`` bytes.
+
+    Raises ``OSError`` as ``open`` does (``IsADirectoryError`` for a folder) and :class:`NotAFile`
+    for anything else: a FIFO -- opened ``O_NONBLOCK``, never waited on (a plain ``open`` hung
+    until a writer came) -- a device (``/dev/zero`` never ends: a plain ``read()`` took 10 GB of
+    memory in 15 s), or a file larger than ``limit``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(mode):
+            raise NotAFile("is not a regular file (a FIFO, a device or a socket)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise NotAFile(f"is larger than {limit >> 20} MiB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _remove_entry(name: str, dir_fd: int) -> None:
     """Remove ``name`` in ``dir_fd``, whatever it is, without following links; absent is fine."""
     try:

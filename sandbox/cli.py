@@ -326,10 +326,11 @@ def isolates_network(policy_file: str | None) -> bool:
     other namespaces than its plan's and forks one of its own."""
     if not policy_file:
         return True
+    from sandbox._paths import NotAFile, read_config
+
     try:
-        with open(policy_file, "rb") as fh:
-            raw = fh.read(1 << 20)
-    except OSError:
+        raw = read_config(policy_file, 1 << 20)  # loader.MAX_POLICY_BYTES; a FIFO is not waited on
+    except (OSError, NotAFile):
         return True  # the preflight says what is wrong with it
     for line in raw.splitlines():
         code = line.split(b"#", 1)[0].replace(b" ", b"").replace(b"\t", b"")

@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sandbox.errors import UsageError
 from sandbox.export import verify
 from sandbox.report import summary_line
-from sandbox.runner import RunRequest, execute, preflight
+from sandbox.runner import KERNEL_CHOICES, RunRequest, execute, preflight
 from sandbox.samples import DEMO_PREFIX, make_host, tree_digest
 
 
@@ -64,7 +65,20 @@ def _run(
 def main(directory: str | None = None, *, kernel: str = "auto", steps: bool = False) -> int:
     """The pipeline showcase (:mod:`sandbox.demo_pipeline`), or with ``steps`` the single-step
     showcases of ``tv-sandbox run``, in ``directory`` (a fresh temp folder by default). 0 when all
-    checks hold."""
+    checks hold. A bad ``kernel`` or ``directory`` is a :class:`UsageError` before anything is
+    made: a bad --kernel was refused only once the sample host was written and Ray had started,
+    a --dir that is a file was an internal error."""
+    if kernel not in KERNEL_CHOICES:
+        raise UsageError(f"unknown kernel setting {kernel!r}: use one of {', '.join(KERNEL_CHOICES)}")
+    if directory is not None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            why = "not a folder" if isinstance(e, FileExistsError) else e.strerror
+            raise UsageError(
+                f"--dir {directory}: cannot make the sample host there ({why}): pass a folder you "
+                "can write, or leave --dir out for a new temp folder"
+            ) from None
     if not steps:
         from sandbox.demo_pipeline import main as pipeline_demo
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from sandbox._paths import NotAFile, read_config
 from sandbox.errors import PolicyError, UsageError
 from sandbox.policy import (
     KERNEL_SETTINGS,
@@ -43,6 +44,8 @@ _PLACEHOLDERS = {"lakehouse", "exports", "runs", "run_id", "run_dir", "scan_dir"
 #: The characters of a name (rule, run folder; a RUN_ID is the same without "."), as a set: a
 #: ``re`` pattern would cost an import on the start-up path.
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+#: A policy file is read whole; the bundled ones are ~2 KiB (``cli.isolates_network`` reads as much).
+MAX_POLICY_BYTES = 1 << 20
 
 
 def _is_name(s: str) -> bool:
@@ -114,8 +117,9 @@ def load_policy(path: str | os.PathLike[str] | None = None, *, profile: str = "p
     if not os.path.exists(src):
         src = _built_in(src) or src
     try:
-        with open(src, "rb") as fh:
-            raw = fh.read()
+        raw = read_config(src, MAX_POLICY_BYTES)
+    except NotAFile as e:
+        raise PolicyError(src, "", f"{e}: a policy is a TOML file of a few KiB; pass its path") from None
     except FileNotFoundError:
         raise PolicyError(
             src,

@@ -43,9 +43,15 @@ POLICY_FILE = "policy.marshal"  # in the workspace's base folder: read by the st
 POLICY_RECORD = "config/policy.json"  # in the run folder: the exported record of the policy
 
 
+#: A RUN_ID names folders that the run extends (``tv-sandbox-<ID>-<seal>``, ``.<ID>.tvs-stage-...``):
+#: past 255 bytes, the run failed making its workspace (advising another --workspace-dir) and the
+#: pipeline on an internal error.
+MAX_RUN_ID_LEN = 100
+
+
 def valid_run_id(run_id: str) -> bool:
-    """``^[A-Za-z0-9_-]+$``: a RUN_ID names a folder of the host."""
-    return bool(run_id) and _RUN_ID_CHARS.issuperset(run_id)
+    """``^[A-Za-z0-9_-]{1,100}$``: a RUN_ID names a folder of the host."""
+    return bool(run_id) and len(run_id) <= MAX_RUN_ID_LEN and _RUN_ID_CHARS.issuperset(run_id)
 
 
 @record
@@ -107,8 +113,8 @@ def preflight(req: RunRequest) -> Prepared:
     """Check a request without writing anything; raise a one-line error naming what to fix."""
     if not valid_run_id(req.run_id):
         raise UsageError(
-            f"invalid RUN_ID {req.run_id!r}: use letters, digits, '_' and '-' only "
-            "(it names a folder of the host)"
+            f"invalid RUN_ID {req.run_id!r}: use letters, digits, '_' and '-' only, at most "
+            f"{MAX_RUN_ID_LEN} (it names a folder of the host)"
         )
     if req.mode not in MODES:
         raise UsageError(f"unknown mode {req.mode!r}: use one of {', '.join(MODES)}")

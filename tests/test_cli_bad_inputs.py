@@ -69,6 +69,8 @@ BAD: list[tuple[str, list[str], Setup, str]] = [
     ("run-id-empty", ["--run-id", ""], _nothing, "invalid RUN_ID"),
     ("run-id-space", ["--run-id", "R 1"], _nothing, "invalid RUN_ID"),
     ("run-id-unicode", ["--run-id", "Rü"], _nothing, "invalid RUN_ID"),
+    # it said: cannot make the workspace (File name too long), pass another --workspace-dir
+    ("run-id-too-long", ["--run-id", "R" * 300], _nothing, "at most 100"),
     ("no-root", ["--root", None], _nothing, "required: --root"),
     ("root-missing", ["--root", "{tmp}/nope"], _nothing, "does not exist"),
     ("root-is-file", ["--root", "{tmp}/file"], _write("file", "x"), "is not a folder"),
@@ -256,3 +258,38 @@ def test_workspace_errors_carry_an_errno(tmp_path: Path) -> None:
         workspace.create(host, "R1", Layout(), base_dir=tmp_path / "nowhere")
     assert ei.value.errno == errno.ENOENT and "\n" not in str(ei.value)
     assert not (tmp_path / "nowhere").exists()
+
+
+def _limited() -> None:
+    """The child's memory, capped: the old reader of /dev/zero took 10 GB in 15 s."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "too-big"])
+def test_a_policy_that_is_no_regular_file_or_too_big_is_one_line(tmp_path: Path, kind: str) -> None:
+    """A FIFO was waited on forever (twice: the early keeper's guess read it first), /dev/zero read
+    until the memory ran out."""
+    host = make_host(tmp_path / "host")
+    policy = {"dev-zero": Path("/dev/zero"), "fifo": tmp_path / "fifo", "too-big": tmp_path / "big.toml"}
+    path = policy[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "too-big":
+        with path.open("wb") as fh:
+            fh.truncate(2 << 20)  # sparse: past the 1 MiB a policy may take
+    before = tree_snapshot(tmp_path)
+    argv = ["run", "--root", str(host), "--run-id", "R1", "--policy", str(path), "--", "true"]
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=_limited,
+    )
+    lines = r.stderr.splitlines()
+    assert r.returncode == 125 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"tv-sandbox: error before the command ran: {path}: is "), r.stderr
+    assert ("larger than 1 MiB" if kind == "too-big" else "not a regular file") in lines[0]
+    assert tree_snapshot(tmp_path) == before

@@ -138,11 +138,13 @@ def audit_paths(
     from sandbox.audit.judge import Judge
     from sandbox.audit.static import audit_source
     from sandbox.loader import load_policy
-    from sandbox.runner import valid_run_id
+    from sandbox.runner import MAX_RUN_ID_LEN, valid_run_id
 
     spec = load_policy(policy_file, profile=profile)
     if not valid_run_id(run_id):
-        raise UsageError(f"--run-id {run_id!r}: use letters, digits, '_' and '-' only")
+        raise UsageError(
+            f"--run-id {run_id!r}: use letters, digits, '_' and '-' only, at most {MAX_RUN_ID_LEN}"
+        )
     if host is not None and not os.path.isdir(host):
         raise UsageError(f"--host {host}: not a folder; pass a small copy of a host tree to run on")
     targets = collect(paths)

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,53 @@ def _local_token_auth(address: str) -> None:
                 pass
 
 
+#: How long a plain HOST:PORT may take to accept a connection before it is no cluster of ours.
+ADDRESS_CONNECT_S = 5.0
+
+
+def unreachable(address: str) -> str | None:
+    """Why ``address`` (``HOST:PORT``) answers no connection, found in seconds, or None (also for
+    what is not ``HOST:PORT``: ``auto``, ``ray://...``, left to Ray). Ray itself retries a GCS
+    that does not answer 20 times, 40 s each, in silence: a mistyped ``--address`` held the
+    command for 14 minutes without a word."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_CONNECT_S):
+            return None
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__  # gaierror: "Name or service not known"
+
+
+def ray_temp_problem(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why an embedded Ray cannot keep its session folder where it would put it, or None. Ray
+    takes ``$RAY_TMPDIR``, else ``$TMPDIR`` as it is, else ``/tmp``, and makes ``<it>/ray`` with
+    ``mkdir -p``: an empty or relative value put ``ray/`` in the working folder (the host's, when
+    run from there), a missing one made a folder at the top of the disk, a file failed inside Ray
+    (an internal error). The workspaces fall back to ``/tmp`` as :mod:`tempfile` does; Ray does
+    not, so the pipeline refuses before it starts."""
+    env = os.environ if environ is None else environ
+    name = next((n for n in ("RAY_TMPDIR", "TMPDIR") if n in env), None)
+    if name is None:
+        return None
+    value = env[name]
+    if not os.path.isabs(value):
+        problem = "is not an absolute path"
+    elif not os.path.exists(value):
+        problem = "does not exist"
+    elif not os.path.isdir(value):
+        problem = "is not a folder"
+    elif not os.access(value, os.W_OK | os.X_OK):
+        problem = "is not writable"
+    else:
+        return None
+    return (
+        f"${name} {value!r} {problem}, and an embedded Ray keeps its session files there: "
+        f"set {name} to a writable folder (or attach to a running cluster with --address)"
+    )
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[str]:
     """Connect to Ray for the pipeline and yield how: ``"attached"`` (``address``), ``"reused"``
@@ -80,6 +127,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         # connecting to a running cluster: its resources and dashboard are its own business
         del kwargs["include_dashboard"]
         try:
+            why = unreachable(address)
+            if why is not None:
+                raise ConnectionError(why)
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -89,8 +139,18 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             ) from None
         how = "attached"
     else:
+        problem = ray_temp_problem()
+        if problem is not None:
+            raise PreflightError(problem)
         try:
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=OBJECT_STORE_BYTES, **kwargs)
+        except OSError as e:  # its folders refused what access() allowed (root's view of /proc)
+            ray.shutdown()
+            where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+            raise PreflightError(
+                f"an embedded Ray could not start ({where}): set TMPDIR (or RAY_TMPDIR) to a writable "
+                "folder, or attach to a running cluster with --address"
+            ) from None
         except BaseException:  # Ctrl-C while Ray starts: end what it started so far
             ray.shutdown()
             raise

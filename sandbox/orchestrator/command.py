@@ -48,6 +48,13 @@ def main(opts: Mapping[str, Any]) -> int:
     out = sys.stderr if as_json else sys.stdout  # with --json, stdout holds the document only
     try:
         pp = prepare_pipeline(request_from(opts))
+        for w in pp.warnings:
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        if pp.kept:
+            kept = ", ".join(s.id for s in pp.kept)
+            print(f"{PROG}: --resume: keeping the verified exports of {kept}", file=out)
+        # Ray's own start can be refused too (its temp dir, an --address that answers nothing)
+        result = run_pipeline(pp, progress_mode=opts.get("progress") or "auto", stream=out)
     except SandboxError as e:
         if not as_json:
             raise
@@ -55,12 +62,6 @@ def main(opts: Mapping[str, Any]) -> int:
         doc = {"run_id": opts["run_id"], "status": "error", "error": str(e), "sleeves": []}
         print(json.dumps(doc))
         return e.exit_status
-    for w in pp.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
-    if pp.kept:
-        kept = ", ".join(s.id for s in pp.kept)
-        print(f"{PROG}: --resume: keeping the verified exports of {kept}", file=out)
-    result = run_pipeline(pp, progress_mode=opts.get("progress") or "auto", stream=out)
     if as_json:
         print(json.dumps(result.to_json()))
         sys.stdout.flush()

@@ -18,6 +18,7 @@ bad manifest is one line naming the file, the key and what is wrong (:class:`Man
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -26,15 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import PreflightError
+from sandbox._paths import NotAFile, read_config
+from sandbox.errors import PreflightError, printable
 from sandbox.loader import NAME_CHARS
 from sandbox.workspace import ENV_NAMES
 
 MANIFEST_DEFAULT = "configs/manifest.json"  # relative to the host root
+MAX_MANIFEST_BYTES = 16 << 20  # read whole: a device or a runaway file must not take the memory
 _STEP_KEYS = frozenset({"name", "run", "timeout_s", "env", "description"})
 _SLEEVE_KEYS = frozenset({"id", "profile", "run_id", "description"})
 _RESERVED_ENV = frozenset(ENV_NAMES) | {"TMPDIR"}
 _ID_CHARS = NAME_CHARS - {"."}  # sleeve ids and step names name folders and log files
+#: ... whose names the exporter and the run extend (``.<id>.tvs-stage-<random>``,
+#: ``.<step>.stderr.log``): a name past 255 bytes failed in the sleeve, after Ray started.
+MAX_ID_LEN = 100
 
 
 class ManifestError(PreflightError):
@@ -140,9 +146,17 @@ def _scanners(profile: Mapping[str, Any]) -> list[str]:
 
 
 def _check_id(source: str, key: str, value: object, what: str) -> str:
-    if not isinstance(value, str) or not value or not _ID_CHARS.issuperset(value):
+    if not isinstance(value, str) or not value or not _ID_CHARS.issuperset(value) or len(value) > MAX_ID_LEN:
+        shown = (
+            value
+            if not isinstance(value, str) or len(value) <= MAX_ID_LEN
+            else f"{value[:20]}... ({len(value)})"
+        )
         raise ManifestError(
-            source, key, f"{what} must be a non-empty string of letters, digits, '_' or '-', not {value!r}"
+            source,
+            key,
+            f"{what} must be a non-empty string of letters, digits, '_' or '-', at most {MAX_ID_LEN} "
+            f"characters, not {shown!r}",
         )
     return value
 
@@ -165,9 +179,16 @@ def _parse_step(source: str, key: str, raw: object) -> Step:
         raise ManifestError(
             source, f"{key}.run", f"must be a non-empty argv list of strings or a shell string, not {run!r}"
         )
+    # NUL cannot pass exec: the step failed with 126 once its sleeve was running
+    if "\0" in (cmd if isinstance(cmd, str) else "".join(cmd)):
+        raise ManifestError(
+            source, f"{key}.run", "holds a NUL character (\\u0000), which no command can take"
+        )
     timeout = raw.get("timeout_s")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # NaN, Infinity and 1e400 (json's inf) too
     ):
         raise ManifestError(
             source, f"{key}.timeout_s", f"must be a positive number of seconds, not {timeout!r}"
@@ -177,7 +198,15 @@ def _parse_step(source: str, key: str, raw: object) -> Step:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ManifestError(source, f"{key}.env", "must be an object of string names to string values")
-    for k in env:
+    for k, v in env.items():
+        # what execve cannot pass: the step failed with 126 ("illegal environment variable name")
+        # once its sleeve was running, the name not said
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ManifestError(
+                source,
+                f"{key}.env.{printable(k)}",
+                "a variable's name must be non-empty, without '=' or NUL, and its value without NUL",
+            )
         if k.startswith("TV_") or k in _RESERVED_ENV:
             raise ManifestError(
                 source,
@@ -290,11 +319,13 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and validate ``path`` as a whole (one :class:`ManifestError` line otherwise)."""
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        text = read_config(source, MAX_MANIFEST_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(
             source, "", "no such file: pass --manifest FILE or create configs/manifest.json in the host"
         ) from None
+    except NotAFile as e:
+        raise ManifestError(source, "", f"{e}: pass --manifest with a JSON file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(source, "", f"cannot be read ({e})") from None
     try:
@@ -305,6 +336,8 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         ) from None
     except RecursionError:
         raise ManifestError(source, "", "nested too deeply to be a manifest") from None
+    except ValueError as e:  # an integer past sys.get_int_max_str_digits(): an internal error before
+        raise ManifestError(source, "", f"not a manifest: {e}") from None
     return parse_manifest(data, source)
 
 

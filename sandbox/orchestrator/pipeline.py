@@ -143,10 +143,12 @@ def _kept_result(sleeve: Sleeve, dest: str) -> SleeveResult | None:
 def prepare_pipeline(req: PipelineRequest) -> PreparedPipeline:
     """The host's preflight: everything checked before Ray starts; nothing written."""
     from sandbox.policy import MODES
-    from sandbox.runner import KERNEL_CHOICES, RunRequest, preflight, valid_run_id
+    from sandbox.runner import KERNEL_CHOICES, MAX_RUN_ID_LEN, RunRequest, preflight, valid_run_id
 
     if not valid_run_id(req.run_id):
-        raise UsageError(f"invalid RUN_ID {req.run_id!r}: use letters, digits, '_' and '-' only")
+        raise UsageError(
+            f"invalid RUN_ID {req.run_id!r}: use letters, digits, '_' and '-' only, at most {MAX_RUN_ID_LEN}"
+        )
     if req.mode not in MODES:
         raise UsageError(f"unknown mode {req.mode!r}: use one of {', '.join(MODES)}")
     if req.kernel not in KERNEL_CHOICES:
