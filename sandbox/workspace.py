@@ -301,6 +301,23 @@ def _make_base(run_id: str, base_dir: str | None) -> str:
     raise FileExistsError(errno.EEXIST, "no free workspace name in this folder", parent)
 
 
+def check_makeable(base_dir: str | None) -> None:
+    """Raise :class:`WorkspaceError` when no workspace can be made in ``base_dir`` (else the temp
+    dir), found by making and removing an empty folder there: what its permissions allow root,
+    the kernel may still refuse (``/proc``). For a caller whose workspaces are made later and
+    elsewhere -- a pipeline's sleeves, in their Ray workers -- so that it says so before dispatch.
+    (A run makes its own at once, which says the same.)"""
+    parent = base_dir if base_dir is not None else temp_root()
+    probe = os.path.join(parent, f".{_PREFIX}probe-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.mkdir(probe, 0o700)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise _cannot_make(parent, e) from None
+    os.rmdir(probe)
+
+
 def _cannot_make(parent: str, e: OSError) -> WorkspaceError:
     return WorkspaceError(
         f"cannot make the run's workspace in {parent} ({e.strerror}): pass --workspace-dir (or set "

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from sandbox import workspace as workspace_mod
 from sandbox.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -176,6 +177,7 @@ def prepare_pipeline(req: PipelineRequest) -> PreparedPipeline:
         )
     )
     host = prep.host
+    workspace_mod.check_makeable(req.workspace_base)  # each sleeve makes its own, in its worker
     manifest = load_manifest(req.manifest or os.path.join(host, MANIFEST_DEFAULT))
     meta = manifest.resolve(req.meta)
     layout = prep.spec.layout

@@ -188,3 +188,18 @@ def test_a_run_id_too_long_to_name_its_folders_is_one_line(host: Path) -> None:
     one_line(done, "invalid RUN_ID")
     assert "at most 100" in done.stderr
     assert snapshot(host) == before
+
+
+@pytest.mark.parametrize("how", ["workspace-dir", "tmpdir"])
+def test_a_workspace_folder_the_kernel_refuses_is_one_line_before_dispatch(host: Path, how: str) -> None:
+    """Root passes ``access(W_OK)`` on /proc, where no folder can be made: each sleeve failed in
+    its worker (exit 1, a summary on the host) where ``tv-sandbox run`` says so at once (125)."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="as a user, /proc is refused by its permissions, before any probe")
+    before = snapshot(host)
+    if how == "workspace-dir":
+        done = pipeline(host, "--workspace-dir", "/proc")
+    else:
+        done = pipeline(host, env={"TMPDIR": "/proc"})
+    one_line(done, "cannot make the run's workspace in /proc (")
+    assert snapshot(host) == before
