@@ -254,8 +254,13 @@ def kernel_plan(
     if not namespace:
         # an allow rule outside the mounts writes the host there (the skeleton links to it)
         opened = [os.path.join(ws.host, r) for r in (policy.kernel_paths().writable if policy else ())]
+        # The machine's /dev/shm (no private one without a mount namespace) -- but not when the
+        # workspace lies in it (TMPDIR=/dev/shm, where the full layer's private /dev/shm hides it
+        # and the run falls back here): that would open to the step its own base, every other
+        # run's workspace and run folder there, and the pool of views later runs take.
+        shm = () if is_below(os.path.realpath(ws.base), os.path.realpath("/dev/shm")) else ("/dev/shm",)
         return KernelPlan(
-            writable=(ws.root, ws.run_storage, ws.tmp, "/dev/shm", *(p for p in opened if os.path.isdir(p))),
+            writable=(ws.root, ws.run_storage, ws.tmp, *shm, *(p for p in opened if os.path.isdir(p))),
             overlays=(),
             binds=(),
             readonly_root=False,
