@@ -437,6 +437,7 @@ def _open(
             run_storage=ws.run_storage,
             mount_targets=ws.mount_targets,
             profile=profile,
+            runs_view=ws.runs_view,  # without the overlay, what ws/<runs> links to
         )
         os.makedirs(os.path.join(ws.run_storage, "logs"), exist_ok=True)
         os.mkdir(os.path.join(ws.base, WORKERS_DIR))
