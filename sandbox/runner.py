@@ -173,13 +173,21 @@ def preflight(req: RunRequest) -> Prepared:
     return Prepared(req, host, spec, dest, kernel)
 
 
-def _check_workspace_base(workspace_base: str | None, host: str, targets: Mapping[str, str]) -> None:
+def _check_workspace_base(
+    workspace_base: str | None,
+    host: str,
+    targets: Mapping[str, str],
+    places: Sequence[tuple[str, str]] = (),
+) -> None:
     """The workspace (the step's writable temp dir, run storage and overlay) must lie outside the
     host and outside every mount: inside, the step's writable binds would cover the very paths
     the read-only mounts protect, and the kernel layer could not both hold. Checks
     ``--workspace-dir``, else every ``TMPDIR``, ``TEMP`` and ``TMP`` set and the temp dir the
-    workspace would go to."""
-    if workspace_base is not None:
+    workspace would go to -- or, given, only ``places`` ((what, path): a pipeline's
+    ``$RAY_TMPDIR``, where an embedded Ray writes its session)."""
+    if places:
+        places = list(places)
+    elif workspace_base is not None:
         places = [("--workspace-dir", workspace_base)]
     else:
         places = [
@@ -221,7 +229,8 @@ def _check_workspace_base(workspace_base: str | None, host: str, targets: Mappin
             inside = mounts.holder(real, protected) if mounts else None
         if inside is not None:
             label, root = inside
-            fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
+            fixes = {"--workspace-dir": "pass --workspace-dir", "$RAY_TMPDIR": "set RAY_TMPDIR"}
+            fix = fixes.get(what, "set TMPDIR")
             raise PreflightError(
                 f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
                 f"{fix} to a folder outside the host and its mounts"
