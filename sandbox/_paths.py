@@ -176,14 +176,13 @@ def read_config(path: str, limit: int) -> bytes:
     Raises ``OSError`` as ``open`` does (``IsADirectoryError`` for a folder) and :class:`NotAFile`
     for anything else: a FIFO -- opened ``O_NONBLOCK``, never waited on (a plain ``open`` hung
     until a writer came) -- a device (``/dev/zero`` never ends: a plain ``read()`` took 10 GB of
-    memory in 15 s), or a file larger than ``limit``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    memory in 15 s), or a file larger than ``limit``. What is no regular file is never opened:
+    opening a device acts on it (``/dev/watchdog`` arms a reboot, a tape rewinds, a terminal
+    becomes the controlling one of a process without one)."""
+    _regular(os.stat(path).st_mode, path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not stat.S_ISREG(mode):
-            raise NotAFile("is not a regular file (a FIFO, a device or a socket)")
+        _regular(os.fstat(fd).st_mode, path)  # (what was there when looked at, still)
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -197,6 +196,13 @@ def read_config(path: str, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _regular(mode: int, path: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not stat.S_ISREG(mode):
+        raise NotAFile("is not a regular file (a FIFO, a device or a socket)")
 
 
 def _remove_entry(name: str, dir_fd: int) -> None:

@@ -173,13 +173,21 @@ def preflight(req: RunRequest) -> Prepared:
     return Prepared(req, host, spec, dest, kernel)
 
 
-def _check_workspace_base(workspace_base: str | None, host: str, targets: Mapping[str, str]) -> None:
+def _check_workspace_base(
+    workspace_base: str | None,
+    host: str,
+    targets: Mapping[str, str],
+    places: Sequence[tuple[str, str]] = (),
+) -> None:
     """The workspace (the step's writable temp dir, run storage and overlay) must lie outside the
     host and outside every mount: inside, the step's writable binds would cover the very paths
     the read-only mounts protect, and the kernel layer could not both hold. Checks
     ``--workspace-dir``, else every ``TMPDIR``, ``TEMP`` and ``TMP`` set and the temp dir the
-    workspace would go to."""
-    if workspace_base is not None:
+    workspace would go to -- or, given, only ``places`` ((what, path): a pipeline's
+    ``$RAY_TMPDIR``, where an embedded Ray writes its session)."""
+    if places:
+        places = list(places)
+    elif workspace_base is not None:
         places = [("--workspace-dir", workspace_base)]
     else:
         places = [
@@ -221,7 +229,8 @@ def _check_workspace_base(workspace_base: str | None, host: str, targets: Mappin
             inside = mounts.holder(real, protected) if mounts else None
         if inside is not None:
             label, root = inside
-            fix = "pass --workspace-dir" if what == "--workspace-dir" else "set TMPDIR"
+            fixes = {"--workspace-dir": "pass --workspace-dir", "$RAY_TMPDIR": "set RAY_TMPDIR"}
+            fix = fixes.get(what, "set TMPDIR")
             raise PreflightError(
                 f"{what} {real} lies inside {label} ({root}): the workspace must be outside it; "
                 f"{fix} to a folder outside the host and its mounts"
@@ -254,8 +263,13 @@ def kernel_plan(
     if not namespace:
         # an allow rule outside the mounts writes the host there (the skeleton links to it)
         opened = [os.path.join(ws.host, r) for r in (policy.kernel_paths().writable if policy else ())]
+        # The machine's /dev/shm (no private one without a mount namespace) -- but not when the
+        # workspace lies in it (TMPDIR=/dev/shm, where the full layer's private /dev/shm hides it
+        # and the run falls back here): that would open to the step its own base, every other
+        # run's workspace and run folder there, and the pool of views later runs take.
+        shm = () if is_below(os.path.realpath(ws.base), os.path.realpath("/dev/shm")) else ("/dev/shm",)
         return KernelPlan(
-            writable=(ws.root, ws.run_storage, ws.tmp, "/dev/shm", *(p for p in opened if os.path.isdir(p))),
+            writable=(ws.root, ws.run_storage, ws.tmp, *shm, *(p for p in opened if os.path.isdir(p))),
             overlays=(),
             binds=(),
             readonly_root=False,

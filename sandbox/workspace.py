@@ -650,18 +650,34 @@ def _pool_key(host_runs: str) -> str:
 def _pool(ws: Workspace) -> str | None:
     """The pool of views of this host's runs folder, or None when the name is taken by something
     that is not this user's own folder (never used then: no view is taken from or given to it)."""
-    path = os.path.join(os.path.dirname(ws.base), POOL_PREFIX + _pool_key(_host_runs(ws)))
+    host_runs = _host_runs(ws)
+    path = os.path.join(os.path.dirname(ws.base), POOL_PREFIX + _pool_key(host_runs))
     try:
-        st = os.lstat(path)
+        os.lstat(path)
     except FileNotFoundError:
         return path
     except OSError:
         return None
-    import stat
+    # A folder of that name is used only when its marker proves it this host's pool, as the
+    # sweep removes one only then: a folder of the user's own named so (its "0" taken and
+    # removed as a view), or one another user made between our look and our mkdir, is not.
+    return path if _pool_runs(path) == host_runs else None
 
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+
+def _pool_runs(path: str) -> str | None:
+    """The runs folder the pool ``path`` holds views of, when its marker proves it one: this
+    user's private folder, a private regular file of one link in the pool's format, naming a
+    runs folder whose seal is the folder's name; else None."""
+    data = _private_marker(path, POOL_HOST, 8192)
+    if data is None:
         return None
-    return path
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if len(lines) != 3 or lines[0] != _POOL_MAGIC or lines[2]:
+        return None
+    host_runs = lines[1]
+    if not host_runs.startswith("/") or POOL_PREFIX + _pool_key(host_runs) != os.path.basename(path):
+        return None
+    return host_runs
 
 
 def _own_view(path: str) -> bool:
@@ -679,6 +695,8 @@ def _take(pool: str, view: str) -> set[str] | None:
     """A view from ``pool`` moved to ``view``: the names of its links; None when there is none
     to take (or the one taken held anything but links: then removed)."""
     for slot in range(POOL_SLOTS):
+        if not _own_view(os.path.join(pool, str(slot))):
+            continue  # absent, or not a view we gave back (a link: left as it is)
         try:
             os.rename(os.path.join(pool, str(slot)), view)
         except FileNotFoundError:
@@ -739,7 +757,8 @@ def _give_back(ws: Workspace) -> None:
         try:
             os.mkdir(pool, 0o700)
         except FileExistsError:
-            pass
+            if _pool_runs(pool) != _host_runs(ws):  # made meanwhile by another (user), or no pool
+                return
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(os.path.join(pool, POOL_HOST), flags, 0o600)
@@ -783,17 +802,8 @@ def _sweep_pool(path: str) -> bool:
     workspace: this user's private folder, a private regular file of one link in the pool's
     format, naming a runs folder whose seal is the folder's name) and the runs folder its views
     show is gone. A folder that merely looks like a pool is never touched."""
-    data = _private_marker(path, POOL_HOST, 8192)
-    if data is None:
-        return False
-    text = data.decode("utf-8", "surrogateescape")
-    lines = text.split("\n")
-    if len(lines) != 3 or lines[0] != _POOL_MAGIC or lines[2]:
-        return False
-    host_runs = lines[1]
-    if not host_runs.startswith("/") or POOL_PREFIX + _pool_key(host_runs) != os.path.basename(path):
-        return False
-    if os.path.isdir(host_runs):
+    host_runs = _pool_runs(path)
+    if host_runs is None or os.path.isdir(host_runs):
         return False
     _rmtree(path)
     return True

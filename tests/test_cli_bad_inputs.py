@@ -267,12 +267,18 @@ def _limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
-@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "too-big"])
+@pytest.mark.parametrize("kind", ["dev-zero", "dev-tty", "fifo", "too-big"])
 def test_a_policy_that_is_no_regular_file_or_too_big_is_one_line(tmp_path: Path, kind: str) -> None:
     """A FIFO was waited on forever (twice: the early keeper's guess read it first), /dev/zero read
-    until the memory ran out."""
+    until the memory ran out. A device is never opened (opening one acts on it): /dev/tty, from
+    a session without a terminal, said "cannot be read (No such device or address)"."""
     host = make_host(tmp_path / "host")
-    policy = {"dev-zero": Path("/dev/zero"), "fifo": tmp_path / "fifo", "too-big": tmp_path / "big.toml"}
+    policy = {
+        "dev-zero": Path("/dev/zero"),
+        "dev-tty": Path("/dev/tty"),
+        "fifo": tmp_path / "fifo",
+        "too-big": tmp_path / "big.toml",
+    }
     path = policy[kind]
     if kind == "fifo":
         os.mkfifo(path)
@@ -287,6 +293,7 @@ def test_a_policy_that_is_no_regular_file_or_too_big_is_one_line(tmp_path: Path,
         text=True,
         timeout=30,
         preexec_fn=_limited,
+        start_new_session=True,  # no controlling terminal
     )
     lines = r.stderr.splitlines()
     assert r.returncode == 125 and len(lines) == 1, r.stderr

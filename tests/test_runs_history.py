@@ -180,3 +180,40 @@ def test_the_sweep_never_takes_a_look_alike_for_a_pool_nor_a_pool_for_a_workspac
     (real / workspace_mod.POOL_HOST).write_text(f"{magic}\n{gone}\n")
     os.chmod(real / workspace_mod.POOL_HOST, 0o600)
     assert workspace_mod.sweep(base) == [str(real)]
+
+
+def test_a_folder_named_like_a_pool_without_its_marker_is_never_used(tmp_path: Path) -> None:
+    """The runs take views from, and give them back to, only a folder whose marker proves it this
+    host's pool -- as the sweep removes only such a one. A user's own folder of that name kept its
+    ``0/notes.txt`` removed as a view holding anything but links (and got a view moved in); a
+    pool's slot that is a link (no view of ours) failed the next run's workspace (File exists)."""
+    host = make_host(tmp_path / "host")
+    _history(host, 40)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    name = workspace_mod.POOL_PREFIX + workspace_mod._pool_key(os.path.join(str(host), RUNS))
+    own = ws / name
+    (own / "0").mkdir(parents=True)
+    own.chmod(0o700)
+    (own / "0" / "notes.txt").write_text("precious\n")
+    before = tree_snapshot(own)
+    for run_id in ("u1", "u2"):
+        r = _run(host, ws, run_id, "true")
+        assert r.returncode == 0, r.stderr
+    assert tree_snapshot(own) == before
+    assert (own / "0" / "notes.txt").read_text() == "precious\n"
+    # the same name as a real pool (its marker written by a run): its views are used, and a slot
+    # that is a link is left alone rather than taken
+    subprocess.run(["rm", "-rf", str(own)], check=True)
+    assert _run(host, ws, "p1", "true").returncode == 0
+    assert os.listdir(own / "0")  # the view p1 gave back
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep\n")
+    os.rename(own / "0", own / "1")
+    os.symlink(elsewhere, own / "0")
+    r = _run(host, ws, "p2", "true")
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(own / "0") == str(elsewhere)
+    assert (elsewhere / "keep.txt").read_text() == "keep\n"
+    assert sorted(os.listdir(elsewhere)) == ["keep.txt"]

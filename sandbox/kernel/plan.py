@@ -44,6 +44,23 @@ DEVICE_PATHS = (
 )
 
 
+def devices_beside(roots: Sequence[str], devices: Sequence[str] = DEVICE_PATHS) -> list[str]:
+    """The ``devices`` that exist and hold none of ``roots``. A workspace in ``/dev/shm``
+    (``TMPDIR=/dev/shm``; the full layer's private ``/dev/shm`` hides it, so such a run falls back
+    to Landlock alone) must not make the machine's whole ``/dev/shm`` writable: the step's own
+    workspace base, every other run's workspace and run folder there, the pool of views later
+    runs take."""
+    out = []
+    for p in devices:
+        if not os.path.exists(p):
+            continue
+        real = os.path.realpath(p) if os.path.islink(p) else p
+        inside = real.rstrip("/") + "/"
+        if not any(r == real or r.startswith(inside) for r in roots):
+            out.append(p)
+    return out
+
+
 def _absolute(what: str, path: str) -> str:
     if not isinstance(path, str) or not os.path.isabs(path):
         raise ValueError(f"{what} must be an absolute path, not {path!r}")
@@ -347,7 +364,7 @@ def seal(
     roots = plan.writable_roots()
     abi = landlock.abi_version() if plan.landlock else 0
     if abi > 0:
-        landlock.restrict_writes([*roots, *(p for p in extra_writable if os.path.exists(p))], abi=abi)
+        landlock.restrict_writes([*roots, *devices_beside(roots, extra_writable)], abi=abi)
     if plan.drop_capabilities:
         _libc.drop_all_capabilities()
     elif plan.namespace:

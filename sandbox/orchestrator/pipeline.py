@@ -144,7 +144,14 @@ def _kept_result(sleeve: Sleeve, dest: str) -> SleeveResult | None:
 def prepare_pipeline(req: PipelineRequest) -> PreparedPipeline:
     """The host's preflight: everything checked before Ray starts; nothing written."""
     from sandbox.policy import MODES
-    from sandbox.runner import KERNEL_CHOICES, MAX_RUN_ID_LEN, RunRequest, preflight, valid_run_id
+    from sandbox.runner import (
+        KERNEL_CHOICES,
+        MAX_RUN_ID_LEN,
+        RunRequest,
+        _check_workspace_base,
+        preflight,
+        valid_run_id,
+    )
 
     if not valid_run_id(req.run_id):
         raise UsageError(
@@ -177,6 +184,11 @@ def prepare_pipeline(req: PipelineRequest) -> PreparedPipeline:
         )
     )
     host = prep.host
+    ray_tmp = os.environ.get("RAY_TMPDIR")
+    if req.address is None and ray_tmp:  # an embedded Ray's session goes there: never into the host
+        _check_workspace_base(
+            None, host, workspace_mod.mount_targets(host, prep.spec.layout), [("$RAY_TMPDIR", ray_tmp)]
+        )
     workspace_mod.check_makeable(req.workspace_base)  # each sleeve makes its own, in its worker
     manifest = load_manifest(req.manifest or os.path.join(host, MANIFEST_DEFAULT))
     meta = manifest.resolve(req.meta)

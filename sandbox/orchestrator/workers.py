@@ -48,7 +48,7 @@ from sandbox import workspace as workspace_mod
 from sandbox.errors import KernelUnavailable
 from sandbox.events import EVENTS_NAME
 from sandbox.guard.bootstrap import ENV_EVENTS, ENV_OVERLAY, ENV_POLICY
-from sandbox.kernel.plan import DEVICE_PATHS, KernelPlan
+from sandbox.kernel.plan import KernelPlan, devices_beside
 from sandbox.orchestrator._leftovers import _end_namespace, _hold_namespaces
 from sandbox.policy import Policy
 from sandbox.resolved import save_resolved
@@ -318,7 +318,8 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
             userns = bool(applied and applied.user_namespace)
             k.namespaces, k.namespace_fds = _hold_namespaces(holder.pid, userns)
             abi = landlock.abi_version()
-            k.landlock = [*plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS]
+            roots = [*plan.writable_roots(), ray_dirs["logs"]]
+            k.landlock = [*roots, *devices_beside(roots)]
             k.layers = report_mod.Layers(
                 landlock_abi=abi,
                 mount_namespace=True,
@@ -341,7 +342,8 @@ def _open_kernel(prep: Prepared, ws: Workspace, policy: Policy, ray_dirs: dict[s
     abi, err = landlock.query_abi()
     if abi > 0:
         ll_plan = kernel_plan(ws, prep.request.mode, policy, namespace=False)
-        roots = [*ll_plan.writable_roots(), ray_dirs["logs"], *DEVICE_PATHS]
+        roots = [*ll_plan.writable_roots(), ray_dirs["logs"]]
+        roots += devices_beside(roots)  # not /dev/shm whole when the workspace is in it
         try:
             spawn(
                 _probe_true(), env={}, cwd="/", plan=KernelPlan(writable=tuple(roots), landlock=True)
@@ -435,6 +437,7 @@ def _open(
             run_storage=ws.run_storage,
             mount_targets=ws.mount_targets,
             profile=profile,
+            runs_view=ws.runs_view,  # without the overlay, what ws/<runs> links to
         )
         os.makedirs(os.path.join(ws.run_storage, "logs"), exist_ok=True)
         os.mkdir(os.path.join(ws.base, WORKERS_DIR))

@@ -156,3 +156,34 @@ def test_landlock_alone_reads_past_runs_and_writes_only_its_own(box: Box) -> Non
         assert box.snapshot() == before
         assert (old / "x.csv").read_text() == "a,b\n"
     assert sorted(os.listdir(box.host / RUNS)) == ["h1", "h2", "old1"]
+
+
+SHM_STEP = r"""
+echo own > $TV_RUN_DIR/data/own.txt && echo OWN-OK
+(echo x > "$PARENT/planted") 2>/dev/null && echo PARENT-WRITTEN || echo PARENT-REFUSED
+(echo x > "$OTHER/data/late.txt") 2>/dev/null && echo OTHER-WRITTEN || echo OTHER-REFUSED
+"""
+
+
+def test_landlock_alone_with_the_workspace_in_dev_shm_keeps_the_step_in_its_own(box: Box) -> None:
+    """TMPDIR=/dev/shm: the full layer's private /dev/shm hides the workspace, so the run falls
+    back to Landlock alone -- which granted the machine's /dev/shm whole: the step wrote beside
+    its workspace (another run's run folder, the pool of views later runs take)."""
+    import tempfile
+
+    shm = Path(tempfile.mkdtemp(prefix="tvs-shm-", dir="/dev/shm"))
+    try:
+        os.chown(shm, NOBODY, NOBODY)
+        box.ws = shm
+        other = shm / "other-run" / "data"  # as another run's run folder there would be
+        other.mkdir(parents=True)
+        for d in (other.parent, other):
+            os.chown(d, NOBODY, NOBODY)
+        r = _run(box, "shm1", SHM_STEP, PARENT=str(shm), OTHER=str(other.parent))
+        _landlock_alone(box, r)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["OWN-OK", "PARENT-REFUSED", "OTHER-REFUSED"], r.stdout
+        assert not (shm / "planted").exists() and os.listdir(other) == []
+        assert (box.host / RUNS / "shm1" / "data" / "own.txt").read_text() == "own\n"
+    finally:
+        subprocess.run(["rm", "-rf", str(shm)], check=False)

@@ -203,3 +203,15 @@ def test_a_workspace_folder_the_kernel_refuses_is_one_line_before_dispatch(host:
         done = pipeline(host, env={"TMPDIR": "/proc"})
     one_line(done, "cannot make the run's workspace in /proc (")
     assert snapshot(host) == before
+
+
+@pytest.mark.parametrize("where", ["data/lakehouse", "scratch"])
+def test_a_ray_tmpdir_inside_the_host_is_one_line_and_nothing_is_written(host: Path, where: str) -> None:
+    """An embedded Ray keeps its session in $RAY_TMPDIR/ray: one in the lakehouse ran the
+    pipeline (exit 0) with Ray's session folder left in the lakehouse."""
+    before = snapshot(host)
+    inside = host / where
+    done = pipeline(host, env={"RAY_TMPDIR": str(inside)})
+    one_line(done, f"$RAY_TMPDIR {inside} lies inside the host")
+    assert "set RAY_TMPDIR" in done.stderr
+    assert snapshot(host) == before

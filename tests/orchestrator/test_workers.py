@@ -446,9 +446,15 @@ def test_guard_alone_when_the_kernel_layer_is_off(host: Host) -> None:
         body = Body.options(runtime_env=run.runtime_env).remote()
         seen = _get(body.attempt.remote("open('data/lakehouse/g.csv', 'w')"))
         ok = _get(body.attempt.remote("open('guarded.txt', 'w').write('g')"))
+        # beside the run folder (ws/<runs> links to the runs view without the overlay): redirected
+        # into the run folder as in a step, not refused as outside every writable root
+        beside = _get(body.attempt.remote(f"open('{RUNS}/newer.txt', 'w').write('n')"))
     assert "AccessDenied" in seen and "lakehouse-read-only" in seen and ok == "ok", (seen, ok)
+    assert beside == "ok", beside
     assert host.snapshot() == before
     assert (host.export("guard") / "guarded.txt").read_text() == "g"
+    assert (host.export("guard") / RUNS / "newer.txt").read_text() == "n"
+    assert not (host.host / RUNS / "newer.txt").exists()
 
 
 @pytest.mark.kernel
