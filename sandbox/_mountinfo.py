@@ -1,6 +1,6 @@
 """This namespace's mount table, to place a resolved path on its filesystem (:class:`MountTable`):
 the launcher's check that a workspace or temp dir is not the host, nor inside it, however bound
-(``runner._check_workspace_base``). Stdlib only; the launcher's alone (no step's interpreter
+(``runner.check_workspace_base``). Stdlib only; the launcher's alone (no step's interpreter
 loads it)."""
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def preflight(req: RunRequest) -> Prepared:
             raise PreflightError(
                 f"--workspace-dir {req.workspace_base} {problem}: pass a writable folder outside the host"
             )
-    _check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
+    check_workspace_base(req.workspace_base, host, workspace_mod.mount_targets(host, lay))
     kernel = req.kernel
     if spec.kernel == "require" and kernel == "off":
         # The policy's author set a floor; a flag of the caller's does not lower it.
@@ -173,7 +173,7 @@ def preflight(req: RunRequest) -> Prepared:
     return Prepared(req, host, spec, dest, kernel)
 
 
-def _check_workspace_base(
+def check_workspace_base(
     workspace_base: str | None,
     host: str,
     targets: Mapping[str, str],

@@ -631,9 +631,9 @@ def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
 # ``0``, ``1``... -- the sweep of dead launchers never takes it for a workspace (no ``owner``).
 # A view holds links only: one with anything else (the guard alone lets native code write there;
 # consolidate carried it out) is removed, never reused, and one not this user's, or writable by
-# others, is never taken. Under Landlock the view is outside the
-# writable roots, so no step can plant a link there that a later run's step would follow (its link
-# targets are not checked one by one: only this user, outside any run, could have changed them).
+# others, is never taken. Under Landlock the view is outside the writable roots, so no step can
+# plant a link there that a later run's step would follow; with the guard alone, consolidate
+# carries out every link that is not the view's own, by its target (:func:`_carry_from_view`).
 
 
 def _host_runs(ws: Workspace) -> str:
@@ -778,22 +778,31 @@ def _give_back(ws: Workspace) -> None:
 
 
 def _carry_from_view(ws: Workspace, store: _Store) -> list[str]:
-    """What a step wrote into the runs view (the guard alone), carried as ``consolidate`` does."""
-    view = ws.runs_view
+    """What a step wrote into the runs view (the guard alone), carried as ``consolidate`` does --
+    a link the step put in place of one of the view's own too (its target is not the past run's
+    folder, or the run folder): left there, a later run taking the view would read through it.
+    One ``readlink`` a link: ~2 us, only when the step could write the view."""
+    view, host_runs = ws.runs_view, _host_runs(ws)
     try:
         entries = sorted((e.name, e.is_symlink()) for e in os.scandir(view))
     except OSError:
         return []
     try:
-        known = set(os.listdir(_host_runs(ws)))
+        known = set(os.listdir(host_runs))
     except OSError:
         known = set()
     known.add(ws.run_id)
     carried: list[str] = []
     for name, link in entries:
+        path = os.path.join(view, name)
         if link and name in known:
-            continue  # the view's own link (a link the step put under a past run's name: left)
-        carried.extend(store.carry(os.path.join(view, name), f"{ws.layout.runs}/{name}"))
+            own = ws.run_storage if name == ws.run_id else os.path.join(host_runs, name)
+            try:
+                if os.readlink(path) == own:
+                    continue  # the view's own link
+            except OSError:
+                pass
+        carried.extend(store.carry(path, f"{ws.layout.runs}/{name}"))
     return carried
 
 

@@ -217,3 +217,22 @@ def test_a_folder_named_like_a_pool_without_its_marker_is_never_used(tmp_path: P
     assert os.readlink(own / "0") == str(elsewhere)
     assert (elsewhere / "keep.txt").read_text() == "keep\n"
     assert sorted(os.listdir(elsewhere)) == ["keep.txt"]
+
+
+def test_a_link_the_step_swapped_in_the_view_is_not_handed_on(tmp_path: Path) -> None:
+    """With the guard alone a step can write the view: a link it puts under a past run's name
+    (pointing elsewhere) is the step's, carried into its run folder, and the next run of the host,
+    taking the view, reads the past run itself."""
+    host = make_host(tmp_path / "host")
+    _history(host, 40)
+    decoy = tmp_path / "decoy" / "data"
+    decoy.mkdir(parents=True)
+    (decoy / "x.csv").write_text("a,b\nDECOY,0\n")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    swap = f"rm {RUNS}/old00001 && ln -s {decoy.parent} {RUNS}/old00001 && tail -1 {RUNS}/old00001/data/x.csv"
+    r = _run(host, ws, "s1", "sh", "-c", swap)
+    assert r.returncode == 0 and r.stdout.split() == ["DECOY,0"], (r.stdout, r.stderr)
+    assert os.readlink(host / RUNS / "s1" / RUNS / "old00001") == str(decoy.parent)  # the step's link
+    r = _run(host, ws, "s2", "tail", "-1", f"{RUNS}/old00001/data/x.csv")
+    assert r.returncode == 0 and r.stdout.split() == ["1,2"], (r.stdout, r.stderr)

@@ -148,7 +148,7 @@ def prepare_pipeline(req: PipelineRequest) -> PreparedPipeline:
         KERNEL_CHOICES,
         MAX_RUN_ID_LEN,
         RunRequest,
-        _check_workspace_base,
+        check_workspace_base,
         preflight,
         valid_run_id,
     )
@@ -186,7 +186,7 @@ def prepare_pipeline(req: PipelineRequest) -> PreparedPipeline:
     host = prep.host
     ray_tmp = os.environ.get("RAY_TMPDIR")
     if req.address is None and ray_tmp:  # an embedded Ray's session goes there: never into the host
-        _check_workspace_base(
+        check_workspace_base(
             None, host, workspace_mod.mount_targets(host, prep.spec.layout), [("$RAY_TMPDIR", ray_tmp)]
         )
     workspace_mod.check_makeable(req.workspace_base)  # each sleeve makes its own, in its worker
