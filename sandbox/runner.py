@@ -508,11 +508,19 @@ def _attempts(
         refusals.append(landlock.unavailable_reason(err))
     # The namespaces with the network's, without it (a kernel that refuses only CLONE_NEWNET),
     # then Landlock alone.
-    attempts = (
+    attempts: tuple[tuple[bool, bool], ...] = (
         ((True, True), (True, False), (False, False))
         if network_isolated(policy)
         else ((True, False), (False, False))
     )
+    shm = os.path.realpath("/dev/shm")
+    if is_below(os.path.realpath(ws.base), shm):
+        # The namespaces give the step a private /dev/shm: the workspace would vanish under it.
+        refusals.append(
+            f"the workspace lies in {shm} ({ws.base}), which the step's namespace replaces with a "
+            "private tmpfs: set TMPDIR (or --workspace-dir) to a folder outside /dev/shm"
+        )
+        attempts = tuple(a for a in attempts if not a[0])
     for namespace, network in attempts:
         if required and refusals:
             break  # only the full layer will do
