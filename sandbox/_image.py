@@ -84,6 +84,7 @@ LAUNCHER = (
     "sandbox.loader",
     "sandbox.resolved",
     "sandbox.report",
+    "sandbox.runs_view",
     "sandbox.workspace",
     "sandbox.runner",
     "sandbox.policy_kernel",

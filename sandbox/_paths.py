@@ -205,6 +205,32 @@ def _regular(mode: int, path: str) -> None:
         raise NotAFile("is not a regular file (a FIFO, a device or a socket)")
 
 
+def private_marker(folder: str, name: str, limit: int) -> bytes | None:
+    """The bytes of the marker ``name`` in ``folder`` when both are provably this user's alone: a
+    real folder with no access for others, a regular file of one link, private, at most ``limit``
+    bytes, opened without following a link; else None."""
+    uid = os.getuid()
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    try:
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mst = os.fstat(fd)
+        if not stat.S_ISREG(mst.st_mode) or mst.st_uid != uid or mst.st_mode & 0o077:
+            return None
+        if mst.st_nlink != 1 or mst.st_size > limit:
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def _remove_entry(name: str, dir_fd: int) -> None:
     """Remove ``name`` in ``dir_fd``, whatever it is, without following links; absent is fine."""
     try:

@@ -15,7 +15,7 @@ in ``--workspace-dir``, else the temp dir of :func:`temp_root`)::
                                                          are redirected
     base/runs-view/             without the overlay, what ``ws/<runs>`` links to: a link per past
                                 run (-> HOST/<runs>/<name>) and ``<ID> -> base/run``; outside every
-                                writable root, and reused from run to run (see below)
+                                writable root, and reused from run to run (see :mod:`sandbox.runs_view`)
     base/run/                   the run folder's storage (data/ reports/ config/ logs/ ...); exported
     base/tmp/                   $TMPDIR of the steps
     base/.ovl-work/             the workspace overlay's work dir (kernel layer)
@@ -37,7 +37,8 @@ listing of each: the links of runs exported or removed meanwhile). A link costs 
 ext4 ``/tmp``; 2000 past runs were 25-260 ms of every run to make, and more to walk and remove.
 The view is outside every writable root of the Landlock fallback (the step cannot plant a link a
 later run would follow), and a view holding anything but links (the guard alone: a native write
-``<runs>/<new>/x`` lands there, and :func:`consolidate` carries it out) is not reused.
+``<runs>/<new>/x`` lands there, and :func:`consolidate` carries it out) is not reused
+(:mod:`sandbox.runs_view`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from __future__ import annotations
 import errno
 import os
 
-from sandbox._paths import rmtree
+from sandbox import runs_view
+from sandbox._paths import private_marker, rmtree
 from sandbox._record import field, record
 from sandbox.errors import WorkspaceError
 from sandbox.policy import Layout, Policy, PolicySpec
@@ -100,7 +102,7 @@ class Workspace:
     @property
     def runs_view(self) -> str:
         """Without the overlay, what ``ws/<runs>`` links to (see the module docstring)."""
-        return os.path.join(self.base, VIEW)
+        return os.path.join(self.base, runs_view.VIEW)
 
     @property
     def overlay_work(self) -> str:
@@ -158,13 +160,13 @@ class Workspace:
         only when it runs without the overlay (Landlock alone, the guard alone)."""
         if os.listdir(self.root):
             return
-        _fill_view(self)
+        runs_view.fill(self)
         _mirror(self.host, self.root, _skeleton(self)[1])
 
     def remove(self) -> None:
         """Remove the workspace, its ``owner`` marker last (see :func:`_remove_owned`); the view
         of the runs folder goes back to its pool first."""
-        _give_back(self)
+        runs_view.give_back(self)
         _remove_owned(self.base)
 
     def remove_scratch(self) -> None:
@@ -172,17 +174,11 @@ class Workspace:
         steps' temp dir, the overlay's work folder, the mount points, the bound policy. Nothing
         of it is read once the last step has ended, so the launcher removes it during the export
         (:meth:`sandbox.run.Run.close`); :meth:`remove` then removes the rest."""
-        _give_back(self)
+        runs_view.give_back(self)
         _remove_owned(self.base, keep=(os.path.basename(self.run_storage),), marker_too=False)
 
 
 _PREFIX = "tv-sandbox-"
-VIEW = "runs-view"  # base/runs-view: the runs folder's view without the overlay
-POOL_PREFIX = _PREFIX + "runs-"  # + key: the pool of views of one host's runs folder
-POOL_HOST = "host"  # in a pool: its marker, the runs folder its views show (see _sweep_pool)
-_POOL_MAGIC = "tv-sandbox runs-view pool v1"
-POOL_SLOTS = 4  # views kept per runs folder: concurrent runs beyond this build their own
-POOL_FROM = 32  # a view of fewer runs is not kept (cheap to make; nothing left beside workspaces)
 
 
 def _rmtree(path: str) -> None:
@@ -326,41 +322,13 @@ def _cannot_make(parent: str, e: OSError) -> WorkspaceError:
     )
 
 
-def _private_marker(folder: str, name: str, limit: int) -> bytes | None:
-    """The bytes of the marker ``name`` in ``folder`` when both are provably this user's alone: a
-    real folder with no access for others, a regular file of one link, private, at most ``limit``
-    bytes, opened without following a link; else None."""
-    import stat
-
-    uid = os.getuid()
-    try:
-        st = os.lstat(folder)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        return None
-    try:
-        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        mst = os.fstat(fd)
-        if not stat.S_ISREG(mst.st_mode) or mst.st_uid != uid or mst.st_mode & 0o077:
-            return None
-        if mst.st_nlink != 1 or mst.st_size > limit:
-            return None
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 def owner_of(path: str) -> tuple[int, str] | None:
     """(pid, start time) of the launcher that provably made the workspace ``path``, or None when
     ``path`` is not provably a workspace of this tool and this user (see the comment above)."""
     name = os.path.basename(path)
     if not name.startswith(_PREFIX) or "-" not in name[len(_PREFIX) :]:
         return None
-    data = _private_marker(path, OWNER_FILE, 256)
+    data = private_marker(path, OWNER_FILE, 256)
     if data is None:
         return None
     text = data.decode("ascii", "replace")
@@ -394,7 +362,8 @@ def sweep(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
         path = os.path.join(base, name)
         owner = owner_of(path)
         if owner is None:
-            if name.startswith(POOL_PREFIX) and _sweep_pool(path):  # views of a runs folder now gone
+            # a pool of views of a runs folder now gone
+            if name.startswith(runs_view.POOL_PREFIX) and runs_view.sweep_pool(path):
                 removed.append(path)
             continue
         pid, start = owner
@@ -490,7 +459,7 @@ def consolidate(ws: Workspace, *, view: bool = True) -> list[str]:
     carried: list[str] = []
     store = _Store(ws.run_storage)
     if view:
-        carried.extend(_carry_from_view(ws, store))
+        carried.extend(runs_view.carry_out(ws, store))
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -613,206 +582,3 @@ def _mirror(host: str, root: str, special: Mapping[str, str]) -> None:
         link = os.path.join(root, rel)
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(target, link)
-
-
-# -- the view of the runs folder (no overlay), kept between runs -----------------------------------
-#
-# ``ws/<runs>`` links to ``base/runs-view``: a link per entry of the host's runs folder and
-# ``<ID> -> base/run``. Made afresh it costs a ``symlink`` per past run (~50-170 us on ext4), and
-# removing it an ``unlink`` each, so a run hands its view back to a pool beside the workspaces and
-# the next run of that host takes it: one ``rename`` each way, and a listing of the view and of the
-# host's runs folder to add the runs exported meanwhile and drop the ones removed (~0.5 us an entry,
-# no call per entry). Only a view of more than POOL_FROM runs is kept (fewer are made in a few
-# ms), so a host with a short history leaves nothing beside the workspaces. A pool is
-# ``<parent>/tv-sandbox-runs-<key>`` (``key``: the runs folder's path hashed -- the seal of its
-# marker), this user's, 0700, with ``host`` (a private marker: a format line and the runs folder's
-# path; the sweep removes the pool once that folder is gone, and only a folder whose marker proves
-# it a pool, as a workspace's ``owner`` does: :func:`_sweep_pool`) and up to POOL_SLOTS views named
-# ``0``, ``1``... -- the sweep of dead launchers never takes it for a workspace (no ``owner``).
-# A view holds links only: one with anything else (the guard alone lets native code write there;
-# consolidate carried it out) is removed, never reused, and one not this user's, or writable by
-# others, is never taken. Under Landlock the view is outside the writable roots, so no step can
-# plant a link there that a later run's step would follow; with the guard alone, consolidate
-# carries out every link that is not the view's own, by its target (:func:`_carry_from_view`).
-
-
-def _host_runs(ws: Workspace) -> str:
-    return os.path.join(ws.host, ws.layout.runs)
-
-
-def _pool_key(host_runs: str) -> str:
-    """A pool's name after its prefix: the seal of the runs folder its marker names."""
-    from sandbox._digest import sha256_hex
-
-    return sha256_hex(host_runs.encode("utf-8", "surrogateescape"))[:16]
-
-
-def _pool(ws: Workspace) -> str | None:
-    """The pool of views of this host's runs folder, or None when the name is taken by something
-    that is not this user's own folder (never used then: no view is taken from or given to it)."""
-    host_runs = _host_runs(ws)
-    path = os.path.join(os.path.dirname(ws.base), POOL_PREFIX + _pool_key(host_runs))
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return path
-    except OSError:
-        return None
-    # A folder of that name is used only when its marker proves it this host's pool, as the
-    # sweep removes one only then: a folder of the user's own named so (its "0" taken and
-    # removed as a view), or one another user made between our look and our mkdir, is not.
-    return path if _pool_runs(path) == host_runs else None
-
-
-def _pool_runs(path: str) -> str | None:
-    """The runs folder the pool ``path`` holds views of, when its marker proves it one: this
-    user's private folder, a private regular file of one link in the pool's format, naming a
-    runs folder whose seal is the folder's name; else None."""
-    data = _private_marker(path, POOL_HOST, 8192)
-    if data is None:
-        return None
-    lines = data.decode("utf-8", "surrogateescape").split("\n")
-    if len(lines) != 3 or lines[0] != _POOL_MAGIC or lines[2]:
-        return None
-    host_runs = lines[1]
-    if not host_runs.startswith("/") or POOL_PREFIX + _pool_key(host_runs) != os.path.basename(path):
-        return None
-    return host_runs
-
-
-def _own_view(path: str) -> bool:
-    """``path`` is a real folder of this user that no one else can write (so its links are ours)."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
-
-
-def _take(pool: str, view: str) -> set[str] | None:
-    """A view from ``pool`` moved to ``view``: the names of its links; None when there is none
-    to take (or the one taken held anything but links: then removed)."""
-    for slot in range(POOL_SLOTS):
-        if not _own_view(os.path.join(pool, str(slot))):
-            continue  # absent, or not a view we gave back (a link: left as it is)
-        try:
-            os.rename(os.path.join(pool, str(slot)), view)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-        names: set[str] = set()
-        ok = _own_view(view)
-        if ok:
-            with os.scandir(view) as it:
-                for entry in it:
-                    if not entry.is_symlink():
-                        ok = False
-                        break
-                    names.add(entry.name)
-        if ok:
-            return names
-        _rmtree(view)
-        return None
-    return None
-
-
-def _fill_view(ws: Workspace) -> None:
-    """Make ``base/runs-view`` (see above): taken from the pool and brought up to date, else new."""
-    host_runs, view = _host_runs(ws), ws.runs_view
-    pool = _pool(ws)
-    have = _take(pool, view) if pool is not None else None
-    if have is None:
-        os.mkdir(view, 0o755)
-        have = set()
-    try:
-        want = set(os.listdir(host_runs))
-    except (FileNotFoundError, NotADirectoryError):
-        want = set()
-    for name in have - want:
-        os.unlink(os.path.join(view, name))
-    for name in want - have:
-        os.symlink(os.path.join(host_runs, name), os.path.join(view, name))
-    own = os.path.join(view, ws.run_id)
-    if os.path.lexists(own):  # (a run of that name was exported meanwhile: the export will refuse)
-        os.unlink(own)
-    os.symlink(ws.run_storage, own)
-
-
-def _give_back(ws: Workspace) -> None:
-    """Hand ``base/runs-view`` back to its pool without its ``<ID>`` link (best effort: a view
-    that cannot go back is removed with the workspace)."""
-    view = ws.runs_view
-    if not _own_view(view):
-        return
-    try:
-        pool = _pool(ws)
-        if pool is None or (len(os.listdir(view)) <= POOL_FROM and not os.path.isdir(pool)):
-            return
-        own = os.path.join(view, ws.run_id)
-        if os.path.islink(own):
-            os.unlink(own)
-        try:
-            os.mkdir(pool, 0o700)
-        except FileExistsError:
-            if _pool_runs(pool) != _host_runs(ws):  # made meanwhile by another (user), or no pool
-                return
-        else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(os.path.join(pool, POOL_HOST), flags, 0o600)
-            try:
-                os.write(fd, f"{_POOL_MAGIC}\n{_host_runs(ws)}\n".encode("utf-8", "surrogateescape"))
-            finally:
-                os.close(fd)
-        for slot in range(POOL_SLOTS):
-            try:
-                os.rename(view, os.path.join(pool, str(slot)))
-                return
-            except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    return
-    except OSError:
-        return
-
-
-def _carry_from_view(ws: Workspace, store: _Store) -> list[str]:
-    """What a step wrote into the runs view (the guard alone), carried as ``consolidate`` does --
-    a link the step put in place of one of the view's own too (its target is not the past run's
-    folder, or the run folder): left there, a later run taking the view would read through it.
-    One ``readlink`` a link: ~2 us, only when the step could write the view."""
-    view, host_runs = ws.runs_view, _host_runs(ws)
-    try:
-        entries = sorted((e.name, e.is_symlink()) for e in os.scandir(view))
-    except OSError:
-        return []
-    try:
-        known = set(os.listdir(host_runs))
-    except OSError:
-        known = set()
-    known.add(ws.run_id)
-    carried: list[str] = []
-    for name, link in entries:
-        path = os.path.join(view, name)
-        if link and name in known:
-            own = ws.run_storage if name == ws.run_id else os.path.join(host_runs, name)
-            try:
-                if os.readlink(path) == own:
-                    continue  # the view's own link
-            except OSError:
-                pass
-        carried.extend(store.carry(path, f"{ws.layout.runs}/{name}"))
-    return carried
-
-
-def _sweep_pool(path: str) -> bool:
-    """Remove the pool ``path`` when its marker proves it one (as :func:`owner_of` proves a
-    workspace: this user's private folder, a private regular file of one link in the pool's
-    format, naming a runs folder whose seal is the folder's name) and the runs folder its views
-    show is gone. A folder that merely looks like a pool is never touched."""
-    host_runs = _pool_runs(path)
-    if host_runs is None or os.path.isdir(host_runs):
-        return False
-    _rmtree(path)
-    return True
