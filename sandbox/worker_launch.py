@@ -60,9 +60,12 @@ def write_state(path: str, state: Mapping[str, Any]) -> None:
 
 
 def read_state(path: str) -> dict[str, Any]:
+    from sandbox._paths import NotAFile, read_config
+
     try:
-        with open(path, "rb") as fh:
-            state = marshal.loads(fh.read())  # one read: load() reads piecemeal
+        state = marshal.loads(read_config(path, 1 << 20))  # a regular file, bounded; one read
+    except NotAFile as e:
+        raise UsageError(f"cannot read the run state {path}: it {e}") from None
     except FileNotFoundError:
         raise UsageError(
             f"run state {path} is gone: its sandboxed run has ended (or this worker runs on "
@@ -72,7 +75,31 @@ def read_state(path: str) -> dict[str, Any]:
         raise UsageError(f"cannot read the run state {path}: {e}") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise UsageError(f"{path} is not a run state of this tv-sandbox (version {STATE_VERSION})")
+    wrong = [k for k, kinds in _STATE_FIELDS.items() if type(state.get(k, _MISSING)) not in kinds]
+    if not wrong and not all(isinstance(p, str) for p in state["landlock"]):
+        wrong = ["landlock"]
+    if wrong or state["kernel"] not in ("namespace", "landlock", "off"):
+        raise UsageError(
+            f"{path} is not a run state of this tv-sandbox: {', '.join(wrong) or 'kernel'} missing or "
+            "of the wrong type (only `sandboxed_run` writes these files)"
+        )
     return state
+
+
+_MISSING = object()
+#: What :func:`launch` reads of a run state, and the types ``sandboxed_run`` writes: a state made
+#: by hand is one line (125), not an internal error.
+_STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_id": (str,),
+    "kernel": (str,),
+    "landlock": (list,),
+    "landlock_required": (bool,),
+    "holder_pid": (int,),
+    "holder_start": (str, type(None)),
+    "userns": (bool,),
+    "cwd": (str,),
+    "workers_dir": (str,),
+}
 
 
 def start_time(pid: int) -> str | None:

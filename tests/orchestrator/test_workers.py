@@ -578,6 +578,45 @@ def test_launcher_refuses_without_its_run_and_stays_cheap(tmp_path: Path) -> Non
     assert not loaded & heavy, sorted(loaded & heavy)
 
 
+@pytest.mark.parametrize("kind", ["missing-keys", "wrong-types", "landlock-not-paths", "fifo", "dev-zero"])
+def test_a_run_state_not_made_by_a_run_is_one_line(tmp_path: Path, kind: str) -> None:
+    """`tv-sandbox worker` with a run state made by hand: one line (125), no interpreter started --
+    missing keys or wrong types were an internal error (KeyError, TypeError), and /dev/zero was
+    read without end."""
+    import marshal
+
+    from sandbox.worker_launch import STATE_VERSION
+
+    state = tmp_path / "worker_state.marshal"
+    good = {
+        "version": STATE_VERSION,
+        "run_id": "R",
+        "kernel": "off",
+        "landlock": [],
+        "landlock_required": False,
+        "holder_pid": 0,
+        "holder_start": None,
+        "userns": False,
+        "cwd": str(tmp_path),
+        "workers_dir": str(tmp_path),
+    }
+    if kind == "missing-keys":
+        state.write_bytes(marshal.dumps({"version": STATE_VERSION, "kernel": "off"}))
+    elif kind == "wrong-types":
+        state.write_bytes(marshal.dumps({**good, "holder_pid": "1", "cwd": 3}))
+    elif kind == "landlock-not-paths":
+        state.write_bytes(marshal.dumps({**good, "landlock": [1, None]}))
+    elif kind == "fifo":
+        os.mkfifo(state)
+    path = "/dev/zero" if kind == "dev-zero" else str(state)
+    argv = ["worker", "--run-state", path, "--", sys.executable, "-c", "print('ran')"]
+    r = subprocess.run([sys.executable, "-m", "sandbox", *argv], capture_output=True, text=True, timeout=30)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 125 and "ran" not in r.stdout and len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert "run state" in lines[0], r.stderr
+
+
 def test_the_readme_ray_example_runs_as_written(ray_cluster: str, tmp_path: Path) -> None:
     """README "Ray": the example, unchanged, attached to the session's cluster (``RAY_ADDRESS``:
     its ``ray.init()`` joins it instead of starting a second one)."""
