@@ -17,6 +17,7 @@ then to the guard alone (or, when the kernel layer is required, refuses to run).
 
 from __future__ import annotations
 
+import errno
 import os
 
 from sandbox import workspace as workspace_mod
@@ -99,6 +100,11 @@ class RunOutcome:
 
 def _dir_problem(path: str) -> str | None:
     if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return f"is a symlink that loops (-> {os.readlink(path)})"
         return f"is a dangling symlink (-> {os.readlink(path)})"
     if not os.path.exists(path):
         return "does not exist"

@@ -82,6 +82,8 @@ BAD: list[tuple[str, list[str], Setup, str]] = [
     ),
     ("lakehouse-is-file", [], _lake_file, "is not a folder"),
     ("lakehouse-dangling", [], _lake_dangling, "dangling symlink"),
+    # it said "dangling" of a link to itself
+    ("root-loops", ["--root", "{tmp}/loop"], lambda h: (h.parent / "loop").symlink_to(h.parent / "loop"), "loops"),
     ("exports-missing", [], _no_exports, "layout folder exports"),
     ("runs-is-file", [], _runs_is_file, "is not a folder"),
     ("export-exists", [], _exported, "already exported"),
