@@ -413,27 +413,29 @@ def _verify(folder: str) -> int:
     does not verify -- one line per difference, or one line when its manifest is missing,
     unreadable or not a valid manifest (a tampered manifest is a folder that does not verify, not
     an error of tv-sandbox); 125 when there is no folder to check."""
+    from sandbox.errors import printable
     from sandbox.export.manifest import MANIFEST_NAME, differences, read_manifest
 
     if not os.path.isdir(folder):
         raise UsageError(f"{folder} is not a folder: pass an exported run folder (HOST/<runs>/<RUN_ID>)")
+    shown = printable(folder)  # names in a folder from anywhere: escapes and newlines as \x1b, \n
     try:
         manifest = read_manifest(folder)
     except (OSError, ValueError) as e:
         why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
-        print(f"{PROG}: {folder} does NOT verify: cannot read the manifest: {why}", file=sys.stderr)
+        print(f"{PROG}: {shown} does NOT verify: cannot read the manifest: {printable(why)}", file=sys.stderr)
         return 1
     problems = differences(folder, manifest)
     for line in problems[:200]:
-        print(f"{PROG}: {line}", file=sys.stderr)
+        print(f"{PROG}: {printable(line)}", file=sys.stderr)
     if len(problems) > 200:
         print(f"{PROG}: ... and {len(problems) - 200} more", file=sys.stderr)
     if problems:
         print(
-            f"{PROG}: {folder} does NOT match its {MANIFEST_NAME} ({len(problems)} problems)", file=sys.stderr
+            f"{PROG}: {shown} does NOT match its {MANIFEST_NAME} ({len(problems)} problems)", file=sys.stderr
         )
         return 1
-    print(f"{PROG}: {folder} matches its {MANIFEST_NAME}", file=sys.stderr)
+    print(f"{PROG}: {shown} matches its {MANIFEST_NAME}", file=sys.stderr)
     return 0
 
 

@@ -30,6 +30,9 @@ class Val:
 
 
 NOTHING = Val("unknown")
+#: The longest text the audit keeps for a value: past it (``A1 = A0 + A0`` eighty times over: 2**80
+#: characters), it is no path anyone writes -- nothing is known of it.
+MAX_TEXT = 1 << 16
 PATH_CALLS = {"Path", "PurePath", "PosixPath", "PurePosixPath"}  # what makes a path of its arguments
 _SAME = {"str", "fspath", "abspath", "normpath", "realpath", "expanduser", "resolve", "absolute"}
 
@@ -72,10 +75,13 @@ class Scope:
         self.module, self.assigns, self.parent = module, assigns, parent
         self.values = values or {}  # parameters bound to the values of one call site
         self._busy: set[str] = set()
+        self._known: dict[str, Val] = {}  # each name evaluated once: A1 = A0 + A0 ... is not 2**N
 
     def lookup(self, name: str) -> Val:
         if name in self.values:
             return self.values[name]
+        if name in self._known:
+            return self._known[name]
         if name in self.assigns and name not in self._busy:
             self._busy.add(name)
             try:
@@ -84,6 +90,7 @@ class Scope:
                 self._busy.discard(name)
             if v.known and not v.origin and self.parent is None:
                 v = dataclasses.replace(v, origin=name)
+            self._known[name] = v
             return v
         return self.parent.lookup(name) if self.parent is not None else NOTHING
 
@@ -120,8 +127,14 @@ class Values:
     # -- values -----------------------------------------------------------------------------------
 
     def value(self, node: ast.expr, scope: Scope) -> Val:
+        v = self._value(node, scope)
+        if len(v.text) > MAX_TEXT or (v.default is not None and len(v.default.text) > MAX_TEXT):
+            return NOTHING
+        return v
+
+    def _value(self, node: ast.expr, scope: Scope) -> Val:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            return Val("lit", node.value)
+            return Val("lit", node.value) if len(node.value) <= MAX_TEXT else NOTHING
         if isinstance(node, ast.JoinedStr):
             return self._fstring(node, scope)
         if isinstance(node, ast.Name):

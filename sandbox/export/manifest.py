@@ -57,6 +57,12 @@ STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
 
 _CHUNK = 1 << 18
 
+#: The largest ``manifest.json`` :func:`read_manifest` reads (a run of a million or two files);
+#: past it the folder does not verify -- a sparse manifest of terabytes is never read into memory.
+MAX_MANIFEST_BYTES = 256 << 20
+#: The longest path a manifest may list (Linux's PATH_MAX): the exporter never writes a longer one.
+MAX_PATH_CHARS = 4096
+
 
 # -- writing (the exporter's side) ----------------------------------------------------------------
 
@@ -135,14 +141,22 @@ def read_manifest(dest: str | os.PathLike[str]) -> dict[str, Any]:
         if exc.errno == errno.ELOOP:
             raise ValueError(f"{path} is a symlink, not the manifest file") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ValueError(f"{path} is not a regular file")
+    too_big = ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB: not read")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        os.close(fd)
+        raise too_big
     with open(fd, "rb") as fh:
-        try:
-            manifest = json.load(fh)
-        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." past the limit
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        data = fh.read(MAX_MANIFEST_BYTES + 1)  # bounded: the file may grow meanwhile
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise too_big
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." past the limit
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ValueError(f'{path} is not a tv-sandbox manifest (no "schema": "{SCHEMA}")')
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -154,6 +168,9 @@ def read_manifest(dest: str | os.PathLike[str]) -> dict[str, Any]:
         bad = _bad_entry(manifest.get(key, []), fields)
         if bad is not None:
             raise ValueError(f"{path} is not a valid tv-sandbox manifest: {key}{bad}")
+    totals = manifest.get("totals", {})
+    if not (isinstance(totals, dict) and all(type(v) is int for v in totals.values())):
+        raise ValueError(f'{path} is not a valid tv-sandbox manifest: totals is not {{"files", "bytes"}}')
     return manifest
 
 
@@ -178,7 +195,17 @@ def _bad_entry(entries: Any, fields: dict[str, tuple[type, bool]]) -> str | None
             value = entry.get(name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 return f'[{i}]["{name}"] is not {"an integer" if kind is int else "a string"}'
+            if name == "path" and not _relative(str(value)):
+                return f'[{i}]["path"] is not a relative path inside the export'
     return None
+
+
+def _relative(path: str) -> bool:
+    """Whether ``path`` is one the exporter writes: relative, ``/``-separated, no empty, ``.`` or
+    ``..`` part, no NUL, at most :data:`MAX_PATH_CHARS` long."""
+    if not path or len(path) > MAX_PATH_CHARS or "\0" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def verify(dest: str | os.PathLike[str]) -> list[str]:
@@ -198,22 +225,29 @@ def verify(dest: str | os.PathLike[str]) -> list[str]:
 
 
 def differences(dest: str | os.PathLike[str], manifest: dict[str, Any]) -> list[str]:
-    """:func:`verify` of ``dest`` against ``manifest``, as :func:`read_manifest` returned it."""
+    """:func:`verify` of ``dest`` against ``manifest``, as :func:`read_manifest` returned it.
+
+    The folder is read through descriptors, a folder at a time, never through a link: an entry
+    swapped for a link, a FIFO or a device while it is read is a difference, never followed,
+    waited on or read from."""
     root = os.fspath(dest)
     files = {f["path"]: f for f in manifest.get("files", [])}
     links = {s["path"]: s["target"] for s in manifest.get("symlinks", [])}
     dirs = {d["path"] for d in manifest.get("dirs", [])}
-    for p in [*files, *links, *dirs]:  # a listed path's folders are implied
-        while "/" in p:
-            p = p.rpartition("/")[0]
-            dirs.add(p)
+    # A listed path's folders are implied: a tree of the listed paths' parts (linear in the
+    # manifest's size; a set of every prefix would be quadratic in a path's length).
+    tree: dict[str, Any] = {}
+    for p in [*files, *links, *dirs]:
+        node = tree
+        for part in p.split("/"):
+            node = node.setdefault(part, {})
     problems: list[str] = []
     seen: set[str] = set()
     buf = memoryview(bytearray(_CHUNK))
-    for rel, path, st in _walk(root, dirs, problems):
+    for rel, dfd, name, st, below in _walk(root, tree, dirs, problems):
         seen.add(rel)
         try:
-            problem = _entry_problem(rel, path, st, files, links, dirs, buf)
+            problem = _entry_problem(rel, dfd, name, st, files, links, rel in dirs or bool(below), buf)
         except OSError as exc:  # gone, or not readable by this user: it does not verify
             problem = f"cannot read: {rel}: {exc.strerror or exc}"
         if problem:
@@ -229,14 +263,16 @@ def differences(dest: str | os.PathLike[str], manifest: dict[str, Any]) -> list[
 
 def _entry_problem(
     rel: str,
-    path: str,
+    dfd: int,
+    name: str,
     st: os.stat_result,
     files: dict[str, dict[str, Any]],
     links: dict[str, str],
-    dirs: set[str],
+    is_dir: bool,
     buf: memoryview,
 ) -> str:
-    """How the entry ``rel`` of the export differs from the manifest ("" when it does not)."""
+    """How the entry ``rel`` (``name`` in the folder open at ``dfd``) differs from the manifest
+    ("" when it does not); ``is_dir``: the manifest lists it as a folder, or paths below it."""
     mode = st.st_mode
     if rel in files:
         want = files[rel]
@@ -244,16 +280,19 @@ def _entry_problem(
             return f"not a regular file: {rel}"
         if st.st_size != want["size"]:
             return f"size differs: {rel}: manifest {want['size']}, on disk {st.st_size}"
-        if _sha256(path, buf) != want["sha256"]:
+        digest = _sha256(dfd, name, st, buf)
+        if digest is None:
+            return f"changed while verified: {rel}"
+        if digest != want["sha256"]:
             return f"content differs (sha256): {rel}"
         if "mode" in want and stat.S_IMODE(mode) != want["mode"]:
             return f"mode differs: {rel}: manifest {want['mode']:o}, on disk {mode & 0o7777:o}"
     elif rel in links:
         if not stat.S_ISLNK(mode):
             return f"not a symlink: {rel}"
-        if (target := os.readlink(path)) != links[rel]:
+        if (target := os.readlink(name, dir_fd=dfd)) != links[rel]:
             return f"symlink target differs: {rel}: manifest {links[rel]}, on disk {target}"
-    elif rel in dirs:
+    elif is_dir:
         if not stat.S_ISDIR(mode):
             return f"not a directory: {rel}"
     elif rel != MANIFEST_NAME:
@@ -261,27 +300,62 @@ def _entry_problem(
     return ""
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def _walk(
-    root: str, dirs: set[str], problems: list[str], rel: str = ""
-) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(relative path, path, lstat) of everything below ``root``; descends only into listed dirs. A
-    folder or entry that cannot be read is one of ``problems``."""
-    try:
-        with os.scandir(os.path.join(root, rel) if rel else root) as it:
-            entries = list(it)
-    except OSError as exc:
-        problems.append(f"cannot read: {rel.rstrip('/') or '.'}: {exc.strerror or exc}")
-        return
-    for entry in entries:
-        r = rel + entry.name
+    root: str, tree: dict[str, Any], dirs: set[str], problems: list[str]
+) -> Iterator[tuple[str, int, str, os.stat_result, dict[str, Any] | None]]:
+    """(relative path, descriptor of its folder, name, lstat, its node of ``tree`` or None) of
+    everything below ``root``; descends only into listed folders (in ``dirs`` or above a listed
+    path), through descriptors opened without following a link. Iterative: a folder nested
+    thousands deep costs a descriptor a level, never the stack. A folder or entry that cannot be
+    read is one of ``problems``."""
+    stack: list[tuple[str, int, Iterator[os.DirEntry[str]], dict[str, Any]]] = []
+
+    def enter(rel: str, fd: int, node: dict[str, Any]) -> None:
         try:
-            st = entry.stat(follow_symlinks=False)
+            with os.scandir(fd) as it:
+                entries = list(it)
         except OSError as exc:
-            problems.append(f"cannot read: {r}: {exc.strerror or exc}")
-            continue
-        yield r, entry.path, st
-        if stat.S_ISDIR(st.st_mode) and r in dirs:
-            yield from _walk(root, dirs, problems, r + "/")
+            os.close(fd)
+            problems.append(f"cannot read: {rel.rstrip('/') or '.'}: {exc.strerror or exc}")
+            return
+        stack.append((rel, fd, iter(entries), node))
+
+    try:
+        try:
+            top = os.open(root, _DIR_FLAGS)  # the caller's own argument: a link to it is fine
+        except OSError as exc:
+            problems.append(f"cannot read: .: {exc.strerror or exc}")
+            return
+        enter("", top, tree)
+        while stack:
+            rel, dfd, entries, node = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                os.close(dfd)
+                continue
+            name = entry.name
+            r = rel + name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                problems.append(f"cannot read: {r}: {exc.strerror or exc}")
+                continue
+            child = node.get(name)
+            yield r, dfd, name, st, child
+            if stat.S_ISDIR(st.st_mode) and (child or r in dirs):
+                try:
+                    cfd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dfd)
+                except OSError as exc:  # swapped for a link or a file since, or too deep
+                    problems.append(f"cannot read: {r}: {exc.strerror or exc}")
+                    continue
+                enter(r + "/", cfd, child or {})
+    finally:
+        for _, dfd, _, _ in stack:
+            os.close(dfd)
 
 
 def _utc_now() -> str:
@@ -290,12 +364,24 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns // 1_000_000:03d}Z"
 
 
-def _sha256(path: str, buf: memoryview) -> str:
-    digest = sha256(os.stat(path, follow_symlinks=False).st_size)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _sha256(dfd: int, name: str, st: os.stat_result, buf: memoryview) -> str | None:
+    """The sha256 of the file ``name`` in the folder open at ``dfd``, whose lstat was ``st``; None
+    when it is no longer that file (swapped for a FIFO, a device, another file) or grew past its
+    size -- never waited on, never read past ``st.st_size`` (a file appended to forever)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return None
+        digest = sha256(st.st_size)
+        left = st.st_size
         while n := os.readv(fd, [buf]):
+            if n > left:
+                return None
+            left -= n
             digest.update(buf[:n])
+        if left:
+            return None
     finally:
         os.close(fd)
     return digest.hexdigest()

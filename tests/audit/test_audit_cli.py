@@ -285,3 +285,18 @@ def test_markdown_review_joins_what_was_read_and_what_was_seen(capsys: pytest.Ca
     assert item[2].startswith("  - Seen when it ran (`TVS201`): write data/lakehouse/selection_audit.json: denied")
     assert item[3] == "  - Fix: write it to $SELECTION_AUDIT (= $TV_RUN_DIR/data/selection_audit.json) instead"
     assert "`TVS201`" not in out.replace("(`TVS201`)", "")  # not said twice
+
+
+def test_constants_that_double_at_each_line_cost_the_static_audit_nothing(tmp_path: Path) -> None:
+    """``A1 = A0 + A0`` ... ``A79``: each constant was evaluated afresh at each use (2**79 lookups:
+    the audit never ended) and its text would double at each line: each name is evaluated once, and
+    a value longer than any path is unknown -- while the short chain is still followed."""
+    script = tmp_path / "doubling.py"
+    chain = "".join(f"A{i} = A{i - 1} + A{i - 1}\n" for i in range(1, 80))
+    script.write_text(f"A0 = 'x'\n{chain}open(A79, 'w')\nB = 'data/lakehouse'\nC = B + '/x.csv'\nopen(C, 'w')\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox", "audit", str(script), "--static-only"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    assert "TVS101" in r.stdout and "data/lakehouse/x.csv" in r.stdout, r.stdout
